@@ -1,0 +1,23 @@
+"""adabits: one quantized network that runs at many bit-widths (AdaBits + SAT)."""
+
+from .models import create_model, list_models, register_model
+from .quant import (
+    QConv2d,
+    QLinear,
+    QuantConfig,
+    SwitchBatchNorm2d,
+    get_bits,
+    get_bits_list,
+    load_fp_state_dict,
+    quantize_model,
+    set_bits,
+    use_bits,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QConv2d", "QLinear", "QuantConfig", "SwitchBatchNorm2d", "create_model", "get_bits",
+    "get_bits_list", "list_models", "load_fp_state_dict", "quantize_model", "register_model",
+    "set_bits", "use_bits",
+]

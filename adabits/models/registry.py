@@ -1,0 +1,52 @@
+"""Model registry (timm's pattern): families register constructors, users create by name."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from torch import nn
+
+from ..quant.config import QuantConfig
+
+ModelFn = TypeVar("ModelFn", bound=Callable[..., nn.Module])
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: ModelFn) -> ModelFn:
+    """Register a constructor under its function name; it takes bits_list, config and model options."""
+    if fn.__name__ in _MODELS:
+        raise ValueError(f"model {fn.__name__!r} is registered twice")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create_model(
+    name: str,
+    bits_list: Iterable[object] = (32,),
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    config: QuantConfig | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build a registered model. `options` may hold QuantConfig fields and the model's own options."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    fn = _MODELS[name]
+    quant_options, model_options = QuantConfig.split_options(options)
+    config = (config or QuantConfig()).updated(**quant_options)
+    accepted = set(inspect.signature(fn).parameters) - {"bits_list", "config"}
+    unknown = set(model_options) - accepted
+    if unknown:
+        allowed = sorted(accepted | QuantConfig.field_names())
+        raise ValueError(f"model {name!r} has no option(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    if num_classes is not None:
+        model_options["num_classes"] = num_classes
+    if in_chans is not None:
+        model_options["in_chans"] = in_chans
+    return fn(bits_list=list(bits_list), config=config, **model_options)

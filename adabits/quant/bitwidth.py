@@ -1,0 +1,129 @@
+"""The bit-width type and switching a whole model between bit-widths.
+
+A bit-width is an int (weights and activations alike) or a pair (weight_bits, act_bits);
+32 means full precision. Internally every bit-width is a normalised pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Union
+
+from torch import nn
+
+Bits = Union[int, tuple[int, int]]
+BitPair = tuple[int, int]
+FULL_PRECISION = 32
+
+
+def _check_one(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer from 1 to {FULL_PRECISION}, got {value!r} ({type(value).__name__})")
+    if not 1 <= value <= FULL_PRECISION:
+        raise ValueError(f"{what} must be from 1 to {FULL_PRECISION} (32 = full precision), got {value}")
+    return value
+
+
+def parse_bits(bits: object) -> BitPair:
+    """Validate a bit-width given as int or (weight, activation) pair and return the pair."""
+    if isinstance(bits, (tuple, list)):
+        if len(bits) != 2:
+            raise ValueError(f"a bit-width pair must be (weight_bits, act_bits), got {bits!r}")
+        return _check_one(bits[0], "weight bits"), _check_one(bits[1], "activation bits")
+    value = _check_one(bits, "bit-width")
+    return value, value
+
+
+def format_bits(pair: BitPair) -> Bits:
+    """The user-facing form: an int when weights and activations agree, else the pair."""
+    return pair[0] if pair[0] == pair[1] else pair
+
+
+def parse_bits_list(bits_list: Iterable[object]) -> tuple[BitPair, ...]:
+    """Validate a bits_list: non-empty, no duplicates."""
+    pairs = tuple(parse_bits(b) for b in bits_list)
+    if not pairs:
+        raise ValueError("bits_list must not be empty")
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"bits_list has duplicates: {[format_bits(p) for p in pairs]}")
+    return pairs
+
+
+class BitSwitchable:
+    """Mixin of every module whose computation depends on the current bit-width.
+
+    Subclasses call `_init_bits` in their constructor and read `self.bits` (a pair) and
+    `self.bits_index` (position in bits_list, which selects per-bit BN and alpha).
+    """
+
+    bits_list: tuple[BitPair, ...]
+    bits: BitPair
+    bits_index: int
+
+    def _init_bits(self, bits_list: Iterable[object]) -> None:
+        self.bits_list = parse_bits_list(bits_list)
+        self.bits = self.bits_list[0]
+        self.bits_index = 0
+
+    def switch_bits(self, bits: BitPair) -> None:
+        self.bits_index = self.bits_list.index(bits)
+        self.bits = bits
+
+
+def switchable_modules(model: nn.Module) -> list[BitSwitchable]:
+    return [m for m in model.modules() if isinstance(m, BitSwitchable)]
+
+
+def _require_switchable(model: nn.Module) -> list[BitSwitchable]:
+    modules = switchable_modules(model)
+    if not modules:
+        raise ValueError(
+            f"{type(model).__name__} has no bit-switchable layers; build it with adabits.create_model "
+            "or convert it with adabits.quantize_model"
+        )
+    return modules
+
+
+def get_bits_list(model: nn.Module) -> list[Bits]:
+    """The bit-widths the model was built (or calibrated) for, in order."""
+    return [format_bits(p) for p in _require_switchable(model)[0].bits_list]
+
+
+def set_bits(model: nn.Module, bits: Bits) -> None:
+    """Switch every quantized layer and switchable BN of `model` to `bits`.
+
+    Validates before touching anything, so a refused bit-width leaves the model as it was.
+    """
+    pair = parse_bits(bits)
+    modules = _require_switchable(model)
+    for module in modules:
+        if pair not in module.bits_list:
+            allowed = ", ".join(str(format_bits(p)) for p in module.bits_list)
+            raise ValueError(
+                f"bit-width {format_bits(pair)} is not one this model was trained or calibrated for; "
+                f"allowed: {allowed}"
+            )
+    for module in modules:
+        module.switch_bits(pair)
+
+
+def get_bits(model: nn.Module) -> Bits:
+    """The model's current bit-width (an int, or a pair when weights and activations differ)."""
+    return format_bits(_require_switchable(model)[0].bits)
+
+
+@contextmanager
+def use_bits(model: nn.Module, bits: Bits) -> Iterator[nn.Module]:
+    """Run a block at `bits`; the previous bit-width is restored on exit, also after an exception."""
+    previous = get_bits(model)
+    set_bits(model, bits)
+    try:
+        yield model
+    finally:
+        set_bits(model, previous)
+
+
+def max_bits(bits_list: Sequence[object]) -> int:
+    """Largest weight bit-width of a bits_list (used by first/last-layer policies)."""
+    return max(p[0] for p in parse_bits_list(bits_list))

@@ -1,0 +1,54 @@
+"""QuantConfig: the quantization options of SPEC sections 2-5 in one dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .functional import RESCALE_TYPES, check_scheme
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How every quantized layer of a model quantizes (per-layer options may override some).
+
+    Defaults are the original code's, except `switchbn` and `switch_alpha`, which the seed used
+    for all of its adaptive models (they are the AdaBits method).
+    """
+
+    weight_quant_scheme: str = "modified"
+    act_quant_scheme: str = "original"
+    clamp: bool = True  # tanh/max normalisation of full-precision weights too
+    rescale: bool = True  # SAT rescale of linear layers
+    rescale_conv: bool = False  # SAT rescale of convolutions
+    rescale_type: str = "constant"  # "constant": s0 = 1/sqrt(fan_out); "stddev": s0 = std(W)
+    switchbn: bool = True  # one BatchNorm per bit-width
+    switch_alpha: bool = True  # one PACT clipping level per bit-width
+    stats_sharing: bool = False  # switchable BN shares gamma/beta, keeps private statistics
+    pact_fp: bool = False  # clip activations with PACT at full precision too
+    double_side: bool = False  # clip activations to [-alpha, alpha]
+    weight_only: bool = False  # quantize weights only
+
+    def __post_init__(self) -> None:
+        check_scheme(self.weight_quant_scheme)
+        check_scheme(self.act_quant_scheme)
+        if self.rescale_type not in RESCALE_TYPES:
+            raise ValueError(f"unknown rescale_type {self.rescale_type!r}; allowed: {', '.join(RESCALE_TYPES)}")
+        for f in fields(self):
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"QuantConfig.{f.name} must be true or false, got {getattr(self, f.name)!r}")
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))
+
+    @classmethod
+    def split_options(cls, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split keyword options into (QuantConfig fields, the rest)."""
+        names = cls.field_names()
+        quant = {k: v for k, v in options.items() if k in names}
+        rest = {k: v for k, v in options.items() if k not in names}
+        return quant, rest
+
+    def updated(self, **changes: Any) -> "QuantConfig":
+        return replace(self, **changes)

@@ -1,0 +1,124 @@
+"""Turn any nn.Module into a switchable quantized one, and load float checkpoints into it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .bitwidth import max_bits, parse_bits_list
+from .config import QuantConfig
+from .layers import QConv2d, QLinear, SwitchBatchNorm2d
+
+LAYER_OPTIONS = frozenset({"bitw_min", "bita_min", "weight_only", "pact_fp", "double_side", "quantize"})
+
+
+def default_layer_policy(model: nn.Module, bits_list: Iterable[object]) -> dict[str, dict[str, Any]]:
+    """SPEC section 6 for an arbitrary model: the first conv/linear is weight-only and keeps the
+    highest bits (at least 8), with 8-bit input clipping; the last linear keeps the highest bits."""
+    keep = max(max_bits(bits_list), 8)
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not names:
+        return {}
+    policy: dict[str, dict[str, Any]] = {names[0]: {"weight_only": True, "bitw_min": keep, "bita_min": 8}}
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    last = linears[-1] if linears else names[-1]
+    if last != names[0]:
+        policy[last] = {"bitw_min": keep}
+    return policy
+
+
+def _quantized_twin(module: nn.Module, bits_list: tuple, config: QuantConfig, options: dict[str, Any]) -> nn.Module:
+    """A quantized copy of one float layer, holding the same weights, on the same device and dtype."""
+    weight = getattr(module, "weight", None)
+    factory = {"device": weight.device, "dtype": weight.dtype} if weight is not None else {}
+    if isinstance(module, nn.Conv2d):
+        twin: nn.Module = QConv2d(
+            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+            module.dilation, module.groups, module.bias is not None, module.padding_mode,
+            bits_list=bits_list, config=config, **options, **factory,
+        )
+    elif isinstance(module, nn.Linear):
+        twin = QLinear(
+            module.in_features, module.out_features, module.bias is not None,
+            bits_list=bits_list, config=config, **options, **factory,
+        )
+    else:
+        bn = module
+        assert isinstance(bn, nn.BatchNorm2d)
+        if not (bn.affine and bn.track_running_stats):
+            raise ValueError("quantize_model supports BatchNorm2d with affine=True and track_running_stats=True")
+        twin = SwitchBatchNorm2d(
+            bn.num_features, bn.eps, bn.momentum, bits_list=bits_list, switchbn=config.switchbn,
+            stats_sharing=config.stats_sharing, **factory,
+        )
+    twin.load_state_dict(module.state_dict())
+    twin.train(module.training)
+    return twin
+
+
+def _is_float_layer(module: nn.Module) -> bool:
+    quantized = (QConv2d, QLinear, SwitchBatchNorm2d)
+    return isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) and not isinstance(module, quantized)
+
+
+def quantize_model(
+    model: nn.Module,
+    bits_list: Iterable[object],
+    config: QuantConfig | None = None,
+    *,
+    layer_options: Mapping[str, Mapping[str, Any]] | None = None,
+    first_last_policy: bool = True,
+) -> nn.Module:
+    """Swap every Conv2d, Linear and BatchNorm2d of `model` for its switchable quantized twin, in place.
+
+    `layer_options` maps module names to per-layer options (bitw_min, bita_min, weight_only, pact_fp,
+    double_side; `quantize: False` keeps that layer in float). They override the first/last-layer
+    policy of `default_layer_policy`, which `first_last_policy=False` turns off. Returns the model
+    (a new module when `model` itself is a single layer).
+    """
+    bits = parse_bits_list(bits_list)
+    config = config or QuantConfig()
+    options: dict[str, dict[str, Any]] = default_layer_policy(model, bits) if first_last_policy else {}
+    names = dict(model.named_modules())
+    for name, extra in (layer_options or {}).items():
+        if name not in names:
+            raise ValueError(f"layer_options names {name!r}, which is not a module of {type(model).__name__}")
+        unknown = set(extra) - LAYER_OPTIONS
+        if unknown:
+            raise ValueError(f"layer_options[{name!r}] has unknown options {sorted(unknown)}; allowed: {sorted(LAYER_OPTIONS)}")
+        options[name] = {**options.get(name, {}), **extra}
+
+    for name, module in list(model.named_modules()):
+        if not _is_float_layer(module):
+            continue
+        layer = dict(options.get(name, {}))
+        if not layer.pop("quantize", True):
+            continue
+        if isinstance(module, nn.BatchNorm2d):
+            layer = {}
+        twin = _quantized_twin(module, bits, config, layer)
+        if not name:
+            return twin
+        parent_name, _, child = name.rpartition(".")
+        setattr(names[parent_name] if parent_name else model, child, twin)
+    return model
+
+
+def load_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Any:
+    """Load a full-precision checkpoint into a switchable model.
+
+    Each float BN (or the single BN of a one-bit-width model) is copied into every per-bit BN,
+    each single alpha into every per-bit alpha. Returns torch's (missing_keys, unexpected_keys).
+    """
+    state = dict(state_dict)
+    for name, module in model.named_modules():
+        if not isinstance(module, SwitchBatchNorm2d) or len(module.bn) == 1:
+            continue
+        prefix = f"{name}.bn." if name else "bn."
+        if f"{prefix}0.running_mean" in state and f"{prefix}1.running_mean" not in state:
+            for key in [k for k in state if k.startswith(prefix + "0.")]:
+                state[prefix[: -len("bn.")] + key[len(prefix) + 2 :]] = state.pop(key)
+    return model.load_state_dict(state, strict=False)

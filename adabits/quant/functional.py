@@ -1,0 +1,165 @@
+"""Pure tensor functions of the AdaBits + SAT quantizers (SPEC sections 1-4).
+
+Everything here is stateless: layers own the parameters and call these functions.
+No function reads a tensor value on the host, so none of them synchronises a device.
+Half-precision inputs are quantized in float32 and returned in their own dtype, because
+2^b levels cannot be represented exactly in float16/bfloat16 for b >= 8.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Scheme = Literal["original", "modified", "centered"]
+SCHEMES: tuple[str, ...] = ("original", "modified", "centered")
+RescaleType = Literal["constant", "stddev"]
+RESCALE_TYPES: tuple[str, ...] = ("constant", "stddev")
+FULL_PRECISION = 32
+
+
+def check_scheme(scheme: str) -> None:
+    """Raise a ValueError that lists the allowed schemes."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
+
+
+def _levels(bits: int, scheme: str) -> float:
+    """The multiplier a of SPEC section 1: 2^b - 1 for `original`, 2^b otherwise."""
+    return float(2**bits - 1) if scheme == "original" else float(2**bits)
+
+
+def quantize_codes(x: Tensor, bits: int, scheme: str) -> Tensor:
+    """Integer codes k (as floats) of x in [0, 1]; no gradient (used inside the STE functions)."""
+    a = _levels(bits, scheme)
+    if scheme == "original":
+        return torch.round(x * a)
+    return torch.clamp(torch.floor(x * a), max=a - 1)
+
+
+def _codes_to_unit(codes: Tensor, bits: int, scheme: str) -> Tensor:
+    a = _levels(bits, scheme)
+    return (codes + 0.5) / a if scheme == "centered" else codes / a
+
+
+class _UnitQuantizeSTE(torch.autograd.Function):
+    """q_k(x) forward, identity backward (straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bits: int, scheme: str) -> Tensor:  # type: ignore[override]
+        return _codes_to_unit(quantize_codes(x, bits, scheme), bits, scheme)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return grad, None, None
+
+
+def _in_float32(x: Tensor) -> tuple[Tensor, torch.dtype]:
+    dtype = x.dtype
+    return (x.float() if dtype in (torch.float16, torch.bfloat16) else x), dtype
+
+
+def quantize_unit(x: Tensor, bits: int, scheme: str = "original") -> Tensor:
+    """Quantize x in [0, 1] to `bits` bits with `scheme` (SPEC section 1); gradient passes straight through."""
+    check_scheme(scheme)
+    x32, dtype = _in_float32(x)
+    return _UnitQuantizeSTE.apply(x32, bits, scheme).to(dtype)
+
+
+def normalize_weight(weight: Tensor) -> Tensor:
+    """DoReFa normalisation tanh(W) / max|tanh(W)| into [-1, 1]; gradient flows through both parts."""
+    t = torch.tanh(weight)
+    return t / t.abs().max()
+
+
+def quantize_weight(weight: Tensor, bits: int, scheme: str = "modified", clamp: bool = True) -> Tensor:
+    """Quantized weight 2 q(u) - 1 with u = (normalised W + 1) / 2; at 32 bits the (optionally) normalised W."""
+    check_scheme(scheme)
+    if bits >= FULL_PRECISION:
+        return normalize_weight(weight) if clamp else weight
+    w32, dtype = _in_float32(weight)
+    unit = (normalize_weight(w32) + 1) / 2
+    return (2 * _UnitQuantizeSTE.apply(unit, bits, scheme) - 1).to(dtype)
+
+
+def sat_scale(
+    quantized_weight: Tensor, weight: Tensor, fan_out: int, rescale_type: str = "constant"
+) -> Tensor:
+    """SAT scale s = s0 / std(w_q) with s0 = 1/sqrt(fan_out) or std(W) (SPEC section 3); never differentiated."""
+    if rescale_type == "constant":
+        target: Tensor | float = 1.0 / math.sqrt(fan_out)
+    elif rescale_type == "stddev":
+        target = weight.detach().std()
+    else:
+        raise ValueError(f"unknown rescale_type {rescale_type!r}; allowed: {', '.join(RESCALE_TYPES)}")
+    return target / quantized_weight.detach().std()
+
+
+class _PACTQuantize(torch.autograd.Function):
+    """Clip to [0, alpha] (or [-alpha, alpha]), quantize, rescale: one fused autograd node.
+
+    Written by hand because the composite form costs about twice the memory traffic in eager mode
+    and this runs on every activation of every quantized layer. The gradients are exactly the
+    composite's under the straight-through estimator:
+      d out / d x     = 1 inside the clipping range, 0 outside;
+      d out / d alpha = (out - x * inside) / alpha.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, bits: int, scheme: str, double_side: bool) -> Tensor:  # type: ignore[override]
+        a = _levels(bits, scheme)
+        if double_side:
+            unit = (torch.clamp(x / alpha, -1.0, 1.0) + 1) / 2
+        else:
+            unit = torch.clamp(x / alpha, 0.0, 1.0)
+        codes = quantize_codes(unit, bits, scheme)
+        if scheme == "centered":
+            codes = codes + 0.5
+        out = codes.mul_(alpha / a) if not double_side else codes.mul_(2 * alpha / a).sub_(alpha)
+        ctx.save_for_backward(x, alpha, out)
+        ctx.double_side = double_side
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, alpha, out = ctx.saved_tensors
+        low = -alpha if ctx.double_side else torch.zeros_like(alpha)
+        inside = (x > low) & (x < alpha)
+        grad_x = torch.where(inside, grad, 0.0)
+        grad_alpha = None
+        if ctx.needs_input_grad[1]:
+            # sum(grad * (out - x * inside)) / alpha, as two reductions without temporaries of x's size
+            dot_out = torch.dot(grad.reshape(-1), out.reshape(-1))
+            dot_in = torch.dot(grad_x.reshape(-1), x.reshape(-1))
+            grad_alpha = ((dot_out - dot_in) / alpha).reshape(alpha.shape)
+        return grad_x, grad_alpha, None, None, None
+
+
+def clip_activation(x: Tensor, alpha: Tensor, double_side: bool = False) -> Tensor:
+    """PACT clipping without quantization (`pact_fp`): min(relu(x), alpha) or clamp(x, -alpha, alpha)."""
+    if double_side:
+        return torch.maximum(torch.minimum(x, alpha), -alpha)
+    return torch.minimum(torch.relu(x), alpha)
+
+
+def quantize_activation(
+    x: Tensor,
+    alpha: Tensor,
+    bits: int,
+    scheme: str = "original",
+    double_side: bool = False,
+) -> Tensor:
+    """PACT activation quantization (SPEC section 4) with clipping level |alpha|.
+
+    At `bits >= 32` only the clipping is applied (the `pact_fp` path). `alpha` is a 0-d or
+    one-element tensor; its gradient comes from the clip and from alpha * q(x / alpha).
+    """
+    check_scheme(scheme)
+    x32, dtype = _in_float32(x)
+    alpha = alpha.abs().to(x32.dtype).reshape(())
+    if bits >= FULL_PRECISION:
+        return clip_activation(x32, alpha, double_side).to(dtype)
+    return _PACTQuantize.apply(x32, alpha, bits, scheme, double_side).to(dtype)

@@ -1,0 +1,50 @@
+"""Datasets as in-memory uint8 tensors; `build_loaders(cfg)` is the only door the engine uses."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import cifar, fashion_mnist, synthetic  # noqa: F401  (register the datasets)
+from .base import DATASETS, DataError, ImageSplits, canonical_name, list_datasets, register_dataset
+from .loader import TensorLoader
+from .transforms import ToModelInput, random_crop_flip
+
+__all__ = ["DataError", "ImageSplits", "Loaders", "TensorLoader", "ToModelInput", "build_loaders",
+           "build_splits", "list_datasets", "random_crop_flip", "register_dataset"]
+
+
+@dataclass
+class Loaders:
+    train: TensorLoader
+    val: TensorLoader
+    num_classes: int
+    in_chans: int
+    image_size: int
+
+
+def build_splits(cfg: Any) -> ImageSplits:
+    """Load the dataset named by `cfg.dataset` (DataError when it is unknown or missing)."""
+    builder = DATASETS.get(canonical_name(cfg.dataset))
+    if builder is None:
+        raise DataError(f"unknown dataset {cfg.dataset!r}; known: {', '.join(list_datasets())}")
+    splits = builder(cfg)
+    if cfg.image_size is not None and cfg.image_size != splits.image_size:
+        raise DataError(f"dataset {cfg.dataset} has {splits.image_size}x{splits.image_size} images, "
+                        f"but the config asks for image_size {cfg.image_size}; remove image_size or set it to {splits.image_size}")
+    return splits
+
+
+def build_loaders(cfg: Any, device: torch.device | str = "cpu") -> Loaders:
+    """Train loader (shuffled, augmented) and val loader, with the data already on `device`."""
+    splits = build_splits(cfg)
+    padding = splits.crop_padding if cfg.crop_padding is None else cfg.crop_padding
+    flip = splits.random_flip if cfg.random_flip is None else cfg.random_flip
+    to_input = ToModelInput(cfg.normalize, splits.mean, splits.std, cfg.channels_last)
+    train = TensorLoader(splits.train_images.to(device), splits.train_labels.to(device), cfg.batch_size, to_input,
+                         shuffle=True, drop_last=cfg.drop_last, crop_padding=padding, random_flip=flip,
+                         seed=cfg.random_seed)
+    val = TensorLoader(splits.val_images.to(device), splits.val_labels.to(device), cfg.eval_batch_size or cfg.batch_size,
+                       to_input)
+    return Loaders(train, val, splits.num_classes, splits.in_chans, splits.image_size)

@@ -1,0 +1,64 @@
+"""Building the pieces of a run from a config: device, model (through adabits.create_model), weights."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import adabits
+
+from . import checkpoint
+from .config import TrainConfig
+from .errors import CheckpointError, ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without it is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} requested, but CUDA is not available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def model_bits(cfg: TrainConfig) -> list[int]:
+    """The bits_list the model is built with: all of it for adaptive training, else only the one trained."""
+    return cfg.train_bits
+
+
+def quant_options(cfg: TrainConfig) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(adabits.QuantConfig)}
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
+    options: dict[str, Any] = {**quant_options(cfg), **cfg.model_options}
+    if cfg.depth is not None and cfg.model == "resnet_cifar":
+        options["depth"] = cfg.depth
+    try:
+        return adabits.create_model(cfg.model, bits_list=model_bits(cfg), num_classes=num_classes,
+                                    in_chans=in_chans, **options)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot build model {cfg.model}: {exc}") from None
+
+
+def load_pretrained(model: nn.Module, cfg: TrainConfig) -> list[str]:
+    """Apply pretrained_file (strict) or fp_pretrained_file (per-bit copies of BN and alpha); return notes."""
+    notes = []
+    if cfg.fp_pretrained_file:
+        path = Path(cfg.fp_pretrained_file)
+        sd = checkpoint.state_dict_of(checkpoint.read(path))
+        missing, unexpected = adabits.load_fp_state_dict(model, sd)
+        if len(missing) == len(model.state_dict()):
+            raise CheckpointError(f"{path} shares no parameter names with model {cfg.model}")
+        notes.append(f"loaded full-precision weights from {path} "
+                     f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    if cfg.pretrained_file:
+        path = Path(cfg.pretrained_file)
+        if cfg.pretrained_dir and not path.is_absolute():
+            path = Path(cfg.pretrained_dir) / path
+        checkpoint.load_weights(model, checkpoint.state_dict_of(checkpoint.read(path)), path)
+        notes.append(f"loaded weights from {path}")
+    return notes

@@ -1,0 +1,94 @@
+"""Checkpoints: written atomically (temp file + rename), read with checks that name the problem."""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "adabits-checkpoint-v1"
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, then os.replace: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Load a file saved by torch.save (tensors and plain containers only); CheckpointError if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or not written by torch.save): {first}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint or state dict")
+    return obj
+
+
+def read_training_checkpoint(path: Path, model_name: str, bits_list: list[int]) -> dict[str, Any]:
+    """A checkpoint of ours, checked to belong to this model and bits_list."""
+    ckpt = read(path)
+    if ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a training checkpoint of adabits (no '{FORMAT}' marker); "
+                              "use pretrained_file for plain state dicts")
+    if ckpt["model_name"] != model_name or list(ckpt["bits_list"]) != list(bits_list):
+        raise CheckpointError(
+            f"{path} was written for model {ckpt['model_name']} with bits_list {list(ckpt['bits_list'])}, "
+            f"but this config builds {model_name} with bits_list {list(bits_list)}.\n"
+            "Use another log_dir or run_name for a different model, or delete that run folder to start over.")
+    return ckpt
+
+
+def state_dict_of(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights in a checkpoint of ours, a {'model': ...} dict, or a plain state dict."""
+    sd = obj.get("model", obj) if isinstance(obj.get("model"), dict) else obj.get("state_dict", obj)
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}  # DataParallel checkpoints of the original
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError("the file holds no model state dict (expected tensors by parameter name)")
+    return sd
+
+
+def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path) -> None:
+    """Strict load with a short, readable summary of what does not fit."""
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        summary = " ".join(lines[1:4])[:600]
+        raise CheckpointError(f"{path} does not fit this model: {summary}") from None

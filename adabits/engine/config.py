@@ -1,0 +1,321 @@
+"""The one training-config schema (flat keys of the original, SPEC section 8, plus ours) and its loading.
+
+`load_config(["app:apps/x.yml", "lr=0.05", "bs:256"])` reads the file (with `!include`), applies the
+overrides (values parsed as YAML), checks every key against the schema and returns a validated,
+resolved `TrainConfig` plus notes for the user (ignored keys of the original). Every problem raises
+ConfigError with a message that names the key, where it came from and, if possible, the fix.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .optim import OPTIMIZERS
+from .schedules import SCHEDULES
+from .yaml_io import read_yaml
+
+#: the original's module paths for its models -> our registry names
+MODEL_ALIASES = {
+    "models.q_resnet_cifar": "resnet_cifar",
+    "models.q_mobilenet_v1": "mobilenet_v1",
+    "models.q_mobilenet_v2": "mobilenet_v2",
+}
+#: short keys accepted on the command line, as the original's `bs:256`
+KEY_ALIASES = {"bs": "batch_size"}
+#: keys of the original that only described the cluster job
+MACHINE_KEYS = ("num_gpus_per_job", "num_cpus_per_job", "memory_per_job", "gpu_type", "batch_size_per_gpu")
+#: keys of the original accepted for compatibility, with why they change nothing here
+INERT_KEYS = {
+    "data_loader": "data is loaded into memory by the dataset's own loader",
+    "data_transforms": "augmentation is the dataset's (crop_padding / random_flip set it)",
+    "data_loader_workers": "data is in memory; no worker processes are needed",
+    "reset_parameters": "models are always initialised as SPEC section 6 says",
+    "width_divisor": "MobileNet widths are fixed by the model",
+    "min_width": "MobileNet widths are fixed by the model",
+    "use_diff_seed": "one process, one seed",
+    "distributed_all_reduce": "training runs in one process",
+    "profiling": "profiling is not part of `train`",
+    "model_profiling_verbose": "profiling is not part of `train`",
+}
+NOTE_IF_TRUE = {
+    "distributed": "distributed training is not implemented; training runs in one process",
+    "profiling_only": "profiling is not part of `train`; training runs instead",
+    "bn_calib": "BN calibration is not part of `train`; it is ignored",
+}
+MAX_BITS = 32
+
+
+class TrainConfig(BaseModel):
+    """Every key a training config may hold; defaults follow SPEC sections 7 and 8."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+
+    # model
+    model: str = "resnet20"
+    depth: int | None = Field(None, gt=0)
+    model_options: dict[str, Any] = {}  # further options of the model family, e.g. {width: 8, classifier_std: 1.0}
+    num_classes: int | None = Field(None, ge=2)
+    in_chans: int | None = Field(None, ge=1)
+    image_size: int | None = Field(None, ge=4)
+    topk: list[int] = [1, 5]
+    bits_list: list[int] = [8, 6, 5, 4]
+    adaptive_training: bool = True
+    # quantization (the fields of adabits.QuantConfig, same names and defaults)
+    weight_only: bool = False
+    weight_quant_scheme: Literal["original", "modified", "centered"] = "modified"
+    act_quant_scheme: Literal["original", "modified", "centered"] = "original"
+    clamp: bool = True
+    rescale: bool = True
+    rescale_conv: bool = False
+    rescale_type: Literal["constant", "stddev"] = "constant"
+    switchbn: bool = True
+    switch_alpha: bool = True
+    stats_sharing: bool = False
+    pact_fp: bool = False
+    double_side: bool = False
+    normalize: bool = False
+    bn_calib: bool = False
+    reset_parameters: bool = True
+    # data
+    dataset: str = "fashion_mnist"
+    dataset_dir: str | None = None
+    download: bool = False
+    data_transforms: str | None = None
+    data_loader: str | None = None
+    data_loader_workers: int = Field(0, ge=0)
+    drop_last: bool = False
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int | None = Field(None, gt=0)
+    crop_padding: int | None = Field(None, ge=0)
+    random_flip: bool | None = None
+    synthetic_train_size: int = Field(512, gt=0)
+    synthetic_val_size: int = Field(256, gt=0)
+    # optimization
+    optimizer: str = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = True
+    weight_decay: float = Field(4e-5, ge=0)
+    optim_decay: float = Field(0.9, gt=0, lt=1)
+    optim_eps: float = Field(1e-8, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler: str = "multistep"
+    num_epochs: int = Field(200, ge=1)
+    max_iters_per_epoch: int | None = Field(None, gt=0)
+    multistep_lr_milestones: list[float] = [100, 150]
+    multistep_lr_gamma: float = Field(0.1, gt=0)
+    exp_decaying_lr_gamma: float = Field(0.98, gt=0)
+    exp_decaying_period: int = Field(1, ge=1)
+    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_start: float | None = Field(None, ge=0, le=1)
+    # run
+    random_seed: int = 1995
+    use_diff_seed: bool = False
+    distributed: bool = False
+    distributed_all_reduce: bool = False
+    log_dir: str = "runs"
+    run_name: str | None = None
+    test_only: bool = False
+    resume: str | None = None
+    pretrained_dir: str | None = None
+    pretrained_file: str | None = None
+    fp_pretrained_file: str | None = None
+    profiling: list[str] | None = None
+    profiling_only: bool = False
+    model_profiling_verbose: bool = False
+    device: str = "auto"
+    compile: bool = False
+    channels_last: bool = False
+    num_threads: int | None = Field(None, ge=1)
+    log_every: int = Field(20, ge=1)
+    progress: bool = True
+    # accepted and ignored: the original's machine description of a cluster job
+    num_gpus_per_job: Any = None
+    num_cpus_per_job: Any = None
+    memory_per_job: Any = None
+    gpu_type: Any = None
+    batch_size_per_gpu: Any = None
+    width_divisor: Any = None
+    min_width: Any = None
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        name = MODEL_ALIASES.get(name, name)
+        known = _known_models()
+        if known is not None and name not in known:
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(known)}")
+        return name
+
+    @field_validator("bits_list")
+    @classmethod
+    def _valid_bits(cls, bits: list[int]) -> list[int]:
+        if not bits:
+            raise ValueError("bits_list must name at least one bit-width")
+        bad = [b for b in bits if not 1 <= b <= MAX_BITS]
+        if bad:
+            raise ValueError(f"bit-widths must be integers from 1 to {MAX_BITS} (32 = full precision), got {bad}")
+        if len(set(bits)) != len(bits):
+            raise ValueError(f"bits_list has repeated entries: {bits}")
+        return bits
+
+    @field_validator("topk")
+    @classmethod
+    def _valid_topk(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError(f"topk must be positive integers, got {ks}")
+        return sorted(set(ks) | {1})
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        if name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(sorted(OPTIMIZERS))}")
+        return name
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown lr_scheduler {name!r}; known: {', '.join(sorted(SCHEDULES))}")
+        return name
+
+    @field_validator("device")
+    @classmethod
+    def _valid_device(cls, dev: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", dev):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
+        return dev
+
+    @field_validator("resume", "pretrained_dir", "pretrained_file", "fp_pretrained_file", "dataset_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.warmup_epochs > self.num_epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds num_epochs ({self.num_epochs})")
+        return self
+
+    @property
+    def train_bits(self) -> list[int]:
+        """The bit-widths trained (and evaluated): all of bits_list jointly, or its first entry alone."""
+        return list(self.bits_list) if self.adaptive_training else self.bits_list[:1]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def _known_models() -> list[str] | None:
+    """The model registry's names, or None while the models package is not importable."""
+    try:
+        import adabits
+        return list(adabits.list_models())
+    except (ImportError, AttributeError):
+        return None
+
+
+@dataclass
+class LoadedConfig:
+    config: TrainConfig
+    notes: list[str] = field(default_factory=list)
+    source: str | None = None
+
+
+def split_args(args: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
+    """`app:PATH` (or a bare *.yml path) and `key=value` / `key:value` overrides, in order."""
+    app: str | None = None
+    overrides: list[tuple[str, str]] = []
+    for arg in args:
+        if arg.startswith("app:"):
+            app = arg[4:]
+        elif arg.endswith((".yml", ".yaml")) and "=" not in arg and ":" not in arg:
+            app = arg
+        elif "=" in arg:
+            key, value = arg.split("=", 1)
+            overrides.append((key.strip(), value))
+        elif ":" in arg:
+            key, value = arg.split(":", 1)
+            overrides.append((key.strip(), value))
+        else:
+            raise ConfigError(f"cannot read argument {arg!r}: expected app:PATH.yml or key=value")
+    return app, overrides
+
+
+def _parse_value(key: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"cannot parse the value of {key} on the command line: {text!r}") from None
+
+
+def _unknown_key_message(key: str, origin: str) -> str:
+    fields = list(TrainConfig.model_fields)
+    close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else "; `adabits train --keys` lists the valid keys"
+    return f"unknown key '{key}' in {origin}{hint}"
+
+
+def _format_validation(exc: ValidationError, origins: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = str(err["loc"][0]) if err["loc"] else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        where = f" (from {origins[key]})" if key in origins else ""
+        shown = key and err["type"] != "value_error" and not isinstance(err.get("input"), dict)
+        value = f", got {err['input']!r}" if shown else ""
+        lines.append(f"bad value for '{key}'{where}: {msg}{value}" if key else msg)
+    return "\n".join(lines)
+
+
+def collect_notes(raw: dict[str, Any]) -> list[str]:
+    notes = []
+    machine = [k for k in MACHINE_KEYS if k in raw]
+    if machine:
+        notes.append(f"ignoring {', '.join(machine)} (cluster settings of the original; this run uses one process)")
+    for key, why in INERT_KEYS.items():
+        if key in raw and raw[key] not in (None, False, 0, [], ""):
+            notes.append(f"ignoring {key}: {why}")
+    for key, why in NOTE_IF_TRUE.items():
+        if raw.get(key) is True:
+            notes.append(f"{key}: {why}")
+    return notes
+
+
+def build_config(raw: dict[str, Any], origins: dict[str, str] | None = None) -> TrainConfig:
+    """Validate a flat mapping; ConfigError names each bad key and where it came from."""
+    origins = origins or {}
+    for key in raw:
+        if key not in TrainConfig.model_fields:
+            raise ConfigError(_unknown_key_message(key, origins.get(key, "the config")))
+    try:
+        return TrainConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, origins)) from None
+
+
+def load_config(args: list[str], require_app: bool = True) -> LoadedConfig:
+    """Load `app:PATH` plus overrides into a validated, resolved config (run_name defaults to the file's stem)."""
+    app, overrides = split_args(args)
+    raw: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if app is not None:
+        raw, origins = read_yaml(Path(app))
+    elif require_app:
+        raise ConfigError("no config given: run e.g. `python train.py app:apps/fashion_mnist/q_resnet20_adabits.yml`")
+    for key, text in overrides:
+        key = KEY_ALIASES.get(key, key)
+        raw[key] = _parse_value(key, text)
+        origins[key] = "the command line"
+    cfg = build_config(raw, origins)
+    if cfg.run_name is None:
+        cfg.run_name = Path(app).stem if app else "run"
+    return LoadedConfig(cfg, collect_notes(raw), app)

@@ -1,0 +1,45 @@
+"""Loss and top-k error accumulated on the device; the host reads them only when asked (no per-step sync)."""
+from __future__ import annotations
+
+import torch
+
+
+class BitMeter:
+    """Sums of [samples, loss * samples, correct@k for each k] for one bit-width, kept as one device tensor."""
+
+    def __init__(self, topk: list[int], device: torch.device | str) -> None:
+        self.topk = list(topk)
+        self.sums = torch.zeros(2 + len(self.topk), dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
+        n = labels.shape[0]
+        kmax = min(max(self.topk), logits.shape[1])
+        hits = logits.topk(kmax, dim=1).indices.eq(labels[:, None])
+        cum = hits.cumsum(dim=1).sum(dim=0)  # cum[j]: samples whose label is within the top j+1
+        correct = torch.stack([cum[min(k, kmax) - 1] for k in self.topk])
+        row = torch.cat([torch.tensor([n], device=loss.device, dtype=torch.float64),
+                         (loss.detach().double() * n).reshape(1), correct.double()])
+        self.sums += row
+
+    def summary(self) -> dict[str, float]:
+        """{'loss': mean loss, 'top1_error': ..., 'top5_error': ...}; errors are fractions in [0, 1]."""
+        values = self.sums.tolist()
+        n = max(values[0], 1.0)
+        out = {"loss": values[1] / n}
+        for k, c in zip(self.topk, values[2:]):
+            out[f"top{k}_error"] = 1.0 - c / n
+        return out
+
+
+class MeterSet:
+    """One BitMeter per bit-width."""
+
+    def __init__(self, bits: list[int], topk: list[int], device: torch.device | str) -> None:
+        self.meters = {b: BitMeter(topk, device) for b in bits}
+
+    def __getitem__(self, bits: int) -> BitMeter:
+        return self.meters[bits]
+
+    def summary(self) -> dict[int, dict[str, float]]:
+        return {b: m.summary() for b, m in self.meters.items()}

@@ -1,0 +1,103 @@
+"""What a run leaves for people: epoch tables, metrics.jsonl, TensorBoard, results.md, accuracy_vs_bits.png."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def bits_label(bits: int) -> str:
+    return "FP32" if bits >= 32 else f"{bits}-bit"
+
+
+def epoch_table(epoch: int, num_epochs: int, lr: float, seconds: float,
+                train: dict[int, dict[str, float]], val: dict[int, dict[str, float]]) -> str:
+    """A fixed-width table of one epoch: train and val loss and errors per bit-width."""
+    head = f"epoch {epoch + 1}/{num_epochs}  lr {lr:.4g}  {seconds:.0f}s"
+    cols = f"{'bits':>6} | {'train loss':>10} | {'train top1':>10} | {'val loss':>8} | {'val top1 err':>12} | {'val top5 err':>12}"
+    lines = [head, cols, "-" * len(cols)]
+    for b, v in val.items():
+        t = train.get(b, {})
+        lines.append(f"{bits_label(b):>6} | {t.get('loss', float('nan')):>10.4f} | "
+                     f"{100 * t.get('top1_error', float('nan')):>9.2f}% | {v['loss']:>8.4f} | "
+                     f"{100 * v['top1_error']:>11.2f}% | {100 * v.get('top5_error', float('nan')):>11.2f}%")
+    return "\n".join(lines)
+
+
+def eval_table(val: dict[int, dict[str, float]]) -> str:
+    lines = [f"{'bits':>6} | {'loss':>8} | {'top1 err':>9} | {'top5 err':>9} | {'top1 acc':>9}", "-" * 53]
+    for b, v in val.items():
+        lines.append(f"{bits_label(b):>6} | {v['loss']:>8.4f} | {100 * v['top1_error']:>8.2f}% | "
+                     f"{100 * v.get('top5_error', float('nan')):>8.2f}% | {100 * (1 - v['top1_error']):>8.2f}%")
+    return "\n".join(lines)
+
+
+def results_markdown(title: str, epoch: int, val: dict[int, dict[str, float]]) -> str:
+    """results.md: one row per bit-width with top-1 / top-5 error (%) of the best epoch."""
+    ks = sorted({key for v in val.values() for key in v if key.startswith("top")})
+    header = "| bits | " + " | ".join(k.replace("_", " ") + " (%)" for k in ks) + " | top1 accuracy (%) |"
+    sep = "|" + "---|" * (len(ks) + 2)
+    rows = [f"| {bits_label(b)} | " + " | ".join(f"{100 * v[k]:.2f}" for k in ks) + f" | {100 * (1 - v['top1_error']):.2f} |"
+            for b, v in val.items()]
+    mean = sum(v["top1_error"] for v in val.values()) / len(val)
+    return "\n".join([f"# {title}", "", f"Best epoch {epoch + 1} (by mean top-1 error over bit-widths: {100 * mean:.2f}%).",
+                      "", header, sep, *rows, ""])
+
+
+def plot_accuracy(path: Path, title: str, val: dict[int, dict[str, float]]) -> None:
+    """accuracy_vs_bits.png: top-1 (and top-5) accuracy per bit-width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bits = sorted(val)
+    labels = [bits_label(b) for b in bits]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key, marker in (("top1_error", "o"), ("top5_error", "s")):
+        if all(key in val[b] for b in bits):
+            ax.plot(labels, [100 * (1 - val[b][key]) for b in bits], marker=marker,
+                    label=key.replace("_error", " accuracy"))
+    ax.set_xlabel("bit-width")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+class RunWriter:
+    """Appends metrics.jsonl rows and mirrors them to TensorBoard when tensorboard is installed."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.jsonl = run_dir / "metrics.jsonl"
+        self.tb: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write_epoch(self, epoch: int, lr: float, seconds: float,
+                    train: dict[int, dict[str, float]], val: dict[int, dict[str, float]]) -> None:
+        with self.jsonl.open("a") as f:
+            for b, v in val.items():
+                row: dict[str, Any] = {"epoch": epoch + 1, "bits": b, "lr": lr, "time_s": round(seconds, 2)}
+                row.update({f"train_{k}": x for k, x in train.get(b, {}).items()})
+                row.update({f"val_{k}": x for k, x in v.items()})
+                f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for phase, data in (("train", train), ("val", val)):
+                for b, metrics in data.items():
+                    for k, x in metrics.items():
+                        self.tb.add_scalar(f"{phase}_{k}/{bits_label(b)}", x, epoch + 1)
+            self.tb.add_scalar("lr", lr, epoch + 1)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

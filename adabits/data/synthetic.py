@@ -31,4 +31,4 @@ def build_synthetic(opts: Any) -> ImageSplits:
     train = make_images(opts.synthetic_train_size, num_classes, in_chans, size, gen, prototypes)
     val = make_images(opts.synthetic_val_size, num_classes, in_chans, size, gen, prototypes)
     return ImageSplits(train[0], train[1], val[0], val[1], num_classes=num_classes,
-                       mean=(0.5,) * in_chans, std=(0.25,) * in_chans, crop_padding=2, random_flip=True)
+                       mean=(0.5,) * in_chans, std=(0.25,) * in_chans, crop_padding=0, random_flip=False)

@@ -179,6 +179,7 @@ class Trainer:
         try:
             for epoch in range(self.start_epoch, cfg.num_epochs):
                 t0 = time.time()
+                lr = self.optimizer.param_groups[0]["lr"]  # the lr the epoch starts with
                 train = self.train_one_epoch(epoch)
                 val = self.evaluate()
                 seconds = time.time() - t0
@@ -187,7 +188,6 @@ class Trainer:
                     self.best = {"mean_top1_error": mean_top1, "epoch": epoch, "val": val}
                     checkpoint.save_atomic(self._state(epoch + 1), self.run_dir / "best_model.pt")
                 checkpoint.save_atomic(self._state(epoch + 1), latest)
-                lr = self.optimizer.param_groups[0]["lr"]
                 writer.write_epoch(epoch, lr, seconds, train, val)
                 self.echo(report.epoch_table(epoch, cfg.num_epochs, lr, seconds, train, val))
                 self._write_results()

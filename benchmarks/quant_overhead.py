@@ -1,0 +1,84 @@
+"""Cost of quantization in a training step: ResNet-20 at 4 bits vs the same network at 32 bits.
+
+One process, the variants interleaved round by round so that machine noise hits them alike;
+the reported numbers are ratios of medians. Run:
+
+    python benchmarks/quant_overhead.py [--rounds 7] [--batch 128] [--compile] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import adabits
+
+
+def make_step(bits: int, compiled: bool, batch: int, device: str) -> Callable[[], None]:
+    """A closure running one forward + backward + SGD step of a fresh ResNet-20 at `bits`."""
+    torch.manual_seed(0)
+    model = adabits.create_model("resnet20", bits_list=[bits], num_classes=10, in_chans=1).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    forward = torch.compile(model) if compiled else model
+    images = torch.randint(0, 256, (batch, 1, 28, 28), device=device).float()
+    labels = torch.randint(0, 10, (batch,), device=device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(forward(images), labels)
+        loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd 4-bit step")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+
+    variants = {"fp32_eager": make_step(32, False, args.batch, args.device),
+                "4bit_eager": make_step(4, False, args.batch, args.device)}
+    if args.compile:
+        variants["4bit_compiled"] = make_step(4, True, args.batch, args.device)
+    for step in variants.values():  # warm-up (and compilation)
+        for _ in range(3):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, step in variants.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+
+    median = {name: statistics.median(t) for name, t in times.items()}
+    base = median["fp32_eager"]
+    result = {
+        "command": "python benchmarks/quant_overhead.py " + " ".join(
+            f"--{k}" if v is True else f"--{k} {v}" for k, v in vars(args).items() if v not in (False, None)),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "median_step_s": {k: round(v, 4) for k, v in median.items()},
+        "ratio_to_fp32_eager": {k: round(v / base, 3) for k, v in median.items()},
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -309,7 +309,7 @@ def load_config(args: list[str], require_app: bool = True) -> LoadedConfig:
     origins: dict[str, str] = {}
     if app is not None:
         raw, origins = read_yaml(Path(app))
-    elif require_app:
+    elif require_app and not overrides:
         raise ConfigError("no config given: run e.g. `python train.py app:apps/fashion_mnist/q_resnet20_adabits.yml`")
     for key, text in overrides:
         key = KEY_ALIASES.get(key, key)

@@ -12,7 +12,7 @@ TINY: dict[str, Any] = {
     "synthetic_train_size": 96, "synthetic_val_size": 40, "batch_size": 16,
     "bits_list": [8, 4], "weight_quant_scheme": "centered",
     "lr": 0.05, "lr_scheduler": "cos_annealing_iter", "num_epochs": 2,
-    "progress": False, "random_seed": 7,
+    "progress": False, "random_seed": 7, "num_threads": 1,
 }
 
 

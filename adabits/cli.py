@@ -72,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("\ninterrupted before training started; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (UserError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -74,12 +74,12 @@ def test_the_installed_fashion_mnist():
     assert set(loaders.val.labels.unique().tolist()) == set(range(10))
 
 
-def test_unknown_dataset_and_image_size_mismatch():
+def test_unknown_dataset_and_image_size_mismatch(tmp_path):
     with pytest.raises(DataError, match="unknown dataset 'imagenet7'"):
         build_loaders(TrainConfig(dataset="imagenet7"))
-    with pytest.raises(DataError, match="image_size"):
-        build_loaders(TrainConfig(dataset="synthetic", image_size=8, in_chans=1, num_classes=3)
-                      .model_copy(update={"dataset": "fashion_mnist"}))
+    fake_fashion_mnist(tmp_path / "fm")
+    with pytest.raises(DataError, match="28x28 images, but the config asks for image_size 32"):
+        build_loaders(TrainConfig(dataset="fashion_mnist", dataset_dir=str(tmp_path / "fm"), image_size=32))
 
 
 def reference_crop_flip(images, padding, dy, dx, flipped):

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
     """Random crop (zero padding `padding`) and horizontal flip of a uint8 batch (N, C, H, W).
 
-    Every image gets its own offset and flip, drawn from `gen` on the batch's device, and all of
-    them are applied by one advanced-indexing gather into the padded batch.
+    Every image gets its own offset and flip, drawn from `gen` on the batch's device; all of them
+    are applied by one `gather` of flat pixel indices into the padded batch.
     """
     if padding <= 0 and not flip:
         return images
@@ -25,9 +25,8 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, gen: torch.
     if flip:
         flipped = torch.rand(n, 1, generator=gen, device=dev) < 0.5
         cols = torch.where(flipped, cols.flip(1), cols)
-    batch = torch.arange(n, device=dev)[:, None, None, None]
-    chans = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+    index = (rows[:, :, None] * padded.shape[-1] + cols[:, None, :]).reshape(n, 1, h * w).expand(n, c, h * w)
+    return padded.reshape(n, c, -1).gather(2, index).reshape(n, c, h, w)
 
 
 @dataclass(frozen=True)

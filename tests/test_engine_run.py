@@ -161,3 +161,11 @@ def test_pretrained_fp_and_test_only(tmp_path):
         assert val[bits]["top1_error"] == pytest.approx(best[bits]["top1_error"])
     with pytest.raises(CheckpointError, match="does not fit"):
         Trainer(tiny_config(tmp_path, run_name="x", pretrained_file=str(fp_file)), echo=quiet).prepare()
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path):
+    from adabits.engine import UserError
+
+    cfg = tiny_config(tmp_path, lr=1e30, lr_scheduler="constant", num_epochs=1)
+    with pytest.raises(UserError, match="diverged"):
+        Trainer(cfg, echo=quiet).prepare().fit()

@@ -14,12 +14,12 @@ def epoch_table(epoch: int, num_epochs: int, lr: float, seconds: float,
                 train: dict[int, dict[str, float]], val: dict[int, dict[str, float]]) -> str:
     """A fixed-width table of one epoch: train and val loss and errors per bit-width."""
     head = f"epoch {epoch + 1}/{num_epochs}  lr {lr:.4g}  {seconds:.0f}s"
-    cols = f"{'bits':>6} | {'train loss':>10} | {'train top1':>10} | {'val loss':>8} | {'val top1 err':>12} | {'val top5 err':>12}"
+    cols = f"{'bits':>6} | {'train loss':>10} | {'train top1 err':>14} | {'val loss':>8} | {'val top1 err':>12} | {'val top5 err':>12}"
     lines = [head, cols, "-" * len(cols)]
     for b, v in val.items():
         t = train.get(b, {})
         lines.append(f"{bits_label(b):>6} | {t.get('loss', float('nan')):>10.4f} | "
-                     f"{100 * t.get('top1_error', float('nan')):>9.2f}% | {v['loss']:>8.4f} | "
+                     f"{100 * t.get('top1_error', float('nan')):>13.2f}% | {v['loss']:>8.4f} | "
                      f"{100 * v['top1_error']:>11.2f}% | {100 * v.get('top5_error', float('nan')):>11.2f}%")
     return "\n".join(lines)
 

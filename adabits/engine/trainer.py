@@ -181,6 +181,11 @@ class Trainer:
                 t0 = time.time()
                 lr = self.optimizer.param_groups[0]["lr"]  # the lr the epoch starts with
                 train = self.train_one_epoch(epoch)
+                diverged = [b for b, m in train.items() if not math.isfinite(m["loss"])]
+                if diverged:
+                    raise UserError(f"training diverged in epoch {epoch + 1}: the loss at bits {diverged} is not "
+                                    f"finite; lower lr (now {cfg.lr}) or add warmup_epochs. Checkpoints kept "
+                                    f"in {self.run_dir} are from the epochs before.")
                 val = self.evaluate()
                 seconds = time.time() - t0
                 mean_top1 = sum(v["top1_error"] for v in val.values()) / len(val)

@@ -87,3 +87,26 @@ def test_help_and_keys(capsys):
     assert "key=value" in capsys.readouterr().out
     assert main(["train", "--keys"]) == 0
     assert "bits_list: [8, 6, 5, 4]" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_cleanly_and_names_the_last_checkpoint(tmp_path):
+    import signal
+
+    import torch
+
+    from _engine_helpers import tiny_args
+
+    cmd = [sys.executable, str(ROOT / "train.py"), *tiny_args(tmp_path, num_epochs=500)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stdout:  # wait for the first finished epoch
+            if line.startswith("epoch 2/500"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "Last checkpoint:" in err and "latest_checkpoint.pt" in err and "Traceback" not in err
+    assert torch.load(tmp_path / "tiny" / "latest_checkpoint.pt", weights_only=True)["epoch"] >= 2

@@ -20,13 +20,15 @@ import torch
 import adabits
 
 
-def make_step(bits: int, compiled: bool, batch: int, device: str) -> Callable[[], None]:
+def make_step(bits: int, compiled: bool, batch: int, device: str, channels_last: bool) -> Callable[[], None]:
     """A closure running one forward + backward + SGD step of a fresh ResNet-20 at `bits`."""
     torch.manual_seed(0)
     model = adabits.create_model("resnet20", bits_list=[bits], num_classes=10, in_chans=1).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     forward = torch.compile(model) if compiled else model
-    images = torch.randint(0, 256, (batch, 1, 28, 28), device=device).float()
+    images = torch.randint(0, 256, (batch, 1, 28, 28), device=device).float().contiguous(memory_format=layout)
     labels = torch.randint(0, 10, (batch,), device=device)
 
     def step() -> None:
@@ -45,14 +47,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd 4-bit step")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC layout (faster convolutions on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
 
-    variants = {"fp32_eager": make_step(32, False, args.batch, args.device),
-                "4bit_eager": make_step(4, False, args.batch, args.device)}
+    variants = {"fp32_eager": make_step(32, False, args.batch, args.device, args.channels_last),
+                "4bit_eager": make_step(4, False, args.batch, args.device, args.channels_last)}
     if args.compile:
-        variants["4bit_compiled"] = make_step(4, True, args.batch, args.device)
+        variants["4bit_compiled"] = make_step(4, True, args.batch, args.device, args.channels_last)
     for step in variants.values():  # warm-up (and compilation)
         for _ in range(3):
             step()
@@ -67,7 +70,8 @@ def main() -> None:
     base = median["fp32_eager"]
     result = {
         "command": "python benchmarks/quant_overhead.py " + " ".join(
-            f"--{k}" if v is True else f"--{k} {v}" for k, v in vars(args).items() if v not in (False, None)),
+            f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items() if v not in (False, None)),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
         "torch": torch.__version__,
         "batch": args.batch,

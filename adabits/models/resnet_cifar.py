@@ -77,9 +77,17 @@ class CifarResNet(nn.Module):
 
 
 @register_model
-def resnet_cifar(bits_list: list, config: QuantConfig | None = None, depth: int = 20, **options) -> CifarResNet:
+def resnet_cifar(
+    bits_list: list,
+    config: QuantConfig | None = None,
+    depth: int = 20,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    width: int = 16,
+    classifier_std: float = DEFAULT_CLASSIFIER_STD,
+) -> CifarResNet:
     """CIFAR ResNet of any depth 6n+2."""
-    return CifarResNet(depth, bits_list, config, **options)
+    return CifarResNet(depth, bits_list, config, num_classes, in_chans, width, classifier_std)
 
 
 def _fixed_depth(depth: int):

@@ -98,6 +98,14 @@ def sat_scale(
     return target / quantized_weight.detach().std()
 
 
+def _flat_alike(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """1-D views of same-shaped tensors in one common element order (views where the layout allows)."""
+    if tensors[0].dim() == 4 and any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                                     for t in tensors):
+        return tuple(t.permute(0, 2, 3, 1).reshape(-1) for t in tensors)
+    return tuple(t.reshape(-1) for t in tensors)
+
+
 class _PACTQuantize(torch.autograd.Function):
     """Clip to [0, alpha] (or [-alpha, alpha]), quantize, rescale: one autograd node.
 
@@ -135,9 +143,8 @@ class _PACTQuantize(torch.autograd.Function):
         grad_alpha = None
         if ctx.needs_input_grad[1]:
             # sum(grad * (out - x * inside)) / alpha as two reductions, with no temporaries
-            dot_out = torch.dot(grad.reshape(-1), out.reshape(-1))
-            dot_in = torch.dot(grad_x.reshape(-1), x.reshape(-1))
-            grad_alpha = (dot_out - dot_in) / alpha
+            grad_flat, out_flat, grad_x_flat, x_flat = _flat_alike(grad, out, grad_x, x)
+            grad_alpha = (torch.dot(grad_flat, out_flat) - torch.dot(grad_x_flat, x_flat)) / alpha
         return grad_x, grad_alpha, None, None, None
 
 

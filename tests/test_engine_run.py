@@ -169,3 +169,15 @@ def test_divergence_stops_with_a_clear_error(tmp_path):
     cfg = tiny_config(tmp_path, lr=1e30, lr_scheduler="constant", num_epochs=1)
     with pytest.raises(UserError, match="diverged"):
         Trainer(cfg, echo=quiet).prepare().fit()
+
+
+def test_alpha_init_mse_chooses_levels_before_training_but_not_on_resume(tmp_path):
+    notes: list[str] = []
+    trainer = Trainer(tiny_config(tmp_path, alpha_init="mse", num_epochs=1), echo=notes.append).prepare()
+    alpha = trainer.model.layers[0].conv1.alpha.detach().clone()
+    assert not torch.equal(alpha, torch.full_like(alpha, 8.0)) and alpha[1] < alpha[0]
+    assert any("clipping levels chosen" in note for note in notes)
+    trainer.fit()
+    resumed_notes: list[str] = []
+    Trainer(tiny_config(tmp_path, alpha_init="mse", num_epochs=2), echo=resumed_notes.append).prepare()
+    assert not any("clipping levels chosen" in note for note in resumed_notes)

@@ -80,6 +80,10 @@ class TrainConfig(BaseModel):
     stats_sharing: bool = False
     pact_fp: bool = False
     double_side: bool = False
+    # PACT clipping levels at the start: "fixed" (8 conv / 10 linear, as the original) or "mse"
+    # (per bit-width, least quantization error on alpha_init_batches training batches)
+    alpha_init: Literal["fixed", "mse"] = "fixed"
+    alpha_init_batches: int = Field(2, ge=1)
     normalize: bool = False
     bn_calib: bool = False
     reset_parameters: bool = True

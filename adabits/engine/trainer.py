@@ -6,6 +6,7 @@ every bit-width after each one and writes checkpoints and reports into the run f
 """
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -19,6 +20,7 @@ from tqdm import tqdm
 import adabits
 
 from ..data import Loaders, build_loaders
+from ..quant.clipping import init_clipping_levels
 from . import checkpoint, report
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
@@ -78,7 +80,16 @@ class Trainer:
         else:
             for note in load_pretrained(self.model, cfg):
                 self.echo(note)
+            if cfg.alpha_init == "mse":
+                self._init_clipping_levels()
         return self
+
+    def _init_clipping_levels(self) -> None:
+        """Choose every PACT alpha from the data (adabits.quant.clipping) before the first step."""
+        batches = [images for images, _ in itertools.islice(iter(self.loaders.train), self.cfg.alpha_init_batches)]
+        levels = init_clipping_levels(self.model, torch.cat(batches))
+        summary = ", ".join(f"{bits}: {min(v.values()):.2f}-{max(v.values()):.2f}" for bits, v in levels.items() if v)
+        self.echo(f"clipping levels chosen from {len(batches)} training batches (alpha range per bits: {summary})")
 
     def _resume_path(self) -> Path | None:
         if self.cfg.resume:

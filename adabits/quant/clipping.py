@@ -1,0 +1,88 @@
+"""Data-driven PACT clipping levels: alpha per bit-width that minimises quantization error.
+
+The seed starts every alpha at 8 (10 for linear layers). When quantized training starts from a
+full-precision model, the activations entering a layer after BN + ReLU mostly lie below 2 or 3,
+so at 4 bits a level of 8 spends most of the 16 levels on values that never occur, and alpha
+learns far too slowly to recover in a short schedule (measured: it moved by < 0.1 in 250 steps).
+Choosing alpha from the data fixes the start: for every bit-width, layer by layer in forward
+order, alpha is set to the candidate with the least mean squared quantization error on that
+layer's actual input (which already reflects the clipping chosen for the layers before it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .bitwidth import FULL_PRECISION, format_bits, switchable_modules, use_bits
+from .functional import quantize_unit
+from .layers import QuantLayerMixin
+
+SAMPLE_SIZE = 1 << 16
+CANDIDATES = 100
+
+
+def mse_optimal_alpha(x: Tensor, bits: int, scheme: str = "original", double_side: bool = False) -> Tensor:
+    """The clipping level (among CANDIDATES fractions of max|x|) with the least squared error."""
+    values = x.detach().float().reshape(-1)
+    if values.numel() > SAMPLE_SIZE:
+        index = torch.randint(values.numel(), (SAMPLE_SIZE,), device=values.device,
+                              generator=torch.Generator(values.device).manual_seed(0))
+        values = values[index]
+    top = values.abs().max() if double_side else values.clamp(min=0).max()
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    alphas = top * torch.arange(1, CANDIDATES + 1, device=values.device, dtype=values.dtype) / CANDIDATES
+    alphas = alphas[:, None]
+    if double_side:
+        unit = (torch.clamp(values / alphas, -1, 1) + 1) / 2
+        quantized = alphas * (2 * quantize_unit(unit, bits, scheme) - 1)
+    else:
+        quantized = alphas * quantize_unit(torch.clamp(values / alphas, 0, 1), bits, scheme)
+    errors = (quantized - values).pow(2).mean(dim=1)
+    return alphas[errors.argmin(), 0]
+
+
+@torch.no_grad()
+def init_clipping_levels(model: nn.Module, images: Tensor, bits_list: Iterable[object] | None = None) -> dict:
+    """Set every quantized layer's alpha for each bit-width from one forward pass on `images`.
+
+    Runs in eval mode (BN uses its running statistics, which nothing here changes) and restores
+    the model's mode and bit-width. Layers with one shared alpha get the level chosen at the
+    first bit-width listed. Returns {bits: {layer name: alpha}} for logging.
+    """
+    modules = switchable_modules(model)
+    if not modules:
+        raise ValueError("init_clipping_levels needs a model with quantized layers")
+    chosen: dict = {}
+    was_training = model.training
+    model.eval()
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayerMixin) and m.alpha is not None}
+    try:
+        for bits in bits_list if bits_list is not None else [format_bits(p) for p in modules[0].bits_list]:
+            levels: dict[str, float] = {}
+            chosen[bits] = levels
+
+            def choose(name: str):
+                def hook(layer: QuantLayerMixin, inputs: tuple) -> None:
+                    if layer.act_bits >= FULL_PRECISION or layer.alpha is None:
+                        return
+                    if layer.alpha.numel() == 1 and levels is not next(iter(chosen.values())):
+                        return  # a shared alpha is chosen once, at the first bit-width
+                    alpha = mse_optimal_alpha(inputs[0], layer.act_bits, layer.act_quant_scheme, layer.double_side)
+                    index = layer.bits_index if layer.alpha.numel() > 1 else 0
+                    layer.alpha[index] = alpha
+                    levels[name] = float(alpha)
+                return hook
+
+            handles = [layer.register_forward_pre_hook(choose(name)) for name, layer in layers.items()]
+            try:
+                with use_bits(model, bits):
+                    model(images)
+            finally:
+                for handle in handles:
+                    handle.remove()
+    finally:
+        model.train(was_training)
+    return chosen

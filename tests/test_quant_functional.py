@@ -209,3 +209,20 @@ def test_half_precision_is_quantized_in_float32(dtype: torch.dtype) -> None:
     torch.testing.assert_close(out.float(), reference.to(dtype).float())
     w = torch.randn(16, 16)
     assert quantize_weight(w.to(dtype), 8).dtype == dtype
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_fused_float32_cpu_path_matches_the_general_path(bits: int) -> None:
+    """float32 on the CPU with the `original` scheme takes one fused kernel; float64 does not."""
+    torch.manual_seed(bits)
+    x = (torch.randn(8, 4, 5, 5) * 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    alpha = torch.tensor(2.5, requires_grad=True)
+    upstream = torch.randn(8, 4, 5, 5)
+    (quantize_activation(x, alpha, bits) * upstream).sum().backward()
+    x64 = x.detach().double().requires_grad_()
+    alpha64 = alpha.detach().double().requires_grad_()
+    out64 = quantize_activation(x64, alpha64, bits)
+    (out64 * upstream.double()).sum().backward()
+    torch.testing.assert_close(quantize_activation(x.detach(), alpha.detach(), bits).double(), out64.detach())
+    torch.testing.assert_close(x.grad.double(), x64.grad)
+    torch.testing.assert_close(alpha.grad.double(), alpha64.grad, rtol=1e-5, atol=1e-4)

@@ -121,17 +121,6 @@ class _PACTQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, bits: int, scheme: str, double_side: bool) -> Tensor:  # type: ignore[override]
         a = _levels(bits, scheme)
-        ctx.cpu_bounds = None
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and scheme == "original" and not double_side
-                and not torch.compiler.is_compiling()):
-            # One fused kernel, round(clamp(x / s, 0, a)) * s with s = alpha / a; reading alpha
-            # on the CPU syncs nothing and lets the backward mask x against plain numbers.
-            # (Compiled graphs take the general path below, which inductor fuses by itself.)
-            zero_point = torch.zeros((), dtype=torch.int32)
-            out = torch.fake_quantize_per_tensor_affine(x, (alpha / a).reshape(()), zero_point, 0, int(a))
-            ctx.save_for_backward(x, alpha, out)
-            ctx.cpu_bounds = (0.0, float(alpha))
-            return out
         if double_side:  # u = (x / alpha + 1) / 2 * a
             units = torch.mul(x, a / (2 * alpha)).add_(a / 2)
         else:  # u = x / alpha * a
@@ -149,12 +138,8 @@ class _PACTQuantize(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        if ctx.cpu_bounds is not None:
-            x, alpha, out = ctx.saved_tensors
-            grad_x = torch.ops.aten.hardtanh_backward(grad, x, *ctx.cpu_bounds)
-        else:
-            x, alpha, units, out = ctx.saved_tensors
-            grad_x = torch.ops.aten.hardtanh_backward(grad, units, 0.0, ctx.levels)
+        x, alpha, units, out = ctx.saved_tensors
+        grad_x = torch.ops.aten.hardtanh_backward(grad, units, 0.0, ctx.levels)
         grad_alpha = None
         if ctx.needs_input_grad[1]:
             # sum(grad * (out - x * inside)) / alpha as two reductions, with no temporaries

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
 from .optim import OPTIMIZERS
@@ -177,18 +177,12 @@ class TrainConfig(BaseModel):
             raise ValueError(f"topk must be positive integers, got {ks}")
         return sorted(set(ks) | {1})
 
-    @field_validator("optimizer")
+    @field_validator("optimizer", "lr_scheduler")
     @classmethod
-    def _known_optimizer(cls, name: str) -> str:
-        if name not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(sorted(OPTIMIZERS))}")
-        return name
-
-    @field_validator("lr_scheduler")
-    @classmethod
-    def _known_scheduler(cls, name: str) -> str:
-        if name not in SCHEDULES:
-            raise ValueError(f"unknown lr_scheduler {name!r}; known: {', '.join(sorted(SCHEDULES))}")
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        known = OPTIMIZERS if info.field_name == "optimizer" else SCHEDULES
+        if name not in known:
+            raise ValueError(f"unknown {info.field_name} {name!r}; known: {', '.join(sorted(known))}")
         return name
 
     @field_validator("device")

@@ -59,20 +59,21 @@ def init_clipping_levels(model: nn.Module, images: Tensor, bits_list: Iterable[o
     was_training = model.training
     model.eval()
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayerMixin) and m.alpha is not None}
+    order = list(bits_list) if bits_list is not None else [format_bits(p) for p in modules[0].bits_list]
     try:
-        for bits in bits_list if bits_list is not None else [format_bits(p) for p in modules[0].bits_list]:
+        for bits in order:
             levels: dict[str, float] = {}
             chosen[bits] = levels
+            first = bits == order[0]
 
-            def choose(name: str):
+            def choose(name: str, levels: dict[str, float] = levels, first: bool = first):
                 def hook(layer: QuantLayerMixin, inputs: tuple) -> None:
                     if layer.act_bits >= FULL_PRECISION or layer.alpha is None:
                         return
-                    if layer.alpha.numel() == 1 and levels is not next(iter(chosen.values())):
+                    if layer.alpha.numel() == 1 and not first:
                         return  # a shared alpha is chosen once, at the first bit-width
                     alpha = mse_optimal_alpha(inputs[0], layer.act_bits, layer.act_quant_scheme, layer.double_side)
-                    index = layer.bits_index if layer.alpha.numel() > 1 else 0
-                    layer.alpha[index] = alpha
+                    layer.alpha[layer.bits_index if layer.alpha.numel() > 1 else 0] = alpha
                     levels[name] = float(alpha)
                 return hook
 

@@ -7,8 +7,10 @@ import random
 
 import pytest
 import torch
+from _engine_helpers import tiny_args
 from PIL import Image
 
+from adabits.cli import main
 from adabits.data import DataError, build_loaders, imagenet
 from adabits.data.folder_loader import folder_loaders
 from adabits.data.image_ops import resized_crop_box
@@ -130,8 +132,8 @@ def test_val50k_holds_out_the_originals_images(tmp_path, monkeypatch):
     random.seed(7)
     random.shuffle(samples)
     held_out = {str(p) for p in samples[:5]}
-    val_set = loaders.val._loader.dataset.split
-    train_set = loaders.train._loader.dataset.split
+    val_set = loaders.val.dataset.split
+    train_set = loaders.train.dataset.split
     assert {val_set.paths[i] for i in range(5)} == held_out
     assert not held_out & {train_set.paths[i] for i in range(7)}
     monkeypatch.setattr(imagenet, "HELD_OUT", 12)
@@ -195,3 +197,14 @@ def test_synthetic_data_of_any_shape_and_class_count():
     x, y = next(iter(loaders.train))
     assert x.shape == (8, 5, 20, 20) and (loaders.num_classes, loaders.val.num_samples) == (13, 9)
     assert int(loaders.train.labels.max()) < 13
+
+
+def test_train_and_test_end_to_end_on_a_jpeg_folder(tmp_path, capsys):
+    fake_imagenet(tmp_path / "inet")
+    args = tiny_args(tmp_path / "runs", dataset="imagenet1k", dataset_dir=str(tmp_path / "inet"), in_chans=3,
+                     num_classes=3, image_size=16, batch_size=4, num_epochs=1, data_loader_workers=2,
+                     alpha_init="mse", alpha_init_batches=2)
+    assert main(["train", *args]) == 0
+    assert "epoch 1/1" in capsys.readouterr().out
+    assert main(["test", *args]) == 0
+    assert "top1 acc" in capsys.readouterr().out

@@ -115,6 +115,10 @@ class FolderLoader:
     def num_samples(self) -> int:
         return len(self.sampler)
 
+    @property
+    def dataset(self) -> FolderDataset:
+        return self._loader.dataset
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels, errors in self._loader:
             failed = [e for e in errors if e]

@@ -81,6 +81,21 @@ def test_val_transform_is_resize_short_side_then_center_crop(tmp_path):
     assert torch.equal(inputs[1], expected.float())
 
 
+def test_a_train_sample_is_its_crop_box_resized_then_maybe_flipped(tmp_path):
+    fake_imagenet(tmp_path)
+    loaders = build_loaders(inet(tmp_path, image_size=20, random_seed=3))
+    dataset = loaders.train.dataset
+    for i in range(6):
+        image, label, error = dataset[(5, i)]
+        rng = random.Random(f"3:5:{i}")  # the documented seed of sample i in epoch 5
+        img = Image.open(dataset.split.paths[i]).convert("RGB")
+        left, top, w, h = resized_crop_box(img.width, img.height, (0.08, 1.0), rng)
+        ref = img.crop((left, top, left + w, top + h)).resize((20, 20), Image.Resampling.BILINEAR)
+        expected = torch.frombuffer(bytearray(ref.tobytes()), dtype=torch.uint8).view(20, 20, 3).permute(2, 0, 1)
+        expected = expected.flip(-1) if rng.random() < 0.5 else expected
+        assert torch.equal(image, expected) and label == int(dataset.split.labels[i]) and error == ""
+
+
 def test_random_resized_crop_box_stays_inside_with_torchvision_sampling():
     rng = random.Random(0)
     boxes = [resized_crop_box(50, 40, (0.08, 1.0), rng) for _ in range(300)]

@@ -29,7 +29,8 @@ def open_rgb(path: str | Path) -> Image.Image:
         return img.convert("RGB")
 
 
-def resized_crop_box(width: int, height: int, scale: tuple[float, float], rng: random.Random) -> tuple[int, int, int, int]:
+def resized_crop_box(width: int, height: int, scale: tuple[float, float],
+                     rng: random.Random) -> tuple[int, int, int, int]:
     """RandomResizedCrop's box (left, top, w, h): 10 tries at a random area and aspect, then a center crop."""
     area = width * height
     log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
@@ -51,8 +52,9 @@ def resized_crop_box(width: int, height: int, scale: tuple[float, float], rng: r
 
 
 def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float], rng: random.Random) -> Image.Image:
+    """Crop, then resize (as torchvision: the filter sees no pixels outside the crop)."""
     left, top, w, h = resized_crop_box(img.width, img.height, scale, rng)
-    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    return img.crop((left, top, left + w, top + h)).resize((size, size), Image.Resampling.BILINEAR)
 
 
 def resize_short_side(img: Image.Image, size: int) -> Image.Image:

@@ -16,4 +16,4 @@ LAYOUT = FolderLayout("CINIC-10", "train", "valid", "png", "cinic", subfolders=(
 @register_dataset("cinic10", "CINIC10", "cinic")
 def build_cinic10(opts: Any) -> FolderSplits:
     _, classes, train, val = load_folders(opts, LAYOUT)
-    return FolderSplits(LAYOUT.title, train, val, tuple(classes), LAYOUT.default_transforms)
+    return FolderSplits(train, val, tuple(classes), LAYOUT.default_transforms)

@@ -53,7 +53,6 @@ class FolderSplit:
 class FolderSplits:
     """What a folder dataset hands to `build_loaders`: train and val samples, the classes, its transforms."""
 
-    title: str
     train: FolderSplit
     val: FolderSplit
     classes: tuple[str, ...]

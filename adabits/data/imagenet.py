@@ -19,7 +19,7 @@ HELD_OUT = 50_000
 @register_dataset("imagenet1k", "imagenet")
 def build_imagenet(opts: Any) -> FolderSplits:
     _, classes, train, val = load_folders(opts, LAYOUT)
-    return FolderSplits(LAYOUT.title, train, val, tuple(classes), LAYOUT.default_transforms)
+    return FolderSplits(train, val, tuple(classes), LAYOUT.default_transforms)
 
 
 @register_dataset("imagenet1k_val50k")
@@ -35,5 +35,5 @@ def build_imagenet_val50k(opts: Any) -> FolderSplits:
                         f"{root / LAYOUT.train} has only {len(train)}")
     order = list(range(len(train)))
     random.Random(opts.random_seed).shuffle(order)
-    return FolderSplits(LAYOUT.title, train.subset(order[HELD_OUT:]), train.subset(order[:HELD_OUT]),
+    return FolderSplits(train.subset(order[HELD_OUT:]), train.subset(order[:HELD_OUT]),
                         tuple(classes), LAYOUT.default_transforms)

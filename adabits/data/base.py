@@ -6,7 +6,8 @@ uint8 tensors and batched by slicing; the data path then costs nothing next to t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Iterator
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -38,7 +39,20 @@ class ImageSplits:
         return int(self.train_images.shape[-1])
 
 
-DatasetBuilder = Callable[[Any], ImageSplits]
+class BatchLoader(Protocol):
+    """What the Trainer iterates: (inputs, labels) batches on the device, reproducible per epoch."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    @property
+    def num_samples(self) -> int: ...
+
+
+DatasetBuilder = Callable[[Any], Any]  # -> ImageSplits, or FolderSplits for a dataset of image folders
 
 DATASETS: dict[str, DatasetBuilder] = {}
 

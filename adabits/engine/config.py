@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ..data.recipes import DATA_LOADERS, TRANSFORMS
 from .errors import ConfigError
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
@@ -33,9 +34,6 @@ KEY_ALIASES = {"bs": "batch_size"}
 MACHINE_KEYS = ("num_gpus_per_job", "num_cpus_per_job", "memory_per_job", "gpu_type", "batch_size_per_gpu")
 #: keys of the original accepted for compatibility, with why they change nothing here
 INERT_KEYS = {
-    "data_loader": "data is loaded into memory by the dataset's own loader",
-    "data_transforms": "augmentation is the dataset's (crop_padding / random_flip set it)",
-    "data_loader_workers": "data is in memory; no worker processes are needed",
     "reset_parameters": "models are always initialised as SPEC section 6 says",
     "width_divisor": "MobileNet widths are fixed by the model",
     "min_width": "MobileNet widths are fixed by the model",
@@ -183,6 +181,14 @@ class TrainConfig(BaseModel):
         known = OPTIMIZERS if info.field_name == "optimizer" else SCHEDULES
         if name not in known:
             raise ValueError(f"unknown {info.field_name} {name!r}; known: {', '.join(sorted(known))}")
+        return name
+
+    @field_validator("data_transforms", "data_loader")
+    @classmethod
+    def _known_data_name(cls, name: str | None, info: ValidationInfo) -> str | None:
+        known = list(TRANSFORMS) if info.field_name == "data_transforms" else list(DATA_LOADERS)
+        if name is not None and name not in known:
+            raise ValueError(f"unknown {info.field_name} {name!r}; known: {', '.join(known)}")
         return name
 
     @field_validator("device")

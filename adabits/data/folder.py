@@ -1,0 +1,149 @@
+"""Datasets stored as class folders of image files (ImageNet, CINIC-10): scanning and layout checks.
+
+The scan mirrors torchvision's ImageFolder: classes are the sorted sub-folder names, files are
+walked in sorted order with the same extensions, so sample i here is sample i there (the
+`imagenet1k_val50k` split depends on it). Paths are kept in one bytes blob with an offset table
+rather than a million Python strings, so forked loader workers do not copy them page by page.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import DataError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class PathTable:
+    """An immutable list of strings packed into one bytes object (cheap to share with forked workers)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        encoded = [p.encode() for p in paths]
+        self.blob = b"".join(encoded)
+        lengths = torch.tensor([0] + [len(e) for e in encoded], dtype=torch.int64)
+        self.offsets = lengths.cumsum(0)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self.blob[int(self.offsets[i]):int(self.offsets[i + 1])].decode()
+
+
+@dataclass(frozen=True)
+class FolderSplit:
+    """The samples of one split: file paths and their class indices."""
+
+    paths: PathTable
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: list[int]) -> "FolderSplit":
+        return FolderSplit(PathTable([self.paths[i] for i in indices]), self.labels[indices])
+
+
+@dataclass(frozen=True)
+class FolderSplits:
+    """What a folder dataset hands to `build_loaders`: train and val samples, the classes, its transforms."""
+
+    train: FolderSplit
+    val: FolderSplit
+    classes: tuple[str, ...]
+    default_transforms: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """How a dataset's own distribution lays out its folders (used to find them and to word errors)."""
+
+    title: str
+    train: str
+    val: str
+    suffix: str  # the files its distribution holds, for messages: "JPEG", "png"
+    default_transforms: str
+    subfolders: tuple[str, ...] = ()  # names under dataset_dir that may hold the splits
+
+    @property
+    def expected(self) -> str:
+        return f"{self.train}/<class>/*.{self.suffix} and {self.val}/<class>/*.{self.suffix}"
+
+    def root(self, dataset_dir: str | None) -> Path:
+        """dataset_dir itself when it holds the train folder, else the first listed sub-folder that does."""
+        if not dataset_dir:
+            raise DataError(f"{self.title} needs dataset_dir: the folder holding {self.expected}")
+        base = Path(dataset_dir).expanduser()
+        for candidate in (base, *(base / sub for sub in self.subfolders)):
+            if (candidate / self.train).is_dir():
+                return candidate
+        if not base.is_dir():
+            raise DataError(f"{self.title} not found: {base} does not exist (expected a folder holding {self.expected})")
+        raise DataError(f"{self.title} not found in {base}: expected {self.expected} there"
+                        + (f" or in one of its sub-folders {', '.join(self.subfolders)}" if self.subfolders else ""))
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def find_classes(split_dir: Path, layout: FolderLayout) -> list[str]:
+    """Sorted class folder names; DataError naming the folder and the expected layout when there are none."""
+    if not split_dir.is_dir():
+        raise DataError(f"{layout.title}: missing folder {split_dir} (expected {layout.expected})")
+    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    if not classes:
+        loose = sum(1 for entry in os.scandir(split_dir) if entry.is_file() and _is_image(entry.name))
+        found = f"{loose} image files but no class folders" if loose else "no class folders"
+        raise DataError(f"{layout.title}: {split_dir} holds {found}; expected {layout.expected}")
+    return classes
+
+
+def scan_split(split_dir: Path, classes: list[str], layout: FolderLayout) -> FolderSplit:
+    """Every image file under split_dir/<class>/ (recursively, sorted), labelled by the class's index."""
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        before = len(paths)
+        for root, _, files in sorted(os.walk(split_dir / name, followlinks=True)):
+            for fname in sorted(files):
+                if _is_image(fname):
+                    paths.append(os.path.join(root, fname))
+                    labels.append(label)
+        if len(paths) == before:
+            raise DataError(f"{layout.title}: class folder {split_dir / name} holds no image files "
+                            f"({', '.join(IMG_EXTENSIONS)}); expected {layout.expected}")
+    return FolderSplit(PathTable(paths), torch.tensor(labels, dtype=torch.int64))
+
+
+def check_classes(train: list[str], val: list[str], root: Path, layout: FolderLayout, num_classes: int | None) -> None:
+    """The val classes must be the train classes, and their count the config's num_classes when it is set."""
+    if val != train:
+        missing, extra = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+        detail = "; ".join(part for part in (f"missing in {layout.val}/: {', '.join(missing[:5])}" if missing else "",
+                                              f"not in {layout.train}/: {', '.join(extra[:5])}" if extra else "") if part)
+        raise DataError(f"{layout.title} in {root}: {layout.val}/ has {len(val)} class folders and {layout.train}/ has "
+                        f"{len(train)}; they must be the same classes ({detail})")
+    if num_classes is not None and num_classes != len(train):
+        raise DataError(f"{layout.title} in {root} has {len(train)} class folders in {layout.train}/, but the config "
+                        f"sets num_classes {num_classes}; fix num_classes or the folders")
+
+
+def load_folders(opts: Any, layout: FolderLayout) -> tuple[Path, list[str], FolderSplit, FolderSplit]:
+    """Find, scan and check both splits: (root, classes, train, val)."""
+    root = layout.root(opts.dataset_dir)
+    train_classes = find_classes(root / layout.train, layout)
+    val_classes = find_classes(root / layout.val, layout)
+    check_classes(train_classes, val_classes, root, layout, opts.num_classes)
+    train = scan_split(root / layout.train, train_classes, layout)
+    val = scan_split(root / layout.val, val_classes, layout)
+    return root, train_classes, train, val

@@ -1,0 +1,152 @@
+"""Batches of a folder dataset: decode + augment in torch DataLoader workers, uint8 until the device.
+
+Images leave the workers as uint8 (4x less to pin and copy than float) and become model input on the
+device through the same `ToModelInput` as the in-memory datasets. The sampler runs in the main
+process and tags every index with the epoch, so each sample's random choices depend only on
+(seed, epoch, index): 0 or N workers, persistent or not, give the same batches.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
+
+from .base import DataError
+from .folder import FolderSplit, FolderSplits
+from .image_ops import ImageTransform, open_rgb
+from .recipes import names_with, recipe_named
+from .transforms import ToModelInput
+
+#: what Pillow raises for a missing, truncated or undecodable file
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class IndexSampler(Protocol):
+    def __iter__(self) -> Iterator[int]: ...
+
+    def __len__(self) -> int: ...
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation of range(n) that depends only on (seed, epoch), as TensorLoader's order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+
+class EpochTagged(Sampler[tuple[int, int]]):
+    """Yields (epoch, index) for every index of the wrapped sampler (any sampler: ours or DistributedSampler)."""
+
+    def __init__(self, sampler: IndexSampler) -> None:
+        self.sampler, self.epoch = sampler, 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, int(i)) for i in self.sampler)
+
+
+class FolderDataset(Dataset):
+    """Sample (epoch, i) -> (uint8 image (3, S, S), label, error message or "")."""
+
+    def __init__(self, split: FolderSplit, transform: ImageTransform, seed: int) -> None:
+        self.split, self.transform, self.seed = split, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, str]:
+        epoch, i = key
+        path = self.split.paths[i]
+        rng = random.Random(f"{self.seed}:{epoch}:{i}")
+        try:
+            return self.transform(open_rgb(path), rng), int(self.split.labels[i]), ""
+        except DECODE_ERRORS as exc:
+            # raised in the main process by FolderLoader, so the message reaches the user unwrapped
+            blank = torch.zeros(3, self.transform.size, self.transform.size, dtype=torch.uint8)
+            return blank, int(self.split.labels[i]), f"cannot read image {path}: {type(exc).__name__}: {exc}"
+
+
+class FolderLoader:
+    """Iterates (inputs, labels) on `device`; the interface of TensorLoader (set_epoch, len, num_samples).
+
+    `sampler` chooses the indices (default: shuffled per epoch for training, in order otherwise); a
+    DistributedSampler fits, and `set_epoch` is passed on to it.
+    """
+
+    def __init__(self, dataset: FolderDataset, batch_size: int, to_input: ToModelInput, device: torch.device, *,
+                 shuffle: bool = False, seed: int = 0, drop_last: bool = False, workers: int = 0,
+                 sampler: IndexSampler | None = None) -> None:
+        if sampler is None:
+            sampler = EpochShuffle(len(dataset), seed) if shuffle else SequentialSampler(range(len(dataset)))
+        self.sampler = sampler
+        self.device = torch.device(device)
+        self.to_input = to_input
+        self._tagged = EpochTagged(sampler)
+        self._loader = DataLoader(dataset, batch_size=batch_size, sampler=self._tagged, drop_last=drop_last,
+                                  num_workers=workers, persistent_workers=workers > 0,
+                                  pin_memory=self.device.type == "cuda")
+
+    def set_epoch(self, epoch: int) -> None:
+        self._tagged.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sampler)
+
+    @property
+    def dataset(self) -> FolderDataset:
+        return self._loader.dataset
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, errors in self._loader:
+            failed = [e for e in errors if e]
+            if failed:
+                more = f" (and {len(failed) - 1} more in this batch)" if len(failed) > 1 else ""
+                raise DataError(f"{failed[0]}{more}; remove or replace the file")
+            images = images.to(self.device, non_blocking=True)
+            yield self.to_input(images), labels.to(self.device, non_blocking=True)
+
+
+def folder_loaders(splits: FolderSplits, cfg: Any, device: torch.device | str, train_sampler: IndexSampler | None = None,
+                   val_sampler: IndexSampler | None = None) -> tuple[FolderLoader, FolderLoader, int]:
+    """Train and val loaders of a folder dataset under its recipe (`data_transforms`); also the image size."""
+    recipe = recipe_named(cfg.data_transforms or splits.default_transforms)
+    if cfg.crop_padding is not None and recipe.crop != "pad_crop":
+        raise DataError(f"crop_padding applies to the padded-crop transforms ({', '.join(names_with('pad_crop'))}), "
+                        f"not to {cfg.data_transforms or splits.default_transforms}; remove crop_padding")
+    size = cfg.image_size or recipe.size
+    padding = recipe.padding if cfg.crop_padding is None else cfg.crop_padding
+    flip = True if cfg.random_flip is None else cfg.random_flip
+    to_input = ToModelInput(cfg.normalize, recipe.mean, recipe.std, cfg.channels_last)
+
+    def dataset(split: FolderSplit, train: bool) -> FolderDataset:
+        return FolderDataset(split, ImageTransform(recipe, size, train, padding, flip), cfg.random_seed)
+
+    workers = cfg.data_loader_workers
+    train = FolderLoader(dataset(splits.train, True), cfg.batch_size, to_input, device, shuffle=True,
+                         seed=cfg.random_seed, drop_last=cfg.drop_last, workers=workers, sampler=train_sampler)
+    val = FolderLoader(dataset(splits.val, False), cfg.eval_batch_size or cfg.batch_size, to_input, device,
+                       workers=workers, sampler=val_sampler)
+    return train, val, size

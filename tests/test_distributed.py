@@ -1,6 +1,7 @@
 """Distributed training on CPU with Gloo: 2 processes against 1, sharding, collectives per step, errors, restarts."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -252,3 +253,5 @@ def test_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
     ckpt = torch.load(run_dir / "latest_checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 4
     assert ckpt["scheduler"]["last_epoch"] == 4 * 384 // 16  # every step of every epoch, once
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["bits"]) for r in rows] == [(e, b) for e in (1, 2, 3, 4) for b in (8, 6, 4)]

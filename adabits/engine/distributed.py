@@ -127,13 +127,44 @@ def resolve_backend(requested: str, device: torch.device) -> str:
     return backend
 
 
+def _attempt_store(environ: dict[str, str] | None = None) -> dist.Store | None:
+    """A store for this restart attempt only, where torchrun's agent shares one store across restarts.
+
+    With `--max-restarts`, torchrun's c10d rendezvous keeps its TCPStore alive from one attempt to the
+    next (TORCHELASTIC_USE_AGENT_STORE=True), and the keys of the killed attempt stay in it: a restarted
+    rank can read a dead peer's address and fail with "Connection refused" (pytorch/pytorch#135712;
+    seen here with torch 2.13). On one node every worker restarts together with the same
+    TORCHELASTIC_RESTART_COUNT, so prefixing the keys with it isolates the attempts. Across nodes the
+    counts can differ; there torchrun must be started with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1.
+    """
+    env = os.environ if environ is None else environ
+    single_node = env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"]) == env["WORLD_SIZE"]
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not single_node:
+        return None
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False)
+    return dist.PrefixStore(f"adabits/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def restart_note(environ: dict[str, str] | None = None) -> str | None:
+    """What to do so that `--max-restarts` works across nodes (None where nothing is needed)."""
+    env = os.environ if environ is None else environ
+    shared = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    multi_node = env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE")) != env.get("WORLD_SIZE")
+    if shared and multi_node and int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        return ("torchrun --max-restarts across nodes: start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+                "in its environment, or restarted workers may read the dead attempt's addresses (docs/distributed.md)")
+    return None
+
+
 def init_process_group(env: DistEnv, backend: str) -> None:
     """Join the process group torchrun set up (env:// rendezvous); a no-op when already joined."""
     if not dist.is_available():
         raise ConfigError("this PyTorch build has no torch.distributed; distributed training is impossible")
     if dist.is_initialized():
         return
-    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+    store = _attempt_store()
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
+                            **({"store": store} if store is not None else {}))
 
 
 def destroy_process_group() -> None:

@@ -107,6 +107,9 @@ class Trainer:
         distributed.check_same_config(cfg.model_dump(), self.dist)
         self.echo(f"distributed: {self.dist.world_size} processes, backend {backend}, "
                   f"global batch {cfg.batch_size} ({cfg.batch_size // self.dist.world_size} per process)")
+        note = distributed.restart_note()
+        if note:
+            self.echo(f"note: {note}")
 
     def _wrap_model(self) -> None:
         """The module the steps call: DDP around the model when distributed, compiled when asked."""

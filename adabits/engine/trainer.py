@@ -48,9 +48,10 @@ def _silent(_msg: str) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, echo: Printer = print) -> None:
+    def __init__(self, cfg: TrainConfig, echo: Printer = print, dist_env: distributed.DistEnv | None = None) -> None:
+        """`dist_env` overrides what the torchrun environment says (e.g. DistEnv() for a single-process run)."""
         self.cfg = cfg
-        self.dist = distributed.detect(cfg.distributed)
+        self.dist = dist_env if dist_env is not None else distributed.detect(cfg.distributed)
         self.echo = echo if self.dist.is_main else _silent
         self.run_dir = Path(cfg.log_dir) / (cfg.run_name or "run")
         self.bits = cfg.train_bits
@@ -187,8 +188,8 @@ class Trainer:
     # ---------------------------------------------------------------- training
     def train_one_epoch(self, epoch: int) -> dict[int, dict[str, float]]:
         """One pass over the training set; per batch: for each bit-width forward + backward, then one step."""
-        cfg, model = self.cfg, self.model
-        model.train()
+        cfg = self.cfg
+        self.model.train()
         loader = self.loaders.train
         loader.set_epoch(epoch)
         meters = MeterSet(self.bits, cfg.topk, self.device)
@@ -198,24 +199,33 @@ class Trainer:
         for step, (images, labels) in enumerate(loader):
             if step >= self.iters_per_epoch:
                 break
-            self.optimizer.zero_grad(set_to_none=True)
-            with distributed.no_sync(self.forward):  # gradients meet once, below, not once per bit-width
-                for bits in self.bits:
-                    adabits.set_bits(model, bits)
-                    logits = self.forward(images)
-                    loss = self.criterion(logits, labels)
-                    loss.backward()
-                    meters[bits].update(logits.detach(), labels, loss.detach())
-            if self.grad_sync is not None:
-                self.grad_sync(loader.share(step))
-            self.optimizer.step()
-            self.scheduler.step()
+            self.train_step(images, labels, loader.share(step), meters)
             if (step + 1) % cfg.log_every == 0 or step + 1 == self.iters_per_epoch:
                 bar.update(step + 1 - done)
                 done = step + 1
                 bar.set_postfix_str(_postfix(meters.summary()), refresh=False)
         bar.close()
         return self._reduced(meters).summary()
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, share: float = 1.0,
+                   meters: MeterSet | None = None) -> None:
+        """One joint optimizer step: forward + backward per bit-width, then one gradient all-reduce, then the update.
+
+        `share` is this process's fraction of the global batch (the weight of its gradients in the sum).
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        with distributed.no_sync(self.forward):  # gradients meet once, below, not once per bit-width
+            for bits in self.bits:
+                adabits.set_bits(self.model, bits)
+                logits = self.forward(images)
+                loss = self.criterion(logits, labels)
+                loss.backward()
+                if meters is not None:
+                    meters[bits].update(logits.detach(), labels, loss.detach())
+        if self.grad_sync is not None:
+            self.grad_sync(share)
+        self.optimizer.step()
+        self.scheduler.step()
 
     def _reduced(self, meters: MeterSet) -> MeterSet:
         """Sums of every process (samples, loss sums, correct counts), so the metrics cover the whole data."""

@@ -255,3 +255,17 @@ def test_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
     assert ckpt["scheduler"]["last_epoch"] == 4 * 384 // 16  # every step of every epoch, once
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["bits"]) for r in rows] == [(e, b) for e in (1, 2, 3, 4) for b in (8, 6, 4)]
+
+
+def test_samplers_for_dataloader_datasets():
+    """EvalShardSampler: every index once over the ranks; train_sampler: disjoint shards, new order each epoch."""
+    from adabits.data.sharding import EvalShardSampler, train_sampler
+
+    data = list(range(101))
+    shards = [list(EvalShardSampler(data, r, 2)) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == data and [len(s) for s in shards] == [50, 51]
+    samplers = [train_sampler(data, r, 2, seed=5, drop_last=True) for r in range(2)]
+    first = [list(s) for s in samplers]
+    assert not set(first[0]) & set(first[1])
+    samplers[0].set_epoch(1)
+    assert list(samplers[0]) != first[0]

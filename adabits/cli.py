@@ -87,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args.command, args.args)
     except Interrupted as exc:
-        print(f"\n{exc}", file=sys.stderr)
+        from .engine.distributed import env_rank
+
+        if env_rank() == 0:  # Ctrl-C reaches every torchrun worker; one message is enough
+            print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("\ninterrupted before training started; nothing was written", file=sys.stderr)

@@ -46,10 +46,11 @@ def build_loaders(cfg: Any, device: torch.device | str = "cpu", rank: int = 0, w
     padding = splits.crop_padding if cfg.crop_padding is None else cfg.crop_padding
     flip = splits.random_flip if cfg.random_flip is None else cfg.random_flip
     to_input = ToModelInput(cfg.normalize, splits.mean, splits.std, cfg.channels_last)
+    own_augmentation = world_size > 1 and getattr(cfg, "use_diff_seed", False)
     train = TensorLoader(splits.train_images.to(device), splits.train_labels.to(device), cfg.batch_size, to_input,
                          shuffle=True, drop_last=cfg.drop_last, crop_padding=padding, random_flip=flip,
                          seed=cfg.random_seed, rank=rank, world_size=world_size,
-                         aug_seed=cfg.random_seed + rank if world_size > 1 and getattr(cfg, "use_diff_seed", False) else None)
+                         aug_seed=cfg.random_seed + rank if own_augmentation else None)
     val = TensorLoader(splits.val_images.to(device), splits.val_labels.to(device), cfg.eval_batch_size or cfg.batch_size,
                        to_input, rank=rank, world_size=world_size)
     return Loaders(train, val, splits.num_classes, splits.in_chans, splits.image_size)

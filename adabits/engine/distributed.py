@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ContextManager
 
@@ -200,9 +200,9 @@ def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     Parameters stay the same objects (stats_sharing keeps sharing them). PyTorch's SyncBatchNorm
     runs on GPUs only, so CPU runs get a clear error instead of a failure in the first forward.
     """
-    if device.type == "cpu":
-        raise ConfigError("sync_bn: true needs CUDA devices (torch.nn.SyncBatchNorm does not run on CPU); "
-                          "set sync_bn=false for CPU runs")
+    if device.type != "cuda":
+        raise ConfigError(f"sync_bn: true needs CUDA devices (torch.nn.SyncBatchNorm does not run on {device.type}); "
+                          "set sync_bn=false for this run")
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
@@ -292,13 +292,3 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over processes in place (metric sums: counts, loss sums, correct counts)."""
     dist.all_reduce(tensor)
     return tensor
-
-
-@contextmanager
-def process_group(env: DistEnv, backend: str, device: torch.device) -> Iterator[None]:
-    """init_process_group on entry, destroy_process_group on exit (for scripts and tests)."""
-    init_process_group(env, backend)
-    try:
-        yield
-    finally:
-        destroy_process_group()

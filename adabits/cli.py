@@ -1,7 +1,8 @@
 """Command line: `adabits train app:apps/X.yml [key=value ...]` and `adabits test ...`.
 
 Bad input (config, data, checkpoints) prints one message on stderr and exits with status 2;
-Ctrl-C exits with 130 after saying where the last checkpoint is.
+Ctrl-C exits with 130 after saying where the last checkpoint is. Under torchrun
+(`torchrun --nproc_per_node=N train.py app:...`) rank 0 prints, and errors name their rank.
 """
 from __future__ import annotations
 
@@ -44,18 +45,34 @@ def _list_keys() -> None:
 def run(command: str, args: list[str]) -> int:
     """Load the config, build everything, then train or evaluate; UserError / DataError propagate."""
     from .engine import Trainer, load_config
+    from .engine.distributed import env_rank
     from .engine.report import eval_table
 
+    main_process = env_rank() == 0
     loaded = load_config(args + (["test_only=true"] if command == "test" else []))
-    for note in loaded.notes:
+    for note in loaded.notes if main_process else []:
         print(f"note: {note}", file=sys.stderr)
-    trainer = Trainer(loaded.config).prepare()
-    if loaded.config.test_only:
-        print(eval_table(trainer.evaluate()))
-        return 0
-    trainer.fit()
-    print(f"done: results in {trainer.run_dir}")
+    trainer = Trainer(loaded.config)
+    try:
+        trainer.prepare()
+        if loaded.config.test_only:
+            val = trainer.evaluate()
+            if main_process:
+                print(eval_table(val))
+            return 0
+        trainer.fit()
+    finally:
+        trainer.close()
+    if main_process:
+        print(f"done: results in {trainer.run_dir}")
     return 0
+
+
+def _error_prefix() -> str:
+    """'error: ', or 'error (rank R): ' in a torchrun worker, whose messages interleave with the others'."""
+    from .engine.distributed import env_rank, launched_by_torchrun
+
+    return f"error (rank {env_rank()}): " if launched_by_torchrun() else "error: "
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,13 +87,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args.command, args.args)
     except Interrupted as exc:
-        print(f"\n{exc}", file=sys.stderr)
+        from .engine.distributed import env_rank
+
+        if env_rank() == 0:  # Ctrl-C reaches every torchrun worker; one message is enough
+            print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("\ninterrupted before training started; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (UserError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{_error_prefix()}{exc}", file=sys.stderr)
         return EXIT_USAGE
 
 

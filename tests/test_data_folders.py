@@ -12,7 +12,6 @@ from PIL import Image
 
 from adabits.cli import main
 from adabits.data import DataError, build_loaders, imagenet
-from adabits.data.folder_loader import folder_loaders
 from adabits.data.image_ops import resized_crop_box
 from adabits.data.imagenet import build_imagenet
 from adabits.engine import ConfigError, TrainConfig
@@ -118,11 +117,17 @@ def test_batches_do_not_depend_on_the_worker_count(tmp_path, recipe):
     assert not torch.equal(torch.cat([x for x, _ in batches(other.train, 4)]), torch.cat([x for x, _ in runs[0][:3]]))
 
 
-def test_a_sampler_chooses_the_samples(tmp_path):
-    cfg = inet(fake_imagenet(tmp_path))
-    train, val, _ = folder_loaders(build_imagenet(cfg), cfg, "cpu", train_sampler=[5, 0], val_sampler=[4])
-    assert (len(train), train.num_samples) == (1, 2)
-    assert [y.tolist() for _, y in train] == [[1, 0]] and [y.tolist() for _, y in val] == [[2]]
+def test_processes_share_the_folder_dataset_without_overlap(tmp_path):
+    """Two ranks: disjoint training shards of batch_size / 2, and every val image counted exactly once."""
+    cfg = inet(fake_imagenet(tmp_path, n_val=3))  # 9 val images: shards of 4 and 5
+    ranks = [build_loaders(cfg, "cpu", rank, 2) for rank in (0, 1)]
+    assert [r.val.num_samples for r in ranks] == [4, 5] and [r.train.share(0) for r in ranks] == [0.5, 0.5]
+    val = [y for r in ranks for _, y in batches(r.val, 0)]
+    assert sorted(torch.cat(val).tolist()) == [0] * 3 + [1] * 3 + [2] * 3
+    for epoch in (0, 1):
+        train = [batches(r.train, epoch) for r in ranks]
+        assert {tuple(x.shape) for part in train for x, _ in part} == {(2, 3, 24, 24)}
+        assert sorted(torch.cat([y for part in train for _, y in part]).tolist()) == [0] * 4 + [1] * 4 + [2] * 4
 
 
 def test_cinic_reads_train_and_valid_and_keeps_pixels_exact(tmp_path):

@@ -42,22 +42,26 @@ def build_splits(cfg: Any) -> ImageSplits | FolderSplits:
     return splits
 
 
-def build_loaders(cfg: Any, device: torch.device | str = "cpu") -> Loaders:
+def build_loaders(cfg: Any, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> Loaders:
     """Train loader (shuffled, augmented) and val loader, whose batches arrive on `device`.
 
     In-memory datasets are moved to `device` whole; folder datasets are decoded in
-    `data_loader_workers` processes (`folder_loaders` also takes samplers, e.g. for distributed runs).
+    `data_loader_workers` processes. With `world_size > 1` both loaders yield this process's part of
+    every global batch (see TensorLoader and data/sharding.py); `use_diff_seed` gives each process its
+    own augmentation stream.
     """
     splits = build_splits(cfg)
     if isinstance(splits, FolderSplits):
-        train_loader, val_loader, size = folder_loaders(splits, cfg, device)
+        train_loader, val_loader, size = folder_loaders(splits, cfg, device, rank, world_size)
         return Loaders(train_loader, val_loader, splits.num_classes, 3, size)
     padding = splits.crop_padding if cfg.crop_padding is None else cfg.crop_padding
     flip = splits.random_flip if cfg.random_flip is None else cfg.random_flip
     to_input = ToModelInput(cfg.normalize, splits.mean, splits.std, cfg.channels_last)
+    own_augmentation = world_size > 1 and getattr(cfg, "use_diff_seed", False)
     train = TensorLoader(splits.train_images.to(device), splits.train_labels.to(device), cfg.batch_size, to_input,
                          shuffle=True, drop_last=cfg.drop_last, crop_padding=padding, random_flip=flip,
-                         seed=cfg.random_seed)
+                         seed=cfg.random_seed, rank=rank, world_size=world_size,
+                         aug_seed=cfg.random_seed + rank if own_augmentation else None)
     val = TensorLoader(splits.val_images.to(device), splits.val_labels.to(device), cfg.eval_batch_size or cfg.batch_size,
-                       to_input)
+                       to_input, rank=rank, world_size=world_size)
     return Loaders(train, val, splits.num_classes, splits.in_chans, splits.image_size)

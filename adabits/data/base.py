@@ -51,6 +51,8 @@ class BatchLoader(Protocol):
     @property
     def num_samples(self) -> int: ...
 
+    def share(self, step: int) -> float: ...
+
 
 DatasetBuilder = Callable[[Any], Any]  # -> ImageSplits, or FolderSplits for a dataset of image folders
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
+from . import sharding
 from .base import DataError
 from .folder import FolderSplit, FolderSplits
 from .image_ops import ImageTransform, open_rgb
@@ -92,10 +93,11 @@ class FolderLoader:
 
     def __init__(self, dataset: FolderDataset, batch_size: int, to_input: ToModelInput, device: torch.device, *,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False, workers: int = 0,
-                 sampler: IndexSampler | None = None) -> None:
+                 sampler: IndexSampler | None = None, world_size: int = 1) -> None:
         if sampler is None:
             sampler = EpochShuffle(len(dataset), seed) if shuffle else SequentialSampler(range(len(dataset)))
         self.sampler = sampler
+        self.world_size = world_size
         self.device = torch.device(device)
         self.to_input = to_input
         self._tagged = EpochTagged(sampler)
@@ -115,6 +117,10 @@ class FolderLoader:
     def num_samples(self) -> int:
         return len(self.sampler)
 
+    def share(self, step: int) -> float:
+        """This process's fraction of a global training batch: shards are equal (DistributedSampler pads)."""
+        return 1.0 / self.world_size
+
     @property
     def dataset(self) -> FolderDataset:
         return self._loader.dataset
@@ -129,9 +135,13 @@ class FolderLoader:
             yield self.to_input(images), labels.to(self.device, non_blocking=True)
 
 
-def folder_loaders(splits: FolderSplits, cfg: Any, device: torch.device | str, train_sampler: IndexSampler | None = None,
-                   val_sampler: IndexSampler | None = None) -> tuple[FolderLoader, FolderLoader, int]:
-    """Train and val loaders of a folder dataset under its recipe (`data_transforms`); also the image size."""
+def folder_loaders(splits: FolderSplits, cfg: Any, device: torch.device | str, rank: int = 0,
+                   world_size: int = 1) -> tuple[FolderLoader, FolderLoader, int]:
+    """Train and val loaders of a folder dataset under its recipe (`data_transforms`); also the image size.
+
+    With `world_size > 1` each process loads its shard (data/sharding.py) in batches of
+    batch_size / world_size: the batch sizes in the config are global, as for in-memory datasets.
+    """
     recipe = recipe_named(cfg.data_transforms or splits.default_transforms)
     if cfg.crop_padding is not None and recipe.crop != "pad_crop":
         raise DataError(f"crop_padding applies to the padded-crop transforms ({', '.join(names_with('pad_crop'))}), "
@@ -145,8 +155,14 @@ def folder_loaders(splits: FolderSplits, cfg: Any, device: torch.device | str, t
         return FolderDataset(split, ImageTransform(recipe, size, train, padding, flip), cfg.random_seed)
 
     workers = cfg.data_loader_workers
-    train = FolderLoader(dataset(splits.train, True), cfg.batch_size, to_input, device, shuffle=True,
-                         seed=cfg.random_seed, drop_last=cfg.drop_last, workers=workers, sampler=train_sampler)
-    val = FolderLoader(dataset(splits.val, False), cfg.eval_batch_size or cfg.batch_size, to_input, device,
-                       workers=workers, sampler=val_sampler)
+    train_set, val_set = dataset(splits.train, True), dataset(splits.val, False)
+    train_sampler = val_sampler = None
+    if world_size > 1:
+        train_sampler = sharding.train_sampler(train_set, rank, world_size, cfg.random_seed, cfg.drop_last)
+        val_sampler = sharding.EvalShardSampler(val_set, rank, world_size)
+    train = FolderLoader(train_set, cfg.batch_size // world_size, to_input, device, shuffle=True,
+                         seed=cfg.random_seed, drop_last=cfg.drop_last, workers=workers, sampler=train_sampler,
+                         world_size=world_size)
+    val = FolderLoader(val_set, max(1, (cfg.eval_batch_size or cfg.batch_size) // world_size), to_input, device,
+                       workers=workers, sampler=val_sampler, world_size=world_size)
     return train, val, size

@@ -1,4 +1,4 @@
-"""An in-memory batch loader: shuffles by index, slices, augments on the batch's device."""
+"""An in-memory batch loader: shuffles by index, slices, augments on the batch's device; shards across processes."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -15,6 +15,18 @@ class TensorLoader:
 
     The order and the augmentation of epoch e depend only on (seed, e), so a run resumed at
     epoch e sees exactly the batches an uninterrupted run would have seen.
+
+    With `world_size > 1` every process walks the same global batches (`batch_size` samples, one
+    permutation shared by all processes through the common seed) and yields only its own contiguous
+    part of each: a training batch of B gives every process B / world_size samples, and a last,
+    smaller batch (or a validation set of any size) is split into parts that differ by at most one
+    sample, so every validation sample is seen exactly once, with no padding duplicates. `share(step)` says
+    which fraction of global batch `step` this process holds (the weight of its gradient).
+
+    Augmentation: with `aug_seed=None` every process draws the random crops and flips of the whole
+    global batch from the shared stream and keeps its part, which makes N processes see exactly
+    the inputs one process would. With an `aug_seed` (the original's `use_diff_seed`) each process
+    augments its own part from its own stream.
     """
 
     images: torch.Tensor
@@ -27,32 +39,70 @@ class TensorLoader:
     random_flip: bool = False
     seed: int = 0
     epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
+    aug_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
+        if self.shuffle and self.batch_size % self.world_size:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by the world size {self.world_size}")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = self.images.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        """The number of global batches (the same in every process).
+
+        A last training batch with fewer samples than processes is dropped: every process must take
+        part in every optimizer step's gradient all-reduce.
+        """
+        full, rest = divmod(self.num_samples, self.batch_size)
+        keep_rest = rest > 0 and not self.drop_last and (rest >= self.world_size or not self.shuffle)
+        return full + int(keep_rest)
 
     @property
     def num_samples(self) -> int:
         return int(self.images.shape[0])
 
-    def _generator(self) -> torch.Generator:
+    def _global_count(self, step: int) -> int:
+        return min(self.batch_size, self.num_samples - step * self.batch_size)
+
+    def _part(self, count: int) -> slice:
+        """This process's contiguous part of a global batch of `count` samples."""
+        return slice(self.rank * count // self.world_size, (self.rank + 1) * count // self.world_size)
+
+    def share(self, step: int) -> float:
+        """The fraction of global batch `step` that this process holds (1 / world_size for a full batch)."""
+        count = self._global_count(step)
+        part = self._part(count)
+        return (part.stop - part.start) / count
+
+    def _generator(self, seed: int) -> torch.Generator:
         gen = torch.Generator(device=self.images.device)
-        gen.manual_seed(self.seed * 1_000_003 + self.epoch)
+        gen.manual_seed(seed * 1_000_003 + self.epoch)
         return gen
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.num_samples
-        gen = self._generator()
+        gen = self._generator(self.seed)
+        own_gen = self._generator(self.aug_seed) if self.aug_seed is not None else None
         order = torch.randperm(n, generator=gen, device=self.images.device) if self.shuffle else None
         augment = self.shuffle and (self.crop_padding > 0 or self.random_flip)
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
-            idx = order[sl] if order is not None else sl
-            images, labels = self.images[idx], self.labels[idx]
-            if augment:
-                images = random_crop_flip(images, self.crop_padding, self.random_flip, gen)
-            yield self.to_input(images), labels
+            start = i * self.batch_size
+            count = self._global_count(i)
+            part = self._part(count)
+            if augment and own_gen is None:  # draw for the whole global batch, keep this process's part
+                idx = order[start:start + count]
+                images = random_crop_flip(self.images[idx], self.crop_padding, self.random_flip, gen)[part]
+                labels = self.labels[idx[part]]
+            else:
+                sl = slice(start + part.start, start + part.stop)
+                idx = order[sl] if order is not None else sl
+                images, labels = self.images[idx], self.labels[idx]
+                if augment:
+                    images = random_crop_flip(images, self.crop_padding, self.random_flip, own_gen)
+            if labels.shape[0]:  # a global batch smaller than the world leaves some processes nothing
+                yield self.to_input(images), labels

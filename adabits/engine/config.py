@@ -37,13 +37,11 @@ INERT_KEYS = {
     "reset_parameters": "models are always initialised as SPEC section 6 says",
     "width_divisor": "MobileNet widths are fixed by the model",
     "min_width": "MobileNet widths are fixed by the model",
-    "use_diff_seed": "one process, one seed",
-    "distributed_all_reduce": "training runs in one process",
+    "distributed_all_reduce": "gradients are always all-reduced once per optimizer step (docs/distributed.md)",
     "profiling": "profiling is not part of `train`",
     "model_profiling_verbose": "profiling is not part of `train`",
 }
 NOTE_IF_TRUE = {
-    "distributed": "distributed training is not implemented; training runs in one process",
     "profiling_only": "profiling is not part of `train`; training runs instead",
     "bn_calib": "BN calibration is not part of `train`; it is ignored",
 }
@@ -119,9 +117,12 @@ class TrainConfig(BaseModel):
     warmup_start: float | None = Field(None, ge=0, le=1)
     # run
     random_seed: int = 1995
-    use_diff_seed: bool = False
+    # distributed (docs/distributed.md): on under torchrun, or required by distributed: true
+    use_diff_seed: bool = False  # each process augments with its own seed (random_seed + rank)
     distributed: bool = False
     distributed_all_reduce: bool = False
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: NCCL on CUDA, Gloo on CPU
+    sync_bn: bool = False  # BN statistics over the global batch (torch.nn.SyncBatchNorm, CUDA only)
     log_dir: str = "runs"
     run_name: str | None = None
     test_only: bool = False
@@ -284,7 +285,7 @@ def collect_notes(raw: dict[str, Any]) -> list[str]:
     notes = []
     machine = [k for k in MACHINE_KEYS if k in raw]
     if machine:
-        notes.append(f"ignoring {', '.join(machine)} (cluster settings of the original; this run uses one process)")
+        notes.append(f"ignoring {', '.join(machine)} (cluster settings of the original; processes are started by torchrun, see docs/distributed.md)")
     for key, why in INERT_KEYS.items():
         if key in raw and raw[key] not in (None, False, 0, [], ""):
             notes.append(f"ignoring {key}: {why}")

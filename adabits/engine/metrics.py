@@ -1,5 +1,11 @@
-"""Loss and top-k error accumulated on the device; the host reads them only when asked (no per-step sync)."""
+"""Loss and top-k error accumulated on the device; the host reads them only when asked (no per-step sync).
+
+Meters hold sums (samples, loss x samples, correct counts), never averages, so the metrics of several
+processes combine exactly by adding their sums: `MeterSet.reduce_(all_reduce_sum_)`.
+"""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -22,6 +28,10 @@ class BitMeter:
                          (loss.detach().double() * n).reshape(1), correct.double()])
         self.sums += row
 
+    @property
+    def samples(self) -> int:
+        return int(self.sums[0].item())
+
     def summary(self) -> dict[str, float]:
         """{'loss': mean loss, 'top1_error': ..., 'top5_error': ...}; errors are fractions in [0, 1]."""
         values = self.sums.tolist()
@@ -43,3 +53,10 @@ class MeterSet:
 
     def summary(self) -> dict[int, dict[str, float]]:
         return {b: m.summary() for b, m in self.meters.items()}
+
+    def reduce_(self, sum_: Callable[[torch.Tensor], torch.Tensor]) -> "MeterSet":
+        """Replace every meter's sums by `sum_` of them all stacked (one collective for all bit-widths)."""
+        stacked = sum_(torch.stack([m.sums for m in self.meters.values()]))
+        for meter, sums in zip(self.meters.values(), stacked):
+            meter.sums = sums.clone()
+        return self

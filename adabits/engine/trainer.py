@@ -3,6 +3,10 @@
 `Trainer(cfg).prepare()` builds and checks everything that can fail on bad input (data, model,
 checkpoints) before anything is written; `fit()` then trains exactly num_epochs epochs, evaluates
 every bit-width after each one and writes checkpoints and reports into the run folder.
+
+Under torchrun (or `distributed: true`) every process trains on its part of each global batch and
+the gradients meet in one all-reduce per optimizer step (engine/distributed.py); metrics are summed
+over processes, and rank 0 alone writes and prints.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import adabits
 
 from ..data import Loaders, build_loaders
 from ..quant.clipping import init_clipping_levels
-from . import checkpoint, report
+from . import checkpoint, distributed, report
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, UserError
@@ -39,10 +43,16 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _silent(_msg: str) -> None:
+    pass
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, echo: Printer = print) -> None:
+    def __init__(self, cfg: TrainConfig, echo: Printer = print, dist_env: distributed.DistEnv | None = None) -> None:
+        """`dist_env` overrides what the torchrun environment says (e.g. DistEnv() for a single-process run)."""
         self.cfg = cfg
-        self.echo = echo
+        self.dist = dist_env if dist_env is not None else distributed.detect(cfg.distributed)
+        self.echo = echo if self.dist.is_main else _silent
         self.run_dir = Path(cfg.log_dir) / (cfg.run_name or "run")
         self.bits = cfg.train_bits
         self.start_epoch = 0
@@ -53,9 +63,12 @@ class Trainer:
         cfg = self.cfg
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        self.device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.random_seed)
-        self.loaders: Loaders = build_loaders(cfg, self.device)
+        self.device = distributed.device_for(self.dist, resolve_device(cfg.device))
+        if self.dist.enabled:
+            self._join_process_group()
+        seed = cfg.random_seed + self.dist.rank if cfg.use_diff_seed else cfg.random_seed
+        torch.manual_seed(seed)
+        self.loaders: Loaders = build_loaders(cfg, self.device, self.dist.rank, self.dist.world_size)
         if cfg.num_classes is not None and cfg.num_classes < self.loaders.num_classes:
             raise UserError(f"num_classes {cfg.num_classes} is smaller than the {self.loaders.num_classes} "
                             f"classes of dataset {cfg.dataset}")
@@ -64,7 +77,8 @@ class Trainer:
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.forward: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        if cfg.sync_bn and self.dist.enabled:
+            self.model = distributed.convert_sync_bn(self.model, self.device)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.iters_per_epoch = len(self.loaders.train)
         if cfg.max_iters_per_epoch:
@@ -73,16 +87,60 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
         if cfg.test_only:
             self._load_for_test()
-            return self
-        resume = self._resume_path()
-        if resume is not None:
-            self._restore(checkpoint.read_training_checkpoint(resume, cfg.model, self.bits), resume)
         else:
-            for note in load_pretrained(self.model, cfg):
-                self.echo(note)
-            if cfg.alpha_init == "mse":
-                self._init_clipping_levels()
+            resume = self._agreed_resume_path()
+            if resume is not None:
+                self._restore(checkpoint.read_training_checkpoint(resume, cfg.model, self.bits), resume)
+            else:
+                for note in load_pretrained(self.model, cfg):
+                    self.echo(note)
+                if cfg.alpha_init == "mse":
+                    self._init_clipping_levels()
+        self._wrap_model()
         return self
+
+    def _join_process_group(self) -> None:
+        """Check what can be checked alone, join the group, then check that every rank runs this config."""
+        cfg = self.cfg
+        distributed.per_process_batch(cfg.batch_size, self.dist.world_size)
+        backend = distributed.resolve_backend(cfg.dist_backend, self.device)
+        distributed.init_process_group(self.dist, backend)
+        distributed.check_same_config(cfg.model_dump(), self.dist)
+        self.echo(f"distributed: {self.dist.world_size} processes, backend {backend}, "
+                  f"global batch {cfg.batch_size} ({cfg.batch_size // self.dist.world_size} per process)")
+        note = distributed.restart_note()
+        if note:
+            self.echo(f"note: {note}")
+
+    def _wrap_model(self) -> None:
+        """The module the steps call: DDP around the model when distributed, compiled when asked."""
+        wrapped: nn.Module = self.model
+        self.grad_sync: distributed.GradientAllReduce | None = None
+        if self.dist.enabled:
+            wrapped = distributed.wrap(self.model, self.device)
+            self.grad_sync = distributed.GradientAllReduce(self.model.parameters())
+        self.forward: nn.Module = torch.compile(wrapped) if self.cfg.compile else wrapped
+
+    def _agreed_resume_path(self) -> Path | None:
+        """The checkpoint to resume from, decided by rank 0 and the same on every rank (or its error, on every rank)."""
+        if not self.dist.enabled:
+            return self._resume_path()
+        try:
+            decision: tuple[str | None, str | None] = (str(self._resume_path() or "") or None, None)
+        except CheckpointError as exc:
+            decision = (None, str(exc))
+        path, error = distributed.broadcast_from_main(decision if self.dist.is_main else None)
+        if error:
+            raise CheckpointError(error)
+        if path is not None and not Path(path).is_file():
+            raise CheckpointError(f"rank {self.dist.rank} cannot read {path}, the checkpoint rank 0 resumes from; "
+                                  "log_dir must be storage that every node shares")
+        return Path(path) if path else None
+
+    def close(self) -> None:
+        """Leave the process group (when one was joined); safe to call twice."""
+        if self.dist.enabled:
+            distributed.destroy_process_group()
 
     def _init_clipping_levels(self) -> None:
         """Choose every PACT alpha from the data (adabits.quant.clipping) before the first step."""
@@ -130,36 +188,60 @@ class Trainer:
     # ---------------------------------------------------------------- training
     def train_one_epoch(self, epoch: int) -> dict[int, dict[str, float]]:
         """One pass over the training set; per batch: for each bit-width forward + backward, then one step."""
-        cfg, model = self.cfg, self.model
-        model.train()
+        cfg = self.cfg
+        self.model.train()
         loader = self.loaders.train
         loader.set_epoch(epoch)
         meters = MeterSet(self.bits, cfg.topk, self.device)
         bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.num_epochs}", leave=False,
-                   disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
+                   disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, file=sys.stderr)
         done = 0
         for step, (images, labels) in enumerate(loader):
             if step >= self.iters_per_epoch:
                 break
-            self.optimizer.zero_grad(set_to_none=True)
-            for bits in self.bits:
-                adabits.set_bits(model, bits)
-                logits = self.forward(images)
-                loss = self.criterion(logits, labels)
-                loss.backward()
-                meters[bits].update(logits.detach(), labels, loss.detach())
-            self.optimizer.step()
-            self.scheduler.step()
+            self.train_step(images, labels, loader.share(step), meters)
             if (step + 1) % cfg.log_every == 0 or step + 1 == self.iters_per_epoch:
                 bar.update(step + 1 - done)
                 done = step + 1
                 bar.set_postfix_str(_postfix(meters.summary()), refresh=False)
         bar.close()
-        return meters.summary()
+        return self._reduced(meters).summary()
 
-    @torch.no_grad()
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, share: float = 1.0,
+                   meters: MeterSet | None = None) -> None:
+        """One joint optimizer step: forward + backward per bit-width, then one gradient all-reduce, then the update.
+
+        `share` is this process's fraction of the global batch (the weight of its gradients in the sum).
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        with distributed.no_sync(self.forward):  # gradients meet once, below, not once per bit-width
+            for bits in self.bits:
+                adabits.set_bits(self.model, bits)
+                logits = self.forward(images)
+                loss = self.criterion(logits, labels)
+                loss.backward()
+                if meters is not None:
+                    meters[bits].update(logits.detach(), labels, loss.detach())
+        if self.grad_sync is not None:
+            self.grad_sync(share)
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def _reduced(self, meters: MeterSet) -> MeterSet:
+        """Sums of every process (samples, loss sums, correct counts), so the metrics cover the whole data."""
+        if self.dist.enabled:
+            meters.reduce_(distributed.all_reduce_sum_)
+        return meters
+
     def evaluate(self) -> dict[int, dict[str, float]]:
         """Loss and top-k error of every bit-width on the whole validation set (BN in eval mode)."""
+        return self.evaluate_meters().summary()
+
+    @torch.no_grad()
+    def evaluate_meters(self) -> MeterSet:
+        """The sums behind `evaluate`, over every process's part of the validation set."""
+        if self.dist.enabled:
+            distributed.average_buffers(self.model)
         self.model.eval()
         meters = MeterSet(self.bits, self.cfg.topk, self.device)
         for images, labels in self.loaders.val:
@@ -167,7 +249,7 @@ class Trainer:
                 adabits.set_bits(self.model, bits)
                 logits = self.forward(images)
                 meters[bits].update(logits, labels, self.criterion(logits, labels))
-        return meters.summary()
+        return self._reduced(meters)
 
     def _state(self, epoch_done: int) -> dict[str, Any]:
         return {
@@ -180,9 +262,11 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the best epoch's validation metrics."""
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-        writer = report.RunWriter(self.run_dir)
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        writer = report.RunWriter(self.run_dir) if main else None
         latest = self.run_dir / "latest_checkpoint.pt"
         self.echo(f"run folder: {self.run_dir}  ({self.iters_per_epoch} steps/epoch, bits {self.bits}, "
                   f"device {self.device})")
@@ -200,21 +284,26 @@ class Trainer:
                 val = self.evaluate()
                 seconds = time.time() - t0
                 mean_top1 = sum(v["top1_error"] for v in val.values()) / len(val)
-                if mean_top1 < self.best["mean_top1_error"]:
+                improved = mean_top1 < self.best["mean_top1_error"]
+                if improved:
                     self.best = {"mean_top1_error": mean_top1, "epoch": epoch, "val": val}
-                    checkpoint.save_atomic(self._state(epoch + 1), self.run_dir / "best_model.pt")
-                checkpoint.save_atomic(self._state(epoch + 1), latest)
-                writer.write_epoch(epoch, lr, seconds, train, val)
-                self.echo(report.epoch_table(epoch, cfg.num_epochs, lr, seconds, train, val))
-                self._write_results()
+                if main:
+                    if improved:
+                        checkpoint.save_atomic(self._state(epoch + 1), self.run_dir / "best_model.pt")
+                    checkpoint.save_atomic(self._state(epoch + 1), latest)
+                    writer.write_epoch(epoch, lr, seconds, train, val)
+                    self.echo(report.epoch_table(epoch, cfg.num_epochs, lr, seconds, train, val))
+                    self._write_results()
         except KeyboardInterrupt:
             where = (f"{latest} (after epoch {epoch})" if latest.is_file()
                      else "none yet (interrupted in the first epoch)")
             raise Interrupted(f"interrupted during epoch {epoch + 1}. Last checkpoint: {where}. "
                               "Run the same command again to resume.") from None
         finally:
-            writer.close()
-        self._write_results()
+            if writer is not None:
+                writer.close()
+        if main:
+            self._write_results()
         return self.best
 
     def _write_results(self) -> None:

@@ -36,6 +36,7 @@ class LayerCost:
     weight_bits: int
     act_bits: int
     size_bits: int
+    stored_values: int  # everything the layer stores at this bit-width (its float32 size / 4)
 
     @property
     def bitops(self) -> int:
@@ -51,6 +52,7 @@ class BitsProfile:
     params: int
     bitops: int
     size_bytes: float
+    float32_bytes: int  # the same layers stored in float32
     layers: list[LayerCost]
 
     def totals(self) -> dict[str, object]:
@@ -71,7 +73,7 @@ def _weight_cost(name: str, module: nn.Module, macs: int) -> LayerCost:
         extras += 1  # the one clipping level this bit-width uses
     kind = "linear" if isinstance(module, nn.Linear) else "conv"
     return LayerCost(name, kind, macs, weights + extras, weight_bits, act_bits,
-                     weights * weight_bits + extras * FLOAT_BITS)
+                     weights * weight_bits + extras * FLOAT_BITS, weights + extras)
 
 
 def _layer_cost(name: str, module: nn.Module, output: Tensor) -> LayerCost | None:
@@ -85,7 +87,7 @@ def _layer_cost(name: str, module: nn.Module, output: Tensor) -> LayerCost | Non
         channels = module.num_features
         stored = 4 * channels  # gamma, beta, running mean and variance
         return LayerCost(name, "bn", output.numel() // output.shape[0], 2 * channels, FLOAT_BITS, FLOAT_BITS,
-                         stored * FLOAT_BITS)
+                         stored * FLOAT_BITS, stored)
     return None
 
 
@@ -123,7 +125,7 @@ def profile_model(model: nn.Module, input_size: tuple[int, ...], bits: Iterable[
             results.append(BitsProfile(
                 bits=b, macs=sum(c.macs for c in costs), params=sum(c.params for c in costs),
                 bitops=sum(c.bitops for c in costs), size_bytes=sum(c.size_bits for c in costs) / 8,
-                layers=costs))
+                float32_bytes=4 * sum(c.stored_values for c in costs), layers=costs))
     finally:
         model.train(was_training)
     return results
@@ -138,13 +140,12 @@ def _human(value: float, unit: str = "") -> str:
 
 def profile_table(profiles: list[BitsProfile]) -> str:
     """One row per bit-width: MACs, params, BitOPs, size (bytes and relative to float32)."""
-    float_size = max(p.size_bytes for p in profiles)
-    cols = f"{'bits':>8} | {'MACs':>11} | {'params':>11} | {'BitOPs':>12} | {'size':>11} | {'vs largest':>10}"
+    cols = f"{'bits':>8} | {'MACs':>11} | {'params':>11} | {'BitOPs':>12} | {'size':>11} | {'vs float32':>10}"
     lines = [cols, "-" * len(cols)]
     for p in profiles:
         label = "FP32" if p.bits == FULL_PRECISION else str(p.bits)
         lines.append(f"{label:>8} | {_human(p.macs):>11} | {_human(p.params):>11} | {_human(p.bitops):>12} | "
-                     f"{_human(p.size_bytes, 'B'):>11} | {p.size_bytes / float_size:>9.3f}x")
+                     f"{_human(p.size_bytes, 'B'):>11} | {p.size_bytes / p.float32_bytes:>9.3f}x")
     return "\n".join(lines)
 
 

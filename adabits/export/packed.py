@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -188,7 +188,7 @@ def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
-    except (OSError, ValueError, RuntimeError) as exc:  # safetensors raises SafetensorError (a subclass)
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a packed adabits model (no '{FORMAT}' marker in its metadata)")

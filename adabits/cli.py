@@ -30,7 +30,7 @@ COMMAND_KEYS: dict[str, dict[str, object]] = {
     "train": {}, "test": {},
     "profile": {"bits": None, "verbose": False},
     "calibrate": {"bits": None, "num_batches": 50, "out": None},
-    "export": {"bits": None, "out": None},
+    "export": {"bits": None, "out": None, "format": "packed"},
 }
 COMMANDS = {
     "train": "train (or resume) the run a config describes",
@@ -51,8 +51,24 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--keys", action="store_true", help="list every config key with its default and exit")
         if name == "export":
             p.add_argument("--format", choices=("packed", "onnx"), default="packed",
-                           help="packed: one safetensors file for every bit-width; onnx: a QDQ graph at bits=B")
+                           help="packed: one safetensors file for every bit-width; onnx: a QDQ graph at bits=B "
+                                "(may stand anywhere among the other arguments)")
     return parser
+
+
+def _options_last(argv: list[str]) -> list[str]:
+    """Move `--format X` behind the positional arguments: argparse stops collecting `app:... key=value`
+    at the first option, and users write the flag anywhere."""
+    flags, rest = [], []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--format" and i + 1 < len(argv):
+            flags += argv[i:i + 2]
+            i += 2
+            continue
+        (flags if argv[i].startswith("--format=") else rest).append(argv[i])
+        i += 1
+    return rest + flags
 
 
 def _split_command_keys(command: str, args: list[str]) -> tuple[list[str], dict[str, object]]:
@@ -82,7 +98,7 @@ def _list_keys() -> None:
         print(f"{name}: {info.default!r}")
 
 
-def run(command: str, args: list[str], export_format: str = "packed") -> int:
+def run(command: str, args: list[str]) -> int:
     """Load the config, build everything, then run the command; UserError / DataError propagate."""
     from .engine import Trainer, UserError, load_config
     from .engine.report import eval_table
@@ -101,7 +117,7 @@ def run(command: str, args: list[str], export_format: str = "packed") -> int:
                 raise UserError("calibrate needs bits=B, the bit-width to add (e.g. bits=7)")
             print(deploy.calibrate(loaded.config, options["bits"], int(options["num_batches"]), options["out"]))
         else:
-            print(deploy.export(loaded.config, export_format, options["bits"], options["out"]))
+            print(deploy.export(loaded.config, str(options["format"]), options["bits"], options["out"]))
         return 0
     trainer = Trainer(loaded.config).prepare()
     if loaded.config.test_only:
@@ -114,7 +130,7 @@ def run(command: str, args: list[str], export_format: str = "packed") -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `adabits` console script and of `python train.py`; returns the exit status."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = _parser().parse_args(_options_last(list(sys.argv[1:] if argv is None else argv)))
     if args.keys:
         _list_keys()
         return 0
@@ -122,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .engine import Interrupted, UserError
 
     try:
-        return run(args.command, args.args, getattr(args, "format", "packed"))
+        return run(args.command, args.args + ([f"format={args.format}"] if args.command == "export" else []))
     except Interrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED

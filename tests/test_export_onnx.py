@@ -146,3 +146,25 @@ def test_trained_model_top1_agreement_on_fashion_mnist(fashion_model, tmp_path, 
     assert correct_torch / total > 0.7  # the model did learn
     assert agree / total >= 0.995, (agree / total, correct_torch / total, correct_onnx / total)
     assert abs(correct_onnx - correct_torch) / total <= 0.005
+
+
+def test_docs_snippet_runs_with_only_onnxruntime(tmp_path) -> None:
+    """The snippet in docs/deploy.md, run where adabits cannot be imported, on an exported file."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    docs = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text()
+    snippet = re.search(r"<!-- snippet:onnxruntime.*?-->\n```python\n(.*?)```", docs, re.S).group(1)
+    assert "adabits" not in snippet and len(snippet.strip().splitlines()) <= 10
+    torch.manual_seed(0)
+    model = adabits.create_model("resnet_cifar", depth=8, bits_list=[8, 4], num_classes=10, in_chans=1,
+                                 weight_quant_scheme="modified").eval()
+    export_onnx(model, tmp_path / "model_4bit.onnx", 4, (1, 28, 28))
+    blocked = "import sys; sys.modules['adabits'] = None\n"  # importing adabits now fails
+    proc = subprocess.run([sys.executable, "-I", "-c", blocked + snippet], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    predictions = proc.stdout.strip().strip("[]").split()
+    assert len(predictions) == 8 and all(0 <= int(p) < 10 for p in predictions)

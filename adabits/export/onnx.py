@@ -220,8 +220,14 @@ class _Converter:
         if layer.act_bits > MAX_INTEGER_BITS:
             raise ExportError(f"layer {name}: {layer.act_bits}-bit activations do not fit uint8")
 
-    def _weight_and_bias(self, folded: _Folded, name: str, x_scale: float | None) -> tuple[str, str]:
+    def _weight_and_bias(self, folded: _Folded, name: str, x_scale: float | None, fusable: bool) -> tuple[str, str]:
+        """Integer weights (DQ of int8, int32 bias) where ONNX Runtime can fuse the layer into an
+        integer kernel; elsewhere the same weights as float constants, so that nothing dequantizes
+        weights at run time."""
         g = self.g
+        if folded.codes is not None and not (fusable and x_scale is not None):
+            weight = folded.codes.astype(np.float64) * folded.scale.reshape(-1, *([1] * (folded.codes.ndim - 1)))
+            folded = _Folded(None, folded.scale, weight, folded.bias)
         if folded.codes is None:
             return (g.const(folded.weight.astype(np.float32), f"{name}.weight"),
                     g.const(folded.bias.astype(np.float32), f"{name}.bias"))
@@ -247,7 +253,8 @@ class _Converter:
             self.folded_bn.add(bn_node)
         x, x_scale = self._layer_input(layer, name, self.values[node.args[0]])
         act_levels = 2**layer.act_bits - 1 if layer.act_bits < FULL_PRECISION else 255
-        weight, bias = self._weight_and_bias(_fold(layer, name, bn, self.integer, act_levels), name, x_scale)
+        fusable = self._feeds_only_quantizers(bn_node or node)
+        weight, bias = self._weight_and_bias(_fold(layer, name, bn, self.integer, act_levels), name, x_scale, fusable)
         if isinstance(layer, nn.Conv2d):
             if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
                 raise ExportError(f"layer {name}: padding {layer.padding!r} / padding_mode {layer.padding_mode!r} "
@@ -262,6 +269,20 @@ class _Converter:
         if bn_node is not None:
             self.values[bn_node] = value
         return value
+
+    def _feeds_only_quantizers(self, node: fx.Node) -> bool:
+        """True when every use of `node` (through ReLUs) quantizes it at a layer's input: then ONNX
+        Runtime fuses the producing Conv with that QuantizeLinear into QLinearConv."""
+        users = list(node.users)
+        for user in users:
+            module = self.modules.get(str(user.target)) if user.op == "call_module" else None
+            if isinstance(module, nn.ReLU) or (user.op == "call_function" and user.target in (F.relu, torch.relu)):
+                if not self._feeds_only_quantizers(user):
+                    return False
+            elif not (isinstance(module, QuantLayerMixin) and module.alpha is not None
+                      and module.act_bits < FULL_PRECISION):
+                return False
+        return bool(users)
 
     def _foldable_bn(self, node: fx.Node) -> fx.Node | None:
         users = list(node.users)

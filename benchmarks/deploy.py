@@ -13,7 +13,9 @@
    and 64; ResNet-20 on 1x28x28 and MobileNet V2 on 3x224x224 (when registered, random weights:
    latency does not depend on the values).
 
-    python benchmarks/deploy.py [--checkpoint PATH] [--out benchmarks/results/deploy.json]
+    python benchmarks/deploy.py [--checkpoint PATH] [--skip ...] [--out benchmarks/results/deploy.json]
+    (or in parts that each fit a short slot: --train-only --save-checkpoint PATH, then
+    --checkpoint PATH --skip latency, then --skip accuracy calibration packed)
 """
 from __future__ import annotations
 
@@ -179,6 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a trained ResNet-20 [8,6,5,4] `modified` checkpoint (else train one)")
     parser.add_argument("--save-checkpoint", help="keep the checkpoint trained here at this path")
+    parser.add_argument("--train-only", action="store_true", help="train, save to --save-checkpoint, stop")
     parser.add_argument("--fp-epochs", type=int, default=1)
     parser.add_argument("--joint-steps", type=int, default=60)
     parser.add_argument("--calib-batches", type=int, default=50)
@@ -206,6 +209,8 @@ def main() -> None:
             checkpoint = Path(args.checkpoint) if args.checkpoint else train_model(work, args.fp_epochs, args.joint_steps)
             if args.save_checkpoint and not args.checkpoint:
                 Path(args.save_checkpoint).write_bytes(checkpoint.read_bytes())
+            if args.train_only:
+                return
             result["model"] = {"checkpoint": args.checkpoint or f"trained here: {args.fp_epochs} float epoch(s), "
                                                               f"{args.joint_steps} joint steps at {BITS}"}
             trainer = load_trained(work, checkpoint)

@@ -135,22 +135,31 @@ def _sat(layer: QuantLayerMixin) -> float:
     return float(sat_scale(quantized, layer.weight, layer.fan_out, layer.rescale_type))
 
 
-def _code_spread(codes: np.ndarray, act_levels: int) -> int:
-    """The power of two that spreads low-bit weight codes over int8 without risking overflow.
+def _channel_multipliers(codes: np.ndarray, scale: np.ndarray, bias: np.ndarray, x_scale: float,
+                         act_levels: int) -> np.ndarray:
+    """Per output channel, the integer c that the int8 codes are multiplied by (and the scale divided by).
 
-    ONNX Runtime rounds the int32 bias to the grid x_scale * w_scale; spreading the codes by 2^k
-    makes that grid 2^k times finer, so the integer graph follows the float model more closely.
-    On CPUs without VNNI, the u8s8 kernels add pairs of products in int16, so the spread keeps
-    2 * act_levels * |code| <= 32767 (no growth at 8-bit activations).
+    ONNX Runtime adds the bias as int32 on the grid x_scale * w_scale, so the bias it applies is off
+    by up to half a grid step, and every code the next layer rounds differently from PyTorch starts
+    a cascade of differences. Multiplying low-bit codes by c makes that grid c times finer; among
+    the c that keep the codes in int8, c is chosen to put the exact bias closest to the grid. On
+    CPUs without VNNI the u8s8 kernels add pairs of products in int16, so c also keeps
+    2 * act_levels * |code| <= 32767.
     """
-    top = max(int(np.abs(codes.astype(np.int16)).max()), 1)
-    spread = 1
-    while top * spread * 2 <= 127 and 2 * act_levels * top * spread * 2 <= 32767:
-        spread *= 2
-    return spread
+    out = codes.shape[0]
+    top = np.maximum(np.abs(codes.reshape(out, -1).astype(np.int32)).max(axis=1), 1)
+    limit = np.maximum(np.minimum(127 // top, 32767 // (2 * act_levels * top)), 1)
+    x32 = np.float64(np.float32(x_scale))
+    best, best_error = np.ones(out, dtype=np.int64), np.full(out, np.inf)
+    for c in range(1, int(limit.max()) + 1):
+        grid = x32 * (scale / c).astype(np.float32).astype(np.float64)
+        error = np.abs(np.round(bias / grid) * grid - bias)
+        better = (c <= limit) & (error <= best_error)
+        best, best_error = np.where(better, c, best), np.where(better, error, best_error)
+    return best
 
 
-def _fold(layer: QuantLayerMixin, name: str, bn: nn.BatchNorm2d | None, integer: bool, act_levels: int) -> _Folded:
+def _fold(layer: QuantLayerMixin, name: str, bn: nn.BatchNorm2d | None, integer: bool) -> _Folded:
     out = layer.weight.shape[0]
     gain = np.ones(out)
     bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(out)
@@ -159,8 +168,7 @@ def _fold(layer: QuantLayerMixin, name: str, bn: nn.BatchNorm2d | None, integer:
         bias = bn.bias.detach().double().numpy() + (bias - bn.running_mean.double().numpy()) * gain
     if integer and layer.weight_bits < FULL_PRECISION:
         codes, step = _signed_codes(layer, name)
-        spread = _code_spread(codes, act_levels)
-        return _Folded((codes.astype(np.int16) * spread).astype(np.int8), step / spread * _sat(layer) * gain, None, bias)
+        return _Folded(codes, step * _sat(layer) * gain, None, bias)
     weight = layer.quantized_weight().detach().double().numpy()
     weight = weight * gain.reshape(-1, *([1] * (weight.ndim - 1)))
     return _Folded(None, np.ones(out), weight, bias)
@@ -220,7 +228,8 @@ class _Converter:
         if layer.act_bits > MAX_INTEGER_BITS:
             raise ExportError(f"layer {name}: {layer.act_bits}-bit activations do not fit uint8")
 
-    def _weight_and_bias(self, folded: _Folded, name: str, x_scale: float | None, fusable: bool) -> tuple[str, str]:
+    def _weight_and_bias(self, folded: _Folded, name: str, x_scale: float | None, fusable: bool,
+                         act_levels: int) -> tuple[str, str]:
         """Integer weights (DQ of int8, int32 bias) where ONNX Runtime can fuse the layer into an
         integer kernel; elsewhere the same weights as float constants, so that nothing dequantizes
         weights at run time."""
@@ -231,12 +240,13 @@ class _Converter:
         if folded.codes is None:
             return (g.const(folded.weight.astype(np.float32), f"{name}.weight"),
                     g.const(folded.bias.astype(np.float32), f"{name}.bias"))
-        w_scale = folded.scale.astype(np.float32)
+        multiplier = _channel_multipliers(folded.codes, folded.scale, folded.bias, x_scale, act_levels)
+        shape = (-1, *([1] * (folded.codes.ndim - 1)))
+        codes = (folded.codes.astype(np.int32) * multiplier.reshape(shape)).astype(np.int8)
+        w_scale = (folded.scale / multiplier).astype(np.float32)
         out = len(w_scale)
-        weight = g.node("DequantizeLinear", [g.const(folded.codes, f"{name}.w_int8"), g.const(w_scale, f"{name}.w_scale"),
+        weight = g.node("DequantizeLinear", [g.const(codes, f"{name}.w_int8"), g.const(w_scale, f"{name}.w_scale"),
                                              g.const(np.zeros(out, np.int8), f"{name}.w_zero")], f"{name}.w", axis=0)
-        if x_scale is None:
-            return weight, g.const(folded.bias.astype(np.float32), f"{name}.bias")
         b_scale = (np.float32(x_scale) * w_scale).astype(np.float32)
         b_int = np.round(folded.bias / b_scale.astype(np.float64)).astype(np.int32)
         bias = g.node("DequantizeLinear", [g.const(b_int, f"{name}.b_int32"), g.const(b_scale, f"{name}.b_scale"),
@@ -254,7 +264,7 @@ class _Converter:
         x, x_scale = self._layer_input(layer, name, self.values[node.args[0]])
         act_levels = 2**layer.act_bits - 1 if layer.act_bits < FULL_PRECISION else 255
         fusable = self._feeds_only_quantizers(bn_node or node)
-        weight, bias = self._weight_and_bias(_fold(layer, name, bn, self.integer, act_levels), name, x_scale, fusable)
+        weight, bias = self._weight_and_bias(_fold(layer, name, bn, self.integer), name, x_scale, fusable, act_levels)
         if isinstance(layer, nn.Conv2d):
             if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
                 raise ExportError(f"layer {name}: padding {layer.padding!r} / padding_mode {layer.padding_mode!r} "

@@ -30,7 +30,7 @@ COMMAND_KEYS: dict[str, dict[str, object]] = {
     "train": {}, "test": {},
     "profile": {"bits": None, "verbose": False},
     "calibrate": {"bits": None, "num_batches": 50, "out": None},
-    "export": {"bits": None, "out": None, "format": "packed"},
+    "export": {"bits": None, "out": None},
 }
 COMMANDS = {
     "train": "train (or resume) the run a config describes",
@@ -98,7 +98,7 @@ def _list_keys() -> None:
         print(f"{name}: {info.default!r}")
 
 
-def run(command: str, args: list[str]) -> int:
+def run(command: str, args: list[str], export_format: str = "packed") -> int:
     """Load the config, build everything, then run the command; UserError / DataError propagate."""
     from .engine import Trainer, UserError, load_config
     from .engine.report import eval_table
@@ -117,7 +117,7 @@ def run(command: str, args: list[str]) -> int:
                 raise UserError("calibrate needs bits=B, the bit-width to add (e.g. bits=7)")
             print(deploy.calibrate(loaded.config, options["bits"], int(options["num_batches"]), options["out"]))
         else:
-            print(deploy.export(loaded.config, str(options["format"]), options["bits"], options["out"]))
+            print(deploy.export(loaded.config, export_format, options["bits"], options["out"]))
         return 0
     trainer = Trainer(loaded.config).prepare()
     if loaded.config.test_only:
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .engine import Interrupted, UserError
 
     try:
-        return run(args.command, args.args + ([f"format={args.format}"] if args.command == "export" else []))
+        return run(args.command, args.args, getattr(args, "format", "packed"))
     except Interrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED

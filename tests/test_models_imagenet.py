@@ -71,7 +71,7 @@ def test_switchable_overhead_is_one_bn_and_one_alpha_per_bit_width(name: str, fl
     assert sum(p.numel() for p in shared.parameters()) == FLOAT_PARAMS[name] + len(clipped)
 
 
-@pytest.mark.parametrize("name", IMAGENET_MODELS)
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "resnet18", "resnet50"])  # 34: the blocks of 18
 def test_forward_at_every_bit_width(name: str) -> None:
     torch.manual_seed(0)
     model = adabits.create_model(name, bits_list=[8, 6, 5, 4], num_classes=7).eval()
@@ -185,7 +185,7 @@ def test_own_float_checkpoint_reproduces_the_float_model_at_32_bits(name: str, t
     torch.save({"model": float_model.state_dict()}, tmp_path / "fp.pt")
     model, notes = load_through_engine(name, tmp_path / "fp.pt")
     assert "(0 missing, 0 unexpected keys)" in notes[0]
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     model.eval()
     adabits.set_bits(model, 32)
     with torch.no_grad():
@@ -283,7 +283,7 @@ def test_torchvision_layout_loads_without_missing_or_unexpected_keys(name: str, 
     float_model.load_state_dict(remap_state_dict(float_model, sd), strict=True)
     assert torch.equal(dict(model.named_parameters())["fc.weight" if "resnet" in name else "classifier.1.weight"],
                        sd["fc.weight" if "resnet" in name else "classifier.1.weight"])
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     model.eval(), float_model.eval()
     adabits.set_bits(model, 32)
     with torch.no_grad():

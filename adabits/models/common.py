@@ -87,3 +87,20 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 def as_float_input(x: Tensor, like: Tensor) -> Tensor:
     """Accept uint8 images (values 0..255, SPEC section 5) as well as float tensors."""
     return x if x.is_floating_point() else x.to(like.dtype)
+
+
+def check_width_mult(width_mult: float) -> None:
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be positive, got {width_mult}")
+
+
+class FeaturesPoolClassifier(nn.Module):
+    """`features` (its first module a conv-BN-act Sequential), global average pool, `classifier`:
+    the layout of torchvision's MobileNets, shared by ours."""
+
+    features: nn.Sequential
+    classifier: nn.Sequential
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(as_float_input(x, self.features[0][0].weight))
+        return self.classifier(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))

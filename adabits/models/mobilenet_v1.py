@@ -6,14 +6,15 @@ block being one Sequential: 3x3 depthwise conv-BN-ReLU then 1x1 pointwise conv-B
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from ..quant.config import QuantConfig
 from .common import (
     DEFAULT_CLASSIFIER_STD,
     IMAGENET_EDGE_BITS,
+    FeaturesPoolClassifier,
     LayerFactory,
-    as_float_input,
+    check_width_mult,
     classifier_head,
     init_weights,
     make_divisible,
@@ -32,8 +33,11 @@ def depthwise_separable(layers: LayerFactory, cin: int, cout: int, stride: int) 
     )
 
 
-class MobileNetV1(nn.Module):
-    """features.0 stem (3x3 stride 2 to 32 channels), features.1-13 depthwise-separable blocks, pool, classifier."""
+class MobileNetV1(FeaturesPoolClassifier):
+    """features.0 stem (3x3 stride 2 to 32 channels), features.1-13 depthwise-separable blocks, pool, classifier.
+
+    4.23 M float parameters at width 1.0 and 1000 classes. Registered as `mobilenet_v1`.
+    """
 
     def __init__(
         self,
@@ -46,8 +50,7 @@ class MobileNetV1(nn.Module):
         classifier_std: float = DEFAULT_CLASSIFIER_STD,
     ) -> None:
         super().__init__()
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult}")
+        check_width_mult(width_mult)
         layers = LayerFactory.of(bits_list, config)
         cin = make_divisible(32 * width_mult)
         features: list[nn.Module] = [nn.Sequential(
@@ -58,24 +61,8 @@ class MobileNetV1(nn.Module):
                 features.append(depthwise_separable(layers, cin, cout, s if index == 0 else 1))
                 cin = cout
         self.features = nn.Sequential(*features)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = classifier_head(layers, cin, num_classes, IMAGENET_EDGE_BITS, dropout)
         init_weights(self, classifier_std)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.features(as_float_input(x, self.features[0][0].weight))
-        return self.classifier(self.pool(x).flatten(1))
 
-
-@register_model
-def mobilenet_v1(
-    bits_list: list,
-    config: QuantConfig | None = None,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    width_mult: float = 1.0,
-    dropout: float = 0.0,
-    classifier_std: float = DEFAULT_CLASSIFIER_STD,
-) -> MobileNetV1:
-    """MobileNet V1 (4.23 M parameters at width 1.0 and 1000 classes)."""
-    return MobileNetV1(bits_list, config, num_classes, in_chans, width_mult, dropout, classifier_std)
+mobilenet_v1 = register_model(MobileNetV1, "mobilenet_v1")

@@ -15,8 +15,9 @@ from ..quant.config import QuantConfig
 from .common import (
     DEFAULT_CLASSIFIER_STD,
     IMAGENET_EDGE_BITS,
+    FeaturesPoolClassifier,
     LayerFactory,
-    as_float_input,
+    check_width_mult,
     classifier_head,
     init_weights,
     make_divisible,
@@ -72,8 +73,11 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
-class MobileNetV2(nn.Module):
-    """features.0 stem, features.1-17 inverted residuals, features.18 1x1 conv to 1280, pool, classifier."""
+class MobileNetV2(FeaturesPoolClassifier):
+    """features.0 stem, features.1-17 inverted residuals, features.18 1x1 conv to 1280, pool, classifier.
+
+    3.50 M float parameters at width 1.0 and 1000 classes. Registered as `mobilenet_v2`.
+    """
 
     def __init__(
         self,
@@ -87,8 +91,7 @@ class MobileNetV2(nn.Module):
         classifier_std: float = DEFAULT_CLASSIFIER_STD,
     ) -> None:
         super().__init__()
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult}")
+        check_width_mult(width_mult)
         layers = LayerFactory.of(bits_list, config)
         cin = make_divisible(32 * width_mult)
         self.last_channel = make_divisible(1280 * max(1.0, width_mult))
@@ -102,25 +105,8 @@ class MobileNetV2(nn.Module):
         features.append(conv_bn_act(layers, cin, self.last_channel, 1, 1, activation,
                                     double_side=layers.config.double_side))
         self.features = nn.Sequential(*features)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = classifier_head(layers, self.last_channel, num_classes, IMAGENET_EDGE_BITS, dropout)
         init_weights(self, classifier_std)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.features(as_float_input(x, self.features[0][0].weight))
-        return self.classifier(self.pool(x).flatten(1))
 
-
-@register_model
-def mobilenet_v2(
-    bits_list: list,
-    config: QuantConfig | None = None,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    width_mult: float = 1.0,
-    activation: str = "relu",
-    dropout: float = 0.0,
-    classifier_std: float = DEFAULT_CLASSIFIER_STD,
-) -> MobileNetV2:
-    """MobileNet V2 (3.50 M parameters at width 1.0 and 1000 classes)."""
-    return MobileNetV2(bits_list, config, num_classes, in_chans, width_mult, activation, dropout, classifier_std)
+mobilenet_v2 = register_model(MobileNetV2, "mobilenet_v2")

@@ -68,8 +68,8 @@ def main() -> None:
 
     def stopped(signum: int, frame: object) -> None:
         """`timeout` sends SIGTERM: record what was measured and say where it stopped."""
-        running = next((n for n in variants if n not in first_call_s), "the timed rounds")
-        report(args, first_call_s, times, f"stopped by signal {signum} during the first step of {running}")
+        running = next((f"the first step of {n}" for n in variants if n not in first_call_s), "warm-up or timed rounds")
+        report(args, first_call_s, times, f"stopped by signal {signum} during {running}")
         sys.exit(124)
 
     signal.signal(signal.SIGTERM, stopped)

@@ -25,7 +25,8 @@ from adabits.models import remap_state_dict
 
 IMAGENET_MODELS = ("mobilenet_v1", "mobilenet_v2", "resnet18", "resnet34", "resnet50")
 #: parameter counts of the standard float architectures at 1000 classes (torchvision's for the
-#: ResNets and MobileNet V2; MobileNet V1 as in its paper's Table 1 / Keras: 4,231,976)
+#: ResNets and MobileNet V2; MobileNet V1: "4.2 M" in its paper, exactly 4,231,976 with BN gamma/beta
+#: and the classifier bias, as Keras counts its trainable parameters)
 FLOAT_PARAMS = {
     "mobilenet_v1": 4_231_976,
     "mobilenet_v2": 3_504_872,

@@ -65,4 +65,4 @@ class MobileNetV1(FeaturesPoolClassifier):
         init_weights(self, classifier_std)
 
 
-mobilenet_v1 = register_model(MobileNetV1, "mobilenet_v1")
+register_model(MobileNetV1, "mobilenet_v1")

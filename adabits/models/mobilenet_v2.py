@@ -4,7 +4,7 @@ Module names follow torchvision's MobileNetV2 (features.N..., classifier.1), so 
 load without renaming. Differences from torchvision, all from SPEC section 6: ReLU instead of
 ReLU6 (`activation: relu6` restores torchvision's), no dropout by default, the first conv is
 weight-only at 8 bits or more, the classifier keeps 8 weight bits, and `double_side` clipping
-applies only where a layer's input can be negative.
+applies only to the layers SPEC section 6 names.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def conv_bn_act(layers: LayerFactory, cin: int, cout: int, kernel: int, stride: 
 class InvertedResidual(nn.Module):
     """1x1 expand (if t > 1), 3x3 depthwise, 1x1 linear projection; residual when stride 1 and cin == cout.
 
-    The block input is the previous block's linear projection, which can be negative: the expand
-    conv (or, for t == 1, the depthwise conv) takes it, so those get `double_side` clipping when
-    the config asks for it. Every other input follows a ReLU.
+    With `double_side`, the first conv of the block clips to [-alpha, alpha] (SPEC section 6): the
+    expand conv, whose input (the previous block's linear projection) can be negative, or for t == 1
+    the depthwise conv. The other convs take ReLU outputs and keep one-sided clipping.
     """
 
     def __init__(self, layers: LayerFactory, cin: int, cout: int, stride: int, expand_ratio: int,
@@ -109,4 +109,4 @@ class MobileNetV2(FeaturesPoolClassifier):
         init_weights(self, classifier_std)
 
 
-mobilenet_v2 = register_model(MobileNetV2, "mobilenet_v2")
+register_model(MobileNetV2, "mobilenet_v2")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import adabits
+from adabits.models import remap_state_dict
 from adabits.quant.calibrate import add_bits
 
 from . import checkpoint
@@ -65,7 +66,7 @@ def load_pretrained(model: nn.Module, cfg: TrainConfig) -> list[str]:
     notes = []
     if cfg.fp_pretrained_file:
         path = Path(cfg.fp_pretrained_file)
-        sd = checkpoint.state_dict_of(checkpoint.read(path))
+        sd = _own_keys(model, checkpoint.state_dict_of(checkpoint.read(path)), path)
         missing, unexpected = adabits.load_fp_state_dict(model, sd)
         if len(missing) == len(model.state_dict()):
             raise CheckpointError(f"{path} shares no parameter names with model {cfg.model}")
@@ -77,6 +78,14 @@ def load_pretrained(model: nn.Module, cfg: TrainConfig) -> list[str]:
             path = Path(cfg.pretrained_dir) / path
         ckpt = checkpoint.read(path)
         calibrated = add_calibrated_bits(model, ckpt)
-        checkpoint.load_weights(model, checkpoint.state_dict_of(ckpt), path)
+        checkpoint.load_weights(model, _own_keys(model, checkpoint.state_dict_of(ckpt), path), path)
         notes.append(f"loaded weights from {path}" + (f" (calibrated bit-widths {calibrated})" if calibrated else ""))
     return notes
+
+
+def _own_keys(model: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Rename a foreign layout (torchvision, the original code's MobileNets) to the model's names."""
+    try:
+        return remap_state_dict(model, sd)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None

@@ -168,3 +168,17 @@ def test_docs_snippet_runs_with_only_onnxruntime(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     predictions = proc.stdout.strip().strip("[]").split()
     assert len(predictions) == 8 and all(0 <= int(p) < 10 for p in predictions)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v1"])
+def test_mobilenets_export_with_integer_kernels(tmp_path, name: str) -> None:
+    if name not in adabits.list_models():
+        pytest.skip(f"model {name} is not registered yet (issue 4)")
+    torch.manual_seed(0)
+    model = adabits.create_model(name, bits_list=[8, 4], num_classes=10, in_chans=3,
+                                 weight_quant_scheme="modified").eval()
+    path = export_onnx(model, tmp_path / "m.onnx", 4, (3, 32, 32))
+    ops = optimized_op_counts(path)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert ops["QLinearConv"] >= convs // 2, ops  # depthwise and pointwise convs run as integer kernels
+    assert run_onnx(path, torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)).shape == (2, 10)

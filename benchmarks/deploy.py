@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import platform
@@ -72,20 +73,19 @@ def load_trained(work: Path, checkpoint: Path) -> Trainer:
 
 
 @torch.no_grad()
-def accuracy_vs_onnx(trainer: Trainer, work: Path) -> dict[str, Any]:
+def accuracy_vs_onnx(trainer: Trainer, work: Path, bits_list: list[int], threads: int) -> dict[str, Any]:
     """Top-1 of the fake-quant model and of its ONNX export at each bit-width, and their agreement."""
-    from adabits.export.onnx import run_onnx
-
     model = trainer.model.eval()
     rows = {}
-    for bits in BITS:
+    for bits in bits_list:
         path = export_onnx(model, work / f"resnet20_{bits}bit.onnx", bits, (1, 28, 28))
+        session = _ort_session(path, threads)
         hits_torch = hits_onnx = agree = total = 0
         worst = 0.0
         for images, labels in trainer.loaders.val:
             with adabits.use_bits(model, bits):
                 expected = model(images).numpy()
-            got = run_onnx(path, images.to(torch.uint8))
+            got = session.run(None, {"input": images.to(torch.uint8).numpy()})[0]
             hits_torch += int((expected.argmax(1) == labels.numpy()).sum())
             hits_onnx += int((got.argmax(1) == labels.numpy()).sum())
             agree += int((got.argmax(1) == expected.argmax(1)).sum())
@@ -100,13 +100,18 @@ def accuracy_vs_onnx(trainer: Trainer, work: Path) -> dict[str, Any]:
     return rows
 
 
-def calibration_report(trainer: Trainer, batches: int) -> dict[str, Any]:
+def calibration_report(trainer: Trainer, batches: int, eval_images: int) -> dict[str, Any]:
+    """Accuracy at the calibrated bit-widths next to the trained ones (first `eval_images` test images)."""
     model = trainer.model
     for bits in CALIBRATED:
         adabits.calibrate_bn(model, bits, trainer.loaders.train, num_batches=batches)
     trainer.bits = adabits.get_bits_list(model)
+    val_loader = trainer.loaders.val
+    trainer.loaders.val = dataclasses.replace(val_loader, images=val_loader.images[:eval_images],
+                                              labels=val_loader.labels[:eval_images])
     val = trainer.evaluate()
-    return {"num_batches": batches,
+    trainer.loaders.val = val_loader
+    return {"num_batches": batches, "test_images": min(eval_images, val_loader.num_samples),
             "top1": {str(b): round(100 * (1 - v["top1_error"]), 2) for b, v in val.items()},
             "trained": BITS, "calibrated": CALIBRATED}
 
@@ -122,7 +127,7 @@ def packed_report(trainer: Trainer, work: Path) -> dict[str, Any]:
     return {"packed_bytes": path.stat().st_size, "float32_state_dict_bytes": buffer.tell(),
             f"float32_x_{top}_over_32_bytes": buffer.tell() * top // 32,
             "bit_widths_in_file": adabits.get_bits_list(model),
-            "note": "the state dict holds a BN per bit-width (6 here, with the calibrated ones) and the float weights"}
+            "note": "the float32 state dict holds the float weights and one BN (and alpha) per bit-width"}
 
 
 def _ort_session(path: Path, threads: int):
@@ -185,6 +190,8 @@ def main() -> None:
     parser.add_argument("--fp-epochs", type=int, default=1)
     parser.add_argument("--joint-steps", type=int, default=60)
     parser.add_argument("--calib-batches", type=int, default=50)
+    parser.add_argument("--calib-eval-images", type=int, default=10_000, help="test images for the calibration report")
+    parser.add_argument("--accuracy-bits", type=int, nargs="+", default=BITS)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--mobilenet-rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -215,9 +222,9 @@ def main() -> None:
                                                               f"{args.joint_steps} joint steps at {BITS}"}
             trainer = load_trained(work, checkpoint)
             if "accuracy" not in args.skip:
-                result["accuracy_pytorch_vs_onnx"] = accuracy_vs_onnx(trainer, work)
+                result["accuracy_pytorch_vs_onnx"] = accuracy_vs_onnx(trainer, work, args.accuracy_bits, args.threads)
             if "calibration" not in args.skip:
-                result["calibration"] = calibration_report(trainer, args.calib_batches)
+                result["calibration"] = calibration_report(trainer, args.calib_batches, args.calib_eval_images)
             if "packed" not in args.skip:
                 result["packed_size"] = packed_report(trainer, work)
         if "latency" not in args.skip:

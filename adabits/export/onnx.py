@@ -14,8 +14,11 @@ fully determined by the quantizers (SPEC sections 1-4), and no tracer could infe
 - everything else (residual adds, pooling, the float first-layer path) stays float.
 
 ONNX Runtime then fuses DQ -> Conv -> (Relu) -> Q into QLinearConv wherever a layer's output feeds
-only quantized layers; outputs that feed residual additions stay float convolutions with int8
-weights. Full precision (bits 32) exports a plain float graph with BN folded.
+only quantized layers (the exporter gives those layers int8 weights, each channel's codes multiplied
+so that the int32 bias lands as close to the exact one as int8 allows). Layers whose output feeds
+a residual addition stay float convolutions on the dequantized input, with the same integer-valued
+weights stored as float: requantizing the residual path would add rounding the model never had.
+Full precision (bits 32) exports a plain float graph with BN folded.
 
 Only what the integer format expresses exactly is exported; everything else raises ExportError
 naming the layer: activation schemes other than `original` (they floor or offset the codes),

@@ -6,6 +6,7 @@ import torch
 
 import adabits
 from adabits.cli import main
+from adabits.export import load_packed
 from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
 from _engine_helpers import tiny_args
 
@@ -45,7 +46,7 @@ def test_calibrate_then_test_and_export_the_new_bit_width(trained, capsys, tmp_p
     packed = tmp_path / "model.safetensors"
     assert main(["export", "--format", "packed", *args(trained, f"pretrained_file={target}", f"out={packed}")]) == 0
     assert "packed / float32" in capsys.readouterr().out
-    loaded = adabits.export.load_packed(packed)
+    loaded = load_packed(packed)
     assert adabits.get_bits_list(loaded) == [8, 4, 6]
     onnx_path = tmp_path / "m.onnx"
     pytest.importorskip("onnxruntime")

@@ -6,6 +6,7 @@ from .quant import (
     QLinear,
     QuantConfig,
     SwitchBatchNorm2d,
+    calibrate_bn,
     get_bits,
     get_bits_list,
     load_fp_state_dict,
@@ -17,7 +18,7 @@ from .quant import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "QConv2d", "QLinear", "QuantConfig", "SwitchBatchNorm2d", "create_model", "get_bits",
+    "QConv2d", "QLinear", "QuantConfig", "SwitchBatchNorm2d", "calibrate_bn", "create_model", "get_bits",
     "get_bits_list", "list_models", "load_fp_state_dict", "quantize_model", "register_model",
     "set_bits", "use_bits",
 ]

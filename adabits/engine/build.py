@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 import adabits
+from adabits.models import remap_state_dict
+from adabits.quant.calibrate import add_bits
 
 from . import checkpoint
 from .config import TrainConfig
@@ -33,15 +35,30 @@ def quant_options(cfg: TrainConfig) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(adabits.QuantConfig)}
 
 
-def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
+def model_kwargs(cfg: TrainConfig, num_classes: int, in_chans: int) -> dict[str, Any]:
+    """The keyword arguments of `adabits.create_model(cfg.model, **kwargs)` (stored by exports)."""
     options: dict[str, Any] = {**quant_options(cfg), **cfg.model_options}
     if cfg.depth is not None and cfg.model == "resnet_cifar":
         options["depth"] = cfg.depth
+    return {"bits_list": model_bits(cfg), "num_classes": num_classes, "in_chans": in_chans, **options}
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     try:
-        return adabits.create_model(cfg.model, bits_list=model_bits(cfg), num_classes=num_classes,
-                                    in_chans=in_chans, **options)
+        return adabits.create_model(cfg.model, **model_kwargs(cfg, num_classes, in_chans))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"cannot build model {cfg.model}: {exc}") from None
+
+
+def add_calibrated_bits(model: nn.Module, ckpt: dict[str, Any]) -> list[Any]:
+    """Give `model` the per-bit BN and alpha entries of the bit-widths calibrated into `ckpt`
+    (`adabits calibrate`), so that the checkpoint loads strictly; returns those bit-widths."""
+    calibrated = list(ckpt.get("calibrated_bits", []))
+    have = adabits.get_bits_list(model)
+    for bits in calibrated:
+        if bits not in have:
+            add_bits(model, bits)
+    return calibrated
 
 
 def load_pretrained(model: nn.Module, cfg: TrainConfig) -> list[str]:
@@ -49,7 +66,7 @@ def load_pretrained(model: nn.Module, cfg: TrainConfig) -> list[str]:
     notes = []
     if cfg.fp_pretrained_file:
         path = Path(cfg.fp_pretrained_file)
-        sd = checkpoint.state_dict_of(checkpoint.read(path))
+        sd = _own_keys(model, checkpoint.state_dict_of(checkpoint.read(path)), path)
         missing, unexpected = adabits.load_fp_state_dict(model, sd)
         if len(missing) == len(model.state_dict()):
             raise CheckpointError(f"{path} shares no parameter names with model {cfg.model}")
@@ -59,6 +76,16 @@ def load_pretrained(model: nn.Module, cfg: TrainConfig) -> list[str]:
         path = Path(cfg.pretrained_file)
         if cfg.pretrained_dir and not path.is_absolute():
             path = Path(cfg.pretrained_dir) / path
-        checkpoint.load_weights(model, checkpoint.state_dict_of(checkpoint.read(path)), path)
-        notes.append(f"loaded weights from {path}")
+        ckpt = checkpoint.read(path)
+        calibrated = add_calibrated_bits(model, ckpt)
+        checkpoint.load_weights(model, _own_keys(model, checkpoint.state_dict_of(ckpt), path), path)
+        notes.append(f"loaded weights from {path}" + (f" (calibrated bit-widths {calibrated})" if calibrated else ""))
     return notes
+
+
+def _own_keys(model: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Rename a foreign layout (torchvision, the original code's MobileNets) to the model's names."""
+    try:
+        return remap_state_dict(model, sd)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None

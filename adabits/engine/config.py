@@ -27,6 +27,10 @@ MODEL_ALIASES = {
     "models.q_resnet_cifar": "resnet_cifar",
     "models.q_mobilenet_v1": "mobilenet_v1",
     "models.q_mobilenet_v2": "mobilenet_v2",
+    # the paper's ImageNet ResNets were not in the original code; these follow its naming
+    "models.q_resnet18": "resnet18",
+    "models.q_resnet34": "resnet34",
+    "models.q_resnet50": "resnet50",
 }
 #: short keys accepted on the command line, as the original's `bs:256`
 KEY_ALIASES = {"bs": "batch_size"}

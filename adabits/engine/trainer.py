@@ -176,6 +176,7 @@ class Trainer:
         if cfg.pretrained_file or cfg.fp_pretrained_file:
             for note in load_pretrained(self.model, cfg):
                 self.echo(note)
+            self.bits = list(adabits.get_bits_list(self.model))  # with any calibrated bit-widths
             return
         path = Path(cfg.resume) if cfg.resume else self.run_dir / "best_model.pt"
         if not path.is_file():

@@ -1,6 +1,7 @@
 """Model families; importing this package registers them."""
 
-from . import resnet_cifar  # noqa: F401  (registers the CIFAR ResNets)
+from . import mobilenet_v1, mobilenet_v2, resnet, resnet_cifar  # noqa: F401  (register the families)
+from .checkpoint_keys import remap_state_dict
 from .registry import create_model, list_models, register_model
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["create_model", "list_models", "register_model", "remap_state_dict"]

@@ -14,6 +14,13 @@ from ..quant.bitwidth import parse_bits_list
 from ..quant.config import QuantConfig
 from ..quant.layers import QConv2d, QLinear, SwitchBatchNorm2d
 
+# The seed's classifier init N(0, 0.01) gives the tanh-normalised, SAT-rescaled classifier an
+# effective learning rate about 1000x too large (SPEC section 10): its forward does not depend on
+# the scale of W, so the step size relative to W is what matters. 1.0 trains as well as a float net.
+DEFAULT_CLASSIFIER_STD = 1.0
+#: the bits the first conv and the classifier of the ImageNet models keep at least (SPEC section 6)
+IMAGENET_EDGE_BITS = 8
+
 
 @dataclass(frozen=True)
 class LayerFactory:
@@ -42,6 +49,17 @@ class LayerFactory:
         )
 
 
+def stem_conv(layers: LayerFactory, cin: int, cout: int, kernel: int, stride: int, keep_bits: int) -> QConv2d:
+    """The first conv (SPEC section 6): weights at `keep_bits` or more, inputs (the images) never clipped."""
+    return layers.conv(cin, cout, kernel, stride, weight_only=True, bitw_min=keep_bits, bita_min=8,
+                       pact_fp=False, double_side=False)
+
+
+def classifier_head(layers: LayerFactory, cin: int, num_classes: int, keep_bits: int, dropout: float) -> nn.Sequential:
+    """Dropout + linear with weights at `keep_bits` or more; named `classifier.1` as torchvision's."""
+    return nn.Sequential(nn.Dropout(dropout), layers.linear(cin, num_classes, bitw_min=keep_bits, double_side=False))
+
+
 def init_weights(model: nn.Module, classifier_std: float) -> None:
     """SPEC section 6: conv N(0, sqrt(2 / (kh kw C_out))), BN 1/0, linear N(0, classifier_std), bias 0."""
     for module in model.modules():
@@ -59,6 +77,30 @@ def init_weights(model: nn.Module, classifier_std: float) -> None:
                 nn.init.zeros_(module.bias)
 
 
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a scaled channel count to a multiple of `divisor`, never below 90% of it (torchvision's rule,
+    so that width_mult gives the same widths as torchvision's MobileNet V2)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
 def as_float_input(x: Tensor, like: Tensor) -> Tensor:
     """Accept uint8 images (values 0..255, SPEC section 5) as well as float tensors."""
     return x if x.is_floating_point() else x.to(like.dtype)
+
+
+def check_width_mult(width_mult: float) -> None:
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be positive, got {width_mult}")
+
+
+class FeaturesPoolClassifier(nn.Module):
+    """`features` (its first module a conv-BN-act Sequential), global average pool, `classifier`:
+    the layout of torchvision's MobileNets, shared by ours."""
+
+    features: nn.Sequential
+    classifier: nn.Sequential
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(as_float_input(x, self.features[0][0].weight))
+        return self.classifier(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))

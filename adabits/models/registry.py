@@ -14,11 +14,15 @@ ModelFn = TypeVar("ModelFn", bound=Callable[..., nn.Module])
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(fn: ModelFn) -> ModelFn:
-    """Register a constructor under its function name; it takes bits_list, config and model options."""
-    if fn.__name__ in _MODELS:
-        raise ValueError(f"model {fn.__name__!r} is registered twice")
-    _MODELS[fn.__name__] = fn
+def register_model(fn: ModelFn, name: str | None = None) -> ModelFn:
+    """Register a constructor (a function or a model class) under `name`, by default its own name.
+
+    It takes bits_list, config and the model's options as keyword arguments.
+    """
+    name = name or fn.__name__
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is registered twice")
+    _MODELS[name] = fn
     return fn
 
 

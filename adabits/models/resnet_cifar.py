@@ -6,13 +6,8 @@ from torch import Tensor, nn
 
 from ..quant.bitwidth import max_bits
 from ..quant.config import QuantConfig
-from .common import LayerFactory, as_float_input, init_weights
+from .common import DEFAULT_CLASSIFIER_STD, LayerFactory, as_float_input, init_weights
 from .registry import register_model
-
-# The seed's classifier init N(0, 0.01) gives the tanh-normalised, SAT-rescaled classifier an
-# effective learning rate about 1000x too large (SPEC section 10): its forward does not depend on
-# the scale of W, so the step size relative to W is what matters. 1.0 trains as well as a float net.
-DEFAULT_CLASSIFIER_STD = 1.0
 
 
 class BasicBlock(nn.Module):

@@ -1,0 +1,1 @@
+"""Analysis of models: cost per bit-width (profile.py)."""

@@ -1,0 +1,78 @@
+"""`adabits profile | calibrate | export` as a user runs them after training."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import adabits
+from adabits.cli import main
+from adabits.export import load_packed
+from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
+from _engine_helpers import tiny_args
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run (synthetic data, bits [8, 4]) trained once for every test here, with `modified` weights."""
+    log_dir = tmp_path_factory.mktemp("runs")
+    assert main(["train", *tiny_args(log_dir, num_epochs=1, weight_quant_scheme="modified")]) == 0
+    return log_dir
+
+
+def args(log_dir, *extra: str) -> list[str]:
+    return [*tiny_args(log_dir, weight_quant_scheme="modified"), *extra]
+
+
+def test_profile_prints_one_row_per_bit_width(trained, capsys) -> None:
+    assert main(["profile", *args(trained)]) == 0
+    out = capsys.readouterr().out
+    assert "input 1x8x8" in out and "BitOPs" in out
+    rows = [line.split("|")[0].strip() for line in out.splitlines() if "|" in line][1:]
+    assert rows == ["8", "4"]
+    assert main(["profile", *args(trained, "bits=4", "verbose=true")]) == 0
+    assert "layers.0.conv1" in capsys.readouterr().out
+
+
+def test_calibrate_then_test_and_export_the_new_bit_width(trained, capsys, tmp_path) -> None:
+    target = tmp_path / "calibrated.pt"
+    assert main(["calibrate", *args(trained, "bits=6", "num_batches=3", f"out={target}")]) == 0
+    out = capsys.readouterr().out
+    assert f"saved {target}" in out and "6-bit" in out and "8-bit" in out and "4-bit" in out
+    ckpt = torch.load(target, weights_only=True)
+    assert ckpt["bits_list"] == [8, 4, 6] and ckpt["calibrated_bits"] == [6] and "optimizer" not in ckpt
+    # `adabits test` evaluates the calibrated bit-width too
+    assert main(["test", *args(trained, f"pretrained_file={target}")]) == 0
+    assert "6-bit" in capsys.readouterr().out
+    packed = tmp_path / "model.safetensors"
+    assert main(["export", "--format", "packed", *args(trained, f"pretrained_file={target}", f"out={packed}")]) == 0
+    assert "packed / float32" in capsys.readouterr().out
+    loaded = load_packed(packed)
+    assert adabits.get_bits_list(loaded) == [8, 4, 6]
+    onnx_path = tmp_path / "m.onnx"
+    pytest.importorskip("onnxruntime")
+    assert main(["export", "--format", "onnx", *args(trained, f"pretrained_file={target}", "bits=6",
+                                                      f"out={onnx_path}")]) == 0
+    assert onnx_path.is_file()
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["calibrate"], "calibrate needs bits=B"),
+    (["calibrate", "bits=8"], "bits=8 is already a bit-width of this model"),
+    (["export", "--format", "onnx"], "ONNX export needs bits=B"),
+    (["export", "--format", "onnx", "bits=5"], "bits=5 is not a bit-width of this model; allowed: [8, 4]"),
+    (["profile", "bits=3"], "bits=3 is not a bit-width of this model"),
+])
+def test_bad_deploy_arguments_exit_2(trained, capsys, extra, fragment) -> None:
+    command, *rest = extra
+    assert main([command, *args(trained, *rest)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err
+
+
+def test_onnx_export_names_the_layer_it_cannot_express(trained, capsys, tmp_path) -> None:
+    pytest.importorskip("onnx")
+    log_dir = tmp_path / "centered"
+    assert main(["train", *tiny_args(log_dir, num_epochs=1)]) == 0  # the tiny config's `centered` weights
+    capsys.readouterr()
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8"]) == 2
+    assert "layer conv1: 'centered' weights at 8 bits" in capsys.readouterr().err

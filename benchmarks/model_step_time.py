@@ -94,7 +94,8 @@ def report(args: argparse.Namespace, first_call_s: dict[str, float], times: dict
            stopped: str | None) -> None:
     median = {name: statistics.median(t) for name, t in times.items() if t}
     ratios = {f"{a} / {b}": median[a] / median[b] for a, b in RATIOS if a in median and b in median}
-    options = " ".join(f"--{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items() if v)
+    options = " ".join(f"--{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
+                       if v is not None)
     result = {
         "command": f"python benchmarks/model_step_time.py {options}",
         "machine": f"shared 2-core VM (other jobs may run): {platform.processor() or platform.machine()}, "

@@ -154,7 +154,9 @@ def test_pretrained_fp_and_test_only(tmp_path):
     q.prepare()
     torch.testing.assert_close(q.model.state_dict()["fc.weight"], fp.model.state_dict()["fc.weight"])
     q.fit()
-    tester = Trainer(tiny_config(tmp_path, run_name="q", test_only=True), echo=quiet).prepare()
+    # the stage-2 config still names its float start: test_only must evaluate the trained run, not that
+    tester = Trainer(tiny_config(tmp_path, run_name="q", fp_pretrained_file=str(fp_file), test_only=True),
+                     echo=quiet).prepare()
     val = tester.evaluate()
     best = torch.load(tmp_path / "q" / "best_model.pt", weights_only=True)["best"]["val"]
     for bits in (8, 4):

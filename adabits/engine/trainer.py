@@ -172,13 +172,23 @@ class Trainer:
         self.echo(f"resuming from {path} after epoch {self.start_epoch}")
 
     def _load_for_test(self) -> None:
+        """Evaluate pretrained_file, else `resume` or the run's best_model.pt.
+
+        A stage-2 config keeps naming its float starting point (fp_pretrained_file); that file is
+        evaluated only when the run has no trained checkpoint yet, and the message says so.
+        """
         cfg = self.cfg
-        if cfg.pretrained_file or cfg.fp_pretrained_file:
-            for note in load_pretrained(self.model, cfg):
+        path = Path(cfg.resume) if cfg.resume else self.run_dir / "best_model.pt"
+        use_fp = cfg.fp_pretrained_file and not cfg.resume and not path.is_file()
+        if cfg.pretrained_file or use_fp:
+            if use_fp and not cfg.pretrained_file:
+                self.echo(f"no trained checkpoint at {path}: evaluating the full-precision start "
+                          f"{cfg.fp_pretrained_file}")
+            weights = cfg.model_copy(update={"fp_pretrained_file": None}) if cfg.pretrained_file else cfg
+            for note in load_pretrained(self.model, weights):
                 self.echo(note)
             self.bits = list(adabits.get_bits_list(self.model))  # with any calibrated bit-widths
             return
-        path = Path(cfg.resume) if cfg.resume else self.run_dir / "best_model.pt"
         if not path.is_file():
             raise CheckpointError(f"test_only needs weights: set pretrained_file=PATH, or train first "
                                   f"(no checkpoint at {path})")

@@ -75,4 +75,4 @@ def test_onnx_export_names_the_layer_it_cannot_express(trained, capsys, tmp_path
     assert main(["train", *tiny_args(log_dir, num_epochs=1)]) == 0  # the tiny config's `centered` weights
     capsys.readouterr()
     assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8"]) == 2
-    assert "layer conv1: 'centered' weights at 8 bits" in capsys.readouterr().err
+    assert "layer layers.0.conv1: 'centered' weights at 8 bits need 9-bit" in capsys.readouterr().err

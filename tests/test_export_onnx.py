@@ -77,8 +77,6 @@ def test_bits_outside_the_model_or_the_int8_range_are_refused(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("options, bits, fragment", [
-    ({"weight_quant_scheme": "centered"}, 8, "layer conv1: 'centered' weights at 8 bits"),
-    ({"weight_quant_scheme": "original"}, 8, "layer conv1: 'original' weights at 8 bits"),
     ({"act_quant_scheme": "modified"}, 4, "layer layers.0.conv1: act_quant_scheme 'modified'"),
     ({"double_side": True}, 4, "layer layers.0.conv1: double_side"),
 ])
@@ -86,6 +84,24 @@ def test_options_the_format_cannot_express_name_the_layer(tmp_path, options, bit
     model = calibrated(**options)
     with pytest.raises(ExportError, match=fragment):
         export_onnx(model, tmp_path / "m.onnx", bits, INPUT)
+
+
+@pytest.mark.parametrize("scheme", ["centered", "original"])
+def test_9_bit_weight_codes_stay_float_only_where_the_layer_is_float(tmp_path, scheme: str) -> None:
+    """`centered` / `original` codes need 9 bits at 8 bits: refused in an integer kernel, exact float elsewhere."""
+    model = calibrated(bits_list=(8, 4), weight_quant_scheme=scheme)
+    with pytest.raises(ExportError, match=f"layer layers.0.conv1: '{scheme}' weights at 8 bits need 9-bit"):
+        export_onnx(model, tmp_path / "m.onnx", 8, INPUT)
+    # at 4 bits only the first and last layers (8-bit weights by policy) are wide; both stay float anyway
+    with pytest.warns(UserWarning, match=r"2 layer\(s\) keep exact float weights .* \(conv1, fc\)"):
+        path = export_onnx(model, tmp_path / "m4.onnx", 4, INPUT)
+    assert optimized_op_counts(path)["QLinearConv"] == 3
+    x = images(32, seed=3)
+    with torch.no_grad(), adabits.use_bits(model, 4):
+        expected = model(x).numpy()
+    got = run_onnx(path, x)
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.15
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
 
 
 def test_centered_weights_export_where_they_fit_int8(tmp_path) -> None:

@@ -7,6 +7,7 @@ library errors (ValueError from the quant / export layers) into UserError for th
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -128,15 +129,18 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None)
     if bits is None:
         raise UserError("ONNX export needs bits=B (one bit-width of the model; 32 exports float)")
     bits = _bits_arg(bits, adabits.get_bits_list(model))
-    from ..export.onnx import export_onnx
+    from ..export.onnx import FloatWeightsWarning, export_onnx
 
     target = Path(out) if out else trainer.run_dir / f"model_{bits}bit.onnx"
     size = trainer.loaders.image_size
     try:
-        export_onnx(model, target, bits, (trainer.loaders.in_chans, size, size), uint8_input=not cfg.normalize)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FloatWeightsWarning)
+            export_onnx(model, target, bits, (trainer.loaders.in_chans, size, size), uint8_input=not cfg.normalize)
     except ImportError:
         raise UserError("ONNX export needs the onnx package: pip install 'adabits[onnx]'") from None
     except ValueError as exc:
         raise UserError(f"ONNX export at {bits} bits: {exc}") from None
-    return f"wrote {target} ({target.stat().st_size:,} bytes, {bits} bits)"
+    notes = "".join(f"\nnote: {w.message}" for w in caught if issubclass(w.category, FloatWeightsWarning))
+    return f"wrote {target} ({target.stat().st_size:,} bytes, {bits} bits){notes}"
 

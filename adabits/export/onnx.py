@@ -20,15 +20,19 @@ a residual addition stay float convolutions on the dequantized input, with the s
 weights stored as float: requantizing the residual path would add rounding the model never had.
 Full precision (bits 32) exports a plain float graph with BN folded.
 
-Only what the integer format expresses exactly is exported; everything else raises ExportError
-naming the layer: activation schemes other than `original` (they floor or offset the codes),
-`double_side` (its zero point (2^b - 1) / 2 is not an integer), activation bits above 8, and weight
-codes outside int8 (`centered` and `original` weights are odd integers up to 2^b - 1, which need
-9 bits at b = 8; `modified` codes k - 2^(b-1) fit int8 for every b <= 8).
+Weight codes that do not fit int8 (`centered` and `original` weights are odd integers up to
+2^b - 1, which need 9 bits at b = 8; `modified` codes k - 2^(b-1) fit int8 for every b <= 8) are
+exact as float weights in a layer that stays float anyway (the first and last layers of a
+`centered` model keep 8-bit weights at every bit-width, and must not make it unexportable); the
+exporter does that with a warning naming the layers. In a layer ONNX Runtime would fuse into an
+integer kernel they raise ExportError naming the layer, as does everything else the integer
+format cannot express exactly: activation schemes other than `original` (they floor or offset the
+codes), `double_side` (its zero point (2^b - 1) / 2 is not an integer), and activation bits above 8.
 """
 from __future__ import annotations
 
 import operator
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +58,10 @@ OUTPUT_NAME = "logits"
 
 class ExportError(ValueError):
     """The model (or one of its layers) uses something the exported format cannot express."""
+
+
+class FloatWeightsWarning(UserWarning):
+    """Some layers' weight codes need more than int8, so those (float) layers keep exact float weights."""
 
 
 class _LeafTracer(fx.Tracer):
@@ -113,8 +121,8 @@ class _Folded:
     bias: np.ndarray  # float64 per output channel
 
 
-def _signed_codes(layer: QuantLayerMixin, name: str) -> tuple[np.ndarray, float]:
-    """The weight as signed integers m with w = m * step (SPEC section 1), checked to fit int8."""
+def _signed_codes(layer: QuantLayerMixin) -> tuple[np.ndarray, float] | None:
+    """The weight as signed integers m with w = m * step (SPEC section 1); None when m does not fit int8."""
     bits, scheme = layer.weight_bits, layer.weight_quant_scheme
     k = weight_codes(layer.weight, bits, scheme).numpy()
     if scheme == "modified":
@@ -124,10 +132,7 @@ def _signed_codes(layer: QuantLayerMixin, name: str) -> tuple[np.ndarray, float]
     else:
         m, step = 2 * k - (2**bits - 1), 1.0 / (2**bits - 1)
     if m.min() < -128 or m.max() > 127:
-        raise ExportError(
-            f"layer {name}: {scheme!r} weights at {bits} bits are integers up to +-{int(np.abs(m).max())}, "
-            "which do not fit int8; export a model trained with weight_quant_scheme 'modified' "
-            f"(fits int8 up to 8 bits), or a bit-width whose weights are at most 7 bits for {scheme!r}")
+        return None
     return m.astype(np.int8), step
 
 
@@ -162,15 +167,16 @@ def _channel_multipliers(codes: np.ndarray, scale: np.ndarray, bias: np.ndarray,
     return best
 
 
-def _fold(layer: QuantLayerMixin, name: str, bn: nn.BatchNorm2d | None, integer: bool) -> _Folded:
+def _fold(layer: QuantLayerMixin, bn: nn.BatchNorm2d | None, integer: bool) -> _Folded:
     out = layer.weight.shape[0]
     gain = np.ones(out)
     bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(out)
     if bn is not None:
         gain = (bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
         bias = bn.bias.detach().double().numpy() + (bias - bn.running_mean.double().numpy()) * gain
-    if integer and layer.weight_bits < FULL_PRECISION:
-        codes, step = _signed_codes(layer, name)
+    signed = _signed_codes(layer) if integer and layer.weight_bits < FULL_PRECISION else None
+    if signed is not None:
+        codes, step = signed
         return _Folded(codes, step * _sat(layer) * gain, None, bias)
     weight = layer.quantized_weight().detach().double().numpy()
     weight = weight * gain.reshape(-1, *([1] * (weight.ndim - 1)))
@@ -188,6 +194,7 @@ class _Converter:
         self.g = _Graph()
         self.values: dict[fx.Node, _Value] = {}
         self.folded_bn: set[fx.Node] = set()
+        self.wide_weights: list[str] = []  # quantized layers whose codes need more than int8
 
     # ------------------------------------------------------------------ quantized layers
     def _layer_input(self, layer: QuantLayerMixin, name: str, x: _Value) -> tuple[str, float | None]:
@@ -267,7 +274,15 @@ class _Converter:
         x, x_scale = self._layer_input(layer, name, self.values[node.args[0]])
         act_levels = 2**layer.act_bits - 1 if layer.act_bits < FULL_PRECISION else 255
         fusable = self._feeds_only_quantizers(bn_node or node)
-        weight, bias = self._weight_and_bias(_fold(layer, name, bn, self.integer), name, x_scale, fusable, act_levels)
+        folded = _fold(layer, bn, self.integer)
+        if self.integer and folded.codes is None and layer.weight_bits < FULL_PRECISION:
+            if fusable and x_scale is not None:
+                raise ExportError(
+                    f"layer {name}: {layer.weight_quant_scheme!r} weights at {layer.weight_bits} bits need 9-bit "
+                    "integers, which the int8 kernels cannot hold; export a model trained with "
+                    "weight_quant_scheme 'modified' (fits int8 up to 8 bits), or a bit-width of at most 7 bits")
+            self.wide_weights.append(name)
+        weight, bias = self._weight_and_bias(folded, name, x_scale, fusable, act_levels)
         if isinstance(layer, nn.Conv2d):
             if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
                 raise ExportError(f"layer {name}: padding {layer.padding!r} / padding_mode {layer.padding_mode!r} "
@@ -398,10 +413,15 @@ def export_onnx(model: nn.Module, path: str | Path, bits: object, input_shape: t
     model.eval()
     try:
         traced = _LeafTracer(autowrap_functions=(as_float_input,)).trace(model)
-        proto = _Converter(model, traced, integer=weight_bits < FULL_PRECISION).convert(tuple(input_shape), uint8_input)
+        converter = _Converter(model, traced, integer=weight_bits < FULL_PRECISION)
+        proto = converter.convert(tuple(input_shape), uint8_input)
     finally:
         set_bits(model, previous)
         model.train(was_training)
+    if converter.wide_weights:
+        warnings.warn(FloatWeightsWarning(f"{len(converter.wide_weights)} layer(s) keep exact float weights because their codes need "
+                      f"more than int8 ({', '.join(converter.wide_weights)}); ONNX Runtime runs them as float "
+                      "layers, as exact as the model."), stacklevel=3)
     onnx.checker.check_model(proto)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

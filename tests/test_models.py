@@ -66,3 +66,10 @@ def test_initialisation() -> None:
     assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.2)
     assert torch.all(model.fc.bias == 0)
     assert all(isinstance(m, (QConv2d, QLinear)) for m in [model.conv1, model.fc])
+
+
+def test_cifar_resnet_stem_never_clips_the_images_even_under_pact_fp():
+    """The stem reads raw 0..255 images: a PACT clip at alpha (8) there would flatten them."""
+    model = adabits.create_model("resnet20", bits_list=[8, 4], num_classes=10, in_chans=1, pact_fp=True)
+    assert model.conv1.alpha is None and not model.conv1.pact_fp
+    assert model.layers[0].conv1.pact_fp

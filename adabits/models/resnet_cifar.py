@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from ..quant.bitwidth import max_bits
 from ..quant.config import QuantConfig
-from .common import DEFAULT_CLASSIFIER_STD, LayerFactory, as_float_input, init_weights
+from .common import DEFAULT_CLASSIFIER_STD, LayerFactory, as_float_input, init_weights, stem_conv
 from .registry import register_model
 
 
@@ -31,8 +31,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """Widths w, 2w, 4w (w = 16); the first conv is weight-only at the highest bits with 8-bit
-    input clipping, the classifier keeps the highest weight bits (SPEC section 6)."""
+    """Widths w, 2w, 4w (w = 16); the first conv is weight-only at the highest bits and never clips
+    the images (also under `pact_fp`), the classifier keeps the highest weight bits (SPEC section 6)."""
 
     def __init__(
         self,
@@ -50,7 +50,7 @@ class CifarResNet(nn.Module):
         blocks = (depth - 2) // 6
         layers = LayerFactory.of(bits_list, config)
         top = max_bits(bits_list)
-        self.conv1 = layers.conv(in_chans, width, 3, weight_only=True, bitw_min=top, bita_min=8)
+        self.conv1 = stem_conv(layers, in_chans, width, 3, 1, top)
         self.bn1 = layers.bn(width)
         self.relu = nn.ReLU(inplace=True)
         stages: list[nn.Module] = []

@@ -76,16 +76,19 @@ def load_trained(work: Path, checkpoint: Path) -> Trainer:
 def accuracy_vs_onnx(trainer: Trainer, work: Path, bits_list: list[int], threads: int) -> dict[str, Any]:
     """Top-1 of the fake-quant model and of its ONNX export at each bit-width, and their agreement."""
     model = trainer.model.eval()
+    size, cfg = trainer.loaders.image_size, trainer.cfg
     rows = {}
     for bits in bits_list:
-        path = export_onnx(model, work / f"resnet20_{bits}bit.onnx", bits, (1, 28, 28))
+        path = export_onnx(model, work / f"{cfg.model}_{bits}bit.onnx", bits, (trainer.loaders.in_chans, size, size),
+                           uint8_input=not cfg.normalize)
         session = _ort_session(path, threads)
         hits_torch = hits_onnx = agree = total = 0
         worst = 0.0
         for images, labels in trainer.loaders.val:
             with adabits.use_bits(model, bits):
                 expected = model(images).numpy()
-            got = session.run(None, {"input": images.to(torch.uint8).numpy()})[0]
+            feed = images if cfg.normalize else images.to(torch.uint8)  # the raw image, as exported
+            got = session.run(None, {"input": feed.contiguous().numpy()})[0]
             hits_torch += int((expected.argmax(1) == labels.numpy()).sum())
             hits_onnx += int((got.argmax(1) == labels.numpy()).sum())
             agree += int((got.argmax(1) == expected.argmax(1)).sum())

@@ -42,12 +42,12 @@ INERT_KEYS = {
     "width_divisor": "MobileNet widths are fixed by the model",
     "min_width": "MobileNet widths are fixed by the model",
     "distributed_all_reduce": "gradients are always all-reduced once per optimizer step (docs/distributed.md)",
-    "profiling": "profiling is not part of `train`",
-    "model_profiling_verbose": "profiling is not part of `train`",
+    "profiling": "profiling is not part of `train`; run `adabits profile app:...`",
+    "model_profiling_verbose": "profiling is not part of `train`; run `adabits profile app:... verbose=true`",
 }
 NOTE_IF_TRUE = {
-    "profiling_only": "profiling is not part of `train`; training runs instead",
-    "bn_calib": "BN calibration is not part of `train`; it is ignored",
+    "profiling_only": "profiling is not part of `train`; training runs instead (run `adabits profile app:...`)",
+    "bn_calib": "BN calibration is not part of `train`; it is ignored (run `adabits calibrate app:... bits=B`)",
 }
 MAX_BITS = 32
 

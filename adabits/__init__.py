@@ -11,6 +11,7 @@ from .quant import (
     get_bits_list,
     load_fp_state_dict,
     quantize_model,
+    recalibrate_bn,
     set_bits,
     use_bits,
 )
@@ -19,6 +20,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "QConv2d", "QLinear", "QuantConfig", "SwitchBatchNorm2d", "calibrate_bn", "create_model", "get_bits",
-    "get_bits_list", "list_models", "load_fp_state_dict", "quantize_model", "register_model",
+    "get_bits_list", "list_models", "load_fp_state_dict", "quantize_model", "recalibrate_bn", "register_model",
     "set_bits", "use_bits",
 ]

@@ -100,3 +100,23 @@ def test_stats_sharing_shares_gamma_beta_with_the_new_bn() -> None:
                                  stats_sharing=True)
     adabits.calibrate_bn(model, 6, batches(1), num_batches=1)
     assert model.bn1.bn[2].weight is model.bn1.bn[0].weight
+
+
+def test_recalibrate_bn_reestimates_only_the_given_bits_bns() -> None:
+    """Direct adaptation: an 8-bit-only model spread into more bit-widths, then one re-estimated."""
+    eight = trained_like(bits_list=(8,))
+    model = adabits.create_model("resnet_cifar", depth=8, bits_list=[8, 4], num_classes=4, in_chans=1)
+    adabits.load_fp_state_dict(model, eight.state_dict())
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = batches(2)
+    adabits.recalibrate_bn(model, 4, data, num_batches=2)
+    assert model.training and adabits.get_bits(model) == 8
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".bn.1." in k for k in changed)  # only the 4-bit BNs
+    bn = model.bn1.bn[1]
+    with torch.no_grad():
+        means = torch.stack([model.conv1(x).mean(dim=(0, 2, 3)) for x in data])
+    torch.testing.assert_close(bn.running_mean, means.mean(0), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match=r"not one of the model's: \[8, 4\]"):
+        adabits.recalibrate_bn(model, 5, data)

@@ -98,7 +98,6 @@ def add_bits(model: nn.Module, bits: object) -> list[nn.BatchNorm2d]:
     return new_bns
 
 
-@torch.no_grad()
 def calibrate_bn(model: nn.Module, bits: object, loader: Iterable, num_batches: int = 50) -> nn.Module:
     """Add bit-width `bits` to a trained model and estimate its BN statistics on `num_batches` batches.
 
@@ -107,13 +106,44 @@ def calibrate_bn(model: nn.Module, bits: object, loader: Iterable, num_batches: 
     eval mode, so no trained statistic changes. The model's mode and bit-width are restored.
     `loader` yields inputs or (inputs, labels) batches. Returns the model.
     """
+    _check_num_batches(num_batches)
+    _estimate_bn_stats(model, bits, add_bits(model, bits), loader, num_batches)
+    return model
+
+
+def recalibrate_bn(model: nn.Module, bits: object, loader: Iterable, num_batches: int = 50) -> nn.Module:
+    """Re-estimate the BN statistics that bit-width `bits` (already one of the model's) runs with.
+
+    For a model whose per-bit BNs were never trained at `bits`, e.g. a model trained at 8 bits
+    alone and then given more bit-widths by `load_fp_state_dict` ("direct adaptation"). BNs
+    shared by every bit-width (switchbn off) are left alone: re-estimating them would change
+    the other bit-widths too. Same procedure and restorations as `calibrate_bn`.
+    """
+    _check_num_batches(num_batches)
+    pair = parse_bits(bits)
+    modules = switchable_modules(model)
+    if not modules or pair not in modules[0].bits_list:
+        allowed = [format_bits(p) for p in modules[0].bits_list] if modules else []
+        raise ValueError(f"recalibrate_bn: bit-width {format_bits(pair)} is not one of the model's: {allowed}")
+    index = modules[0].bits_list.index(pair)
+    bns = [m.bn[index] for m in modules if isinstance(m, SwitchBatchNorm2d) and len(m.bn) > 1]
+    _estimate_bn_stats(model, bits, bns, loader, num_batches)
+    return model
+
+
+def _check_num_batches(num_batches: int) -> None:
     if num_batches < 1:
         raise ValueError(f"num_batches must be at least 1, got {num_batches}")
-    new_bns = add_bits(model, bits)
+
+
+@torch.no_grad()
+def _estimate_bn_stats(model: nn.Module, bits: object, bns: Sequence[nn.BatchNorm2d], loader: Iterable,
+                       num_batches: int) -> None:
+    """Reset `bns` and re-estimate them as a cumulative average, everything else in eval mode."""
     was_training = model.training
-    momenta = [bn.momentum for bn in new_bns]
+    momenta = [bn.momentum for bn in bns]
     model.eval()
-    for bn in new_bns:
+    for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
@@ -126,10 +156,8 @@ def calibrate_bn(model: nn.Module, bits: object, loader: Iterable, num_batches: 
                 model(batch[0] if isinstance(batch, (tuple, list)) else batch)
                 seen += 1
     finally:
-        for bn, momentum in zip(new_bns, momenta):
+        for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
         model.train(was_training)
-    if seen == 0 and new_bns:
-        raise ValueError("calibrate_bn got no batches from the loader")
-    return model
-
+    if seen == 0 and bns:
+        raise ValueError("BN calibration got no batches from the loader")

@@ -2,21 +2,14 @@
 from __future__ import annotations
 
 import gzip
-import struct
 
 import pytest
 import torch
 
 from adabits.data import DataError, TensorLoader, ToModelInput, build_loaders, random_crop_flip
 from adabits.data import fashion_mnist
-from adabits.data.idx import read_idx
+from adabits.data.idx import read_idx, write_idx
 from adabits.engine import TrainConfig
-
-
-def write_idx(path, array: torch.Tensor) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.numpy().tobytes())
 
 
 def fake_fashion_mnist(folder, n_train=12, n_val=6):

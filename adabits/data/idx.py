@@ -1,7 +1,8 @@
-"""Reader for the IDX format of MNIST-style datasets (optionally gzipped), straight into uint8 tensors."""
+"""The IDX format of MNIST-style datasets (optionally gzipped), read straight into uint8 tensors and written back."""
 from __future__ import annotations
 
 import gzip
+import struct
 from pathlib import Path
 
 import torch
@@ -31,3 +32,13 @@ def read_idx(path: Path) -> torch.Tensor:
         raise DataError(f"{path} is truncated or corrupt: expected {header + count} bytes, found {len(raw)}")
     data = torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8)
     return data.reshape(dims)
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """Write a uint8 tensor as an IDX file (gzipped when the name ends in .gz), e.g. a subset of a dataset."""
+    if array.dtype != torch.uint8:
+        raise ValueError(f"write_idx stores unsigned bytes, got {array.dtype}")
+    header = bytes([0, 0, _UBYTE, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.contiguous().numpy().tobytes())

@@ -1,0 +1,333 @@
+"""Accuracy of one AdaBits model vs individually trained ones, ablations, direct adaptation, peers.
+
+Every row uses the main job's recipe (README): stage 1 trains the float SAT ResNet-20 on
+Fashion-MNIST (apps/fashion_mnist/resnet20_fp.yml, 3 epochs) once per seed; stage 2 starts each
+row from that float model and fine-tunes it with apps/fashion_mnist/q_resnet20_adabits.yml
+(200 steps of batch 128, lr 0.02 cosine, `centered` weights, clipping levels chosen from data),
+changing only the keys the row names. A joint row's step trains all of its bit-widths; the
+full-precision row gets the same 200 steps at 32 bits. Top-1 is on the 10,000 test images.
+
+    python benchmarks/accuracy.py                   # the whole table: 2 seeds, about an hour on 2 cores
+    python benchmarks/accuracy.py --quick           # checks the script in minutes: 1 seed, tiny schedules,
+                                                    # first 2,000 test images (its numbers mean nothing)
+
+Each finished job leaves a JSON file in --work-dir, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import adabits
+from adabits.data import build_loaders, fashion_mnist
+from adabits.data.idx import read_idx, write_idx
+from adabits.engine import load_config
+from adabits.engine.build import build_model
+from adabits.engine.errors import UserError
+from adabits.engine.trainer import Trainer
+
+STAGE1 = "apps/fashion_mnist/resnet20_fp.yml"
+STAGE2 = "apps/fashion_mnist/q_resnet20_adabits.yml"
+HIGH, LOW = [8, 6, 5, 4], [4, 3, 2]
+QUICK_TRAIN, QUICK_TEST = 10_240, 2_000
+
+# row id -> stage-2 overrides (besides seed, paths and threads)
+TRAINED_ROWS: dict[str, list[str]] = {
+    "fp": ["bits_list=[32]"],
+    **{f"individual_{b}": [f"bits_list=[{b}]"] for b in (8, 6, 5, 4, 3, 2)},
+    "adabits_8654": ["bits_list=[8,6,5,4]"],
+    "adabits_432": ["bits_list=[4,3,2]"],
+    "adabits_432_no_switchbn": ["bits_list=[4,3,2]", "switchbn=false"],
+    "adabits_432_one_alpha": ["bits_list=[4,3,2]", "switch_alpha=false"],
+    "adabits_432_no_sat_rescale": ["bits_list=[4,3,2]", "rescale=false", "rescale_conv=false"],
+    "adabits_432_modified": ["bits_list=[4,3,2]", "weight_quant_scheme=modified"],
+}
+PEER_ROWS = {"brevitas_w4a4": "individual_4", "torch_ao_qat8": "individual_8"}  # peer -> our row's config
+ADAPT_BITS = [8, 6, 5, 4, 3, 2]
+CALIBRATED_BITS = [7, 3]
+CALIB_BATCHES = 50
+
+
+MAIN_ROWS = ["adabits_8654", "adabits_432", *(f"individual_{b}" for b in (8, 6, 5, 4, 3, 2)), "fp"]
+
+
+@dataclass
+class Job:
+    """One unit of work; `after` names the jobs (of the same seed) whose files it reads."""
+    id: str
+    seed: int
+    kind: str  # "stage1" | "train" | "adapt" | "calibrate" | "peer"
+    args: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    priority: tuple[int, int] = (0, 0)  # started in this order when ready: a stopped run keeps whole seeds
+
+    @property
+    def key(self) -> str:
+        return f"seed{self.seed}/{self.id}"
+
+
+def quick_subset(target: Path) -> Path:
+    """The first QUICK_TRAIN training and QUICK_TEST test images of Fashion-MNIST, as IDX files."""
+    files = fashion_mnist.locate(None)
+    if files is None:
+        raise SystemExit(fashion_mnist.missing_message(None))
+    target.mkdir(parents=True, exist_ok=True)
+    for key, stem in fashion_mnist.FILES.items():
+        count = QUICK_TRAIN if key.startswith("train") else QUICK_TEST
+        write_idx(target / stem, read_idx(files[key])[:count])
+    return target
+
+
+def plan(seeds: list[int], work_dir: Path, threads: int, quick: bool, peers: bool,
+         extra: list[str] | None = None) -> list[Job]:
+    """Every job of the table. Per seed: the float model first, then the main rows, the evaluations
+    of trained models, the peers and the ablations; seed by seed, except that every float model
+    starts first. `extra` overrides go to every job."""
+    jobs: list[Job] = []
+    short1, short2 = [], []
+    if quick:
+        data = f"dataset_dir={quick_subset(work_dir / 'data')}"
+        short1, short2 = [data, "num_epochs=1", "max_iters_per_epoch=60"], [data, "max_iters_per_epoch=20"]
+    rows = MAIN_ROWS + [r for r in TRAINED_ROWS if r not in MAIN_ROWS]
+    for n, seed in enumerate(seeds):
+        seed_dir = work_dir / f"seed{seed}"
+        common = [f"random_seed={seed}", f"log_dir={seed_dir}", f"num_threads={threads}", *(extra or [])]
+        jobs.append(Job("stage1", seed, "stage1", [f"app:{STAGE1}", *common, "run_name=stage1", *short1],
+                        priority=(0, n)))
+        stage2 = [f"app:{STAGE2}", *common, f"fp_pretrained_file={seed_dir / 'stage1' / 'best_model.pt'}", *short2]
+        order = iter(range(1, 100))
+        for row in rows[: len(MAIN_ROWS)]:
+            jobs.append(Job(row, seed, "train", [*stage2, *TRAINED_ROWS[row], f"run_name={row}"], ["stage1"],
+                            (n + 1, next(order))))
+        jobs.append(Job("direct_adaptation", seed, "adapt", [*stage2, *TRAINED_ROWS["individual_8"]],
+                        ["individual_8"], (n + 1, next(order))))
+        jobs.append(Job("calibrated", seed, "calibrate", [*stage2, *TRAINED_ROWS["adabits_8654"]],
+                        ["adabits_8654"], (n + 1, next(order))))
+        if peers:
+            for peer, ours in PEER_ROWS.items():
+                jobs.append(Job(peer, seed, "peer", [*stage2, *TRAINED_ROWS[ours], f"run_name={peer}"],
+                                ["stage1"], (n + 1, next(order))))
+        for row in rows[len(MAIN_ROWS):]:
+            jobs.append(Job(row, seed, "train", [*stage2, *TRAINED_ROWS[row], f"run_name={row}"], ["stage1"],
+                            (n + 1, next(order))))
+    return jobs
+
+
+# ------------------------------------------------------------------ the jobs (run in worker processes)
+def top1(model: torch.nn.Module, loader: Any, bits: int) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.no_grad(), adabits.use_bits(model, bits):
+        for images, labels in loader:
+            correct += int((model(images).argmax(1) == labels).sum())
+            total += len(labels)
+    return round(100 * correct / total, 2)
+
+
+def _train(job: Job) -> dict[str, Any]:
+    cfg = load_config(job.args).config
+    t0 = time.time()
+    try:
+        best = Trainer(cfg, echo=print).prepare().fit()
+    except UserError as exc:
+        if "diverged" not in str(exc):
+            raise
+        return {"diverged": str(exc)}  # an outcome of the row (e.g. an ablation), not a failure of the script
+    top = {str(b): round(100 * (1 - v["top1_error"]), 2) for b, v in best["val"].items()}
+    return {"top1": top, "train_seconds": round(time.time() - t0, 1)}
+
+
+def _trained_model(args: list[str], checkpoint: Path, bits_list: list[int]) -> tuple[Any, torch.nn.Module, dict]:
+    """Loaders, a model with `bits_list`, and the state dict of a trained run's checkpoint."""
+    cfg = load_config([*args, f"bits_list={bits_list}".replace(" ", "")]).config
+    torch.manual_seed(cfg.random_seed)
+    loaders = build_loaders(cfg, torch.device("cpu"))
+    model = build_model(cfg, loaders.num_classes, loaders.in_chans).to(memory_format=torch.channels_last)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    return loaders, model, state
+
+
+def _adapt(job: Job, work_dir: Path) -> dict[str, Any]:
+    """The paper's motivation: a model trained at 8 bits alone, run at lower bit-widths.
+
+    Its BN and clipping levels are copied to every bit-width (`load_fp_state_dict`); then each
+    lower bit-width's BN statistics are re-estimated on CALIB_BATCHES training batches.
+    """
+    ckpt = work_dir / f"seed{job.seed}" / "individual_8" / "best_model.pt"
+    loaders, model, state = _trained_model(job.args, ckpt, ADAPT_BITS)
+    adabits.load_fp_state_dict(model, state)
+    plain = {str(b): top1(model, loaders.val, b) for b in ADAPT_BITS}
+    for b in ADAPT_BITS[1:]:
+        adabits.recalibrate_bn(model, b, loaders.train, CALIB_BATCHES)
+    recal = {str(b): top1(model, loaders.val, b) for b in ADAPT_BITS}
+    return {"top1": plain, "top1_bn_recalibrated": recal}
+
+
+def _calibrate(job: Job, work_dir: Path) -> dict[str, Any]:
+    """Bit-widths the joint {8,6,5,4} model never trained at, after `calibrate_bn`."""
+    ckpt = work_dir / f"seed{job.seed}" / "adabits_8654" / "best_model.pt"
+    loaders, model, state = _trained_model(job.args, ckpt, HIGH)
+    model.load_state_dict(state)
+    for b in CALIBRATED_BITS:
+        adabits.calibrate_bn(model, b, loaders.train, CALIB_BATCHES)
+    return {"top1": {str(b): top1(model, loaders.val, b) for b in CALIBRATED_BITS}}
+
+
+def _peer(job: Job) -> dict[str, Any]:
+    import peers  # benchmarks/peers.py, next to this file
+    return peers.peer_row(job.id, load_config(job.args).config)
+
+
+def run_job(job: Job, work_dir: Path) -> dict[str, Any]:
+    out = work_dir / f"{job.key}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".log"), "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        t0 = time.time()
+        if job.kind in ("stage1", "train"):
+            result = _train(job)
+        elif job.kind == "adapt":
+            result = _adapt(job, work_dir)
+        elif job.kind == "calibrate":
+            result = _calibrate(job, work_dir)
+        else:
+            result = _peer(job)
+    result["seconds"] = round(time.time() - t0, 1)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    return result
+
+
+# ------------------------------------------------------------------ scheduling
+def run_all(jobs: list[Job], work_dir: Path, workers: int) -> dict[str, dict[str, Any]]:
+    """Run every job whose file is missing, at most `workers` at a time, dependencies first."""
+    done: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        path = work_dir / f"{job.key}.json"
+        if path.is_file():
+            done[job.key] = json.loads(path.read_text())
+    pending = [j for j in jobs if j.key not in done]
+    running: dict[Future, Job] = {}
+    failed: dict[str, str] = {}
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        while pending or running:
+            ready = [j for j in pending if all(f"seed{j.seed}/{a}" in done for a in j.after)]
+            for job in sorted(ready, key=lambda j: j.priority)[: workers - len(running)]:
+                pending.remove(job)
+                running[pool.submit(run_job, job, work_dir)] = job
+                print(f"[{time.strftime('%H:%M:%S')}] start {job.key}", flush=True)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                try:
+                    done[job.key] = future.result()
+                except Exception as exc:  # keep the other jobs going; this one reruns next time
+                    failed[job.key] = f"{type(exc).__name__}: {exc}"
+                    blocked = [j for j in pending if j.seed == job.seed and job.id in j.after]
+                    for j in blocked:
+                        pending.remove(j)
+                        failed[j.key] = f"needs {job.key}"
+                    print(f"[{time.strftime('%H:%M:%S')}] FAILED {job.key}: {failed[job.key]} "
+                          f"(log: {work_dir / job.key}.log)", flush=True)
+                    continue
+                print(f"[{time.strftime('%H:%M:%S')}] done  {job.key} {json.dumps(done[job.key].get('top1'))}",
+                      flush=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} jobs failed, run the same command again to retry them: {failed}")
+    return done
+
+
+def collect(jobs: list[Job], done: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Per row: every seed's results, and per bit-width the mean and half the range over seeds."""
+    rows: dict[str, Any] = {}
+    for row in dict.fromkeys(j.id for j in jobs):
+        per_seed = {str(s): done[f"seed{s}/{row}"] for s in seeds}
+        entry: dict[str, Any] = {"seeds": per_seed}
+        diverged = [s for s, r in per_seed.items() if "diverged" in r]
+        if diverged:
+            entry["diverged_seeds"] = diverged
+        for metric in ("top1", "top1_bn_recalibrated", "top1_int8"):
+            values = [r[metric] for r in per_seed.values() if metric in r]
+            if not values:
+                continue
+            if isinstance(values[0], dict):
+                entry[metric] = {b: _stats([v[b] for v in values]) for b in values[0]}
+            else:
+                entry[metric] = _stats(values)
+        rows[row] = entry
+    return rows
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": round(sum(values) / len(values), 2), "half_range": round((max(values) - min(values)) / 2, 2),
+            "n": len(values)}
+
+
+def environment() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("brevitas", "onnxruntime"):
+        with contextlib.suppress(ImportError):
+            versions[name] = __import__(name).__version__
+    return {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "cpu": _cpu_name(), **versions}
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, 60 float steps, 20 quantized steps")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 1995 1996 (--quick: 1995)")
+    parser.add_argument("--workers", type=int, default=2, help="jobs at a time, each with cores/workers threads")
+    parser.add_argument("--no-peers", action="store_true", help="leave out the Brevitas and torch.ao rows")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every job, e.g. device=cuda")
+    parser.add_argument("--work-dir", type=Path, help="runs and per-job results (default: runs/accuracy[_quick])")
+    parser.add_argument("--out", type=Path, help="results JSON (default: benchmarks/results/accuracy[_quick].json)")
+    args = parser.parse_args()
+    suffix = "_quick" if args.quick else ""
+    seeds = args.seeds or ([1995] if args.quick else [1995, 1996])
+    work_dir = (args.work_dir or Path(f"runs/accuracy{suffix}")).resolve()
+    out = args.out or Path(f"benchmarks/results/accuracy{suffix}.json")
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    jobs = plan(seeds, work_dir, threads, args.quick, peers=not args.no_peers, extra=args.set)
+    t0 = time.time()
+    done = run_all(jobs, work_dir, args.workers)
+    results = {
+        "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
+        "environment": environment(),
+        "recipe": {"stage1": STAGE1, "stage2": STAGE2, "quick": args.quick, "quick_test_images": QUICK_TEST, "seeds": seeds, "overrides": args.set,
+                   "calibration_batches": CALIB_BATCHES, "workers": args.workers, "threads_per_worker": threads},
+        "wall_seconds_this_invocation": round(time.time() - t0, 1),
+        "rows": collect(jobs, done, seeds),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    from accuracy_report import write_report  # benchmarks/accuracy_report.py
+    write_report(results, out.with_suffix(""))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

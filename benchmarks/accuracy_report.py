@@ -1,0 +1,173 @@
+"""Tables (Markdown) and plots (PNG) from the JSON that benchmarks/accuracy.py writes.
+
+    python benchmarks/accuracy_report.py benchmarks/results/accuracy.json   # rewrite accuracy.md and the PNGs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ABLATIONS = {
+    "adabits_432": "AdaBits (switchable BN and clipping, SAT rescale, `centered`)",
+    "adabits_432_no_switchbn": "one BN for all bit-widths",
+    "adabits_432_one_alpha": "one clipping level for all bit-widths",
+    "adabits_432_no_sat_rescale": "no SAT weight rescale",
+    "adabits_432_modified": "`modified` weights instead of `centered`",
+}
+PEERS = {"brevitas_w4a4": ("individual_4", 4, "Brevitas, 4-bit weights and activations"),
+         "torch_ao_qat8": ("individual_8", 8, "torch.ao QAT, 8 bits (x86 qconfig)")}
+
+
+def cell(rows: dict[str, Any], row: str, bits: int | str, metric: str = "top1") -> str:
+    entry = rows.get(row, {})
+    stats = entry.get(metric, {}).get(str(bits))
+    diverged = f"diverged (seed {', '.join(entry['diverged_seeds'])})" if entry.get("diverged_seeds") else ""
+    if stats is None:
+        return diverged or "n/a"
+    text = f"{stats['mean']:.2f} ± {stats['half_range']:.2f}" if stats["n"] > 1 else f"{stats['mean']:.2f}"
+    return f"{text}, {diverged}" if diverged else text
+
+
+def mean(rows: dict[str, Any], row: str, bits: int | str, metric: str = "top1") -> float | None:
+    stats = rows.get(row, {}).get(metric, {}).get(str(bits))
+    return None if stats is None else stats["mean"]
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+
+
+def _gap(rows: dict[str, Any], joint: str, bits: int) -> str:
+    a, b = mean(rows, joint, bits), mean(rows, f"individual_{bits}", bits)
+    return "n/a" if a is None or b is None else f"{a - b:+.2f}"
+
+
+def main_table(rows: dict[str, Any]) -> str:
+    body = [["32 (float)", cell(rows, "fp", 32), "", "", "", ""]]
+    for bits in (8, 6, 5, 4, 3, 2):
+        high = cell(rows, "adabits_8654", bits) if bits in (8, 6, 5, 4) else ""
+        low = cell(rows, "adabits_432", bits) if bits <= 4 else ""
+        body.append([str(bits), cell(rows, f"individual_{bits}", bits), high,
+                     _gap(rows, "adabits_8654", bits) if high else "", low,
+                     _gap(rows, "adabits_432", bits) if low else ""])
+    return _table(["bits", "individual", "AdaBits {8,6,5,4}", "joint − individual", "AdaBits {4,3,2}",
+                   "joint − individual"], body)
+
+
+def ablation_table(rows: dict[str, Any]) -> str:
+    body = [[label] + [cell(rows, row, b) for b in (4, 3, 2)] for row, label in ABLATIONS.items()]
+    return _table(["{4,3,2} model", "4 bits", "3 bits", "2 bits"], body)
+
+
+def adaptation_table(rows: dict[str, Any]) -> str:
+    body = [[str(b), cell(rows, f"individual_{b}", b), cell(rows, "direct_adaptation", b),
+             cell(rows, "direct_adaptation", b, "top1_bn_recalibrated")] for b in (8, 6, 5, 4, 3, 2)]
+    return _table(["bits", "trained at these bits", "8-bit model as is", "8-bit model, BN re-calibrated"], body)
+
+
+def calibration_table(rows: dict[str, Any]) -> str:
+    order = [8, 7, 6, 5, 4, 3]
+    values = [cell(rows, "calibrated" if b in (7, 3) else "adabits_8654", b) for b in order]
+    return _table(["bits"] + [f"{b} (calibrated)" if b in (7, 3) else str(b) for b in order],
+                  [["AdaBits {8,6,5,4}"] + values])
+
+
+def peer_table(rows: dict[str, Any]) -> str:
+    body = []
+    for peer, (ours, bits, label) in PEERS.items():
+        if peer not in rows:
+            continue
+        int8 = cell(rows, peer, "", "top1_int8") if "top1_int8" in rows[peer] else "n/a"
+        body.append([label, str(bits), cell(rows, ours, bits), _scalar(rows[peer]["top1"]), int8])
+    return _table(["peer", "bits", "adabits, trained at these bits", "peer (fake-quant)", "peer as int8 model"], body)
+
+
+def _scalar(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.2f} ± {stats['half_range']:.2f}" if stats["n"] > 1 else f"{stats['mean']:.2f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = results["rows"]
+    seeds = results["recipe"]["seeds"]
+    images = f"first {results['recipe']['quick_test_images']:,}" if results["recipe"].get("quick") else "10,000"
+    parts = [f"Top-1 (%) on the {images} Fashion-MNIST test images, mean ± half the range over seeds {seeds}.",
+             "## Individual vs joint", main_table(rows),
+             "## Ablations, {4,3,2}", ablation_table(rows),
+             "## Direct adaptation of an 8-bit model", adaptation_table(rows),
+             "## Bit-widths never trained, after BN calibration", calibration_table(rows)]
+    if any(p in rows for p in PEERS):
+        parts += ["## Peers", peer_table(rows)]
+    return "\n\n".join(parts) + "\n"
+
+
+def plot_accuracy(rows: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row, bits, style, label in [
+        ("individual", [8, 6, 5, 4, 3, 2], "o-", "individually trained"),
+        ("adabits_8654", [8, 6, 5, 4], "s--", "AdaBits {8,6,5,4}, one model"),
+        ("adabits_432", [4, 3, 2], "^--", "AdaBits {4,3,2}, one model"),
+    ]:
+        names = [f"individual_{b}" if row == "individual" else row for b in bits]
+        points = [(b, rows[n]["top1"][str(b)]) for b, n in zip(bits, names) if str(b) in rows.get(n, {}).get("top1", {})]
+        if points:
+            ax.errorbar([b for b, _ in points], [s["mean"] for _, s in points],
+                        yerr=[s["half_range"] for _, s in points], fmt=style, capsize=3, label=label)
+    fp = mean(rows, "fp", 32)
+    if fp is not None:
+        ax.axhline(fp, color="gray", linestyle=":", label=f"full precision ({fp:.2f})")
+    ax.set_xlabel("bits (weights and activations)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("ResNet-20, Fashion-MNIST")
+    ax.invert_xaxis()
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_ablations(rows: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [r for r in ABLATIONS if "top1" in rows.get(r, {})]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    width = 0.8 / max(1, len(present))
+    for i, row in enumerate(present):
+        stats = [rows[row]["top1"][str(b)] for b in (4, 3, 2)]
+        ax.bar([x + i * width for x in range(3)], [s["mean"] for s in stats], width,
+               yerr=[s["half_range"] for s in stats], capsize=2, label=ABLATIONS[row].replace("`", ""))
+    ax.set_xticks([x + width * (len(present) - 1) / 2 for x in range(3)], ["4 bits", "3 bits", "2 bits"])
+    ax.set_ylabel("top-1 (%)")
+    low = min((rows[r]["top1"][str(b)]["mean"] for r in present for b in (4, 3, 2)), default=0)
+    ax.set_ylim(max(0, low - 5), 100)
+    ax.set_title("Ablations of the joint {4,3,2} model")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(results: dict[str, Any], stem: Path) -> None:
+    """stem.md with every table, stem_bits.png and stem_ablations.png."""
+    stem.with_suffix(".md").write_text(markdown(results))
+    plot_accuracy(results["rows"], Path(f"{stem}_bits.png"))
+    plot_ablations(results["rows"], Path(f"{stem}_ablations.png"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path)
+    path = parser.parse_args().results
+    write_report(json.loads(path.read_text()), path.with_suffix(""))
+
+
+if __name__ == "__main__":
+    main()

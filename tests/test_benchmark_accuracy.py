@@ -1,0 +1,52 @@
+"""benchmarks/accuracy.py: its plan of jobs, its summary over seeds and the report built from it."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import accuracy  # noqa: E402
+import accuracy_report  # noqa: E402
+
+
+def test_plan_runs_every_row_per_seed_after_its_float_model(tmp_path: Path) -> None:
+    jobs = accuracy.plan([1, 2], tmp_path, threads=1, quick=False, peers=True)
+    keys = [j.key for j in jobs]
+    assert len(keys) == len(set(keys))
+    per_seed = [j for j in jobs if j.seed == 1]
+    assert {j.id for j in per_seed} >= {"stage1", "fp", "individual_2", "adabits_8654", "adabits_432_no_switchbn",
+                                        "direct_adaptation", "calibrated", "brevitas_w4a4", "torch_ao_qat8"}
+    for job in jobs:
+        assert all(any(o.id == dep and o.seed == job.seed for o in jobs) for dep in job.after)
+        if job.kind in ("train", "peer"):
+            assert f"fp_pretrained_file={tmp_path / f'seed{job.seed}' / 'stage1' / 'best_model.pt'}" in job.args
+            assert f"random_seed={job.seed}" in job.args and job.args[0] == f"app:{accuracy.STAGE2}"
+    ablation = next(j for j in per_seed if j.id == "adabits_432_one_alpha")
+    assert "switch_alpha=false" in ablation.args and "bits_list=[4,3,2]" in ablation.args
+
+
+def test_collect_gives_mean_and_half_range_over_seeds() -> None:
+    jobs = [accuracy.Job("adabits_432", s, "train") for s in (1, 2)]
+    done = {"seed1/adabits_432": {"top1": {"4": 90.0, "2": 80.0}}, "seed2/adabits_432": {"top1": {"4": 91.0, "2": 81.5}}}
+    rows = accuracy.collect(jobs, done, [1, 2])
+    assert rows["adabits_432"]["top1"]["4"] == {"mean": 90.5, "half_range": 0.5, "n": 2}
+    assert rows["adabits_432"]["top1"]["2"]["mean"] == pytest.approx(80.75, abs=0.01)
+
+
+def test_report_tables_and_plots_from_results(tmp_path: Path) -> None:
+    def stats(v: float) -> dict:
+        return {"mean": v, "half_range": 0.1, "n": 2}
+    rows = {"fp": {"top1": {"32": stats(92.0)}},
+            **{f"individual_{b}": {"top1": {str(b): stats(90.0 - (8 - b))}} for b in (8, 6, 5, 4, 3, 2)},
+            "adabits_8654": {"top1": {str(b): stats(89.9 - (8 - b)) for b in (8, 6, 5, 4)}},
+            "calibrated": {"top1": {"7": stats(88.0), "3": stats(20.0)}}}
+    rows.update({r: {"top1": {str(b): stats(80.0) for b in (4, 3, 2)}} for r in accuracy_report.ABLATIONS})
+    results = {"recipe": {"seeds": [1, 2]}, "rows": rows}
+    text = accuracy_report.markdown(results)
+    assert "| 8 | 90.00 ± 0.10 | 89.90 ± 0.10 | -0.10 |" in text
+    assert "7 (calibrated)" in text and "n/a" in text  # direct adaptation is missing from these results
+    accuracy_report.write_report(results, tmp_path / "acc")
+    assert (tmp_path / "acc.md").read_text() == text
+    assert (tmp_path / "acc_bits.png").stat().st_size > 1000 and (tmp_path / "acc_ablations.png").stat().st_size > 1000

@@ -1,7 +1,7 @@
 """Training throughput of the main job's ResNet-20: full precision, one bit-width, joint over four, and the
 Brevitas 4-bit peer, eager and torch.compile'd, timed side by side in one process.
 
-    python benchmarks/train_speed.py [--rounds 10] [--batch 128] [--no-compile] [--out FILE]
+    python benchmarks/train_speed.py [--rounds 10] [--batch 128] [--no-compile] [--threads N] [--out FILE]
 
 Our variants are training steps of adabits.engine.Trainer itself (`Trainer.train_step`): "fp" is stage 1
 of the main job (apps/fashion_mnist/resnet20_fp.yml, bits [32]), "4bit" its stage-2 config trained at
@@ -105,8 +105,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant after the first")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--no-compile", action="store_true", help="eager variants only")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     steps, bit_widths = build_variants(args.batch, not args.no_compile)
     first_call_s: dict[str, float] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -136,8 +137,9 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     options = " ".join(f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}"
                        for k, v in vars(args).items() if v not in (False, None))
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # an empty folder makes the first compiled steps cold
     result = {
-        "command": f"python benchmarks/train_speed.py {options}",
+        "command": (f"TORCHINDUCTOR_CACHE_DIR={cache} " if cache else "") + f"python benchmarks/train_speed.py {options}",
         "machine": f"shared 2-core VM (a long training job ran beside it): {platform.processor() or platform.machine()}, "
                    f"{torch.get_num_threads()} threads, cpu",
         "torch": torch.__version__,

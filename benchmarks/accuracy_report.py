@@ -80,7 +80,7 @@ def peer_table(rows: dict[str, Any]) -> str:
     for peer, (ours, bits, label) in PEERS.items():
         if peer not in rows:
             continue
-        int8 = cell(rows, peer, "", "top1_int8") if "top1_int8" in rows[peer] else "n/a"
+        int8 = _scalar(rows[peer]["top1_int8"]) if "top1_int8" in rows[peer] else "n/a"
         body.append([label, str(bits), cell(rows, ours, bits), _scalar(rows[peer]["top1"]), int8])
     return _table(["peer", "bits", "adabits, trained at these bits", "peer (fake-quant)", "peer as int8 model"], body)
 

@@ -50,3 +50,12 @@ def test_report_tables_and_plots_from_results(tmp_path: Path) -> None:
     accuracy_report.write_report(results, tmp_path / "acc")
     assert (tmp_path / "acc.md").read_text() == text
     assert (tmp_path / "acc_bits.png").stat().st_size > 1000 and (tmp_path / "acc_ablations.png").stat().st_size > 1000
+
+
+def test_peer_rows_stand_next_to_our_rows_at_their_bits() -> None:
+    def stats(v: float) -> dict:
+        return {"mean": v, "half_range": 0.0, "n": 1}
+    rows = {"individual_4": {"top1": {"4": stats(90.1)}}, "individual_8": {"top1": {"8": stats(91.0)}},
+            "brevitas_w4a4": {"top1": stats(89.5)}, "torch_ao_qat8": {"top1": stats(90.9), "top1_int8": stats(90.8)}}
+    text = accuracy_report.peer_table(rows)
+    assert "| 4 | 90.10 | 89.50 | n/a |" in text and "| 8 | 91.00 | 90.90 | 90.80 |" in text

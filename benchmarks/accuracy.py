@@ -53,6 +53,10 @@ TRAINED_ROWS: dict[str, list[str]] = {
     "adabits_432_no_switchbn": ["bits_list=[4,3,2]", "switchbn=false"],
     "adabits_432_one_alpha": ["bits_list=[4,3,2]", "switch_alpha=false"],
     "adabits_432_no_sat_rescale": ["bits_list=[4,3,2]", "rescale=false", "rescale_conv=false"],
+    # the clipping levels chosen from data see the float model's BN statistics, which belong to the
+    # rescaled weights; the seed's fixed levels do not depend on them
+    "adabits_432_no_sat_rescale_fixed_alpha": ["bits_list=[4,3,2]", "rescale=false", "rescale_conv=false",
+                                               "alpha_init=fixed"],
     "adabits_432_modified": ["bits_list=[4,3,2]", "weight_quant_scheme=modified"],
 }
 PEER_ROWS = {"brevitas_w4a4": "individual_4", "torch_ao_qat8": "individual_8"}  # peer -> our row's config
@@ -124,6 +128,20 @@ def plan(seeds: list[int], work_dir: Path, threads: int, quick: bool, peers: boo
             jobs.append(Job(row, seed, "train", [*stage2, *TRAINED_ROWS[row], f"run_name={row}"], ["stage1"],
                             (n + 1, next(order))))
     return jobs
+
+
+def select(jobs: list[Job], rows: list[str]) -> list[Job]:
+    """The jobs of `rows` and every job they need (their seed's float model, the trained rows they read)."""
+    known = list(dict.fromkeys(j.id for j in jobs))
+    unknown = [r for r in rows if r not in known]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; allowed: {', '.join(known)}")
+    wanted = {(j.seed, j.id) for j in jobs if j.id in rows}
+    while True:
+        needed = wanted | {(j.seed, dep) for j in jobs if (j.seed, j.id) in wanted for dep in j.after}
+        if needed == wanted:
+            return [j for j in jobs if (j.seed, j.id) in wanted]
+        wanted = needed
 
 
 # ------------------------------------------------------------------ the jobs (run in worker processes)
@@ -299,26 +317,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 float steps, 20 quantized steps")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 1995 1996 (--quick: 1995)")
-    parser.add_argument("--workers", type=int, default=2, help="jobs at a time, each with cores/workers threads")
+    parser.add_argument("--rows", nargs="+", help="run only these rows (and what they need); default: all")
+    parser.add_argument("--workers", type=int, default=2, help="jobs at a time")
+    parser.add_argument("--threads", type=int, help="torch threads per job (default: cores / workers); "
+                        "the thread count changes float rounding, so the results match to the digit only with the same")
     parser.add_argument("--no-peers", action="store_true", help="leave out the Brevitas and torch.ao rows")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every job, e.g. device=cuda")
     parser.add_argument("--work-dir", type=Path, help="runs and per-job results (default: runs/accuracy[_quick])")
-    parser.add_argument("--out", type=Path, help="results JSON (default: benchmarks/results/accuracy[_quick].json)")
+    parser.add_argument("--out", type=Path, help="results JSON (default: benchmarks/results/accuracy[_quick].json, "
+                        "with --rows: WORK_DIR/results.json)")
     args = parser.parse_args()
     suffix = "_quick" if args.quick else ""
     seeds = args.seeds or ([1995] if args.quick else [1995, 1996])
     work_dir = (args.work_dir or Path(f"runs/accuracy{suffix}")).resolve()
-    out = args.out or Path(f"benchmarks/results/accuracy{suffix}.json")
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    out = args.out or (work_dir / "results.json" if args.rows else Path(f"benchmarks/results/accuracy{suffix}.json"))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     jobs = plan(seeds, work_dir, threads, args.quick, peers=not args.no_peers, extra=args.set)
+    if args.rows:
+        jobs = select(jobs, args.rows)
     t0 = time.time()
     done = run_all(jobs, work_dir, args.workers)
     results = {
         "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
         "environment": environment(),
-        "recipe": {"stage1": STAGE1, "stage2": STAGE2, "quick": args.quick, "quick_test_images": QUICK_TEST, "seeds": seeds, "overrides": args.set,
-                   "calibration_batches": CALIB_BATCHES, "workers": args.workers, "threads_per_worker": threads},
+        "recipe": {"stage1": STAGE1, "stage2": STAGE2, "quick": args.quick, "quick_test_images": QUICK_TEST,
+                   "seeds": seeds, "overrides": args.set, "calibration_batches": CALIB_BATCHES,
+                   "workers": args.workers, "threads_per_job": threads},
         "wall_seconds_this_invocation": round(time.time() - t0, 1),
         "rows": collect(jobs, done, seeds),
     }

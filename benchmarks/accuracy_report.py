@@ -14,6 +14,7 @@ ABLATIONS = {
     "adabits_432_no_switchbn": "one BN for all bit-widths",
     "adabits_432_one_alpha": "one clipping level for all bit-widths",
     "adabits_432_no_sat_rescale": "no SAT weight rescale",
+    "adabits_432_no_sat_rescale_fixed_alpha": "no SAT weight rescale, fixed initial clipping levels",
     "adabits_432_modified": "`modified` weights instead of `centered`",
 }
 PEERS = {"brevitas_w4a4": ("individual_4", 4, "Brevitas, 4-bit weights and activations"),

@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="eager variants only")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--note", default="", help="what else ran on the machine, recorded in the JSON")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,12 +137,12 @@ def main() -> None:
 
     median = {name: statistics.median(t) for name, t in times.items()}
     options = " ".join(f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}"
-                       for k, v in vars(args).items() if v not in (False, None))
+                       for k, v in vars(args).items() if v not in (False, None) and k != "note")
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # an empty folder makes the first compiled steps cold
     result = {
         "command": (f"TORCHINDUCTOR_CACHE_DIR={cache} " if cache else "") + f"python benchmarks/train_speed.py {options}",
-        "machine": f"shared 2-core VM (a long training job ran beside it): {platform.processor() or platform.machine()}, "
-                   f"{torch.get_num_threads()} threads, cpu",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, cpu",
+        "note": args.note,
         "torch": torch.__version__,
         "brevitas": peers._version("brevitas"),
         "input": [args.batch, 1, 28, 28],

@@ -59,3 +59,12 @@ def test_peer_rows_stand_next_to_our_rows_at_their_bits() -> None:
             "brevitas_w4a4": {"top1": stats(89.5)}, "torch_ao_qat8": {"top1": stats(90.9), "top1_int8": stats(90.8)}}
     text = accuracy_report.peer_table(rows)
     assert "| 4 | 90.10 | 89.50 | n/a |" in text and "| 8 | 91.00 | 90.90 | 90.80 |" in text
+
+
+def test_rows_select_their_dependencies(tmp_path: Path) -> None:
+    jobs = accuracy.plan([1, 2], tmp_path, threads=1, quick=False, peers=False)
+    chosen = accuracy.select(jobs, ["direct_adaptation"])
+    assert sorted(j.key for j in chosen) == sorted(f"seed{s}/{r}" for s in (1, 2)
+                                                   for r in ("stage1", "individual_8", "direct_adaptation"))
+    with pytest.raises(SystemExit, match="unknown rows.*allowed: stage1, adabits_8654"):
+        accuracy.select(jobs, ["individual_7"])

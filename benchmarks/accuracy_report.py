@@ -13,6 +13,7 @@ ABLATIONS = {
     "adabits_432": "AdaBits (switchable BN and clipping, SAT rescale, `centered`)",
     "adabits_432_no_switchbn": "one BN for all bit-widths",
     "adabits_432_one_alpha": "one clipping level for all bit-widths",
+    "adabits_432_fixed_alpha": "fixed initial clipping levels (8 / 10) instead of chosen from data",
     "adabits_432_no_sat_rescale": "no SAT weight rescale",
     "adabits_432_no_sat_rescale_fixed_alpha": "no SAT weight rescale, fixed initial clipping levels",
     "adabits_432_modified": "`modified` weights instead of `centered`",
@@ -42,8 +43,15 @@ def _table(header: list[str], body: list[list[str]]) -> str:
 
 
 def _gap(rows: dict[str, Any], joint: str, bits: int) -> str:
+    """Mean of the per-seed differences (each seed's rows share a float model), then each seed's."""
     a, b = mean(rows, joint, bits), mean(rows, f"individual_{bits}", bits)
-    return "n/a" if a is None or b is None else f"{a - b:+.2f}"
+    if a is None or b is None:
+        return "n/a"
+    seeds = rows[joint]["seeds"]
+    paired = [seeds[s]["top1"][str(bits)] - rows[f"individual_{bits}"]["seeds"][s]["top1"][str(bits)]
+              for s in seeds if "top1" in seeds[s]]
+    each = f" ({', '.join(f'{d:+.2f}' for d in paired)})" if len(paired) > 1 else ""
+    return f"{a - b:+.2f}{each}"
 
 
 def main_table(rows: dict[str, Any]) -> str:
@@ -54,8 +62,8 @@ def main_table(rows: dict[str, Any]) -> str:
         body.append([str(bits), cell(rows, f"individual_{bits}", bits), high,
                      _gap(rows, "adabits_8654", bits) if high else "", low,
                      _gap(rows, "adabits_432", bits) if low else ""])
-    return _table(["bits", "individual", "AdaBits {8,6,5,4}", "joint − individual", "AdaBits {4,3,2}",
-                   "joint − individual"], body)
+    return _table(["bits", "individual", "AdaBits {8,6,5,4}", "joint − individual (per seed)", "AdaBits {4,3,2}",
+                   "joint − individual (per seed)"], body)
 
 
 def ablation_table(rows: dict[str, Any]) -> str:
@@ -82,8 +90,13 @@ def peer_table(rows: dict[str, Any]) -> str:
         if peer not in rows:
             continue
         int8 = _scalar(rows[peer]["top1_int8"]) if "top1_int8" in rows[peer] else "n/a"
-        body.append([label, str(bits), cell(rows, ours, bits), _scalar(rows[peer]["top1"]), int8])
-    return _table(["peer", "bits", "adabits, trained at these bits", "peer (fake-quant)", "peer as int8 model"], body)
+        seeds = rows[peer]["seeds"]
+        paired = [rows[ours]["seeds"][s]["top1"][str(bits)] - seeds[s]["top1"] for s in seeds
+                  if s in rows.get(ours, {}).get("seeds", {})]
+        body.append([label, str(bits), cell(rows, ours, bits), _scalar(rows[peer]["top1"]), int8,
+                     ", ".join(f"{d:+.2f}" for d in paired) or "n/a"])
+    return _table(["peer", "bits", "adabits, trained at these bits", "peer (fake-quant)", "peer as int8 model",
+                   "adabits − peer, per seed"], body)
 
 
 def _scalar(stats: dict[str, float]) -> str:
@@ -150,6 +163,10 @@ def plot_ablations(rows: dict[str, Any], path: Path) -> None:
     low = min((rows[r]["top1"][str(b)]["mean"] for r in present for b in (4, 3, 2)), default=0)
     ax.set_ylim(max(0, low - 5), 100)
     ax.set_title("Ablations of the joint {4,3,2} model")
+    missing = [ABLATIONS[r].replace("`", "") for r in ABLATIONS if r in rows and r not in present]
+    if missing:
+        ax.text(0.99, 0.98, "diverged, not shown: " + "; ".join(missing), transform=ax.transAxes,
+                ha="right", va="top", fontsize=7)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

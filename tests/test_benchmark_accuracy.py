@@ -38,14 +38,17 @@ def test_collect_gives_mean_and_half_range_over_seeds() -> None:
 def test_report_tables_and_plots_from_results(tmp_path: Path) -> None:
     def stats(v: float) -> dict:
         return {"mean": v, "half_range": 0.1, "n": 2}
+    def row(values: dict[int, tuple[float, float]]) -> dict:  # bits -> the two seeds' top-1
+        return {"top1": {str(b): stats(sum(v) / 2) for b, v in values.items()},
+                "seeds": {s: {"top1": {str(b): v[i] for b, v in values.items()}} for i, s in enumerate("12")}}
     rows = {"fp": {"top1": {"32": stats(92.0)}},
-            **{f"individual_{b}": {"top1": {str(b): stats(90.0 - (8 - b))}} for b in (8, 6, 5, 4, 3, 2)},
-            "adabits_8654": {"top1": {str(b): stats(89.9 - (8 - b)) for b in (8, 6, 5, 4)}},
+            **{f"individual_{b}": row({b: (90.0 - (8 - b), 90.0 - (8 - b))}) for b in (8, 6, 5, 4, 3, 2)},
+            "adabits_8654": row({b: (89.8 - (8 - b), 90.0 - (8 - b)) for b in (8, 6, 5, 4)}),
             "calibrated": {"top1": {"7": stats(88.0), "3": stats(20.0)}}}
-    rows.update({r: {"top1": {str(b): stats(80.0) for b in (4, 3, 2)}} for r in accuracy_report.ABLATIONS})
+    rows.update({r: row({b: (80.0, 80.0) for b in (4, 3, 2)}) for r in accuracy_report.ABLATIONS})
     results = {"recipe": {"seeds": [1, 2]}, "rows": rows}
     text = accuracy_report.markdown(results)
-    assert "| 8 | 90.00 ± 0.10 | 89.90 ± 0.10 | -0.10 |" in text
+    assert "| 8 | 90.00 ± 0.10 | 89.90 ± 0.10 | -0.10 (-0.20, +0.00) |" in text
     assert "7 (calibrated)" in text and "n/a" in text  # direct adaptation is missing from these results
     accuracy_report.write_report(results, tmp_path / "acc")
     assert (tmp_path / "acc.md").read_text() == text
@@ -55,10 +58,12 @@ def test_report_tables_and_plots_from_results(tmp_path: Path) -> None:
 def test_peer_rows_stand_next_to_our_rows_at_their_bits() -> None:
     def stats(v: float) -> dict:
         return {"mean": v, "half_range": 0.0, "n": 1}
-    rows = {"individual_4": {"top1": {"4": stats(90.1)}}, "individual_8": {"top1": {"8": stats(91.0)}},
-            "brevitas_w4a4": {"top1": stats(89.5)}, "torch_ao_qat8": {"top1": stats(90.9), "top1_int8": stats(90.8)}}
+    rows = {"individual_4": {"top1": {"4": stats(90.1)}, "seeds": {"1": {"top1": {"4": 90.1}}}},
+            "individual_8": {"top1": {"8": stats(91.0)}, "seeds": {"1": {"top1": {"8": 91.0}}}},
+            "brevitas_w4a4": {"top1": stats(89.5), "seeds": {"1": {"top1": 89.5}}},
+            "torch_ao_qat8": {"top1": stats(90.9), "top1_int8": stats(90.8), "seeds": {"1": {"top1": 90.9}}}}
     text = accuracy_report.peer_table(rows)
-    assert "| 4 | 90.10 | 89.50 | n/a |" in text and "| 8 | 91.00 | 90.90 | 90.80 |" in text
+    assert "| 4 | 90.10 | 89.50 | n/a | +0.60 |" in text and "| 8 | 91.00 | 90.90 | 90.80 | +0.10 |" in text
 
 
 def test_rows_select_their_dependencies(tmp_path: Path) -> None:

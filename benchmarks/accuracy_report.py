@@ -42,13 +42,14 @@ def _table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
 
-def _gap(rows: dict[str, Any], joint: str, bits: int) -> str:
+def _gap(rows: dict[str, Any], joint: str, bits: int, suffix: str = "") -> str:
     """Mean of the per-seed differences (each seed's rows share a float model), then each seed's."""
-    a, b = mean(rows, joint, bits), mean(rows, f"individual_{bits}", bits)
+    single = f"individual_{bits}{suffix}"
+    a, b = mean(rows, joint, bits), mean(rows, single, bits)
     if a is None or b is None:
         return "n/a"
     seeds = rows[joint]["seeds"]
-    paired = [seeds[s]["top1"][str(bits)] - rows[f"individual_{bits}"]["seeds"][s]["top1"][str(bits)]
+    paired = [seeds[s]["top1"][str(bits)] - rows[single]["seeds"][s]["top1"][str(bits)]
               for s in seeds if "top1" in seeds[s]]
     each = f" ({', '.join(f'{d:+.2f}' for d in paired)})" if len(paired) > 1 else ""
     return f"{a - b:+.2f}{each}"
@@ -64,6 +65,15 @@ def main_table(rows: dict[str, Any]) -> str:
                      _gap(rows, "adabits_432", bits) if low else ""])
     return _table(["bits", "individual", "AdaBits {8,6,5,4}", "joint − individual (per seed)", "AdaBits {4,3,2}",
                    "joint − individual (per seed)"], body)
+
+
+def joint_lr_table(rows: dict[str, Any]) -> str:
+    body = []
+    for lr, suffix in (("0.02 (the recipe's)", ""), ("0.005", "_quarter_lr")):
+        for bits in (8, 6, 5, 4):
+            body.append([lr, str(bits), cell(rows, f"individual_{bits}{suffix}", bits),
+                         cell(rows, f"adabits_8654{suffix}", bits), _gap(rows, f"adabits_8654{suffix}", bits, suffix)])
+    return _table(["lr", "bits", "individual", "AdaBits {8,6,5,4}", "joint − individual (per seed)"], body)
 
 
 def ablation_table(rows: dict[str, Any]) -> str:
@@ -110,6 +120,7 @@ def markdown(results: dict[str, Any]) -> str:
     parts = [f"Top-1 (%) on the {images} Fashion-MNIST test images, mean ± half the range over seeds {seeds}.",
              "## Individual vs joint", main_table(rows),
              "## Ablations, {4,3,2}", ablation_table(rows),
+             "## The joint model's learning rate", joint_lr_table(rows),
              "## Direct adaptation of an 8-bit model", adaptation_table(rows),
              "## Bit-widths never trained, after BN calibration", calibration_table(rows)]
     if any(p in rows for p in PEERS):

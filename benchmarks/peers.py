@@ -60,23 +60,22 @@ def check_kind(kind: str) -> int:
 
 
 # ------------------------------------------------------------------ the float twin
-def _plain_conv(layer: QConv2d) -> nn.Conv2d:
-    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                     layer.dilation, layer.groups, layer.bias is not None)
+def _frozen(layer: QConv2d | QLinear, plain: nn.Conv2d | nn.Linear) -> nn.Module:
+    """`plain` holding `layer`'s effective weight at its current bit-width, and its bias."""
     with torch.no_grad():
-        conv.weight.copy_(layer.quantized_weight())
+        plain.weight.copy_(layer.quantized_weight())
         if layer.bias is not None:
-            conv.bias.copy_(layer.bias)
-    return conv
+            plain.bias.copy_(layer.bias)
+    return plain
+
+
+def _plain_conv(layer: QConv2d) -> nn.Conv2d:
+    return _frozen(layer, nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                    layer.padding, layer.dilation, layer.groups, layer.bias is not None))
 
 
 def _plain_linear(layer: QLinear) -> nn.Linear:
-    linear = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
-    with torch.no_grad():
-        linear.weight.copy_(layer.quantized_weight())
-        if layer.bias is not None:
-            linear.bias.copy_(layer.bias)
-    return linear
+    return _frozen(layer, nn.Linear(layer.in_features, layer.out_features, layer.bias is not None))
 
 
 def _plain_bn(layer: SwitchBatchNorm2d) -> nn.BatchNorm2d:

@@ -138,6 +138,7 @@ def plot_accuracy(rows: dict[str, Any], path: Path) -> None:
         ("individual", [8, 6, 5, 4, 3, 2], "o-", "individually trained"),
         ("adabits_8654", [8, 6, 5, 4], "s--", "AdaBits {8,6,5,4}, one model"),
         ("adabits_432", [4, 3, 2], "^--", "AdaBits {4,3,2}, one model"),
+        ("adabits_8654_quarter_lr", [8, 6, 5, 4], "D:", "AdaBits {8,6,5,4} at lr/4 (individual: same within 0.17)"),
     ]:
         names = [f"individual_{b}" if row == "individual" else row for b in bits]
         points = [(b, rows[n]["top1"][str(b)]) for b, n in zip(bits, names) if str(b) in rows.get(n, {}).get("top1", {})]
@@ -149,7 +150,7 @@ def plot_accuracy(rows: dict[str, Any], path: Path) -> None:
         ax.axhline(fp, color="gray", linestyle=":", label=f"full precision ({fp:.2f})")
     ax.set_xlabel("bits (weights and activations)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("ResNet-20, Fashion-MNIST")
+    ax.set_title("ResNet-20, Fashion-MNIST (lr 0.02 unless noted)")
     ax.invert_xaxis()
     ax.legend()
     fig.tight_layout()

@@ -164,7 +164,7 @@ def plot_ablations(rows: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     present = [r for r in ABLATIONS if "top1" in rows.get(r, {})]
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8.5, 5))
     width = 0.8 / max(1, len(present))
     for i, row in enumerate(present):
         stats = [rows[row]["top1"][str(b)] for b in (4, 3, 2)]

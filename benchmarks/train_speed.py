@@ -89,7 +89,7 @@ def build_variants(batch: int, compile_too: bool) -> tuple[dict[str, Callable[[]
 
 
 def ratios(median: dict[str, float]) -> dict[str, float]:
-    """Each variant against fp eager, and the issue's goal ratios for joint training."""
+    """Each variant against fp eager, and the ratios of joint training's goal (joint <= 4 x 1.15 fp)."""
     base = median["fp_eager"]
     out = {f"{name} / fp_eager": value / base for name, value in median.items()}
     for suffix in ("eager", "compiled"):

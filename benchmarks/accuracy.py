@@ -7,7 +7,7 @@ row from that float model and fine-tunes it with apps/fashion_mnist/q_resnet20_a
 lr TABLE_LR, changing only the keys the row names. A joint row's step trains all of its bit-widths; the
 full-precision row gets the same 200 steps at 32 bits. Top-1 is on the 10,000 test images.
 
-    python benchmarks/accuracy.py                   # the whole table: 2 seeds, about 75 minutes on 2 cores
+    python benchmarks/accuracy.py                   # the whole table: 2 seeds, about 100 minutes on 2 cores
     python benchmarks/accuracy.py --quick           # checks the script in minutes: 1 seed, tiny schedules,
                                                     # first 2,000 test images (its numbers mean nothing)
 
@@ -69,6 +69,8 @@ TRAINED_ROWS: dict[str, list[str]] = {
     # against individual models at that lr too
     "adabits_8654_quarter_lr": ["bits_list=[8,6,5,4]", "lr=0.005"],
     **{f"individual_{b}_quarter_lr": [f"bits_list=[{b}]", "lr=0.005"] for b in (8, 6, 5, 4)},
+    "adabits_432_third_lr": ["bits_list=[4,3,2]", "lr=0.0067"],
+    **{f"individual_{b}_third_lr": [f"bits_list=[{b}]", "lr=0.0067"] for b in (4, 3, 2)},
 }
 PEER_ROWS = {"brevitas_w4a4": "individual_4", "torch_ao_qat8": "individual_8"}  # peer -> our row's config
 ADAPT_BITS = [8, 6, 5, 4, 3, 2]

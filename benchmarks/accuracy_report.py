@@ -69,11 +69,13 @@ def main_table(rows: dict[str, Any]) -> str:
 
 def joint_lr_table(rows: dict[str, Any]) -> str:
     body = []
-    for lr, suffix in (("0.02 (the recipe's)", ""), ("0.005", "_quarter_lr")):
-        for bits in (8, 6, 5, 4):
-            body.append([lr, str(bits), cell(rows, f"individual_{bits}{suffix}", bits),
-                         cell(rows, f"adabits_8654{suffix}", bits), _gap(rows, f"adabits_8654{suffix}", bits, suffix)])
-    return _table(["lr", "bits", "individual", "AdaBits {8,6,5,4}", "joint − individual (per seed)"], body)
+    for joint, label, bits_list, lowered in (("adabits_8654", "{8,6,5,4}", (8, 6, 5, 4), ("0.005", "_quarter_lr")),
+                                             ("adabits_432", "{4,3,2}", (4, 3, 2), ("0.0067", "_third_lr"))):
+        for lr, suffix in (("0.02 (the recipe's)", ""), lowered):
+            for bits in bits_list:
+                body.append([label, lr, str(bits), cell(rows, f"individual_{bits}{suffix}", bits),
+                             cell(rows, f"{joint}{suffix}", bits), _gap(rows, f"{joint}{suffix}", bits, suffix)])
+    return _table(["AdaBits model", "lr", "bits", "individual", "AdaBits", "joint − individual (per seed)"], body)
 
 
 def ablation_table(rows: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ from adabits.data import build_loaders, fashion_mnist
 from adabits.data.idx import read_idx, write_idx
 from adabits.engine import load_config
 from adabits.engine.build import build_model
-from adabits.engine.errors import UserError
+from adabits.engine.errors import TrainingDiverged
 from adabits.engine.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -167,9 +167,7 @@ def _train(job: Job) -> dict[str, Any]:
     t0 = time.time()
     try:
         best = Trainer(cfg, echo=print).prepare().fit()
-    except UserError as exc:
-        if "diverged" not in str(exc):
-            raise
+    except TrainingDiverged as exc:
         return {"diverged": str(exc)}  # an outcome of the row (e.g. an ablation), not a failure of the script
     top = {str(b): round(100 * (1 - v["top1_error"]), 2) for b, v in best["val"].items()}
     return {"top1": top, "train_seconds": round(time.time() - t0, 1)}

@@ -28,8 +28,7 @@ def cell(rows: dict[str, Any], row: str, bits: int | str, metric: str = "top1") 
     diverged = f"diverged (seed {', '.join(entry['diverged_seeds'])})" if entry.get("diverged_seeds") else ""
     if stats is None:
         return diverged or "n/a"
-    text = f"{stats['mean']:.2f} ± {stats['half_range']:.2f}" if stats["n"] > 1 else f"{stats['mean']:.2f}"
-    return f"{text}, {diverged}" if diverged else text
+    return f"{_scalar(stats)}, {diverged}" if diverged else _scalar(stats)
 
 
 def mean(rows: dict[str, Any], row: str, bits: int | str, metric: str = "top1") -> float | None:

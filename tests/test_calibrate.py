@@ -120,3 +120,8 @@ def test_recalibrate_bn_reestimates_only_the_given_bits_bns() -> None:
     torch.testing.assert_close(bn.running_mean, means.mean(0), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match=r"not one of the model's: \[8, 4\]"):
         adabits.recalibrate_bn(model, 5, data)
+
+
+def test_recalibrate_bn_needs_switchable_layers() -> None:
+    with pytest.raises(ValueError, match="bit-switchable layers"):
+        adabits.recalibrate_bn(torch.nn.Conv2d(1, 1, 1), 4, batches(1))

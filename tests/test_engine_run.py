@@ -167,10 +167,12 @@ def test_pretrained_fp_and_test_only(tmp_path):
 
 def test_divergence_stops_with_a_clear_error(tmp_path):
     from adabits.engine import UserError
+    from adabits.engine.errors import TrainingDiverged
 
     cfg = tiny_config(tmp_path, lr=1e30, lr_scheduler="constant", num_epochs=1)
-    with pytest.raises(UserError, match="diverged"):
+    with pytest.raises(TrainingDiverged, match="diverged") as raised:
         Trainer(cfg, echo=quiet).prepare().fit()
+    assert isinstance(raised.value, UserError)  # the CLI still prints it alone and exits with status 2
 
 
 def test_alpha_init_mse_chooses_levels_before_training_but_not_on_resume(tmp_path):

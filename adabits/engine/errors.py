@@ -11,3 +11,7 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is unreadable or belongs to another model or bits_list."""
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being finite: a result of the recipe (lr, warmup), raised with advice."""

@@ -28,7 +28,7 @@ from ..quant.clipping import init_clipping_levels
 from . import checkpoint, distributed, report
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, TrainingDiverged, UserError
 from .metrics import MeterSet
 from .optim import build_optimizer, build_scheduler
 
@@ -289,7 +289,7 @@ class Trainer:
                 train = self.train_one_epoch(epoch)
                 diverged = [b for b, m in train.items() if not math.isfinite(m["loss"])]
                 if diverged:
-                    raise UserError(f"training diverged in epoch {epoch + 1}: the loss at bits {diverged} is not "
+                    raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss at bits {diverged} is not "
                                     f"finite; lower lr (now {cfg.lr}) or add warmup_epochs. Checkpoints kept "
                                     f"in {self.run_dir} are from the epochs before.")
                 val = self.evaluate()

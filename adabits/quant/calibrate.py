@@ -122,8 +122,10 @@ def recalibrate_bn(model: nn.Module, bits: object, loader: Iterable, num_batches
     _check_num_batches(num_batches)
     pair = parse_bits(bits)
     modules = switchable_modules(model)
-    if not modules or pair not in modules[0].bits_list:
-        allowed = [format_bits(p) for p in modules[0].bits_list] if modules else []
+    if not modules:
+        raise ValueError("recalibrate_bn needs a model with bit-switchable layers")
+    if pair not in modules[0].bits_list:
+        allowed = [format_bits(p) for p in modules[0].bits_list]
         raise ValueError(f"recalibrate_bn: bit-width {format_bits(pair)} is not one of the model's: {allowed}")
     index = modules[0].bits_list.index(pair)
     bns = [m.bn[index] for m in modules if isinstance(m, SwitchBatchNorm2d) and len(m.bn) > 1]

@@ -69,10 +69,23 @@ def test_bad_deploy_arguments_exit_2(trained, capsys, extra, fragment) -> None:
     assert err.startswith("error: ") and fragment in err
 
 
-def test_onnx_export_names_the_layer_it_cannot_express(trained, capsys, tmp_path) -> None:
+def test_onnx_export_names_the_layers_it_cannot_express(trained, capsys, tmp_path) -> None:
     pytest.importorskip("onnx")
     log_dir = tmp_path / "centered"
     assert main(["train", *tiny_args(log_dir, num_epochs=1)]) == 0  # the tiny config's `centered` weights
     capsys.readouterr()
-    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8"]) == 2
-    assert "layer layers.0.conv1: 'centered' weights at 8 bits need 9-bit" in capsys.readouterr().err
+    # 9-bit weight codes: the layers that would be integer kernels run as float ones, named in a note
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8"]) == 0
+    out = capsys.readouterr().out
+    assert "8 bits, integer kernels" in out and "note: 3 layer(s) run as float kernels" in out and "layers.0.conv1" in out
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8", "exact=true"]) == 0
+    out = capsys.readouterr().out
+    assert "8 bits, float kernels, exact" in out and "note:" not in out
+    # what the integer format cannot express at all is an error naming the layer
+    log_dir = tmp_path / "act_modified"
+    assert main(["train", *tiny_args(log_dir, num_epochs=1, act_quant_scheme="modified")]) == 0
+    capsys.readouterr()
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir, act_quant_scheme="modified"), "bits=4"]) == 2
+    assert "layer layers.0.conv1: act_quant_scheme 'modified' cannot be exported" in capsys.readouterr().err
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=4", "exact=maybe"]) == 2
+    assert "exact must be true or false, got 'maybe'" in capsys.readouterr().err

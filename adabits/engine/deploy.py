@@ -104,10 +104,15 @@ def _float_checkpoint_bytes(model: torch.nn.Module) -> int:
     return buffer.tell()
 
 
-def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None) -> str:
-    """Write the trained model as one packed file (every bit-width) or as ONNX at one bit-width."""
+def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, exact: Any = False) -> str:
+    """Write the trained model as one packed file (every bit-width) or as ONNX at one bit-width
+    (`exact`: float kernels on the integer codes, see `export_onnx`)."""
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+    if not isinstance(exact, bool):
+        raise UserError(f"exact must be true or false, got {exact!r}")
+    if exact and fmt != "onnx":
+        raise UserError("exact=true applies to --format onnx only")
     trainer, _ = _trained(cfg)
     model = trainer.model
     if fmt == "packed":
@@ -136,11 +141,13 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FloatWeightsWarning)
-            export_onnx(model, target, bits, (trainer.loaders.in_chans, size, size), uint8_input=not cfg.normalize)
+            export_onnx(model, target, bits, (trainer.loaders.in_chans, size, size), uint8_input=not cfg.normalize,
+                        exact=exact)
     except ImportError:
         raise UserError("ONNX export needs the onnx package: pip install 'adabits[onnx]'") from None
     except ValueError as exc:
         raise UserError(f"ONNX export at {bits} bits: {exc}") from None
     notes = "".join(f"\nnote: {w.message}" for w in caught if issubclass(w.category, FloatWeightsWarning))
-    return f"wrote {target} ({target.stat().st_size:,} bytes, {bits} bits){notes}"
+    kind = "float kernels, exact" if exact else "integer kernels"
+    return f"wrote {target} ({target.stat().st_size:,} bytes, {bits} bits, {kind}){notes}"
 

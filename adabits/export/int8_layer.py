@@ -1,0 +1,143 @@
+"""A quantized layer as integer-kernel operands: BN folded in, int8 weights, int32 bias on the finest grid.
+
+A quantized conv/linear layer at b bits computes w * x with w = m * step * sat (integer codes m,
+SPEC sections 1-3) on activation codes k with x = k * alpha / (2^b - 1) (SPEC section 4), then its
+BN. Folding the BN gives, per output channel c,
+
+    y[c] = (sum m k) * x_scale * w_scale[c] + bias[c],
+
+which an integer kernel (ONNX Runtime's QLinearConv) computes exactly except for the bias: it adds
+the bias as an int32 number of grid steps x_scale * w_scale[c], so the bias it applies is off by
+up to half a step. A quantized network is chaotic: one activation code rounded differently starts
+a cascade through the following layers, so this error has to be made small, not merely bounded.
+The grid is made finer from both sides, keeping every value exact:
+- weights: each channel's codes are multiplied by an integer (and its scale divided by it);
+- inputs: the layer's codes are multiplied by an integer (requantized at scale / factor), as far
+  as uint8 holds them.
+Both are bounded by ONNX Runtime's u8s8 kernels on x86 CPUs without VNNI, which add pairs of
+products in int16 with saturation: |x| * |w| <= PAIR_PRODUCT_LIMIT keeps every pair exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..quant.bitwidth import FULL_PRECISION
+from ..quant.functional import quantize_weight, sat_scale
+from ..quant.layers import QuantLayerMixin
+from .packed import weight_codes
+
+PAIR_PRODUCT_LIMIT = 16383  # two products of this size still fit int16 (32767)
+INT8_MAX = 127
+UINT8_MAX = 255
+
+
+@dataclass
+class FoldedLayer:
+    """A conv/linear layer's weight and bias with BN folded in: w = codes * scale[c], or a float w."""
+
+    codes: np.ndarray | None  # signed integer codes (int64); None for a full-precision weight
+    scale: np.ndarray  # float64 per output channel (ones for a float weight)
+    weight: np.ndarray | None  # the float weight (full precision only)
+    bias: np.ndarray  # float64 per output channel
+
+    def float_weight(self) -> np.ndarray:
+        """The folded weight as float numbers (exact integer multiples of the scale for codes)."""
+        if self.codes is None:
+            return self.weight
+        return self.codes * self.scale.reshape(-1, *([1] * (self.codes.ndim - 1)))
+
+    def fits_int8(self) -> bool:
+        return self.codes is not None and self.codes.min() >= -INT8_MAX - 1 and self.codes.max() <= INT8_MAX
+
+
+@dataclass
+class Int8Operands:
+    """What an integer kernel reads: input codes times `input_factor` at `input_scale`, int8
+    weights with per-channel scales, and the int32 bias with its per-channel scale."""
+
+    input_factor: int
+    input_scale: np.float32
+    weight: np.ndarray  # int8
+    weight_scale: np.ndarray  # float32 per output channel
+    bias: np.ndarray  # int32
+    bias_scale: np.ndarray  # float32 per output channel
+
+
+def signed_codes(layer: QuantLayerMixin) -> tuple[np.ndarray, float]:
+    """The weight as signed integers m with w = m * step (before SAT): SPEC section 1.
+
+    `modified` codes k - 2^(b-1) fit int8 for b <= 8; `centered` and `original` codes are odd
+    integers up to 2^b - 1, which need 9 bits at b = 8.
+    """
+    bits, scheme = layer.weight_bits, layer.weight_quant_scheme
+    k = weight_codes(layer.weight, bits, scheme).numpy()
+    if scheme == "modified":
+        return k - 2 ** (bits - 1), 2.0 ** (1 - bits)
+    if scheme == "centered":
+        return 2 * k + 1 - 2**bits, 2.0**-bits
+    return 2 * k - (2**bits - 1), 1.0 / (2**bits - 1)
+
+
+def _sat(layer: QuantLayerMixin) -> float:
+    if not layer.rescale:
+        return 1.0
+    quantized = quantize_weight(layer.weight, layer.weight_bits, layer.weight_quant_scheme, layer.clamp)
+    return float(sat_scale(quantized, layer.weight, layer.fan_out, layer.rescale_type))
+
+
+def fold_layer(layer: QuantLayerMixin, bn: nn.BatchNorm2d | None) -> FoldedLayer:
+    """The layer at its current bit-width with `bn` (eval statistics) folded in, in float64."""
+    out = layer.weight.shape[0]
+    gain = np.ones(out)
+    bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(out)
+    if bn is not None:
+        gain = (bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
+        bias = bn.bias.detach().double().numpy() + (bias - bn.running_mean.double().numpy()) * gain
+    if layer.weight_bits < FULL_PRECISION:
+        codes, step = signed_codes(layer)
+        return FoldedLayer(codes, step * _sat(layer) * gain, None, bias)
+    weight = layer.quantized_weight().detach().double().numpy()
+    return FoldedLayer(None, np.ones(out), weight * gain.reshape(-1, *([1] * (weight.ndim - 1))), bias)
+
+
+def _channel_tops(codes: np.ndarray) -> np.ndarray:
+    return np.maximum(np.abs(codes.reshape(codes.shape[0], -1)).max(axis=1), 1)
+
+
+def input_factor(codes: np.ndarray, levels: int) -> int:
+    """The integer the layer's input codes (0..levels) are multiplied by: as large as uint8 allows,
+    leaving the weights their whole int8 range within the pair-product limit."""
+    top = int(_channel_tops(codes).max())
+    widest = top * max(INT8_MAX // top, 1)
+    return max(1, min(UINT8_MAX // levels, PAIR_PRODUCT_LIMIT // (levels * widest)))
+
+
+def weight_multipliers(folded: FoldedLayer, input_scale: float, input_max: int) -> np.ndarray:
+    """Per output channel, the integer its codes are multiplied by: among those that keep the codes
+    in int8 and within the pair-product limit, the one whose bias grid lands closest to the bias."""
+    top = _channel_tops(folded.codes)
+    limit = np.maximum(np.minimum(INT8_MAX // top, PAIR_PRODUCT_LIMIT // (input_max * top)), 1)
+    x32 = np.float64(np.float32(input_scale))
+    best, best_error = np.ones(len(top), dtype=np.int64), np.full(len(top), np.inf)
+    for c in range(1, int(limit.max()) + 1):
+        grid = x32 * (folded.scale / c).astype(np.float32).astype(np.float64)
+        error = np.abs(np.round(folded.bias / grid) * grid - folded.bias)
+        better = (c <= limit) & (error <= best_error)
+        best, best_error = np.where(better, c, best), np.where(better, error, best_error)
+    return best
+
+
+def int8_operands(folded: FoldedLayer, input_scale: float, levels: int) -> Int8Operands:
+    """The integer kernel's operands for a layer whose int8-sized codes read input codes 0..levels."""
+    factor = input_factor(folded.codes, levels)
+    fine_scale = np.float32(np.float32(input_scale) / np.float32(factor))
+    multiplier = weight_multipliers(folded, float(fine_scale), levels * factor)
+    weight = (folded.codes * multiplier.reshape(-1, *([1] * (folded.codes.ndim - 1)))).astype(np.int8)
+    weight_scale = (folded.scale / multiplier).astype(np.float32)
+    bias_scale = (fine_scale * weight_scale).astype(np.float32)
+    bias = np.round(folded.bias / bias_scale.astype(np.float64)).astype(np.int32)
+    return Int8Operands(factor, fine_scale, weight, weight_scale, bias, bias_scale)

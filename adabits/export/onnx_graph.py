@@ -1,0 +1,47 @@
+"""A small ONNX graph builder: nodes and initializers with unique names, for the exporter's emitters."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FLOAT = 1  # onnx.TensorProto.FLOAT (onnx is imported lazily: it is an optional dependency)
+
+
+@dataclass
+class Value:
+    """A tensor of the graph; `image` marks the raw uint8 image input."""
+
+    name: str
+    image: bool = False
+
+
+@dataclass
+class GraphBuilder:
+    """Collects nodes and initializers; every name it makes is unique."""
+
+    nodes: list[Any] = field(default_factory=list)
+    initializers: list[Any] = field(default_factory=list)
+    count: int = 0
+
+    def fresh(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint.replace('.', '_')}_{self.count}"
+
+    def const(self, array: np.ndarray, hint: str) -> str:
+        from onnx import numpy_helper
+
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], hint: str, output: str | None = None, **attrs: Any) -> str:
+        from onnx import helper
+
+        out = output or self.fresh(hint)
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self.fresh(op), **attrs))
+        return out
+
+    def as_float(self, value: Value) -> str:
+        return self.node("Cast", [value.name], "as_float", to=FLOAT) if value.image else value.name

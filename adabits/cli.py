@@ -23,7 +23,7 @@ examples:
   adabits profile app:apps/fashion_mnist/q_resnet20_adabits.yml [bits=4] [verbose=true]
   adabits calibrate app:apps/fashion_mnist/q_resnet20_adabits.yml bits=7 [num_batches=50] [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format packed [out=PATH]
-  adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx bits=8 [exact=true] [out=PATH]
+  adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx bits=8 [bias=int32_fine|int32|float] [out=PATH]
 """
 
 #: command-specific key=value arguments (not config keys), with their defaults
@@ -31,7 +31,7 @@ COMMAND_KEYS: dict[str, dict[str, object]] = {
     "train": {}, "test": {},
     "profile": {"bits": None, "verbose": False},
     "calibrate": {"bits": None, "num_batches": 50, "out": None},
-    "export": {"bits": None, "out": None, "exact": False},
+    "export": {"bits": None, "out": None, "bias": None},
 }
 COMMANDS = {
     "train": "train (or resume) the run a config describes",
@@ -120,7 +120,7 @@ def run(command: str, args: list[str], export_format: str = "packed") -> int:
                 raise UserError("calibrate needs bits=B, the bit-width to add (e.g. bits=7)")
             print(deploy.calibrate(loaded.config, options["bits"], int(options["num_batches"]), options["out"]))
         else:
-            print(deploy.export(loaded.config, export_format, options["bits"], options["out"], options["exact"]))
+            print(deploy.export(loaded.config, export_format, options["bits"], options["out"], options["bias"]))
         return 0
     trainer = Trainer(loaded.config)
     try:

@@ -8,9 +8,10 @@
 3. Calibrated bit-widths (adabits.calibrate_bn, --calib-batches training batches): 7 and 3 bits,
    reported next to the trained ones.
 4. Packed file size vs the float32 state dict vs (highest bits / 32) of it.
-5. Latency, one process, variants interleaved round by round, medians: ORT int8 QDQ at 8 and 4 bits,
-   the exact export (float kernels on the codes) at 4 bits, ORT float32 (the same architecture
-   exported at full precision), PyTorch eager float32; batch 1
+5. Latency, one process, variants interleaved round by round, medians: ORT int8 QDQ at 8 and 4 bits
+   (bias int32_fine, the default), at 4 bits also with bias int32 and bias float (float kernels on
+   the codes), ORT float32 (the same architecture exported at full precision), PyTorch eager float32;
+   batch 1
    and 64; ResNet-20 on 1x28x28 and MobileNet V2 on 3x224x224 (when registered, random weights:
    latency does not depend on the values).
 
@@ -75,14 +76,14 @@ def load_trained(work: Path, checkpoint: Path) -> Trainer:
 
 @torch.no_grad()
 def accuracy_vs_onnx(trainer: Trainer, work: Path, bits_list: list[int], threads: int,
-                     exact: bool = False) -> dict[str, Any]:
+                     bias: str = "int32_fine") -> dict[str, Any]:
     """Top-1 of the fake-quant model and of its ONNX export at each bit-width, and their agreement."""
     model = trainer.model.eval()
     size, cfg = trainer.loaders.image_size, trainer.cfg
     rows = {}
     for bits in bits_list:
         path = export_onnx(model, work / f"{cfg.model}_{bits}bit.onnx", bits, (trainer.loaders.in_chans, size, size),
-                           uint8_input=not cfg.normalize, exact=exact)
+                           uint8_input=not cfg.normalize, bias=bias)
         session = _ort_session(path, threads)
         hits_torch = hits_onnx = agree = total = 0
         worst = 0.0
@@ -153,7 +154,8 @@ def latency(name: str, input_shape: tuple[int, int, int], num_classes: int, batc
     fp = adabits.create_model(name, bits_list=[32], num_classes=num_classes, in_chans=input_shape[0], **options).eval()
     paths = {"ort_int8_8bit": export_onnx(quant, work / f"{name}_8.onnx", 8, input_shape),
              "ort_int8_4bit": export_onnx(quant, work / f"{name}_4.onnx", 4, input_shape),
-             "ort_exact_4bit": export_onnx(quant, work / f"{name}_4_exact.onnx", 4, input_shape, exact=True),
+             "ort_int8_4bit_int32_bias": export_onnx(quant, work / f"{name}_4_int32.onnx", 4, input_shape, bias="int32"),
+             "ort_float_bias_4bit": export_onnx(quant, work / f"{name}_4_float.onnx", 4, input_shape, bias="float"),
              "ort_float32": export_onnx(fp, work / f"{name}_fp.onnx", 32, input_shape)}
     sessions = {k: _ort_session(p, threads) for k, p in paths.items()}
     out: dict[str, Any] = {"ort_integer_ops_8bit": dict(optimized_op_counts(paths["ort_int8_8bit"]))}

@@ -5,7 +5,8 @@ deploy benchmark's comparison (`deploy.accuracy_vs_onnx`) on it: each requested 
 exported as `adabits export --format onnx` does, and ONNX Runtime's top-1 is compared with the
 fake-quant model's on the whole validation set.
 
-    python benchmarks/onnx_agreement.py app:apps/fashion_mnist/q_resnet20_adabits.yml --bits 8 6 5 4 --exact \
+    python benchmarks/onnx_agreement.py app:apps/fashion_mnist/q_resnet20_adabits.yml --bits 8 6 5 4 \
+        --bias int32_fine int32 float \
         --out benchmarks/results/onnx_agreement_main_job.json
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from deploy import accuracy_vs_onnx  # benchmarks/deploy.py, next to this script
 
 from adabits.engine import Trainer, load_config
+from adabits.export.onnx import BIAS_MODES
 
 
 def main() -> None:
@@ -27,15 +29,14 @@ def main() -> None:
     parser.add_argument("config", nargs="+", help="app:PATH.yml [key=value ...], as for `adabits test`")
     parser.add_argument("--bits", type=int, nargs="+", required=True)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--exact", action="store_true", help="also export with exact=True (float kernels, float bias)")
+    parser.add_argument("--bias", nargs="+", default=["int32_fine"], choices=BIAS_MODES,
+                        help="export with each of these bias modes (adabits export ... bias=MODE)")
     parser.add_argument("--out", type=Path)
     opts = parser.parse_args()
     cfg = load_config(opts.config + ["test_only=true"]).config
     trainer = Trainer(cfg, echo=lambda _msg: None).prepare()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {"integer": accuracy_vs_onnx(trainer, Path(tmp), opts.bits, opts.threads)}
-        if opts.exact:
-            results["exact"] = accuracy_vs_onnx(trainer, Path(tmp), opts.bits, opts.threads, exact=True)
+        results = {bias: accuracy_vs_onnx(trainer, Path(tmp), opts.bits, opts.threads, bias) for bias in opts.bias}
     if opts.out:
         record = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
                   "validation_images": trainer.loaders.val.num_samples, "results": results}

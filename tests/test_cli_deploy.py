@@ -77,15 +77,18 @@ def test_onnx_export_names_the_layers_it_cannot_express(trained, capsys, tmp_pat
     # 9-bit weight codes: the layers that would be integer kernels run as float ones, named in a note
     assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8"]) == 0
     out = capsys.readouterr().out
-    assert "8 bits, integer kernels" in out and "note: 3 layer(s) run as float kernels" in out and "layers.0.conv1" in out
-    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8", "exact=true"]) == 0
+    assert "8 bits, integer kernels, int32_fine bias" in out and "note: 3 layer(s) run as float kernels" in out
+    assert "layers.0.conv1" in out
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8", "bias=float"]) == 0
     out = capsys.readouterr().out
-    assert "8 bits, float kernels, exact" in out and "note:" not in out
+    assert "8 bits, float kernels, float bias" in out and "note:" not in out
     # what the integer format cannot express at all is an error naming the layer
     log_dir = tmp_path / "act_modified"
     assert main(["train", *tiny_args(log_dir, num_epochs=1, act_quant_scheme="modified")]) == 0
     capsys.readouterr()
     assert main(["export", "--format", "onnx", *tiny_args(log_dir, act_quant_scheme="modified"), "bits=4"]) == 2
     assert "layer layers.0.conv1: act_quant_scheme 'modified' cannot be exported" in capsys.readouterr().err
-    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=4", "exact=maybe"]) == 2
-    assert "exact must be true or false, got 'maybe'" in capsys.readouterr().err
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=4", "bias=int16"]) == 2
+    assert "bias must be one of int32_fine, int32, float; got 'int16'" in capsys.readouterr().err
+    assert main(["export", "--format", "packed", *tiny_args(log_dir), "bias=float"]) == 2
+    assert "bias=... applies to --format onnx only" in capsys.readouterr().err

@@ -117,9 +117,9 @@ def test_9_bit_weight_codes_run_as_exact_float_layers_with_a_warning(tmp_path, s
 
 
 @pytest.mark.parametrize("bits", [8, 6, 4])
-def test_exact_export_runs_float_kernels_on_the_codes_and_follows_the_model(tmp_path, bits: int) -> None:
+def test_float_bias_export_runs_float_kernels_on_the_codes_and_follows_the_model(tmp_path, bits: int) -> None:
     model = calibrated()
-    path = export_onnx(model, tmp_path / "m.onnx", bits, INPUT, exact=True)
+    path = export_onnx(model, tmp_path / "m.onnx", bits, INPUT, bias="float")
     ops = optimized_op_counts(path)
     # no integer kernel, and no weight that ONNX Runtime could requantize (it would, behind a DequantizeLinear)
     assert not {"QLinearConv", "DequantizeLinear"} & set(ops) and ops["QuantizeLinear"] == 9, ops
@@ -221,3 +221,40 @@ def test_mobilenets_export_with_integer_kernels(tmp_path, name: str) -> None:
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     assert ops["QLinearConv"] >= convs // 2, ops  # depthwise and pointwise convs run as integer kernels
     assert run_onnx(path, torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_bias_modes_trade_one_quantize_per_layer_for_a_finer_grid(tmp_path) -> None:
+    """int32_fine requantizes each integer layer's input codes (4 bits: x9); int32 does not."""
+    import onnx
+
+    model = calibrated()
+    counts = {}
+    for bias in ("int32_fine", "int32"):
+        path = export_onnx(model, tmp_path / f"{bias}.onnx", 4, INPUT, bias=bias)
+        counts[bias] = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+        assert optimized_op_counts(path)["QLinearConv"] == 3
+        agree, error = agreement_and_error(model, path, 4, images(64, seed=2))
+        assert agree >= 0.9 and error < 0.15, (bias, agree, error)
+    assert counts["int32_fine"] == counts["int32"] + 3
+    with pytest.raises(ExportError, match="bias must be one of int32_fine, int32, float; got 'int4'"):
+        export_onnx(model, tmp_path / "m.onnx", 4, INPUT, bias="int4")
+
+
+def test_int8_operands_are_exact_and_refine_the_bias_grid() -> None:
+    """Codes x multiplier at scale / multiplier is the same weight; the int32 bias lands closer with
+    the input factor; every product stays within the int16 pair limit."""
+    from adabits.export.int8_layer import PAIR_PRODUCT_LIMIT, FoldedLayer, int8_operands
+
+    rng = np.random.default_rng(0)
+    codes = rng.choice(np.arange(-15, 16, 2), size=(32, 16, 3, 3))  # 4-bit centered codes
+    folded = FoldedLayer(codes, rng.uniform(0.01, 0.1, 32), None, rng.normal(0, 1, 32))
+    errors = {}
+    for refine in (False, True):
+        ops = int8_operands(folded, input_scale=0.3, levels=15, refine_input=refine)
+        weight = ops.weight.astype(np.float64) * ops.weight_scale.reshape(-1, 1, 1, 1)
+        np.testing.assert_allclose(weight, folded.float_weight(), rtol=1e-6)
+        assert 15 * ops.input_factor * np.abs(ops.weight.astype(np.int32)).max() <= PAIR_PRODUCT_LIMIT
+        np.testing.assert_allclose(ops.input_scale * ops.input_factor, np.float32(0.3), rtol=1e-6)
+        errors[refine] = np.abs(ops.bias * ops.bias_scale.astype(np.float64) - folded.bias).mean()
+    assert ops.input_factor == 9
+    assert errors[True] < errors[False] / 4, errors

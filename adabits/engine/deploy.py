@@ -104,15 +104,18 @@ def _float_checkpoint_bytes(model: torch.nn.Module) -> int:
     return buffer.tell()
 
 
-def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, exact: Any = False) -> str:
+def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, bias: Any = None) -> str:
     """Write the trained model as one packed file (every bit-width) or as ONNX at one bit-width
-    (`exact`: float kernels on the integer codes, see `export_onnx`)."""
+    (`bias`: how the ONNX graph applies the folded BN shift, see `export_onnx`)."""
+    from ..export.onnx import BIAS_MODES, FloatWeightsWarning, export_onnx  # onnx itself is imported on use
+
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
-    if not isinstance(exact, bool):
-        raise UserError(f"exact must be true or false, got {exact!r}")
-    if exact and fmt != "onnx":
-        raise UserError("exact=true applies to --format onnx only")
+    if bias is not None and fmt != "onnx":
+        raise UserError("bias=... applies to --format onnx only")
+    bias = BIAS_MODES[0] if bias is None else bias
+    if bias not in BIAS_MODES:
+        raise UserError(f"bias must be one of {', '.join(BIAS_MODES)}; got {bias!r}")
     trainer, _ = _trained(cfg)
     model = trainer.model
     if fmt == "packed":
@@ -134,20 +137,18 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
     if bits is None:
         raise UserError("ONNX export needs bits=B (one bit-width of the model; 32 exports float)")
     bits = _bits_arg(bits, adabits.get_bits_list(model))
-    from ..export.onnx import FloatWeightsWarning, export_onnx
-
     target = Path(out) if out else trainer.run_dir / f"model_{bits}bit.onnx"
     size = trainer.loaders.image_size
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FloatWeightsWarning)
             export_onnx(model, target, bits, (trainer.loaders.in_chans, size, size), uint8_input=not cfg.normalize,
-                        exact=exact)
+                        bias=bias)
     except ImportError:
         raise UserError("ONNX export needs the onnx package: pip install 'adabits[onnx]'") from None
     except ValueError as exc:
         raise UserError(f"ONNX export at {bits} bits: {exc}") from None
     notes = "".join(f"\nnote: {w.message}" for w in caught if issubclass(w.category, FloatWeightsWarning))
-    kind = "float kernels, exact" if exact else "integer kernels"
+    kind = "float kernels, float bias" if bias == "float" else f"integer kernels, {bias} bias"
     return f"wrote {target} ({target.stat().st_size:,} bytes, {bits} bits, {kind}){notes}"
 

@@ -131,9 +131,10 @@ def weight_multipliers(folded: FoldedLayer, input_scale: float, input_max: int) 
     return best
 
 
-def int8_operands(folded: FoldedLayer, input_scale: float, levels: int) -> Int8Operands:
-    """The integer kernel's operands for a layer whose int8-sized codes read input codes 0..levels."""
-    factor = input_factor(folded.codes, levels)
+def int8_operands(folded: FoldedLayer, input_scale: float, levels: int, refine_input: bool = True) -> Int8Operands:
+    """The integer kernel's operands for a layer whose int8-sized codes read input codes 0..levels
+    (`refine_input`: also multiply the input codes, for a finer bias grid)."""
+    factor = input_factor(folded.codes, levels) if refine_input else 1
     fine_scale = np.float32(np.float32(input_scale) / np.float32(factor))
     multiplier = weight_multipliers(folded, float(fine_scale), levels * factor)
     weight = (folded.codes * multiplier.reshape(-1, *([1] * (folded.codes.ndim - 1)))).astype(np.int8)

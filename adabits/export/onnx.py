@@ -18,18 +18,21 @@ fully determined by the quantizers (SPEC sections 1-4), and no tracer could infe
   requantizing the residual path would add rounding the model never had;
 - everything else (residual adds, pooling) stays float.
 
-The int32 bias is the one place the integer graph departs from the model (by at most a small
-fraction of an activation step), and a quantized network amplifies such differences: expect top-1
-agreement with PyTorch in the high 99s, not 100%. `exact=True` runs every layer the float way
-above (float kernels, exact bias), which follows the model up to float rounding.
+The int32 bias is the one place the integer graph departs from the model (by a small fraction of
+an activation step), and a quantized network amplifies such differences: expect top-1 agreement
+with PyTorch in the high 99s, not 100%. `bias` chooses the trade-off:
+- "int32_fine" (default): the finest bias grid, with the input codes of each integer layer
+  requantized by an integer factor (one more QuantizeLinear per layer);
+- "int32": the grid refined by the weights alone, faster, agrees less at low bits;
+- "float": every layer runs the float way above (float kernels, float bias), which follows the
+  model up to float rounding.
 
 Weight codes that need 9 bits (`centered` and `original` at 8 bits: odd integers up to 255) have
-no int8 form; a layer that would have been fused then runs the float way, with a FloatWeightsWarning
-naming it. Everything
-else the integer format cannot express raises ExportError naming the layer: activation schemes
-other than `original` (they floor or offset the codes), `double_side` (its zero point
-(2^b - 1) / 2 is not an integer), and activation bits above 8. Full precision (bits 32) exports a
-plain float graph with BN folded.
+no int8 form; a layer that would have been fused then runs the float way, with a
+FloatWeightsWarning naming it. Everything else the integer format cannot express raises
+ExportError naming the layer: activation schemes other than `original` (they floor or offset the
+codes), `double_side` (its zero point (2^b - 1) / 2 is not an integer), and activation bits above
+8. Full precision (bits 32) exports a plain float graph with BN folded.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ from .onnx_graph import FLOAT, GraphBuilder, Value
 
 OPSET = 13
 MAX_INTEGER_BITS = 8
+BIAS_MODES = ("int32_fine", "int32", "float")
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -85,11 +89,11 @@ class _Codes:
 class _Converter:
     """Walks the fx graph once and emits ONNX nodes for each op at the model's current bit-width."""
 
-    def __init__(self, model: nn.Module, graph: fx.Graph, integer: bool, exact: bool) -> None:
+    def __init__(self, model: nn.Module, graph: fx.Graph, integer: bool, bias: str) -> None:
         self.model = model
         self.fx_graph = graph
         self.integer = integer
-        self.exact = exact
+        self.bias = bias
         self.modules = dict(model.named_modules())
         self.g = GraphBuilder()
         self.values: dict[fx.Node, Value] = {}
@@ -152,7 +156,7 @@ class _Converter:
         """DequantizeLinear of the input codes, the int8 weights and the int32 bias: the QDQ form
         ONNX Runtime fuses into an integer kernel."""
         g = self.g
-        ops = int8_operands(folded, codes.scale, codes.levels)
+        ops = int8_operands(folded, codes.scale, codes.levels, refine_input=self.bias == "int32_fine")
         zero = g.const(np.uint8(0), f"{name}.x_zero")
         x, scale = codes.name, g.const(np.float32(codes.scale), f"{name}.x_scale")
         if ops.input_factor > 1:  # codes k -> k * factor at scale / factor: exact, and a finer bias grid
@@ -183,7 +187,7 @@ class _Converter:
         source = self.values[node.args[0]]
         codes = self._input_codes(layer, name, source)
         folded = fold_layer(layer, bn)
-        integer = (codes is not None and folded.codes is not None and not self.exact
+        integer = (codes is not None and folded.codes is not None and self.bias != "float"
                    and self._feeds_only_quantizers(bn_node or node))
         if integer and not folded.fits_int8():
             self.float_layers.append(name)
@@ -303,17 +307,19 @@ def _pair(value: int | tuple[int, ...]) -> list[int]:
 
 @torch.no_grad()
 def export_onnx(model: nn.Module, path: str | Path, bits: object, input_shape: tuple[int, int, int],
-                *, uint8_input: bool = True, exact: bool = False) -> Path:
+                *, uint8_input: bool = True, bias: str = "int32_fine") -> Path:
     """Write `model` at `bits` to `path` as ONNX: a QDQ integer graph for bits <= 8, plain float at 32.
 
     `input_shape` is (C, H, W); the batch dimension is dynamic. With `uint8_input` (models trained
-    with `normalize: false`) the integer graph takes the raw uint8 image. `exact` runs every layer
-    as a float kernel on the integer codes with a float bias (the model's arithmetic up to float
-    rounding) instead of fusing into integer kernels with an int32 bias. The model's bit-width
+    with `normalize: false`) the integer graph takes the raw uint8 image. `bias` is one of
+    BIAS_MODES (see the module docstring): "float" runs every layer as a float kernel on the integer
+    codes with a float bias, the model's arithmetic up to float rounding. The model's bit-width
     and mode are restored. Raises ExportError (a ValueError) for what cannot be expressed.
     """
     import onnx
 
+    if bias not in BIAS_MODES:
+        raise ExportError(f"bias must be one of {', '.join(BIAS_MODES)}; got {bias!r}")
     weight_bits, act_bits = parse_bits(bits)
     if not (max(weight_bits, act_bits) <= MAX_INTEGER_BITS or min(weight_bits, act_bits) >= FULL_PRECISION):
         raise ExportError(f"ONNX export takes bits <= {MAX_INTEGER_BITS} (int8 kernels) or 32 (float), got {bits}")
@@ -322,7 +328,7 @@ def export_onnx(model: nn.Module, path: str | Path, bits: object, input_shape: t
     model.eval()
     try:
         traced = _LeafTracer(autowrap_functions=(as_float_input,)).trace(model)
-        converter = _Converter(model, traced, integer=weight_bits < FULL_PRECISION, exact=exact)
+        converter = _Converter(model, traced, integer=weight_bits < FULL_PRECISION, bias=bias)
         proto = converter.convert(tuple(input_shape), uint8_input)
     finally:
         set_bits(model, previous)

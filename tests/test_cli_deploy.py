@@ -77,11 +77,14 @@ def test_onnx_export_names_the_layers_it_cannot_express(trained, capsys, tmp_pat
     # 9-bit weight codes: the layers that would be integer kernels run as float ones, named in a note
     assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8"]) == 0
     out = capsys.readouterr().out
-    assert "8 bits, integer kernels, int32_fine bias" in out and "note: 3 layer(s) run as float kernels" in out
+    assert "8 bits, bias int32_fine: 0 of 10 layers as integer kernels" in out
+    assert "note: 3 layer(s) run as float kernels" in out
     assert "layers.0.conv1" in out
     assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8", "bias=float"]) == 0
     out = capsys.readouterr().out
-    assert "8 bits, float kernels, float bias" in out and "note:" not in out
+    assert "8 bits, bias float: 0 of 10 layers as integer kernels" in out and "note:" not in out
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=4"]) == 0
+    assert "4 bits, bias int32_fine: 3 of 10 layers as integer kernels" in capsys.readouterr().out
     # what the integer format cannot express at all is an error naming the layer
     log_dir = tmp_path / "act_modified"
     assert main(["train", *tiny_args(log_dir, num_epochs=1, act_quant_scheme="modified")]) == 0

@@ -107,7 +107,7 @@ def _float_checkpoint_bytes(model: torch.nn.Module) -> int:
 def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, bias: Any = None) -> str:
     """Write the trained model as one packed file (every bit-width) or as ONNX at one bit-width
     (`bias`: how the ONNX graph applies the folded BN shift, see `export_onnx`)."""
-    from ..export.onnx import BIAS_MODES, FloatWeightsWarning, export_onnx  # onnx itself is imported on use
+    from ..export.onnx import BIAS_MODES, FloatWeightsWarning, export_onnx, integer_layer_count  # onnx: on use
 
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
@@ -149,6 +149,7 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
     except ValueError as exc:
         raise UserError(f"ONNX export at {bits} bits: {exc}") from None
     notes = "".join(f"\nnote: {w.message}" for w in caught if issubclass(w.category, FloatWeightsWarning))
-    kind = "float kernels, float bias" if bias == "float" else f"integer kernels, {bias} bias"
-    return f"wrote {target} ({target.stat().st_size:,} bytes, {bits} bits, {kind}){notes}"
+    integer, layers = integer_layer_count(target)
+    return (f"wrote {target} ({target.stat().st_size:,} bytes, {bits} bits, bias {bias}: "
+            f"{integer} of {layers} layers as integer kernels){notes}")
 

@@ -347,6 +347,17 @@ def export_onnx(model: nn.Module, path: str | Path, bits: object, input_shape: t
     return path
 
 
+def integer_layer_count(path: str | Path) -> tuple[int, int]:
+    """(layers written for integer kernels, all conv/linear layers) of an exported graph: a Conv or
+    Gemm whose weight comes out of a DequantizeLinear is one ONNX Runtime fuses into QLinearConv."""
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    layers = [n for n in nodes if n.op_type in ("Conv", "Gemm")]
+    return sum(n.input[1] in dequantized for n in layers), len(layers)
+
+
 def optimized_op_counts(path: str | Path) -> Counter:
     """The op types ONNX Runtime (CPU) runs after its graph optimizations, counted (shows the fusions)."""
     import tempfile

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 
 import torch
 
@@ -19,6 +18,7 @@ from adabits.data import build_loaders
 from adabits.engine import load_config
 from adabits.engine.build import build_model
 from adabits.quant.clipping import init_clipping_levels
+from _results import report  # benchmarks/_results.py, next to this script
 
 CONFIG = "apps/fashion_mnist/q_resnet20_adabits.yml"
 
@@ -49,10 +49,7 @@ def main() -> None:
     images = torch.cat([x for x, _ in itertools.islice(iter(loaders.train), cfg.alpha_init_batches)])
     init_clipping_levels(model, images)
     result["mse_alpha"] = accuracy(model, val, cfg.bits_list)
-    print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

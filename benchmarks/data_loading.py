@@ -9,7 +9,6 @@ One process, the variants interleaved round by round so machine noise hits them 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -23,6 +22,7 @@ from PIL import Image
 import adabits
 from adabits.data import build_loaders
 from adabits.engine import TrainConfig
+from _results import report  # benchmarks/_results.py, next to this script
 
 
 def write_jpegs(root: Path, count: int, classes: int = 10, size: int = 224) -> None:
@@ -168,9 +168,7 @@ def main() -> None:
         "loader_over_4bit_training": round(median["loader"] / median["4bit_fixed"], 2),
         "fed_over_fixed_fp32": round(median["fp32_fed"] / median["fp32_fixed"], 2),
     }
-    print(json.dumps(out, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    report(out, args.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import json
 import platform
 import statistics
 import sys
@@ -41,6 +40,7 @@ from adabits.engine import Trainer, build_config
 from adabits.engine.build import model_kwargs
 from adabits.export.onnx import export_onnx, optimized_op_counts
 from adabits.export.packed import save_packed
+from _results import report  # benchmarks/_results.py, next to this script
 
 BITS = [8, 6, 5, 4]
 CALIBRATED = [7, 3]
@@ -243,9 +243,7 @@ def main() -> None:
                     "mobilenet_v2", (3, 224, 224), 1000, [1, 64], args.mobilenet_rounds, args.threads, work, {})
             else:
                 result["latency"]["mobilenet_v2_3x224x224"] = "not measured: mobilenet_v2 is not registered in this checkout"
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

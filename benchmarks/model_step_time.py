@@ -12,7 +12,6 @@ and their ratios, and how long the first (compiling) call of each compiled varia
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import signal
 import statistics
@@ -23,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 import adabits
+from _results import report  # benchmarks/_results.py, next to this script
 
 PLAIN_FLOAT = {"clamp": False, "rescale": False, "rescale_conv": False}
 #: variant name -> (bits, compiled)
@@ -69,7 +69,7 @@ def main() -> None:
     def stopped(signum: int, frame: object) -> None:
         """`timeout` sends SIGTERM: record what was measured and say where it stopped."""
         running = next((f"the first step of {n}" for n in variants if n not in first_call_s), "warm-up or timed rounds")
-        report(args, first_call_s, times, f"stopped by signal {signum} during {running}")
+        summarize(args, first_call_s, times, f"stopped by signal {signum} during {running}")
         sys.exit(124)
 
     signal.signal(signal.SIGTERM, stopped)
@@ -87,11 +87,11 @@ def main() -> None:
             step()
             times[name].append(time.perf_counter() - start)
 
-    report(args, first_call_s, times, None)
+    summarize(args, first_call_s, times, None)
 
 
-def report(args: argparse.Namespace, first_call_s: dict[str, float], times: dict[str, list[float]],
-           stopped: str | None) -> None:
+def summarize(args: argparse.Namespace, first_call_s: dict[str, float], times: dict[str, list[float]],
+              stopped: str | None) -> None:
     median = {name: statistics.median(t) for name, t in times.items() if t}
     ratios = {f"{a} / {b}": median[a] / median[b] for a, b in RATIOS if a in median and b in median}
     options = " ".join(f"--{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
@@ -110,11 +110,7 @@ def report(args: argparse.Namespace, first_call_s: dict[str, float], times: dict
     }
     if stopped:
         result["incomplete"] = stopped
-    print(json.dumps(result, indent=2), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ fake-quant model's on the whole validation set.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from deploy import accuracy_vs_onnx  # benchmarks/deploy.py, next to this script
+from _results import report  # benchmarks/_results.py and deploy.py, next to this script
+from deploy import accuracy_vs_onnx
 
 from adabits.engine import Trainer, load_config
 from adabits.export.onnx import BIAS_MODES
@@ -37,10 +37,8 @@ def main() -> None:
     trainer = Trainer(cfg, echo=lambda _msg: None).prepare()
     with tempfile.TemporaryDirectory() as tmp:
         results = {bias: accuracy_vs_onnx(trainer, Path(tmp), opts.bits, opts.threads, bias) for bias in opts.bias}
-    if opts.out:
-        record = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
-                  "validation_images": trainer.loaders.val.num_samples, "results": results}
-        opts.out.write_text(json.dumps(record, indent=2) + "\n")
+    report({"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
+            "validation_images": trainer.loaders.val.num_samples, "results": results}, opts.out)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shlex
 import statistics
 import sys
@@ -44,6 +43,7 @@ from adabits.engine.config import TrainConfig
 from adabits.engine.optim import build_optimizer, build_scheduler
 from adabits.models.resnet_cifar import BasicBlock, CifarResNet
 from adabits.quant.layers import QConv2d, QLinear, SwitchBatchNorm2d
+from _results import report  # benchmarks/_results.py, next to this script
 
 #: peer kind -> the bit-width of our row it stands next to
 KIND_BITS = {"brevitas_w4a4": 4, "torch_ao_qat8": 8}
@@ -274,10 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(config_args).config
     row = {"command": "python benchmarks/peers.py " + shlex.join(sys.argv[1:] if argv is None else argv),
            **peer_row(args.kind, cfg)}
-    print(json.dumps(row, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(row, f, indent=2)
+    report(row, args.out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ the reported numbers are ratios of medians. Run:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -18,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 import adabits
+from _results import report  # benchmarks/_results.py, next to this script
 
 
 def make_step(bits: int, compiled: bool, batch: int, device: str, channels_last: bool) -> Callable[[], None]:
@@ -78,10 +78,7 @@ def main() -> None:
         "median_step_s": {k: round(v, 4) for k, v in median.items()},
         "ratio_to_fp32_eager": {k: round(v / base, 3) for k, v in median.items()},
     }
-    print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ and excluded, as are `--warmup` more steps.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -36,6 +35,7 @@ from adabits.engine.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402  (benchmarks/peers.py, next to this file)
+from _results import report  # benchmarks/_results.py, next to this script
 
 FP_CONFIG = "apps/fashion_mnist/resnet20_fp.yml"
 ADABITS_CONFIG = "apps/fashion_mnist/q_resnet20_adabits.yml"
@@ -154,11 +154,7 @@ def main() -> None:
         "all_step_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
         "errors": errors,
     }
-    print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ CONFIG = "apps/fashion_mnist/q_resnet20_adabits.yml"
 
 
 def _load_peers():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # peers.py imports its neighbour _results.py
     spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["peers"] = module

@@ -90,7 +90,6 @@ class _Converter:
     """Walks the fx graph once and emits ONNX nodes for each op at the model's current bit-width."""
 
     def __init__(self, model: nn.Module, graph: fx.Graph, integer: bool, bias: str) -> None:
-        self.model = model
         self.fx_graph = graph
         self.integer = integer
         self.bias = bias
@@ -119,7 +118,8 @@ class _Converter:
             codes = g.node("Clip", [codes, zero, g.const(np.uint8(levels), f"{name}.x_max")], f"{name}.x_clip")
         return _Codes(codes, float(scale), levels)
 
-    def _alpha(self, layer: QuantLayerMixin) -> float | None:
+    @staticmethod
+    def _alpha(layer: QuantLayerMixin) -> float | None:
         if layer.alpha is None:
             return None
         alpha = layer.alpha.detach()

@@ -1,0 +1,118 @@
+"""Where an ONNX export departs from the PyTorch model: per-layer input codes that differ, per bias mode.
+
+For a trained run and one bit-width it measures
+- how sensitive the model itself is to float rounding: top-1 agreement of PyTorch in float64 with
+  PyTorch in float32;
+- for each `bias` mode of the export, the top-1 agreement of ONNX Runtime with PyTorch, and for
+  every quantized layer the share of its uint8 input codes that differ from the codes PyTorch
+  rounds to (read from the graph's QuantizeLinear/Clip outputs), with the share of images that
+  have any difference there. The first layer where codes differ is where the export departs.
+
+    python benchmarks/onnx_trace.py app:apps/fashion_mnist/q_resnet20_adabits.yml log_dir=/tmp/me/mj \
+        fp_pretrained_file=/tmp/me/mj/resnet20_fp/best_model.pt --bits 6 --images 1000 \
+        --out benchmarks/results/onnx_trace_main_job_6bit.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _results import report  # benchmarks/_results.py, next to this script
+
+import adabits
+from adabits.engine import Trainer, load_config
+from adabits.export.onnx import BIAS_MODES, export_onnx
+from adabits.quant.bitwidth import FULL_PRECISION
+from adabits.quant.layers import QuantLayerMixin
+
+
+def pytorch_codes(model: torch.nn.Module, bits: int, images: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Logits, and every quantized layer's input codes round(clamp(x (2^b - 1) / alpha, 0, 2^b - 1))."""
+    codes: dict[str, np.ndarray] = {}
+
+    def hook(name: str):
+        def record(layer: QuantLayerMixin, inputs: tuple[torch.Tensor, ...]) -> None:
+            alpha = layer.alpha.detach()
+            alpha = (alpha[layer.bits_index] if alpha.numel() > 1 else alpha).abs()
+            levels = 2**layer.act_bits - 1
+            codes[name] = torch.round(torch.clamp(inputs[0] * (levels / alpha), 0, levels)).to(torch.uint8).numpy()
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
+               if isinstance(m, QuantLayerMixin) and m.alpha is not None and m.act_bits < FULL_PRECISION]
+    try:
+        with torch.no_grad(), adabits.use_bits(model, bits):
+            logits = model(images.float()).numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, codes
+
+
+def onnx_codes(path: Path, images: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Logits of the export and, per quantized layer, the uint8 codes its input is rounded to."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path))
+    taps: dict[str, str] = {}  # layer name -> tensor holding its (clipped) codes
+    for node in proto.graph.node:
+        match = re.fullmatch(r"(.+)_x_(q|clip)_\d+", node.output[0])
+        if node.op_type in ("QuantizeLinear", "Clip") and match:
+            taps[match.group(1)] = node.output[0]  # the Clip, when there is one, comes after the Q
+    for tensor in taps.values():
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.UINT8, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = session.run(["logits", *taps.values()], {"input": images.to(torch.uint8).numpy()})
+    return outputs[0], dict(zip(taps, outputs[1:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="+", help="app:PATH.yml [key=value ...], as for `adabits test`")
+    parser.add_argument("--bits", type=int, required=True)
+    parser.add_argument("--images", type=int, default=1000, help="first N test images")
+    parser.add_argument("--out", type=Path)
+    opts = parser.parse_args()
+    cfg = load_config(opts.config + ["test_only=true"]).config
+    if cfg.normalize:
+        sys.exit("onnx_trace.py reads raw uint8 images: the run must use normalize: false")
+    trainer = Trainer(cfg, echo=lambda _msg: None).prepare()
+    model = trainer.model.eval()
+    images = trainer.loaders.val.images[:opts.images]
+    expected, torch_codes = pytorch_codes(model, opts.bits, images)
+    model64 = copy.deepcopy(model).double()
+    with torch.no_grad(), adabits.use_bits(model64, opts.bits):
+        logits64 = model64(images.double()).numpy()
+    result: dict[str, Any] = {
+        "command": "python benchmarks/onnx_trace.py " + " ".join(sys.argv[1:]), "bits": opts.bits,
+        "images": len(images),
+        "top1_agreement_pytorch_float64_vs_float32": round(100 * float((logits64.argmax(1) == expected.argmax(1)).mean()), 2),
+        "bias_modes": {},
+    }
+    size = trainer.loaders.image_size
+    with tempfile.TemporaryDirectory() as tmp:
+        for bias in BIAS_MODES:
+            path = export_onnx(model, Path(tmp) / f"{bias}.onnx", opts.bits, (trainer.loaders.in_chans, size, size),
+                               bias=bias)
+            got, graph_codes = onnx_codes(path, images)
+            layers = {}
+            for name, codes in torch_codes.items():
+                differ = codes != graph_codes[name.replace(".", "_")].reshape(codes.shape)
+                layers[name] = {"codes_differ_pct": round(100 * float(differ.mean()), 4),
+                                "images_with_any_pct": round(100 * float(differ.reshape(len(images), -1).any(1).mean()), 1)}
+            result["bias_modes"][bias] = {
+                "top1_agreement": round(100 * float((got.argmax(1) == expected.argmax(1)).mean()), 2),
+                "layers": layers}
+    report(result, opts.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,9 @@
-"""How every benchmark reports: its result as JSON on stdout and, with --out, in a file."""
+"""What the benchmarks share: interleaved timing, and the report (JSON on stdout and, with --out, in a file)."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,3 +14,15 @@ def report(result: dict[str, Any], out: str | Path | None) -> None:
     print(text, end="", flush=True)
     if out:
         Path(out).write_text(text)
+
+
+def time_interleaved(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each variant, `rounds` times, the variants interleaved round by round so
+    that a noisy machine slows them alike (the ratios of medians are what the benchmarks report)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times

@@ -28,7 +28,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,7 +39,7 @@ from adabits.engine import Trainer, build_config
 from adabits.engine.build import model_kwargs
 from adabits.export.onnx import export_onnx, optimized_op_counts
 from adabits.export.packed import save_packed
-from _results import report  # benchmarks/_results.py, next to this script
+from _results import report, time_interleaved  # benchmarks/_results.py, next to this script
 
 BITS = [8, 6, 5, 4]
 CALIBRATED = [7, 3]
@@ -174,12 +173,7 @@ def latency(name: str, input_shape: tuple[int, int, int], num_classes: int, batc
         for run in variants.values():  # warm-up
             run()
             run()
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(rounds):
-            for k, run in variants.items():
-                start = time.perf_counter()
-                run()
-                times[k].append(time.perf_counter() - start)
+        times = time_interleaved(variants, rounds)
         median = {k: statistics.median(v) for k, v in times.items()}
         out[f"batch_{batch}"] = {
             "median_s": {k: round(v, 5) for k, v in median.items()},

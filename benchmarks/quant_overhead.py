@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 import adabits
-from _results import report  # benchmarks/_results.py, next to this script
+from _results import report, time_interleaved  # benchmarks/_results.py, next to this script
 
 
 def make_step(bits: int, compiled: bool, batch: int, device: str, channels_last: bool) -> Callable[[], None]:
@@ -59,12 +58,7 @@ def main() -> None:
     for step in variants.values():  # warm-up (and compilation)
         for _ in range(3):
             step()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, step in variants.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+    times = time_interleaved(variants, args.rounds)
 
     median = {name: statistics.median(t) for name, t in times.items()}
     base = median["fp32_eager"]

@@ -35,7 +35,7 @@ from adabits.engine.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402  (benchmarks/peers.py, next to this file)
-from _results import report  # benchmarks/_results.py, next to this script
+from _results import report, time_interleaved  # benchmarks/_results.py, next to this script
 
 FP_CONFIG = "apps/fashion_mnist/resnet20_fp.yml"
 ADABITS_CONFIG = "apps/fashion_mnist/q_resnet20_adabits.yml"
@@ -128,12 +128,7 @@ def main() -> None:
             continue
         first_call_s[name] = round(time.perf_counter() - start, 1)
         print(f"{name}: first {1 + args.warmup} steps {first_call_s[name]} s", file=sys.stderr, flush=True)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+    times = time_interleaved(steps, args.rounds)
 
     median = {name: statistics.median(t) for name, t in times.items()}
     options = " ".join(f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}"

@@ -1,5 +1,6 @@
 """adabits: one quantized network that runs at many bit-widths (AdaBits + SAT)."""
 
+from .errors import AdabitsError, UserError
 from .models import create_model, list_models, register_model
 from .quant import (
     QConv2d,
@@ -19,7 +20,7 @@ from .quant import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "QConv2d", "QLinear", "QuantConfig", "SwitchBatchNorm2d", "calibrate_bn", "create_model", "get_bits",
+    "AdabitsError", "QConv2d", "QLinear", "QuantConfig", "SwitchBatchNorm2d", "calibrate_bn", "create_model", "get_bits",
     "get_bits_list", "list_models", "load_fp_state_dict", "quantize_model", "recalibrate_bn", "register_model",
-    "set_bits", "use_bits",
+    "set_bits", "use_bits", "UserError",
 ]

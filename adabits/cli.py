@@ -151,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.keys:
         _list_keys()
         return 0
-    from .data import DataError
-    from .engine import Interrupted, UserError
+    from .engine import Interrupted
+    from .errors import UserError
 
     try:
         return run(args.command, args.args, getattr(args, "format", "packed"))
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted before training started; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UserError, DataError) as exc:
+    except UserError as exc:
         print(f"{_error_prefix()}{exc}", file=sys.stderr)
         return EXIT_USAGE
 

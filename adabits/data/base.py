@@ -11,9 +11,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-
-class DataError(RuntimeError):
-    """A dataset cannot be found or read; the message says how to fix it (shown without traceback)."""
+from ..errors import DataError
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ExportError
 from ..models.common import as_float_input
 from ..quant.bitwidth import FULL_PRECISION, get_bits, parse_bits, set_bits
 from ..quant.layers import QuantLayerMixin, SwitchBatchNorm2d
@@ -60,10 +61,6 @@ MAX_INTEGER_BITS = 8
 BIAS_MODES = ("int32_fine", "int32", "float")
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-
-
-class ExportError(ValueError):
-    """The model (or one of its layers) uses something the exported format cannot express."""
 
 
 class FloatWeightsWarning(UserWarning):

@@ -216,8 +216,18 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
             for bn in self.bn[1:]:
                 bn.weight, bn.bias = self.bn[0].weight, self.bn[0].bias
 
+    @property
+    def shared(self) -> bool:
+        """True when one BatchNorm2d serves every bit-width (`switchbn=False`)."""
+        return len(self.bn) == 1
+
+    @property
+    def active(self) -> nn.BatchNorm2d:
+        """The BatchNorm2d this module runs at the current bit-width."""
+        return self.bn[0 if self.shared else self.bits_index]  # type: ignore[return-value]
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.bn[self.bits_index if len(self.bn) > 1 else 0](x)
+        return self.active(x)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override]
         """Spread the keys of a plain BatchNorm2d (prefix.weight, ...) into every per-bit BN."""

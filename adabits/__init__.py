@@ -6,6 +6,7 @@ from .quant import (
     QConv2d,
     QLinear,
     QuantConfig,
+    QuantLayer,
     SwitchBatchNorm2d,
     calibrate_bn,
     get_bits,
@@ -20,7 +21,7 @@ from .quant import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdabitsError", "QConv2d", "QLinear", "QuantConfig", "SwitchBatchNorm2d", "calibrate_bn", "create_model", "get_bits",
+    "AdabitsError", "QConv2d", "QLinear", "QuantConfig", "QuantLayer", "SwitchBatchNorm2d", "calibrate_bn", "create_model", "get_bits",
     "get_bits_list", "list_models", "load_fp_state_dict", "quantize_model", "recalibrate_bn", "register_model",
     "set_bits", "use_bits", "UserError",
 ]

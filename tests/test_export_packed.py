@@ -10,6 +10,7 @@ from safetensors import safe_open
 
 import adabits
 from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
+from adabits.errors import PackedFormatError
 from adabits.export import load_packed, save_packed
 from adabits.export.packed import pack_codes, unpack_codes
 from adabits.quant.calibrate import calibrate_bn
@@ -108,8 +109,8 @@ def test_full_precision_entry_stores_the_float_weight_and_calibrated_bits_surviv
 
 
 def test_load_packed_errors(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="packed model not found"):
+    with pytest.raises(PackedFormatError, match="packed model not found"):
         load_packed(tmp_path / "absent.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
+    with pytest.raises(PackedFormatError, match="not a readable safetensors file"):
         load_packed(tmp_path / "junk.safetensors")

@@ -1,4 +1,4 @@
-"""MACs, parameters, BitOPs and model size per bit-width (SPEC section 9), from one real forward.
+"""MACs, parameters, BitOPs and model size per bit-width, from one real forward.
 
 Forward hooks on the leaf layers that do arithmetic (Conv2d, Linear, BatchNorm2d; quantized layers
 are their subclasses) see the actual output shapes, so every layer is counted exactly once, with
@@ -22,9 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from ..quant.bitwidth import FULL_PRECISION, get_bits_list, use_bits
-from ..quant.layers import QuantLayerMixin
+from ..quant.layers import QuantLayer
 
-FLOAT_BITS = 32
 
 
 @dataclass
@@ -63,17 +62,16 @@ class BitsProfile:
 
 def _weight_cost(name: str, module: nn.Module, macs: int) -> LayerCost:
     """Cost of one conv or linear layer at the bits it currently runs at."""
-    quantized = isinstance(module, QuantLayerMixin)
-    weight_bits = min(module.weight_bits, FLOAT_BITS) if quantized else FLOAT_BITS
-    act_bits = min(module.act_bits, FLOAT_BITS) if quantized else FLOAT_BITS
+    quantized = isinstance(module, QuantLayer)
+    weight_bits = min(module.weight_bits, FULL_PRECISION) if quantized else FULL_PRECISION
+    act_bits = min(module.act_bits, FULL_PRECISION) if quantized else FULL_PRECISION
     weights = module.weight.numel()
     extras = module.bias.numel() if module.bias is not None else 0
-    alpha = getattr(module, "alpha", None)
-    if quantized and alpha is not None and (module.act_bits < FULL_PRECISION or module.pact_fp):
+    if quantized and module.clips_input:
         extras += 1  # the one clipping level this bit-width uses
     kind = "linear" if isinstance(module, nn.Linear) else "conv"
     return LayerCost(name, kind, macs, weights + extras, weight_bits, act_bits,
-                     weights * weight_bits + extras * FLOAT_BITS, weights + extras)
+                     weights * weight_bits + extras * FULL_PRECISION, weights + extras)
 
 
 def _layer_cost(name: str, module: nn.Module, output: Tensor) -> LayerCost | None:
@@ -86,8 +84,8 @@ def _layer_cost(name: str, module: nn.Module, output: Tensor) -> LayerCost | Non
     if isinstance(module, nn.BatchNorm2d):
         channels = module.num_features
         stored = 4 * channels  # gamma, beta, running mean and variance
-        return LayerCost(name, "bn", output.numel() // output.shape[0], 2 * channels, FLOAT_BITS, FLOAT_BITS,
-                         stored * FLOAT_BITS, stored)
+        return LayerCost(name, "bn", output.numel() // output.shape[0], 2 * channels, FULL_PRECISION, FULL_PRECISION,
+                         stored * FULL_PRECISION, stored)
     return None
 
 

@@ -1,8 +1,8 @@
 """A quantized layer as integer-kernel operands: BN folded in, int8 weights, int32 bias on the finest grid.
 
-A quantized conv/linear layer at b bits computes w * x with w = m * step * sat (integer codes m,
-SPEC sections 1-3) on activation codes k with x = k * alpha / (2^b - 1) (SPEC section 4), then its
-BN. Folding the BN gives, per output channel c,
+A quantized conv/linear layer at b bits computes w * x with w = m * step * sat (its signed integer
+codes m, `QuantLayer.signed_weight_codes`, and SAT scale, `QuantLayer.weight_sat_scale`) on
+activation codes k with x = k * scale (`QuantLayer.input_scale`), then its BN. Folding the BN gives, per output channel c,
 
     y[c] = (sum m k) * x_scale * w_scale[c] + bias[c],
 
@@ -26,9 +26,7 @@ import torch
 from torch import nn
 
 from ..quant.bitwidth import FULL_PRECISION
-from ..quant.functional import quantize_weight, sat_scale
-from ..quant.layers import QuantLayerMixin
-from .packed import weight_codes
+from ..quant.layers import QuantLayer
 
 PAIR_PRODUCT_LIMIT = 16383  # two products of this size still fit int16 (32767)
 INT8_MAX = 127
@@ -67,29 +65,7 @@ class Int8Operands:
     bias_scale: np.ndarray  # float32 per output channel
 
 
-def signed_codes(layer: QuantLayerMixin) -> tuple[np.ndarray, float]:
-    """The weight as signed integers m with w = m * step (before SAT): SPEC section 1.
-
-    `modified` codes k - 2^(b-1) fit int8 for b <= 8; `centered` and `original` codes are odd
-    integers up to 2^b - 1, which need 9 bits at b = 8.
-    """
-    bits, scheme = layer.weight_bits, layer.weight_quant_scheme
-    k = weight_codes(layer.weight, bits, scheme).numpy()
-    if scheme == "modified":
-        return k - 2 ** (bits - 1), 2.0 ** (1 - bits)
-    if scheme == "centered":
-        return 2 * k + 1 - 2**bits, 2.0**-bits
-    return 2 * k - (2**bits - 1), 1.0 / (2**bits - 1)
-
-
-def _sat(layer: QuantLayerMixin) -> float:
-    if not layer.rescale:
-        return 1.0
-    quantized = quantize_weight(layer.weight, layer.weight_bits, layer.weight_quant_scheme, layer.clamp)
-    return float(sat_scale(quantized, layer.weight, layer.fan_out, layer.rescale_type))
-
-
-def fold_layer(layer: QuantLayerMixin, bn: nn.BatchNorm2d | None) -> FoldedLayer:
+def fold_layer(layer: QuantLayer, bn: nn.BatchNorm2d | None) -> FoldedLayer:
     """The layer at its current bit-width with `bn` (eval statistics) folded in, in float64."""
     out = layer.weight.shape[0]
     gain = np.ones(out)
@@ -98,8 +74,9 @@ def fold_layer(layer: QuantLayerMixin, bn: nn.BatchNorm2d | None) -> FoldedLayer
         gain = (bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
         bias = bn.bias.detach().double().numpy() + (bias - bn.running_mean.double().numpy()) * gain
     if layer.weight_bits < FULL_PRECISION:
-        codes, step = signed_codes(layer)
-        return FoldedLayer(codes, step * _sat(layer) * gain, None, bias)
+        codes, step = layer.signed_weight_codes()
+        sat = float(layer.weight_sat_scale())
+        return FoldedLayer(codes.cpu().numpy(), step * sat * gain, None, bias)
     weight = layer.quantized_weight().detach().double().numpy()
     return FoldedLayer(None, np.ones(out), weight * gain.reshape(-1, *([1] * (weight.ndim - 1))), bias)
 

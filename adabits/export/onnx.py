@@ -2,9 +2,11 @@
 
 The graph is built node by node with `onnx.helper` from a torch.fx trace of the model (quantized
 layers and switchable BNs are leaves), because the QDQ form ONNX Runtime fuses is simple and
-fully determined by the quantizers (SPEC sections 1-4), and no tracer could infer it:
+fully determined by the quantizers, and no tracer could infer it. Every number comes from the
+layers' own contract (`QuantLayer.input_scale`, `signed_weight_codes`, `weight_sat_scale`,
+`SwitchBatchNorm2d.active`), so the graph computes what the layer computes:
 
-- a quantized layer's input: QuantizeLinear to uint8 with scale alpha / (2^b - 1) and zero point 0
+- a quantized layer's input: QuantizeLinear to uint8 with the layer's input scale and zero point 0
   (the PACT clip at 0 and the rounding are the quantizer's own), then a Clip of the codes at
   2^b - 1 when b < 8 (the clip at alpha);
 - the first layer reads the raw image as uint8 codes with scale 1 when the model takes
@@ -52,7 +54,7 @@ from torch import Tensor, nn
 from ..errors import ExportError
 from ..models.common import as_float_input
 from ..quant.bitwidth import FULL_PRECISION, get_bits, parse_bits, set_bits
-from ..quant.layers import QuantLayerMixin, SwitchBatchNorm2d
+from ..quant.layers import QuantLayer, SwitchBatchNorm2d
 from .int8_layer import UINT8_MAX, FoldedLayer, fold_layer, int8_operands
 from .onnx_graph import FLOAT, GraphBuilder, Value
 
@@ -71,7 +73,7 @@ class _LeafTracer(fx.Tracer):
     """Keeps quantized layers and switchable BNs as single nodes (the exporter converts them whole)."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, (QuantLayerMixin, SwitchBatchNorm2d)) or super().is_leaf_module(module, qualified_name)
+        return isinstance(module, (QuantLayer, SwitchBatchNorm2d)) or super().is_leaf_module(module, qualified_name)
 
 
 @dataclass
@@ -97,32 +99,24 @@ class _Converter:
         self.float_layers: list[str] = []  # would run as integer kernels, but their codes need 9 bits
 
     # ------------------------------------------------------------------ quantized layers
-    def _input_codes(self, layer: QuantLayerMixin, name: str, x: Value) -> _Codes | None:
+    def _input_codes(self, layer: QuantLayer, name: str, x: Value) -> _Codes | None:
         """The layer's input as integer codes (an integer export of a quantizing layer, or the raw image)."""
         g = self.g
-        alpha = self._alpha(layer)
-        if alpha is None or layer.act_bits >= FULL_PRECISION:
+        if not layer.quantizes_input:
             return _Codes(x.name, 1.0, UINT8_MAX) if x.image and self.integer else None
         if not self.integer:
             raise ExportError(f"layer {name} quantizes its input at {layer.act_bits} bits; a float export "
                               "(bits 32) must not")
         self._check_activation(layer, name)
-        levels = 2**layer.act_bits - 1
-        scale = np.float32(alpha / levels)
+        levels = layer.input_max_code()
+        scale = np.float32(layer.input_scale())
         zero = g.const(np.uint8(0), f"{name}.x_zero")
         codes = g.node("QuantizeLinear", [g.as_float(x), g.const(scale, f"{name}.x_scale"), zero], f"{name}.x_q")
         if levels < UINT8_MAX:
             codes = g.node("Clip", [codes, zero, g.const(np.uint8(levels), f"{name}.x_max")], f"{name}.x_clip")
         return _Codes(codes, float(scale), levels)
 
-    @staticmethod
-    def _alpha(layer: QuantLayerMixin) -> float | None:
-        if layer.alpha is None:
-            return None
-        alpha = layer.alpha.detach()
-        return float((alpha[layer.bits_index] if alpha.numel() > 1 else alpha).abs())
-
-    def _float_input(self, layer: QuantLayerMixin, name: str, x: Value, codes: _Codes | None) -> str:
+    def _float_input(self, layer: QuantLayer, name: str, x: Value, codes: _Codes | None) -> str:
         """The layer's input as float: codes times their scale, or the float tensor (PACT-clipped for pact_fp)."""
         g = self.g
         if codes is not None:
@@ -131,15 +125,16 @@ class _Converter:
                 return value
             return g.node("Mul", [value, g.const(np.float32(codes.scale), f"{name}.x_scale")], f"{name}.x")
         src = g.as_float(x)
-        alpha = self._alpha(layer)
-        if alpha is not None and layer.pact_fp:
+        level = layer.current_alpha()
+        if level is not None and layer.clips_input:
+            alpha = float(level.detach().abs())
             low = g.const(np.float32(-alpha if layer.double_side else 0.0), f"{name}.clip_lo")
             src = g.node("Clip", [src, low, g.const(np.float32(alpha), f"{name}.clip_hi")], f"{name}.clip")
         return src
 
     @staticmethod
-    def _check_activation(layer: QuantLayerMixin, name: str) -> None:
-        if layer.act_quant_scheme != "original":
+    def _check_activation(layer: QuantLayer, name: str) -> None:
+        if not layer.act_scheme.quantize_linear_exact:
             raise ExportError(f"layer {name}: act_quant_scheme {layer.act_quant_scheme!r} cannot be exported; "
                               "QuantizeLinear rounds to integer codes with an integer zero point, which is "
                               "the 'original' scheme only")
@@ -169,7 +164,7 @@ class _Converter:
                                            g.const(np.zeros(out, np.int32), f"{name}.b_zero")], f"{name}.b", axis=0)
         return x, weight, bias
 
-    def _quant_layer(self, node: fx.Node, layer: QuantLayerMixin) -> Value:
+    def _quant_layer(self, node: fx.Node, layer: QuantLayer) -> Value:
         g = self.g
         name = str(node.target)
         if isinstance(layer, nn.Conv2d) and (isinstance(layer.padding, str) or layer.padding_mode != "zeros"):
@@ -178,8 +173,7 @@ class _Converter:
         bn_node = self._foldable_bn(node)
         bn = None
         if bn_node is not None:
-            switch = self.modules[str(bn_node.target)]
-            bn = switch.bn[switch.bits_index if len(switch.bn) > 1 else 0]
+            bn = self.modules[str(bn_node.target)].active
             self.folded_bn.add(bn_node)
         source = self.values[node.args[0]]
         codes = self._input_codes(layer, name, source)
@@ -215,8 +209,7 @@ class _Converter:
             if isinstance(module, nn.ReLU) or (user.op == "call_function" and user.target in (F.relu, torch.relu)):
                 if not self._feeds_only_quantizers(user):
                     return False
-            elif not (isinstance(module, QuantLayerMixin) and module.alpha is not None
-                      and module.act_bits < FULL_PRECISION):
+            elif not (isinstance(module, QuantLayer) and module.quantizes_input):
                 return False
         return bool(users)
 
@@ -231,10 +224,10 @@ class _Converter:
         g = self.g
         name = str(node.target)
         x = self.values[node.args[0]]
-        if isinstance(module, QuantLayerMixin):
+        if isinstance(module, QuantLayer):
             return self._quant_layer(node, module)
         if isinstance(module, SwitchBatchNorm2d):
-            bn = module.bn[module.bits_index if len(module.bn) > 1 else 0]
+            bn = module.active
             params = [g.const(t.detach().float().numpy(), f"{name}.{k}") for k, t in
                       (("scale", bn.weight), ("bias", bn.bias), ("mean", bn.running_mean), ("var", bn.running_var))]
             return Value(g.node("BatchNormalization", [g.as_float(x), *params], name, epsilon=bn.eps))

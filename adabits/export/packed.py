@@ -1,6 +1,6 @@
 """One safetensors file for every bit-width: each weight stored once, as bit-packed integer codes.
 
-For the nested weight schemes (`modified`, `centered`, SPEC section 1) the b-bit code of a weight is
+For the nested weight schemes (`modified`, `centered`: `QuantScheme.nested`) the b-bit code of a weight is
 its B-bit code shifted right by B - b bits, so a layer stores only the codes of its highest weight
 bit-width B, packed B bits per weight, and derives every lower one at load time. `original`
 (DoReFa, round(x (2^b - 1))) is not nested: such a layer stores the packed codes of every weight
@@ -27,14 +27,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..errors import PackedFormatError
 from ..models import create_model
-from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits_list, parse_bits, use_bits
+from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits_list, parse_bits
 from ..quant.calibrate import add_bits
-from ..quant.functional import _codes_to_unit, normalize_weight, quantize_codes, quantize_weight, sat_scale
-from ..quant.layers import QConv2d, QLinear, QuantLayerMixin
+from ..quant.layers import QuantLayer
+from ..quant.schemes import QuantScheme, SchemeError, get_scheme
 
 FORMAT = "adabits-packed-v1"
-NESTED_SCHEMES = ("modified", "centered")
 
 
 def pack_codes(codes: Tensor, bits: int) -> Tensor:
@@ -50,42 +50,19 @@ def unpack_codes(packed: Tensor, bits: int, count: int) -> Tensor:
     return torch.from_numpy((planes.astype(np.int64) << np.arange(bits)).sum(axis=1))
 
 
-def weight_codes(weight: Tensor, bits: int, scheme: str) -> Tensor:
-    """The integer codes k that `quantize_weight(weight, bits, scheme)` uses (SPEC sections 1-2)."""
-    unit = (normalize_weight(weight.detach().float()) + 1) / 2
-    return quantize_codes(unit, bits, scheme).to(torch.int64)
+def _quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer)}
 
 
-def codes_to_weight(codes: Tensor, bits: int, scheme: str) -> Tensor:
-    """2 q - 1 from the codes, with the same float operations as the fake-quant forward."""
-    return 2 * _codes_to_unit(codes.float(), bits, scheme) - 1
+def _weight_bits_per_entry(layer: QuantLayer) -> list[int]:
+    """The weight bits the layer runs at for each entry of its bits_list (its first/last-layer policy applied)."""
+    return [layer.runs_at(pair)[0] for pair in layer.bits_list]
 
 
-def _weight_bits_per_entry(model: nn.Module, layers: Mapping[str, QuantLayerMixin]) -> dict[str, list[int]]:
-    """For every quantized layer, its effective weight bits at each entry of the bits_list."""
-    table: dict[str, list[int]] = {name: [] for name in layers}
-    for bits in get_bits_list(model):
-        with use_bits(model, bits):
-            for name, layer in layers.items():
-                table[name].append(layer.weight_bits)
-    return table
-
-
-def _sat_scale(layer: QuantLayerMixin, weight_bits: int) -> Tensor:
-    """The SAT scale the fake-quant forward multiplies this layer's weight by at `weight_bits`."""
-    quantized = quantize_weight(layer.weight, weight_bits, layer.weight_quant_scheme, layer.clamp)
-    return sat_scale(quantized, layer.weight, layer.fan_out, layer.rescale_type).reshape(()).float()
-
-
-def _quant_layers(model: nn.Module) -> dict[str, QuantLayerMixin]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLayerMixin)}
-
-
-def _stored_code_bits(scheme: str, weight_bits: list[int]) -> list[int]:
+def stored_code_bits(scheme: QuantScheme, weight_bits: list[int]) -> list[int]:
+    """The bit-widths whose codes a layer stores: the highest alone for a nested scheme, else each one."""
     quantized = sorted({b for b in weight_bits if b < FULL_PRECISION})
-    if scheme in NESTED_SCHEMES:
-        return quantized[-1:]
-    return quantized
+    return quantized[-1:] if scheme.nested else quantized
 
 
 @torch.no_grad()
@@ -94,28 +71,28 @@ def save_packed(model: nn.Module, path: str | Path, *, model_name: str, model_kw
     any calibrated bit-widths) to `path`, atomically. Returns a summary of what was stored."""
     layers = _quant_layers(model)
     if not layers:
-        raise ValueError("save_packed needs a model with quantized layers (adabits.create_model)")
+        raise PackedFormatError("save_packed needs a model with quantized layers (adabits.create_model)")
     built_bits = [parse_bits(b) for b in model_kwargs.get("bits_list", ())]
     all_bits = [parse_bits(b) for b in get_bits_list(model)]
     if all_bits[: len(built_bits)] != built_bits:
-        raise ValueError(f"model_kwargs bits_list {model_kwargs.get('bits_list')} is not the start of the "
+        raise PackedFormatError(f"model_kwargs bits_list {model_kwargs.get('bits_list')} is not the start of the "
                          f"model's bits_list {get_bits_list(model)}")
-    per_entry = _weight_bits_per_entry(model, layers)
     tensors: dict[str, Tensor] = {}
     weight_keys = set()
     layout: dict[str, dict[str, Any]] = {}
     for name, layer in layers.items():
-        scheme = layer.weight_quant_scheme
-        code_bits = _stored_code_bits(scheme, per_entry[name])
+        per_entry = _weight_bits_per_entry(layer)
+        code_bits = stored_code_bits(layer.weight_scheme, per_entry)
+        shape = list(layer.weight_codes(code_bits[0]).shape) if code_bits else list(layer.weight.shape)
         for b in code_bits:
-            tensors[f"{name}.weight_codes.{b}"] = pack_codes(weight_codes(layer.weight, b, scheme), b)
-        if FULL_PRECISION in per_entry[name] or not code_bits:
+            tensors[f"{name}.weight_codes.{b}"] = pack_codes(layer.weight_codes(b), b)
+        if FULL_PRECISION in per_entry or not code_bits:
             tensors[f"{name}.weight"] = layer.weight.detach().float().clone()
         if layer.rescale:
-            tensors[f"{name}.sat_scale"] = torch.stack([_sat_scale(layer, b) for b in per_entry[name]])
+            tensors[f"{name}.sat_scale"] = torch.stack([layer.weight_sat_scale(b).cpu() for b in per_entry])
         weight_keys.add(f"{name}.weight")
-        layout[name] = {"scheme": scheme, "code_bits": code_bits, "weight_bits": per_entry[name],
-                        "shape": list(layer.weight.shape)}
+        layout[name] = {"scheme": layer.weight_quant_scheme, "code_bits": code_bits, "weight_bits": per_entry,
+                        "shape": shape}
     for key, value in model.state_dict().items():
         if key not in weight_keys:
             tensors[key] = value.detach().clone().contiguous()
@@ -146,87 +123,101 @@ def _save_atomic(tensors: dict[str, Tensor], metadata: dict[str, str], path: Pat
 
 
 
-class PackedWeightMixin:
-    """A quantized layer whose weights come from stored integer codes instead of a float weight.
+class StoredCodes(nn.Module):
+    """A quantized layer's weight as the integer codes of a packed file (`QuantLayer.use_stored_weight`).
 
-    Only `quantized_weight` changes; forward, bit switching, BN and alpha stay the library's.
-    The codes (one buffer per stored bit-width, `codes_<b>`) and the per-entry SAT scales
-    (`sat_scales`) are buffers, so `.to(device)` moves them.
+    Holds the codes of each stored bit-width (a nested scheme's lower bit-widths are right shifts
+    of its highest) and the SAT scale of each weight bit-width, as buffers, so `.to(device)`
+    moves them; the layer turns them into its weight with its own scheme.
     """
 
-    weight_bits: int
-    bits_index: int
-    code_bits: tuple[int, ...]
-    packed_scheme: str
+    def __init__(self, scheme: QuantScheme, codes: Mapping[int, Tensor], sat_scales: Mapping[int, Tensor]) -> None:
+        super().__init__()
+        self.nested = scheme.nested
+        self.code_bits = tuple(sorted(codes))
+        self.sat_bits = tuple(sorted(sat_scales))
+        for b, value in codes.items():
+            self.register_buffer(f"codes_{b}", value.to(torch.uint8 if b <= 8 else torch.int32), persistent=False)
+        for b, value in sat_scales.items():
+            self.register_buffer(f"sat_{b}", value.reshape(()).float(), persistent=False)
 
-    def quantized_weight(self) -> Tensor:  # type: ignore[override]
-        bits = self.weight_bits
-        if bits >= FULL_PRECISION:
-            return super().quantized_weight()  # type: ignore[misc]  # the stored float weight
-        stored = min(b for b in self.code_bits if b >= bits)
-        codes = getattr(self, f"codes_{stored}") >> (stored - bits)
-        weight = codes_to_weight(codes, bits, self.packed_scheme)
-        sat = getattr(self, "sat_scales", None)
-        return weight if sat is None else weight * sat[self.bits_index]
+    def codes(self, bits: int) -> Tensor:
+        stored = min((b for b in self.code_bits if b >= bits), default=None)
+        if stored is None or (stored != bits and not self.nested):
+            raise PackedFormatError(f"no stored weight codes for {bits} bits (stored: {list(self.code_bits)})")
+        return getattr(self, f"codes_{stored}").to(torch.int64) >> (stored - bits)
 
+    def sat_scale(self, bits: int) -> Tensor:
+        if bits not in self.sat_bits:
+            raise PackedFormatError(f"no stored SAT scale for {bits} bits (stored: {list(self.sat_bits)})")
+        return getattr(self, f"sat_{bits}")
 
-class PackedQConv2d(PackedWeightMixin, QConv2d):
-    """QConv2d with weights from integer codes (built by `load_packed`)."""
-
-
-class PackedQLinear(PackedWeightMixin, QLinear):
-    """QLinear with weights from integer codes (built by `load_packed`)."""
-
-
-PACKED_CLASSES: dict[type, type] = {QConv2d: PackedQConv2d, QLinear: PackedQLinear}
+    def extra_repr(self) -> str:
+        return f"code_bits={list(self.code_bits)}"
 
 
 def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     if not path.is_file():
-        raise FileNotFoundError(f"packed model not found: {path}")
+        raise PackedFormatError(f"packed model not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
     except (OSError, ValueError, SafetensorError) as exc:
-        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+        raise PackedFormatError(f"{path} is not a readable safetensors file: {exc}") from None
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a packed adabits model (no '{FORMAT}' marker in its metadata)")
+        raise PackedFormatError(f"{path} is not a packed adabits model (no '{FORMAT}' marker in its metadata)")
     return tensors, metadata
 
 
-def _use_codes(layer: QuantLayerMixin, name: str, info: dict, tensors: dict[str, Tensor]) -> None:
-    """Turn a freshly built layer into its packed twin holding the stored codes and SAT scales."""
-    layer.__class__ = PACKED_CLASSES[type(layer)]  # same fields, one overridden method
+def _stored_codes(name: str, info: dict[str, Any], tensors: dict[str, Tensor]) -> StoredCodes:
+    """The codes and SAT scales of one layer, taken out of the file's tensors."""
+    scheme = get_scheme(info["scheme"])
     count = int(np.prod(info["shape"]))
-    layer.code_bits = tuple(info["code_bits"])
-    layer.packed_scheme = info["scheme"]
-    for b in layer.code_bits:
-        codes = unpack_codes(tensors.pop(f"{name}.weight_codes.{b}"), b, count).reshape(info["shape"])
-        layer.register_buffer(f"codes_{b}", codes.to(torch.uint8 if b <= 8 else torch.int32), persistent=False)
+    codes = {int(b): unpack_codes(tensors.pop(f"{name}.weight_codes.{b}"), int(b), count).reshape(info["shape"])
+             for b in info["code_bits"]}
     sat = tensors.pop(f"{name}.sat_scale", None)
-    if sat is not None:
-        layer.register_buffer("sat_scales", sat, persistent=False)
-    if f"{name}.weight" not in tensors:  # never runs at full precision: no float weight kept
-        layer.weight = nn.Parameter(torch.empty(0, device=layer.weight.device), requires_grad=False)
+    sat_scales = dict(zip(info["weight_bits"], sat)) if sat is not None else {}
+    return StoredCodes(scheme, codes, sat_scales)
+
+
+def _metadata(meta: dict[str, str], path: Path) -> tuple[str, dict[str, Any], list[Any], dict[str, Any]]:
+    """(model name, model kwargs, calibrated bit-widths, layer layout) from the file's metadata."""
+    try:
+        return (meta["model_name"], json.loads(meta["model_kwargs"]), json.loads(meta["calibrated_bits"]),
+                json.loads(meta["layers"]))
+    except (KeyError, ValueError) as exc:
+        raise PackedFormatError(f"{path}: its metadata is incomplete or malformed ({type(exc).__name__}: {exc})") from None
 
 
 def load_packed(path: str | Path) -> nn.Module:
     """Rebuild the model stored by `save_packed`; it runs at every stored bit-width, in eval mode."""
     path = Path(path)
     tensors, meta = _read(path)
-    model = create_model(meta["model_name"], **json.loads(meta["model_kwargs"]))
-    for bits in json.loads(meta["calibrated_bits"]):
-        add_bits(model, bits)
-    layout = json.loads(meta["layers"])
+    model_name, model_kwargs, calibrated, layout = _metadata(meta, path)
+    try:
+        model = create_model(model_name, **model_kwargs)
+        for bits in calibrated:
+            add_bits(model, bits)
+    except ValueError as exc:
+        raise PackedFormatError(f"{path}: its metadata does not build a model ({exc})") from None
     layers = _quant_layers(model)
     if set(layers) != set(layout):
-        raise ValueError(f"{path}: its layers do not match model {meta['model_name']} "
-                         f"(missing: {sorted(set(layers) - set(layout))[:5]}, extra: {sorted(set(layout) - set(layers))[:5]})")
+        raise PackedFormatError(f"{path}: its layers do not match model {model_name} "
+                                f"(missing: {sorted(set(layers) - set(layout))[:5]}, extra: {sorted(set(layout) - set(layers))[:5]})")
     for name, layer in layers.items():
-        _use_codes(layer, name, layout[name], tensors)
+        info = layout[name]
+        if info.get("scheme") != layer.weight_quant_scheme:
+            raise PackedFormatError(f"{path}: layer {name} stores {info.get('scheme')!r} codes, but the model it "
+                                    f"describes quantizes with {layer.weight_quant_scheme!r}")
+        try:
+            stored = _stored_codes(name, info, tensors)
+        except (KeyError, ValueError, TypeError, SchemeError) as exc:
+            raise PackedFormatError(f"{path}: layer {name} has missing or malformed codes ({exc})") from None
+        layer.use_stored_weight(stored, keep_float_weight=f"{name}.weight" in tensors)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if not (k.endswith(".weight") and k[: -len(".weight")] in layers)]
     if missing or unexpected:
-        raise ValueError(f"{path} does not fit model {meta['model_name']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise PackedFormatError(f"{path} does not fit model {model_name}: missing {missing[:5]}, "
+                                f"unexpected {unexpected[:5]}")
     return model.eval()

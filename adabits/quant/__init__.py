@@ -1,15 +1,18 @@
 """Quantization: pure functions, switchable layers, bit-width switching, model conversion.
 
-Imports only torch: it knows nothing of training, data or config files.
+Imports only torch (and adabits.errors, which imports nothing): it knows nothing of training, data
+or config files. `QuantLayer` and `SwitchBatchNorm2d` are the contract everything else reads.
 """
 
 from .bitwidth import get_bits, get_bits_list, set_bits, use_bits
 from .calibrate import add_bits, calibrate_bn, recalibrate_bn
 from .config import QuantConfig
 from .convert import load_fp_state_dict, quantize_model
-from .layers import QConv2d, QLinear, SwitchBatchNorm2d
+from .layers import QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
+from .schemes import SCHEMES, QuantScheme, get_scheme
 
 __all__ = [
-    "QConv2d", "QLinear", "QuantConfig", "SwitchBatchNorm2d", "add_bits", "calibrate_bn", "get_bits", "get_bits_list",
-    "load_fp_state_dict", "quantize_model", "recalibrate_bn", "set_bits", "use_bits",
+    "SCHEMES", "QConv2d", "QLinear", "QuantConfig", "QuantLayer", "QuantScheme", "SwitchBatchNorm2d", "add_bits",
+    "calibrate_bn", "get_bits", "get_bits_list", "get_scheme", "load_fp_state_dict", "quantize_model",
+    "recalibrate_bn", "set_bits", "use_bits",
 ]

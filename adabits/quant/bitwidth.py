@@ -12,16 +12,18 @@ from typing import Union
 
 from torch import nn
 
+from ..errors import BitWidthError
+
 Bits = Union[int, tuple[int, int]]
 BitPair = tuple[int, int]
-FULL_PRECISION = 32
+FULL_PRECISION = 32  # the one definition of "full precision" in the package
 
 
 def _check_one(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer from 1 to {FULL_PRECISION}, got {value!r} ({type(value).__name__})")
+        raise BitWidthError(f"{what} must be an integer from 1 to {FULL_PRECISION}, got {value!r} ({type(value).__name__})")
     if not 1 <= value <= FULL_PRECISION:
-        raise ValueError(f"{what} must be from 1 to {FULL_PRECISION} (32 = full precision), got {value}")
+        raise BitWidthError(f"{what} must be from 1 to {FULL_PRECISION} (32 = full precision), got {value}")
     return value
 
 
@@ -29,7 +31,7 @@ def parse_bits(bits: object) -> BitPair:
     """Validate a bit-width given as int or (weight, activation) pair and return the pair."""
     if isinstance(bits, (tuple, list)):
         if len(bits) != 2:
-            raise ValueError(f"a bit-width pair must be (weight_bits, act_bits), got {bits!r}")
+            raise BitWidthError(f"a bit-width pair must be (weight_bits, act_bits), got {bits!r}")
         return _check_one(bits[0], "weight bits"), _check_one(bits[1], "activation bits")
     value = _check_one(bits, "bit-width")
     return value, value
@@ -44,9 +46,9 @@ def parse_bits_list(bits_list: Iterable[object]) -> tuple[BitPair, ...]:
     """Validate a bits_list: non-empty, no duplicates."""
     pairs = tuple(parse_bits(b) for b in bits_list)
     if not pairs:
-        raise ValueError("bits_list must not be empty")
+        raise BitWidthError("bits_list must not be empty")
     if len(set(pairs)) != len(pairs):
-        raise ValueError(f"bits_list has duplicates: {[format_bits(p) for p in pairs]}")
+        raise BitWidthError(f"bits_list has duplicates: {[format_bits(p) for p in pairs]}")
     return pairs
 
 
@@ -54,7 +56,8 @@ class BitSwitchable:
     """Mixin of every module whose computation depends on the current bit-width.
 
     Subclasses call `_init_bits` in their constructor and read `self.bits` (a pair) and
-    `self.bits_index` (position in bits_list, which selects per-bit BN and alpha).
+    `self.bits_index` (position in bits_list, which selects per-bit BN and alpha). Both are the
+    module's own business: readers outside adabits.quant use the modules' methods instead.
     """
 
     bits_list: tuple[BitPair, ...]
@@ -70,6 +73,16 @@ class BitSwitchable:
         self.bits_index = self.bits_list.index(bits)
         self.bits = bits
 
+    def add_bits(self, bits: BitPair) -> None:
+        """Make `bits` one more allowed bit-width, at the end of bits_list (subclasses add its per-bit state)."""
+        self.bits_list = (*self.bits_list, bits)
+        self.switch_bits(self.bits)  # refresh bits_index against the longer list
+
+
+def nearest_bits(pairs: Sequence[BitPair], target: BitPair) -> int:
+    """Index of the bit-width closest to `target` in activation bits (ties: the higher one)."""
+    return min(range(len(pairs)), key=lambda i: (abs(pairs[i][1] - target[1]), -pairs[i][1]))
+
 
 def switchable_modules(model: nn.Module) -> list[BitSwitchable]:
     return [m for m in model.modules() if isinstance(m, BitSwitchable)]
@@ -78,7 +91,7 @@ def switchable_modules(model: nn.Module) -> list[BitSwitchable]:
 def _require_switchable(model: nn.Module) -> list[BitSwitchable]:
     modules = switchable_modules(model)
     if not modules:
-        raise ValueError(
+        raise BitWidthError(
             f"{type(model).__name__} has no bit-switchable layers; build it with adabits.create_model "
             "or convert it with adabits.quantize_model"
         )
@@ -100,7 +113,7 @@ def set_bits(model: nn.Module, bits: Bits) -> None:
     for module in modules:
         if pair not in module.bits_list:
             allowed = ", ".join(str(format_bits(p)) for p in module.bits_list)
-            raise ValueError(
+            raise BitWidthError(
                 f"bit-width {format_bits(pair)} is not one this model was trained or calibrated for; "
                 f"allowed: {allowed}"
             )

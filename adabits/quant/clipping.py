@@ -16,9 +16,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from .bitwidth import FULL_PRECISION, format_bits, switchable_modules, use_bits
+from .bitwidth import format_bits, switchable_modules, use_bits
 from .functional import quantize_unit
-from .layers import QuantLayerMixin
+from .layers import QuantLayer
 
 SAMPLE_SIZE = 1 << 16
 CANDIDATES = 100
@@ -58,7 +58,7 @@ def init_clipping_levels(model: nn.Module, images: Tensor, bits_list: Iterable[o
     chosen: dict = {}
     was_training = model.training
     model.eval()
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayerMixin) and m.alpha is not None}
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer) and m.alpha is not None}
     order = list(bits_list) if bits_list is not None else [format_bits(p) for p in modules[0].bits_list]
     try:
         for bits in order:
@@ -67,13 +67,13 @@ def init_clipping_levels(model: nn.Module, images: Tensor, bits_list: Iterable[o
             first = bits == order[0]
 
             def choose(name: str, levels: dict[str, float] = levels, first: bool = first):
-                def hook(layer: QuantLayerMixin, inputs: tuple) -> None:
-                    if layer.act_bits >= FULL_PRECISION or layer.alpha is None:
+                def hook(layer: QuantLayer, inputs: tuple) -> None:
+                    if not layer.quantizes_input:
                         return
-                    if layer.alpha.numel() == 1 and not first:
+                    if layer.alpha_shared and not first:
                         return  # a shared alpha is chosen once, at the first bit-width
                     alpha = mse_optimal_alpha(inputs[0], layer.act_bits, layer.act_quant_scheme, layer.double_side)
-                    layer.alpha[layer.bits_index if layer.alpha.numel() > 1 else 0] = alpha
+                    layer.set_current_alpha(alpha)
                     levels[name] = float(alpha)
                 return hook
 

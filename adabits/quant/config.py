@@ -1,4 +1,4 @@
-"""QuantConfig: the quantization options of SPEC sections 2-5 in one dataclass."""
+"""QuantConfig: every quantization option of a model (schemes, SAT rescale, switchable BN and alpha) in one dataclass."""
 
 from __future__ import annotations
 

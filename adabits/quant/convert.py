@@ -16,8 +16,9 @@ LAYER_OPTIONS = frozenset({"bitw_min", "bita_min", "weight_only", "pact_fp", "do
 
 
 def default_layer_policy(model: nn.Module, bits_list: Iterable[object]) -> dict[str, dict[str, Any]]:
-    """SPEC section 6 for an arbitrary model: the first conv/linear is weight-only and keeps the
-    highest bits (at least 8), with 8-bit input clipping; the last linear keeps the highest bits."""
+    """The papers' first/last-layer policy (AdaBits, SAT) for an arbitrary model: the first conv/linear
+    is weight-only and keeps the highest bits (at least 8), with 8-bit input clipping; the last linear
+    keeps the highest bits."""
     keep = max(max_bits(bits_list), 8)
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if not names:

@@ -1,4 +1,9 @@
-"""Pure tensor functions of the AdaBits + SAT quantizers (SPEC sections 1-4).
+"""Pure tensor functions of the AdaBits + SAT quantizers.
+
+The weight quantizer is DoReFa's (Zhou et al., 2016) with AdaBits' schemes (Jin, Yang and Liao,
+CVPR 2020; adabits.quant.schemes), the activation quantizer is PACT's (Choi et al., 2018) with a
+learned clipping level, and the weight rescaling is SAT's (Jin, Yang and Liao, arXiv:1912.10207).
+docs/architecture.md lists the formulas.
 
 Everything here is stateless: layers own the parameters and call these functions.
 No function reads a tensor value on the host, so none of them synchronises a device.
@@ -14,43 +19,46 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Scheme = Literal["original", "modified", "centered"]
-SCHEMES: tuple[str, ...] = ("original", "modified", "centered")
+from ..errors import UserError
+from .bitwidth import FULL_PRECISION
+from .schemes import SCHEMES, QuantScheme, SchemeName, get_scheme
+
+Scheme = SchemeName
 RescaleType = Literal["constant", "stddev"]
 RESCALE_TYPES: tuple[str, ...] = ("constant", "stddev")
-FULL_PRECISION = 32
+
+__all__ = [
+    "FULL_PRECISION", "RESCALE_TYPES", "SCHEMES", "check_scheme", "clip_activation", "codes_to_unit",
+    "codes_to_weight", "normalize_weight", "quantize_activation", "quantize_codes", "quantize_unit",
+    "quantize_weight", "sat_scale", "weight_codes",
+]
+
+
+class RescaleTypeError(UserError, ValueError):
+    """A rescale_type that is not one of RESCALE_TYPES."""
 
 
 def check_scheme(scheme: str) -> None:
-    """Raise a ValueError that lists the allowed schemes."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown quantization scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
+    """Raise a SchemeError (a ValueError) that lists the allowed schemes."""
+    get_scheme(scheme)
 
 
-def _levels(bits: int, scheme: str) -> float:
-    """The multiplier a of SPEC section 1: 2^b - 1 for `original`, 2^b otherwise."""
-    return float(2**bits - 1) if scheme == "original" else float(2**bits)
-
-
-def quantize_codes(x: Tensor, bits: int, scheme: str) -> Tensor:
+def quantize_codes(x: Tensor, bits: int, scheme: str | QuantScheme) -> Tensor:
     """Integer codes k (as floats) of x in [0, 1]; no gradient (used inside the STE functions)."""
-    a = _levels(bits, scheme)
-    if scheme == "original":
-        return torch.round(x * a)
-    return torch.clamp(torch.floor(x * a), max=a - 1)
+    return get_scheme(scheme).codes(x, bits)
 
 
-def _codes_to_unit(codes: Tensor, bits: int, scheme: str) -> Tensor:
-    a = _levels(bits, scheme)
-    return (codes + 0.5) / a if scheme == "centered" else codes / a
+def codes_to_unit(codes: Tensor, bits: int, scheme: str | QuantScheme) -> Tensor:
+    """The values in [0, 1] that integer codes stand for (the inverse of `quantize_codes`)."""
+    return get_scheme(scheme).values(codes, bits)
 
 
 class _UnitQuantizeSTE(torch.autograd.Function):
     """q_k(x) forward, identity backward (straight-through estimator)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, bits: int, scheme: str) -> Tensor:  # type: ignore[override]
-        return _codes_to_unit(quantize_codes(x, bits, scheme), bits, scheme)
+    def forward(ctx, x: Tensor, bits: int, scheme: QuantScheme) -> Tensor:  # type: ignore[override]
+        return scheme.values(scheme.codes(x, bits), bits)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -62,11 +70,10 @@ def _in_float32(x: Tensor) -> tuple[Tensor, torch.dtype]:
     return (x.float() if dtype in (torch.float16, torch.bfloat16) else x), dtype
 
 
-def quantize_unit(x: Tensor, bits: int, scheme: str = "original") -> Tensor:
-    """Quantize x in [0, 1] to `bits` bits with `scheme` (SPEC section 1); gradient passes straight through."""
-    check_scheme(scheme)
+def quantize_unit(x: Tensor, bits: int, scheme: str | QuantScheme = "original") -> Tensor:
+    """Quantize x in [0, 1] to `bits` bits with `scheme`; the gradient passes straight through."""
     x32, dtype = _in_float32(x)
-    return _UnitQuantizeSTE.apply(x32, bits, scheme).to(dtype)
+    return _UnitQuantizeSTE.apply(x32, bits, get_scheme(scheme)).to(dtype)
 
 
 def normalize_weight(weight: Tensor) -> Tensor:
@@ -75,26 +82,44 @@ def normalize_weight(weight: Tensor) -> Tensor:
     return t / t.abs().max()
 
 
-def quantize_weight(weight: Tensor, bits: int, scheme: str = "modified", clamp: bool = True) -> Tensor:
+def _weight_unit(weight: Tensor) -> Tensor:
+    """u = (tanh(W) / max|tanh(W)| + 1) / 2 in [0, 1]: what the weight quantizer rounds."""
+    return (normalize_weight(weight) + 1) / 2
+
+
+def quantize_weight(weight: Tensor, bits: int, scheme: str | QuantScheme = "modified", clamp: bool = True) -> Tensor:
     """Quantized weight 2 q(u) - 1 with u = (normalised W + 1) / 2; at 32 bits the (optionally) normalised W."""
-    check_scheme(scheme)
+    resolved = get_scheme(scheme)
     if bits >= FULL_PRECISION:
         return normalize_weight(weight) if clamp else weight
     w32, dtype = _in_float32(weight)
-    unit = (normalize_weight(w32) + 1) / 2
-    return (2 * _UnitQuantizeSTE.apply(unit, bits, scheme) - 1).to(dtype)
+    return (2 * _UnitQuantizeSTE.apply(_weight_unit(w32), bits, resolved) - 1).to(dtype)
+
+
+def weight_codes(weight: Tensor, bits: int, scheme: str | QuantScheme) -> Tensor:
+    """The integer codes k (int64) that `quantize_weight(weight, bits, scheme)` rounds the weight to."""
+    unit = _weight_unit(weight.detach().float())
+    return get_scheme(scheme).codes(unit, bits).to(torch.int64)
+
+
+def codes_to_weight(codes: Tensor, bits: int, scheme: str | QuantScheme) -> Tensor:
+    """2 q - 1 from integer codes, with the same float operations as `quantize_weight`'s forward."""
+    return 2 * get_scheme(scheme).values(codes.float(), bits) - 1
 
 
 def sat_scale(
     quantized_weight: Tensor, weight: Tensor, fan_out: int, rescale_type: str = "constant"
 ) -> Tensor:
-    """SAT scale s = s0 / std(w_q) with s0 = 1/sqrt(fan_out) or std(W) (SPEC section 3); never differentiated."""
+    """SAT's scale s = s0 / std(w_q), s0 = 1/sqrt(fan_out) ("constant") or std(W) ("stddev"); never differentiated.
+
+    It keeps the variance of a layer's output what it was in float (SAT, arXiv:1912.10207).
+    """
     if rescale_type == "constant":
         target: Tensor | float = 1.0 / math.sqrt(fan_out)
     elif rescale_type == "stddev":
         target = weight.detach().std()
     else:
-        raise ValueError(f"unknown rescale_type {rescale_type!r}; allowed: {', '.join(RESCALE_TYPES)}")
+        raise RescaleTypeError(f"unknown rescale_type {rescale_type!r}; allowed: {', '.join(RESCALE_TYPES)}")
     return target / quantized_weight.detach().std()
 
 
@@ -119,18 +144,15 @@ class _PACTQuantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, bits: int, scheme: str, double_side: bool) -> Tensor:  # type: ignore[override]
-        a = _levels(bits, scheme)
+    def forward(ctx, x: Tensor, alpha: Tensor, bits: int, scheme: QuantScheme, double_side: bool) -> Tensor:  # type: ignore[override]
+        a = scheme.levels(bits)
         if double_side:  # u = (x / alpha + 1) / 2 * a
             units = torch.mul(x, a / (2 * alpha)).add_(a / 2)
         else:  # u = x / alpha * a
             units = torch.mul(x, a / alpha)
-        if scheme == "original":
-            codes = units.clamp(0.0, a).round_()
-        else:
-            codes = units.clamp(0.0, a - 1).floor_()
-            if scheme == "centered":
-                codes.add_(0.5)
+        codes = scheme.codes_from_units(units, bits)
+        if scheme.offset:
+            codes.add_(scheme.offset)
         out = codes.mul_(alpha / a) if not double_side else codes.mul_(2 * alpha / a).sub_(alpha)
         ctx.save_for_backward(x, alpha, units, out)
         ctx.levels = a
@@ -162,14 +184,14 @@ def quantize_activation(
     scheme: str = "original",
     double_side: bool = False,
 ) -> Tensor:
-    """PACT activation quantization (SPEC section 4) with clipping level |alpha|.
+    """PACT activation quantization (Choi et al., 2018) with clipping level |alpha|.
 
     At `bits >= 32` only the clipping is applied (the `pact_fp` path). `alpha` is a 0-d or
     one-element tensor; its gradient comes from the clip and from alpha * q(x / alpha).
     """
-    check_scheme(scheme)
+    resolved = get_scheme(scheme)
     x32, dtype = _in_float32(x)
     alpha = alpha.abs().to(x32.dtype).reshape(())
     if bits >= FULL_PRECISION:
         return clip_activation(x32, alpha, double_side).to(dtype)
-    return _PACTQuantize.apply(x32, alpha, bits, scheme, double_side).to(dtype)
+    return _PACTQuantize.apply(x32, alpha, bits, resolved, double_side).to(dtype)

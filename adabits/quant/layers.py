@@ -1,31 +1,52 @@
-"""Quantized drop-in layers and the switchable BatchNorm (SPEC sections 2-5).
+"""Quantized drop-in layers and the switchable BatchNorm, and the contract every reader relies on.
 
 QConv2d and QLinear subclass nn.Conv2d / nn.Linear: they keep the float API and a float
 state dict loads into them. Each holds its float weight and, when it quantizes activations,
 a PACT clipping level per bit-width (or one shared). The current bit-width is set from outside
 with `adabits.set_bits`, never inside forward.
+
+`QuantLayer` (their base) answers for its own state: the bits it runs at, its clipping level and
+input step, its weight codes, signed codes and SAT scale, and how it grows a new bit-width. The
+exporters, calibration and profiling read these methods; none of them re-derives a formula, so
+"the export computes what the model computes" rests on this one class (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bitwidth import FULL_PRECISION, BitPair, BitSwitchable
+from .bitwidth import FULL_PRECISION, BitPair, BitSwitchable, nearest_bits
 from .config import QuantConfig
-from .functional import quantize_activation, quantize_weight, sat_scale
+from .functional import codes_to_weight, quantize_activation, quantize_weight, sat_scale, weight_codes
+from .interpolation import interpolate_alpha
+from .schemes import QuantScheme, get_scheme
 
 ALPHA_INIT_CONV = 8.0
 ALPHA_INIT_LINEAR = 10.0
 
 
-class QuantLayerMixin(BitSwitchable):
-    """Weight and input quantization shared by QConv2d and QLinear."""
+class StoredWeight(Protocol):
+    """Where a layer's quantized weight comes from instead of its float weight (e.g. a packed file)."""
+
+    def codes(self, bits: int) -> Tensor:
+        """The weight's integer codes at `bits` (int64)."""
+        ...
+
+    def sat_scale(self, bits: int) -> Tensor:
+        """The SAT scale the layer multiplies its weight by at `bits` (0-d)."""
+        ...
+
+
+class QuantLayer(BitSwitchable):
+    """Weight and input quantization shared by QConv2d and QLinear, and the methods readers use."""
 
     weight: Tensor
+    bias: Tensor | None
     alpha: nn.Parameter | None
 
     def _init_quant(
@@ -53,6 +74,7 @@ class QuantLayerMixin(BitSwitchable):
         self.weight_only = config.weight_only if weight_only is None else weight_only
         self.pact_fp = config.pact_fp if pact_fp is None else pact_fp
         self.double_side = config.double_side if double_side is None else double_side
+        self.stored_weight: StoredWeight | None = None
         self._init_bits(bits_list)
         if self.pact_fp or not self.weight_only:
             count = len(self.bits_list) if config.switch_alpha else 1
@@ -63,25 +85,129 @@ class QuantLayerMixin(BitSwitchable):
             self.register_parameter("alpha", None)
         self.switch_bits(self.bits)
 
+    # ---------------------------------------------------------------- bit-widths
+    def runs_at(self, bits: BitPair) -> BitPair:
+        """(weight bits, activation bits) this layer computes with when the model runs at `bits`:
+        its own minimums (the first/last-layer policy) and weight_only applied."""
+        weight_bits = min(max(bits[0], self.bitw_min), FULL_PRECISION)
+        act_bits = FULL_PRECISION if self.weight_only else min(max(bits[1], self.bita_min), FULL_PRECISION)
+        return weight_bits, act_bits
+
     def switch_bits(self, bits: BitPair) -> None:
         super().switch_bits(bits)
-        weight_bits, act_bits = bits
-        self.weight_bits = min(max(weight_bits, self.bitw_min), FULL_PRECISION)
-        self.act_bits = FULL_PRECISION if self.weight_only else min(max(act_bits, self.bita_min), FULL_PRECISION)
+        self.weight_bits, self.act_bits = self.runs_at(bits)
+
+    def add_bits(self, bits: BitPair) -> None:
+        """Add bit-width `bits`; a per-bit clipping level is interpolated from the trained ones."""
+        if self.alpha is not None and not self.alpha_shared:
+            new = interpolate_alpha(self.alpha, self.bits_list, bits).reshape(1)
+            self.alpha = nn.Parameter(torch.cat([self.alpha.detach(), new.to(self.alpha)]),
+                                      requires_grad=self.alpha.requires_grad)
+        super().add_bits(bits)
+
+    # ---------------------------------------------------------------- schemes
+    @property
+    def weight_scheme(self) -> QuantScheme:
+        return get_scheme(self.weight_quant_scheme)
+
+    @property
+    def act_scheme(self) -> QuantScheme:
+        return get_scheme(self.act_quant_scheme)
+
+    # ---------------------------------------------------------------- the input
+    @property
+    def alpha_shared(self) -> bool:
+        """True when one clipping level serves every bit-width (`switch_alpha=False`)."""
+        return self.alpha is not None and self.alpha.numel() == 1
+
+    def current_alpha(self) -> Tensor | None:
+        """The clipping level of the current bit-width (a 0-d view of `alpha`, with its gradient), or None."""
+        if self.alpha is None:
+            return None
+        return self.alpha[0 if self.alpha_shared else self.bits_index]
+
+    @torch.no_grad()
+    def set_current_alpha(self, value: Tensor | float) -> None:
+        """Set the clipping level of the current bit-width (the shared one when there is one)."""
+        if self.alpha is None:
+            raise ValueError("this layer has no clipping level (weight_only without pact_fp)")
+        self.alpha[0 if self.alpha_shared else self.bits_index] = value
+
+    @property
+    def clips_input(self) -> bool:
+        """True when forward clips (and maybe quantizes) its input at the current bit-width."""
+        return self.alpha is not None and (self.act_bits < FULL_PRECISION or self.pact_fp)
+
+    @property
+    def quantizes_input(self) -> bool:
+        """True when forward turns its input into integer codes at the current bit-width."""
+        return self.alpha is not None and self.act_bits < FULL_PRECISION
+
+    def input_scale(self) -> float:
+        """The value of one input code step at the current bit-width: input = code * scale (- |alpha|
+        for double_side). Only for a layer that `quantizes_input`."""
+        alpha = self.current_alpha()
+        if alpha is None or not self.quantizes_input:
+            raise ValueError("input_scale: this layer does not quantize its input at the current bit-width")
+        width = 2.0 if self.double_side else 1.0
+        return width * float(alpha.detach().abs()) / self.act_scheme.levels(self.act_bits)
+
+    def input_max_code(self) -> int:
+        """The largest input code at the current bit-width (codes run over 0..input_max_code)."""
+        return self.act_scheme.max_code(self.act_bits)
 
     def quantized_input(self, x: Tensor) -> Tensor:
-        if self.alpha is None or (self.act_bits >= FULL_PRECISION and not self.pact_fp):
+        alpha = self.current_alpha()
+        if alpha is None or not self.clips_input:
             return x
-        alpha = self.alpha[self.bits_index] if self.alpha.numel() > 1 else self.alpha
         return quantize_activation(x, alpha, self.act_bits, self.act_quant_scheme, self.double_side)
 
+    # ---------------------------------------------------------------- the weight
+    def weight_codes(self, bits: int | None = None) -> Tensor:
+        """The weight's integer codes (int64) at `bits` (default: the current weight bits)."""
+        bits = self.weight_bits if bits is None else bits
+        if self.stored_weight is not None:
+            return self.stored_weight.codes(bits)
+        return weight_codes(self.weight, bits, self.weight_scheme)
+
+    def signed_weight_codes(self, bits: int | None = None) -> tuple[Tensor, float]:
+        """(m, step): the quantized weight before SAT is m * step, m signed integers (int64)."""
+        bits = self.weight_bits if bits is None else bits
+        return self.weight_scheme.signed(self.weight_codes(bits), bits)
+
+    def weight_sat_scale(self, bits: int | None = None) -> Tensor:
+        """The SAT scale (0-d, float32) the quantized weight is multiplied by at `bits`; 1 without rescale."""
+        bits = self.weight_bits if bits is None else bits
+        if not self.rescale:
+            return torch.ones((), device=self.weight.device)
+        if self.stored_weight is not None:
+            return self.stored_weight.sat_scale(bits)
+        quantized = quantize_weight(self.weight.detach(), bits, self.weight_scheme, self.clamp)
+        return self._sat_of(quantized).reshape(()).float()
+
+    def _sat_of(self, quantized: Tensor) -> Tensor:
+        return sat_scale(quantized, self.weight, self.fan_out, self.rescale_type)
+
+    def use_stored_weight(self, source: StoredWeight, *, keep_float_weight: bool = True) -> None:
+        """Take the quantized weight from `source` (stored codes and SAT scales) instead of the float
+        weight, which only full precision still reads; without `keep_float_weight` it is dropped
+        (a layer that never runs at 32 bits). Used by `adabits.export.load_packed`."""
+        self.stored_weight = source
+        if not keep_float_weight:
+            self.weight = nn.Parameter(torch.empty(0, device=self.weight.device), requires_grad=False)
+
     def quantized_weight(self) -> Tensor:
-        weight = quantize_weight(self.weight, self.weight_bits, self.weight_quant_scheme, self.clamp)
+        """The weight forward multiplies with: DoReFa codes at the current weight bits, SAT-rescaled."""
+        bits = self.weight_bits
+        if self.stored_weight is not None and bits < FULL_PRECISION:
+            weight = codes_to_weight(self.weight_codes(), bits, self.weight_scheme)
+            return weight * self.weight_sat_scale() if self.rescale else weight
+        weight = quantize_weight(self.weight, bits, self.weight_scheme, self.clamp)
         if self.rescale:
-            weight = weight * sat_scale(weight, self.weight, self.fan_out, self.rescale_type)
+            weight = weight * self._sat_of(weight)
         return weight
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override]
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
         """Accept float state dicts: no alpha keeps its init, one alpha fills every per-bit alpha."""
         key = prefix + "alpha"
         if self.alpha is not None and key in state_dict:
@@ -94,7 +220,7 @@ class QuantLayerMixin(BitSwitchable):
         if key in missing_keys and prefix + "weight" in state_dict:
             missing_keys.remove(key)
 
-    def extra_repr(self) -> str:  # type: ignore[override]
+    def extra_repr(self) -> str:
         parts = [super().extra_repr()]  # type: ignore[misc]
         parts.append(f"bits_list={[b[0] if b[0] == b[1] else b for b in self.bits_list]}")
         if self.bitw_min > 1 or self.bita_min > 1:
@@ -105,7 +231,10 @@ class QuantLayerMixin(BitSwitchable):
         return ", ".join(parts)
 
 
-class QConv2d(QuantLayerMixin, nn.Conv2d):
+QuantLayerMixin = QuantLayer  # the earlier name, kept so that existing code keeps importing
+
+
+class QConv2d(QuantLayer, nn.Conv2d):
     """nn.Conv2d with DoReFa weights, PACT inputs and optional SAT rescale (fan-out = C_out*kh*kw)."""
 
     def __init__(
@@ -146,7 +275,7 @@ class QConv2d(QuantLayerMixin, nn.Conv2d):
         return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
-class QLinear(QuantLayerMixin, nn.Linear):
+class QLinear(QuantLayer, nn.Linear):
     """nn.Linear with DoReFa weights, PACT inputs and SAT rescale (fan-out = out_features).
 
     The SAT scale multiplies the weight in training and evaluation alike, so the two give the
@@ -229,7 +358,24 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.active(x)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override]
+    def add_bits(self, bits: BitPair) -> None:
+        """Add bit-width `bits` with a BatchNorm2d of its own: gamma/beta copied from the nearest
+        trained bit-width (shared with `stats_sharing`), fresh running statistics to estimate."""
+        if not self.shared:
+            source = self.bn[nearest_bits(self.bits_list, bits)]
+            bn = nn.BatchNorm2d(self.num_features, source.eps, source.momentum,
+                                device=source.running_mean.device, dtype=source.running_mean.dtype)
+            if self.stats_sharing:
+                bn.weight, bn.bias = self.bn[0].weight, self.bn[0].bias
+            else:
+                with torch.no_grad():
+                    bn.weight.copy_(source.weight)
+                    bn.bias.copy_(source.bias)
+            bn.train(self.training)
+            self.bn.append(bn)
+        super().add_bits(bits)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
         """Spread the keys of a plain BatchNorm2d (prefix.weight, ...) into every per-bit BN."""
         flat = {k: state_dict.pop(prefix + k) for k in _BN_STATE_KEYS if prefix + k in state_dict}
         for index in range(len(self.bn)):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .bitwidth import format_bits, switchable_modules, use_bits
-from .functional import quantize_unit
+from .functional import quantize_activation
 from .layers import QuantLayer
 
 SAMPLE_SIZE = 1 << 16
@@ -34,14 +34,10 @@ def mse_optimal_alpha(x: Tensor, bits: int, scheme: str = "original", double_sid
     top = values.abs().max() if double_side else values.clamp(min=0).max()
     top = torch.where(top > 0, top, torch.ones_like(top))
     alphas = top * torch.arange(1, CANDIDATES + 1, device=values.device, dtype=values.dtype) / CANDIDATES
-    alphas = alphas[:, None]
-    if double_side:
-        unit = (torch.clamp(values / alphas, -1, 1) + 1) / 2
-        quantized = alphas * (2 * quantize_unit(unit, bits, scheme) - 1)
-    else:
-        quantized = alphas * quantize_unit(torch.clamp(values / alphas, 0, 1), bits, scheme)
-    errors = (quantized - values).pow(2).mean(dim=1)
-    return alphas[errors.argmin(), 0]
+    with torch.no_grad():  # the very quantizer forward runs, candidate by candidate
+        errors = torch.stack([(quantize_activation(values, alpha, bits, scheme, double_side) - values).pow(2).mean()
+                              for alpha in alphas])
+    return alphas[errors.argmin()]
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import adabits
-from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

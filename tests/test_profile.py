@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import adabits
-from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
 from adabits.analysis.profile import profile_model, profile_table
 
 

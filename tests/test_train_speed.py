@@ -30,7 +30,7 @@ def test_ratios_against_full_precision_and_the_joint_goal():
     assert "joint_compiled / (4 x fp_compiled)" not in ratios  # no joint_compiled measured
 
 
-def record_updates(monkeypatch) -> list[list[tuple[int, bool, bool]]]:
+def record_updates(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[int, bool, bool]]]:
     """Per SGD step (both variants use SGD), each parameter's (size, changed by the step, finite after it)."""
     updates: list[list[tuple[int, bool, bool]]] = []
     sgd_step = torch.optim.SGD.step
@@ -46,7 +46,7 @@ def record_updates(monkeypatch) -> list[list[tuple[int, bool, bool]]]:
     return updates
 
 
-def test_joint_step_trains_every_bit_width_and_the_peer_steps(monkeypatch):
+def test_joint_step_trains_every_bit_width_and_the_peer_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     updates = record_updates(monkeypatch)
     step, bit_widths = train_speed.trainer_step("joint", compiled=False, batch=8)
     assert bit_widths == 4

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
 from ..atomic import atomic_write
+from .errors import CheckpointError
 
 FORMAT = "adabits-checkpoint-v1"
 

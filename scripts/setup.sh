@@ -18,5 +18,6 @@ PYTHON=${PYTHON:-python3}
 # The CPU build of torch first: left to the resolver, torch comes as a multi-GB CUDA build.
 # ADABITS_TORCH overrides it (e.g. a CUDA build on a GPU machine).
 .venv/bin/python -m pip install -q --disable-pip-version-check "${ADABITS_TORCH:-torch==2.13.0}"
+# dev: pytest, ruff, mypy, brevitas and the optional extras the tests cover (onnx, tensorboard).
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

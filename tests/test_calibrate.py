@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import adabits
-from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
 from adabits.quant.calibrate import add_bits, interpolate_alpha
 
 

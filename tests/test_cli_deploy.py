@@ -7,7 +7,6 @@ import torch
 import adabits
 from adabits.cli import main
 from adabits.export import load_packed
-from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
 from _engine_helpers import tiny_args
 
 

@@ -13,7 +13,6 @@ from PIL import Image
 from adabits.cli import main
 from adabits.data import DataError, build_loaders, imagenet
 from adabits.data.image_ops import resized_crop_box
-from adabits.data.imagenet import build_imagenet
 from adabits.engine import ConfigError, TrainConfig
 from adabits.engine.config import build_config
 

@@ -50,7 +50,7 @@ def test_training_learns_the_synthetic_task(tmp_path):
 
 
 def test_joint_step_sums_the_gradients_of_every_bit_width(tmp_path):
-    """One joint step equals the sum of per-bit gradients (SPEC 5), checked against a manual computation."""
+    """One joint step equals the sum of per-bit gradients (AdaBits), checked against a manual computation."""
     cfg = tiny_config(tmp_path, weight_decay=0.0, momentum=0.0, lr=1.0, lr_scheduler="constant")
     trainer = Trainer(cfg, echo=quiet).prepare()
     model = trainer.model

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import adabits
-from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -211,8 +210,6 @@ def test_docs_snippet_runs_with_only_onnxruntime(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v1"])
 def test_mobilenets_export_with_integer_kernels(tmp_path, name: str) -> None:
-    if name not in adabits.list_models():
-        pytest.skip(f"model {name} is not registered yet (issue 4)")
     torch.manual_seed(0)
     model = adabits.create_model(name, bits_list=[8, 4], num_classes=10, in_chans=3,
                                  weight_quant_scheme="modified").eval()

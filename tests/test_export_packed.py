@@ -9,7 +9,6 @@ import torch
 from safetensors import safe_open
 
 import adabits
-from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
 from adabits.errors import PackedFormatError
 from adabits.export import load_packed, save_packed
 from adabits.export.packed import pack_codes, unpack_codes

@@ -152,7 +152,7 @@ def test_initialisation(float_models) -> None:
     bn = model.layer1[0].bn1.bn[0]
     assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
     default = float_models["mobilenet_v2"].classifier[1].weight.std().item()
-    assert default == pytest.approx(1.0, rel=0.05)  # DEFAULT_CLASSIFIER_STD, see SPEC section 10
+    assert default == pytest.approx(1.0, rel=0.05)  # DEFAULT_CLASSIFIER_STD, see docs/models.md
 
 
 # ---------------------------------------------------------------- loading float weights

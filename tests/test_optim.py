@@ -1,4 +1,4 @@
-"""LR schedules against their SPEC section 7 formulas, warmup, stepping, and the weight-decay rule."""
+"""LR schedules against the original code's formulas, warmup, stepping, and the weight-decay rule."""
 from __future__ import annotations
 
 import math

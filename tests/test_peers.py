@@ -32,15 +32,6 @@ def config(*overrides: str):
     return load_config([f"app:{ROOT / CONFIG}", *overrides]).config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches on a shared 2-core machine: a second thread only waits for the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def fp_checkpoint(tmp_path_factory) -> Path:
     """A float ResNet-20 (bits [32]) with random weights and random BN statistics, saved as stage 1 saves it."""

@@ -1,4 +1,4 @@
-"""The quantizers of SPEC sections 1-4 against hand-computed values and their gradients."""
+"""The DoReFa / SAT / PACT quantizers (adabits.quant.functional) against hand-computed values and their gradients."""
 
 import math
 
@@ -117,7 +117,7 @@ def test_sat_scale_sets_the_standard_deviation() -> None:
 
 
 def reference_pact(x: torch.Tensor, alpha: torch.Tensor, bits: int, scheme: str, double_side: bool) -> torch.Tensor:
-    """SPEC section 4 written as plain autograd operations."""
+    """PACT activation quantization (Choi et al. 2018) written as plain autograd operations."""
     a = alpha.abs()
     if double_side:
         clipped = torch.maximum(torch.minimum(x, a), -a)

@@ -1,4 +1,4 @@
-"""MACs, parameters, BitOPs and model size per bit-width, from one real forward.
+"""MACs, parameters, BitOPs and model size per bit-width (docs/deploy.md), from one real forward.
 
 Forward hooks on the leaf layers that do arithmetic (Conv2d, Linear, BatchNorm2d; quantized layers
 are their subclasses) see the actual output shapes, so every layer is counted exactly once, with

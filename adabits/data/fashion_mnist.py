@@ -6,6 +6,7 @@ works too, and `download: true` fetches them from the official mirror into `data
 """
 from __future__ import annotations
 
+import shutil
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 
 from .base import DataError, ImageSplits, register_dataset
 from .idx import read_idx
+from ..atomic import atomic_write
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DOWNLOAD_DIR = Path("data/fashion_mnist")
@@ -53,19 +55,17 @@ def locate(dataset_dir: str | None) -> dict[str, Path] | None:
 
 
 def download(target: Path) -> None:
-    """Fetch the four official gzipped files into `target` (each written to a temp name, then renamed)."""
+    """Fetch the four official gzipped files into `target`, each written atomically (never half a file)."""
     target.mkdir(parents=True, exist_ok=True)
     for stem in FILES.values():
         dest = target / (stem + ".gz")
         if dest.is_file():
             continue
-        tmp = dest.with_suffix(".gz.part")
         try:
-            urllib.request.urlretrieve(URL + stem + ".gz", tmp)
+            with urllib.request.urlopen(URL + stem + ".gz", timeout=60) as response, atomic_write(dest) as f:
+                shutil.copyfileobj(response, f)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise DataError(f"downloading Fashion-MNIST from {URL} failed: {exc}") from None
-        tmp.replace(dest)
 
 
 def missing_message(dataset_dir: str | None) -> str:

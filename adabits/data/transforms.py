@@ -31,7 +31,7 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, gen: torch.
 
 @dataclass(frozen=True)
 class ToModelInput:
-    """uint8 batch -> float input: the raw 0..255 values (SPEC 5, `normalize: false`) or (x/255 - mean)/std."""
+    """uint8 batch -> float input: the raw 0..255 values (`normalize: false`, docs/data.md) or (x/255 - mean)/std."""
 
     normalize: bool
     mean: tuple[float, ...]

@@ -1,35 +1,24 @@
 """Checkpoints: written atomically (temp file + rename), read with checks that name the problem."""
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_write
 from .errors import CheckpointError
 
 FORMAT = "adabits-checkpoint-v1"
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then os.replace: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through adabits.atomic: a crash never leaves half a checkpoint."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def rng_state() -> dict[str, Any]:

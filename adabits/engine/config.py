@@ -1,4 +1,4 @@
-"""The one training-config schema (flat keys of the original, SPEC section 8, plus ours) and its loading.
+"""The one training-config schema (the original AdaBits code's flat keys plus ours) and its loading.
 
 `load_config(["app:apps/x.yml", "lr=0.05", "bs:256"])` reads the file (with `!include`), applies the
 overrides (values parsed as YAML), checks every key against the schema and returns a validated,
@@ -38,7 +38,7 @@ KEY_ALIASES = {"bs": "batch_size"}
 MACHINE_KEYS = ("num_gpus_per_job", "num_cpus_per_job", "memory_per_job", "gpu_type", "batch_size_per_gpu")
 #: keys of the original accepted for compatibility, with why they change nothing here
 INERT_KEYS = {
-    "reset_parameters": "models are always initialised as SPEC section 6 says",
+    "reset_parameters": "models are always initialised as docs/models.md says",
     "width_divisor": "MobileNet widths are fixed by the model",
     "min_width": "MobileNet widths are fixed by the model",
     "distributed_all_reduce": "gradients are always all-reduced once per optimizer step (docs/distributed.md)",
@@ -53,7 +53,7 @@ MAX_BITS = 32
 
 
 class TrainConfig(BaseModel):
-    """Every key a training config may hold; defaults follow SPEC sections 7 and 8."""
+    """Every key a training config may hold; defaults follow the original AdaBits code's recipe."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
 

@@ -1,4 +1,4 @@
-"""Optimizers (a registry) with the weight-decay rule of SPEC section 7, and the LR scheduler."""
+"""Optimizers (a registry) with the original AdaBits code's weight-decay rule (docs/models.md), and the LR scheduler."""
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +70,24 @@ def plot_accuracy(path: Path, title: str, val: dict[int, dict[str, float]]) -> N
 
 
 class RunWriter:
-    """Appends metrics.jsonl rows and mirrors them to TensorBoard when tensorboard is installed."""
+    """Appends metrics.jsonl rows and, when the run asks for it, mirrors them to TensorBoard.
 
-    def __init__(self, run_dir: Path) -> None:
+    TensorBoard is the optional `tensorboard` extra: asked for but not installed, the run goes on
+    without it after one note (through `echo`) that says how to get it.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False, echo: Callable[[str], None] = print) -> None:
         self.run_dir = run_dir
         self.jsonl = run_dir / "metrics.jsonl"
         self.tb: Any = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except ImportError:
-            self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                echo("note: tensorboard is not installed, so this run writes no TensorBoard events "
+                     "(pip install 'adabits[tensorboard]', or tensorboard=false)")
+            else:
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write_epoch(self, epoch: int, lr: float, seconds: float,
                     train: dict[int, dict[str, float]], val: dict[int, dict[str, float]]) -> None:

@@ -1,4 +1,4 @@
-"""Learning-rate schedules of SPEC section 7 as pure functions: iteration -> multiplier of the base lr.
+"""The original AdaBits code's learning-rate schedules as pure functions: iteration -> multiplier of the base lr.
 
 Per-iteration schedules change every step; per-epoch ones read the epoch of the iteration, so they
 change exactly at epoch boundaries. Linear warmup over the first W iterations applies to all of them.

@@ -1,4 +1,4 @@
-"""Joint AdaBits training (SPEC section 5): one optimizer step per batch on the sum of per-bit losses.
+"""Joint AdaBits training (Jin, Yang, Liao, CVPR 2020): one optimizer step per batch on the sum of per-bit losses.
 
 `Trainer(cfg).prepare()` builds and checks everything that can fail on bad input (data, model,
 checkpoints) before anything is written; `fit()` then trains exactly num_epochs epochs, evaluates

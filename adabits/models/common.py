@@ -15,10 +15,10 @@ from ..quant.config import QuantConfig
 from ..quant.layers import QConv2d, QLinear, SwitchBatchNorm2d
 
 # The seed's classifier init N(0, 0.01) gives the tanh-normalised, SAT-rescaled classifier an
-# effective learning rate about 1000x too large (SPEC section 10): its forward does not depend on
+# effective learning rate about 1000x too large (docs/models.md): its forward does not depend on
 # the scale of W, so the step size relative to W is what matters. 1.0 trains as well as a float net.
 DEFAULT_CLASSIFIER_STD = 1.0
-#: the bits the first conv and the classifier of the ImageNet models keep at least (SPEC section 6)
+#: the bits the first conv and the classifier of the ImageNet models keep at least (docs/models.md)
 IMAGENET_EDGE_BITS = 8
 
 
@@ -50,7 +50,7 @@ class LayerFactory:
 
 
 def stem_conv(layers: LayerFactory, cin: int, cout: int, kernel: int, stride: int, keep_bits: int) -> QConv2d:
-    """The first conv (SPEC section 6): weights at `keep_bits` or more, inputs (the images) never clipped."""
+    """The first conv (docs/models.md): weights at `keep_bits` or more, inputs (the images) never clipped."""
     return layers.conv(cin, cout, kernel, stride, weight_only=True, bitw_min=keep_bits, bita_min=8,
                        pact_fp=False, double_side=False)
 
@@ -61,7 +61,7 @@ def classifier_head(layers: LayerFactory, cin: int, num_classes: int, keep_bits:
 
 
 def init_weights(model: nn.Module, classifier_std: float) -> None:
-    """SPEC section 6: conv N(0, sqrt(2 / (kh kw C_out))), BN 1/0, linear N(0, classifier_std), bias 0."""
+    """As docs/models.md says: conv N(0, sqrt(2 / (kh kw C_out))), BN 1/0, linear N(0, classifier_std), bias 0."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
@@ -85,7 +85,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 def as_float_input(x: Tensor, like: Tensor) -> Tensor:
-    """Accept uint8 images (values 0..255, SPEC section 5) as well as float tensors."""
+    """Accept uint8 images (values 0..255, `normalize: false`) as well as float tensors."""
     return x if x.is_floating_point() else x.to(like.dtype)
 
 

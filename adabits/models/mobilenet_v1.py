@@ -22,7 +22,7 @@ from .common import (
 )
 from .registry import register_model
 
-#: output channels c, repeats n, first stride s of the depthwise-separable blocks (SPEC section 6)
+#: output channels c, repeats n, first stride s of the depthwise-separable blocks (Howard et al. 2017)
 BLOCK_SETTING = ((64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2))
 
 

@@ -1,10 +1,10 @@
 """MobileNet V2 (Sandler et al. 2018) with switchable quantized layers, as AdaBits trained it.
 
 Module names follow torchvision's MobileNetV2 (features.N..., classifier.1), so its float weights
-load without renaming. Differences from torchvision, all from SPEC section 6: ReLU instead of
+load without renaming. Differences from torchvision, all from AdaBits (docs/models.md): ReLU instead of
 ReLU6 (`activation: relu6` restores torchvision's), no dropout by default, the first conv is
 weight-only at 8 bits or more, the classifier keeps 8 weight bits, and `double_side` clipping
-applies only to the layers SPEC section 6 names.
+applies only to the layers the original code names.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .common import (
 )
 from .registry import register_model
 
-#: expansion t, output channels c, repeats n, first stride s (SPEC section 6)
+#: expansion t, output channels c, repeats n, first stride s (Sandler et al. 2018)
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
                              (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
@@ -47,7 +47,7 @@ def conv_bn_act(layers: LayerFactory, cin: int, cout: int, kernel: int, stride: 
 class InvertedResidual(nn.Module):
     """1x1 expand (if t > 1), 3x3 depthwise, 1x1 linear projection; residual when stride 1 and cin == cout.
 
-    With `double_side`, the first conv of the block clips to [-alpha, alpha] (SPEC section 6): the
+    With `double_side`, the first conv of the block clips to [-alpha, alpha] (as the original code): the
     expand conv, whose input (the previous block's linear projection) can be negative, or for t == 1
     the depthwise conv. The other convs take ReLU outputs and keep one-sided clipping.
     """

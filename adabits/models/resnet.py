@@ -2,7 +2,7 @@
 resnet50 (bottlenecks, stride on the 3x3 conv as torchvision's "v1.5").
 
 Module names are torchvision's (conv1, bn1, layer1.0.conv1, ..., layer2.0.downsample.0/1, fc), so its
-float weights load unchanged. First/last layers as the MobileNets (SPEC section 6): the stem conv is
+float weights load unchanged. First/last layers as the MobileNets (AdaBits paper): the stem conv is
 weight-only at 8 bits or more, fc keeps 8 weight bits.
 """
 

@@ -32,7 +32,7 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """Widths w, 2w, 4w (w = 16); the first conv is weight-only at the highest bits and never clips
-    the images (also under `pact_fp`), the classifier keeps the highest weight bits (SPEC section 6)."""
+    the images (also under `pact_fp`), the classifier keeps the highest weight bits (as the original code)."""
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ExportError
 from ..quant.bitwidth import FULL_PRECISION
 from ..quant.layers import QuantLayer
 
@@ -45,6 +46,7 @@ class FoldedLayer:
     def float_weight(self) -> np.ndarray:
         """The folded weight as float numbers (exact integer multiples of the scale for codes)."""
         if self.codes is None:
+            assert self.weight is not None  # a FoldedLayer has codes or a float weight
             return self.weight
         return self.codes * self.scale.reshape(-1, *([1] * (self.codes.ndim - 1)))
 
@@ -65,14 +67,23 @@ class Int8Operands:
     bias_scale: np.ndarray  # float32 per output channel
 
 
+def running_statistics(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(running mean, running variance): what an exported BN computes with."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ExportError("a BatchNorm2d without running statistics (track_running_stats=False) cannot be exported")
+    return bn.running_mean, bn.running_var
+
+
 def fold_layer(layer: QuantLayer, bn: nn.BatchNorm2d | None) -> FoldedLayer:
     """The layer at its current bit-width with `bn` (eval statistics) folded in, in float64."""
     out = layer.weight.shape[0]
     gain = np.ones(out)
-    bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(out)
+    own_bias: torch.Tensor | None = getattr(layer, "bias", None)  # nn.Conv2d / nn.Linear's
+    bias = own_bias.detach().double().numpy() if own_bias is not None else np.zeros(out)
     if bn is not None:
-        gain = (bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
-        bias = bn.bias.detach().double().numpy() + (bias - bn.running_mean.double().numpy()) * gain
+        mean, var = running_statistics(bn)
+        gain = (bn.weight.detach().double() / torch.sqrt(var.double() + bn.eps)).numpy()
+        bias = bn.bias.detach().double().numpy() + (bias - mean.double().numpy()) * gain
     if layer.weight_bits < FULL_PRECISION:
         codes, step = layer.signed_weight_codes()
         sat = float(layer.weight_sat_scale())
@@ -96,6 +107,8 @@ def input_factor(codes: np.ndarray, levels: int) -> int:
 def weight_multipliers(folded: FoldedLayer, input_scale: float, input_max: int) -> np.ndarray:
     """Per output channel, the integer its codes are multiplied by: among those that keep the codes
     in int8 and within the pair-product limit, the one whose bias grid lands closest to the bias."""
+    if folded.codes is None:
+        raise ValueError("weight_multipliers needs a layer with integer weight codes, not a float weight")
     top = _channel_tops(folded.codes)
     limit = np.maximum(np.minimum(INT8_MAX // top, PAIR_PRODUCT_LIMIT // (input_max * top)), 1)
     x32 = np.float64(np.float32(input_scale))
@@ -111,6 +124,8 @@ def weight_multipliers(folded: FoldedLayer, input_scale: float, input_max: int) 
 def int8_operands(folded: FoldedLayer, input_scale: float, levels: int, refine_input: bool = True) -> Int8Operands:
     """The integer kernel's operands for a layer whose int8-sized codes read input codes 0..levels
     (`refine_input`: also multiply the input codes, for a finer bias grid)."""
+    if folded.codes is None:
+        raise ValueError("int8_operands needs a layer with integer weight codes, not a float weight")
     factor = input_factor(folded.codes, levels) if refine_input else 1
     fine_scale = np.float32(np.float32(input_scale) / np.float32(factor))
     multiplier = weight_multipliers(folded, float(fine_scale), levels * factor)

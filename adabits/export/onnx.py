@@ -51,11 +51,12 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..atomic import atomic_write
 from ..errors import ExportError
 from ..models.common import as_float_input
-from ..quant.bitwidth import FULL_PRECISION, get_bits, parse_bits, set_bits
+from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, set_bits
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
-from .int8_layer import UINT8_MAX, FoldedLayer, fold_layer, int8_operands
+from .int8_layer import UINT8_MAX, FoldedLayer, fold_layer, int8_operands, running_statistics
 from .onnx_graph import FLOAT, GraphBuilder, Value
 
 OPSET = 13
@@ -150,7 +151,7 @@ class _Converter:
         g = self.g
         ops = int8_operands(folded, codes.scale, codes.levels, refine_input=self.bias == "int32_fine")
         zero = g.const(np.uint8(0), f"{name}.x_zero")
-        x, scale = codes.name, g.const(np.float32(codes.scale), f"{name}.x_scale")
+        x, scale = codes.name, g.const(np.asarray(codes.scale, np.float32), f"{name}.x_scale")
         if ops.input_factor > 1:  # codes k -> k * factor at scale / factor: exact, and a finer bias grid
             fine = g.const(ops.input_scale, f"{name}.x_fine_scale")
             x = g.node("QuantizeLinear", [g.node("DequantizeLinear", [x, scale, zero], f"{name}.x_dq"), fine, zero],
@@ -175,21 +176,21 @@ class _Converter:
         if bn_node is not None:
             bn = self.modules[str(bn_node.target)].active
             self.folded_bn.add(bn_node)
-        source = self.values[node.args[0]]
+        source = self._input(node)
         codes = self._input_codes(layer, name, source)
         folded = fold_layer(layer, bn)
         integer = (codes is not None and folded.codes is not None and self.bias != "float"
                    and self._feeds_only_quantizers(bn_node or node))
         if integer and not folded.fits_int8():
             self.float_layers.append(name)
-        if integer and folded.fits_int8():
+        if integer and codes is not None and folded.fits_int8():
             x, weight, bias = self._int8_operands(name, codes, folded)
         else:
             x = self._float_input(layer, name, source, codes)
             weight = g.const(folded.float_weight().astype(np.float32), f"{name}.weight")
             bias = g.const(folded.bias.astype(np.float32), f"{name}.bias")
         if isinstance(layer, nn.Conv2d):
-            ph, pw = layer.padding
+            ph, pw = _pair(layer.padding)  # type: ignore[arg-type]  # a str padding was refused above
             out = g.node("Conv", [x, weight, bias], name, kernel_shape=list(layer.kernel_size),
                          strides=list(layer.stride), pads=[ph, pw, ph, pw], dilations=list(layer.dilation),
                          group=layer.groups)
@@ -220,16 +221,24 @@ class _Converter:
         return None
 
     # ------------------------------------------------------------------ other ops
+    def _input(self, node: fx.Node) -> Value:
+        """The graph value of a node's first argument (a tensor the walk has already converted)."""
+        source = node.args[0]
+        if not isinstance(source, fx.Node):
+            raise ExportError(f"{node.name}: its input is the constant {source!r}, which has no export rule")
+        return self.values[source]
+
     def _module(self, node: fx.Node, module: nn.Module) -> Value:
         g = self.g
         name = str(node.target)
-        x = self.values[node.args[0]]
+        x = self._input(node)
         if isinstance(module, QuantLayer):
             return self._quant_layer(node, module)
         if isinstance(module, SwitchBatchNorm2d):
             bn = module.active
+            mean, var = running_statistics(bn)
             params = [g.const(t.detach().float().numpy(), f"{name}.{k}") for k, t in
-                      (("scale", bn.weight), ("bias", bn.bias), ("mean", bn.running_mean), ("var", bn.running_var))]
+                      (("scale", bn.weight), ("bias", bn.bias), ("mean", mean), ("var", var))]
             return Value(g.node("BatchNormalization", [g.as_float(x), *params], name, epsilon=bn.eps))
         if isinstance(module, (nn.Identity, nn.Dropout)):
             return x
@@ -246,9 +255,9 @@ class _Converter:
         g = self.g
         target = node.target
         if target is as_float_input:  # its second argument is a weight, read only for its dtype
-            x = self.values[node.args[0]]
+            x = self._input(node)
             return x if self.integer else Value(g.as_float(x))
-        args = [self.values[a] if isinstance(a, fx.Node) else a for a in node.args]
+        args: list[Any] = [self.values[a] if isinstance(a, fx.Node) else a for a in node.args]
         if target in (operator.add, torch.add):
             return Value(g.node("Add", [g.as_float(args[0]), g.as_float(args[1])], "add"))
         if target in (F.relu, torch.relu):
@@ -282,7 +291,7 @@ class _Converter:
             elif node.op in ("call_function", "call_method"):
                 self.values[node] = self._function(node)
             elif node.op == "output":
-                result = self.values[node.args[0]]
+                result = self._input(node)
                 self.g.node("Identity", [self.g.as_float(result)], OUTPUT_NAME, output=OUTPUT_NAME)
         in_type = TensorProto.UINT8 if image else TensorProto.FLOAT
         inputs = [helper.make_tensor_value_info(INPUT_NAME, in_type, ["batch", *input_shape])]
@@ -310,11 +319,12 @@ def export_onnx(model: nn.Module, path: str | Path, bits: object, input_shape: t
 
     if bias not in BIAS_MODES:
         raise ExportError(f"bias must be one of {', '.join(BIAS_MODES)}; got {bias!r}")
-    weight_bits, act_bits = parse_bits(bits)
+    pair = parse_bits(bits)
+    weight_bits, act_bits = pair
     if not (max(weight_bits, act_bits) <= MAX_INTEGER_BITS or min(weight_bits, act_bits) >= FULL_PRECISION):
         raise ExportError(f"ONNX export takes bits <= {MAX_INTEGER_BITS} (int8 kernels) or 32 (float), got {bits}")
     previous, was_training = get_bits(model), model.training
-    set_bits(model, bits)  # ValueError naming the allowed bit-widths when the model lacks `bits`
+    set_bits(model, format_bits(pair))  # BitWidthError naming the allowed bit-widths when the model lacks `bits`
     model.eval()
     try:
         traced = _LeafTracer(autowrap_functions=(as_float_input,)).trace(model)
@@ -330,10 +340,8 @@ def export_onnx(model: nn.Module, path: str | Path, bits: object, input_shape: t
             stacklevel=3)
     onnx.checker.check_model(proto)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        f.write(proto.SerializeToString())
     return path
 
 

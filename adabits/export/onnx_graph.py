@@ -29,7 +29,7 @@ class GraphBuilder:
         self.count += 1
         return f"{hint.replace('.', '_')}_{self.count}"
 
-    def const(self, array: np.ndarray, hint: str) -> str:
+    def const(self, array: np.ndarray | np.generic, hint: str) -> str:
         from onnx import numpy_helper
 
         name = self.fresh(hint)

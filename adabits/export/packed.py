@@ -15,18 +15,18 @@ turn the same codes into the same weights).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import safetensors.torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ..atomic import atomic_write
 from ..errors import PackedFormatError
 from ..models import create_model
 from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits_list, parse_bits
@@ -105,22 +105,10 @@ def save_packed(model: nn.Module, path: str | Path, *, model_name: str, model_kw
         "calibrated_bits": json.dumps([format_bits(p) for p in all_bits[len(built_bits):]]),
         "layers": json.dumps(layout),
     }
-    _save_atomic(tensors, metadata, Path(path))
+    with atomic_write(path) as f:
+        f.write(safetensors.torch.save(tensors, metadata=metadata))
     return {"layers": len(layers), "schemes": sorted({v["scheme"] for v in layout.values()}),
             "bytes": Path(path).stat().st_size}
-
-
-def _save_atomic(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 
 class StoredCodes(nn.Module):

@@ -137,6 +137,6 @@ def use_bits(model: nn.Module, bits: Bits) -> Iterator[nn.Module]:
         set_bits(model, previous)
 
 
-def max_bits(bits_list: Sequence[object]) -> int:
+def max_bits(bits_list: Iterable[object]) -> int:
     """Largest weight bit-width of a bits_list (used by first/last-layer policies)."""
     return max(p[0] for p in parse_bits_list(bits_list))

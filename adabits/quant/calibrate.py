@@ -100,7 +100,7 @@ def _estimate_bn_stats(model: nn.Module, bits: object, bns: Sequence[nn.BatchNor
         bn.train()
     seen = 0
     try:
-        with use_bits(model, bits):
+        with use_bits(model, format_bits(parse_bits(bits))):
             for batch in loader:
                 if seen >= num_batches:
                     break

@@ -11,12 +11,12 @@ layer's actual input (which already reflects the clipping chosen for the layers 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from .bitwidth import format_bits, switchable_modules, use_bits
+from .bitwidth import format_bits, parse_bits, switchable_modules, use_bits
 from .functional import quantize_activation
 from .layers import QuantLayer
 
@@ -38,6 +38,20 @@ def mse_optimal_alpha(x: Tensor, bits: int, scheme: str = "original", double_sid
         errors = torch.stack([(quantize_activation(values, alpha, bits, scheme, double_side) - values).pow(2).mean()
                               for alpha in alphas])
     return alphas[errors.argmin()]
+
+
+def _chooser(name: str, levels: dict[str, float], first: bool) -> Callable[[nn.Module, tuple], None]:
+    """A forward pre-hook that sets the layer's current alpha from its input and records it in `levels`."""
+    def hook(layer: nn.Module, inputs: tuple) -> None:
+        assert isinstance(layer, QuantLayer)
+        if not layer.quantizes_input:
+            return
+        if layer.alpha_shared and not first:
+            return  # a shared alpha is chosen once, at the first bit-width
+        alpha = mse_optimal_alpha(inputs[0], layer.act_bits, layer.act_quant_scheme, layer.double_side)
+        layer.set_current_alpha(alpha)
+        levels[name] = float(alpha)
+    return hook
 
 
 @torch.no_grad()
@@ -62,20 +76,9 @@ def init_clipping_levels(model: nn.Module, images: Tensor, bits_list: Iterable[o
             chosen[bits] = levels
             first = bits == order[0]
 
-            def choose(name: str, levels: dict[str, float] = levels, first: bool = first):
-                def hook(layer: QuantLayer, inputs: tuple) -> None:
-                    if not layer.quantizes_input:
-                        return
-                    if layer.alpha_shared and not first:
-                        return  # a shared alpha is chosen once, at the first bit-width
-                    alpha = mse_optimal_alpha(inputs[0], layer.act_bits, layer.act_quant_scheme, layer.double_side)
-                    layer.set_current_alpha(alpha)
-                    levels[name] = float(alpha)
-                return hook
-
-            handles = [layer.register_forward_pre_hook(choose(name)) for name, layer in layers.items()]
+            handles = [layer.register_forward_pre_hook(_chooser(name, levels, first)) for name, layer in layers.items()]
             try:
-                with use_bits(model, bits):
+                with use_bits(model, format_bits(parse_bits(bits))):
                     model(images)
             finally:
                 for handle in handles:

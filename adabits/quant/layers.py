@@ -14,7 +14,7 @@ exporters, calibration and profiling read these methods; none of them re-derives
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Literal, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from .functional import codes_to_weight, quantize_activation, quantize_weight, s
 from .interpolation import interpolate_alpha
 from .schemes import QuantScheme, get_scheme
 
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 ALPHA_INIT_CONV = 8.0
 ALPHA_INIT_LINEAR = 10.0
 
@@ -42,11 +43,10 @@ class StoredWeight(Protocol):
         ...
 
 
-class QuantLayer(BitSwitchable):
+class QuantLayer(BitSwitchable, nn.Module):
     """Weight and input quantization shared by QConv2d and QLinear, and the methods readers use."""
 
     weight: Tensor
-    bias: Tensor | None
     alpha: nn.Parameter | None
 
     def _init_quant(
@@ -241,10 +241,10 @@ class QConv2d(QuantLayer, nn.Conv2d):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -260,8 +260,8 @@ class QConv2d(QuantLayer, nn.Conv2d):
         double_side: bool | None = None,
     ) -> None:
         nn.Conv2d.__init__(
-            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype,
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,  # type: ignore[arg-type]
+            cast(PaddingMode, padding_mode), device, dtype,  # nn.Conv2d validates both
         )
         config = config or QuantConfig()
         kh, kw = self.kernel_size
@@ -353,7 +353,10 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
     @property
     def active(self) -> nn.BatchNorm2d:
         """The BatchNorm2d this module runs at the current bit-width."""
-        return self.bn[0 if self.shared else self.bits_index]  # type: ignore[return-value]
+        return self._bn(0 if self.shared else self.bits_index)
+
+    def _bn(self, index: int) -> nn.BatchNorm2d:
+        return cast(nn.BatchNorm2d, self.bn[index])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.active(x)
@@ -362,11 +365,11 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
         """Add bit-width `bits` with a BatchNorm2d of its own: gamma/beta copied from the nearest
         trained bit-width (shared with `stats_sharing`), fresh running statistics to estimate."""
         if not self.shared:
-            source = self.bn[nearest_bits(self.bits_list, bits)]
+            source = self._bn(nearest_bits(self.bits_list, bits))
             bn = nn.BatchNorm2d(self.num_features, source.eps, source.momentum,
-                                device=source.running_mean.device, dtype=source.running_mean.dtype)
+                                device=source.weight.device, dtype=source.weight.dtype)
             if self.stats_sharing:
-                bn.weight, bn.bias = self.bn[0].weight, self.bn[0].bias
+                bn.weight, bn.bias = self._bn(0).weight, self._bn(0).bias
             else:
                 with torch.no_grad():
                     bn.weight.copy_(source.weight)

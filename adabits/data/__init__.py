@@ -1,21 +1,26 @@
-"""Datasets as in-memory uint8 tensors or image folders; `build_loaders(cfg)` is the only door the engine uses."""
+"""Datasets as in-memory uint8 tensors or image folders.
+
+The engine uses two doors: `build_loaders(opts)` reads the data, `dataset_shape(opts)` tells its
+shape without reading anything (for loading a trained model).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from . import cifar, cinic, fashion_mnist, imagenet, synthetic  # noqa: F401  (register the datasets)
-from .base import DATASETS, BatchLoader, DataError, ImageSplits, canonical_name, list_datasets, register_dataset
+from .base import (DATASET_SHAPES, DATASETS, BatchLoader, DataError, DataOptions, DataShape, ImageSplits,
+                   canonical_name, list_datasets, register_dataset)
 from .folder import FolderSplits
 from .folder_loader import FolderLoader, folder_loaders
 from .loader import TensorLoader
 from .recipes import apply_to_memory_dataset
 from .transforms import ToModelInput, random_crop_flip
 
-__all__ = ["BatchLoader", "DataError", "FolderLoader", "ImageSplits", "Loaders", "TensorLoader", "ToModelInput",
-           "build_loaders", "build_splits", "list_datasets", "random_crop_flip", "register_dataset"]
+__all__ = ["BatchLoader", "DataError", "DataOptions", "DataShape", "FolderLoader", "ImageSplits", "Loaders",
+           "TensorLoader", "ToModelInput", "build_loaders", "build_splits", "dataset_shape", "list_datasets",
+           "random_crop_flip", "register_dataset"]
 
 
 @dataclass
@@ -27,11 +32,34 @@ class Loaders:
     image_size: int
 
 
-def build_splits(cfg: Any) -> ImageSplits | FolderSplits:
+def _unknown(name: str) -> DataError:
+    return DataError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+
+
+def dataset_shape(cfg: DataOptions) -> DataShape:
+    """The dataset's classes, channels and image size from its registered metadata: no file is read.
+
+    The config's num_classes / in_chans / image_size, where set, take precedence.
+    """
+    name = canonical_name(cfg.dataset)
+    if name not in DATASETS:
+        raise _unknown(cfg.dataset)
+    rule = DATASET_SHAPES.get(name)
+    if rule is None:
+        missing = [k for k in ("num_classes", "in_chans", "image_size") if getattr(cfg, k) is None]
+        if missing:
+            raise DataError(f"dataset {cfg.dataset} registers no shape; set {', '.join(missing)} in the config")
+        return DataShape(cfg.num_classes, cfg.in_chans, cfg.image_size)
+    shape = rule if isinstance(rule, DataShape) else rule(cfg)
+    return DataShape(cfg.num_classes or shape.num_classes, cfg.in_chans or shape.in_chans,
+                     cfg.image_size or shape.image_size)
+
+
+def build_splits(cfg: DataOptions) -> ImageSplits | FolderSplits:
     """Load the dataset named by `cfg.dataset` (DataError when it is unknown or missing)."""
     builder = DATASETS.get(canonical_name(cfg.dataset))
     if builder is None:
-        raise DataError(f"unknown dataset {cfg.dataset!r}; known: {', '.join(list_datasets())}")
+        raise _unknown(cfg.dataset)
     splits = builder(cfg)
     if isinstance(splits, FolderSplits):
         return splits
@@ -42,7 +70,7 @@ def build_splits(cfg: Any) -> ImageSplits | FolderSplits:
     return splits
 
 
-def build_loaders(cfg: Any, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> Loaders:
+def build_loaders(cfg: DataOptions, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> Loaders:
     """Train loader (shuffled, augmented) and val loader, whose batches arrive on `device`.
 
     In-memory datasets are moved to `device` whole; folder datasets are decoded in
@@ -57,7 +85,7 @@ def build_loaders(cfg: Any, device: torch.device | str = "cpu", rank: int = 0, w
     padding = splits.crop_padding if cfg.crop_padding is None else cfg.crop_padding
     flip = splits.random_flip if cfg.random_flip is None else cfg.random_flip
     to_input = ToModelInput(cfg.normalize, splits.mean, splits.std, cfg.channels_last)
-    own_augmentation = world_size > 1 and getattr(cfg, "use_diff_seed", False)
+    own_augmentation = world_size > 1 and cfg.use_diff_seed
     train = TensorLoader(splits.train_images.to(device), splits.train_labels.to(device), cfg.batch_size, to_input,
                          shuffle=True, drop_last=cfg.drop_last, crop_padding=padding, random_flip=flip,
                          seed=cfg.random_seed, rank=rank, world_size=world_size,

@@ -14,6 +14,7 @@ import torch
 
 from ..quant.bitwidth import Bits, parse_bits_list
 from .errors import CheckpointError
+from .report import show_bits
 
 FORMAT = "adabits-checkpoint-v1"
 
@@ -84,8 +85,8 @@ def check_training_checkpoint(ckpt: dict[str, Any], path: Path, model_name: str,
                               "use pretrained_file for plain state dicts")
     if ckpt["model_name"] != model_name or not _same_bits(ckpt["bits_list"], bits_list):
         raise CheckpointError(
-            f"{path} was written for model {ckpt['model_name']} with bits_list {list(ckpt['bits_list'])}, "
-            f"but this config builds {model_name} with bits_list {list(bits_list)}.\n"
+            f"{path} was written for model {ckpt['model_name']} with bits_list {show_bits(ckpt['bits_list'])}, "
+            f"but this config builds {model_name} with bits_list {show_bits(bits_list)}.\n"
             "Use another log_dir or run_name for a different model, or delete that run folder to start over.")
     return ckpt
 

@@ -9,7 +9,6 @@ layers) become UserErrors with one line for the CLI.
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,20 +28,9 @@ from .config import TrainConfig
 from .errors import UserError
 from .evaluation import evaluate
 from .loading import SHAPE_KEY, TrainedModel, load_trained, run_dir, shape_record
-from .report import bits_label, bits_tag, eval_table
+from .report import bits_label, bits_tag, eval_table, show_bits
 
 EXPORT_FORMATS = ("packed", "onnx")
-
-
-def show_bits(value: Any) -> str:
-    """Bit-widths as the user writes them: `4`, `[4, 8]`, `[[4, 8], 8]`."""
-    def plain(v: Any) -> Any:
-        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-    try:
-        return json.dumps(plain(value))
-    except (TypeError, ValueError):
-        return repr(value)
 
 
 def parse_bits_option(value: Any) -> Bits:

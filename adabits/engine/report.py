@@ -28,6 +28,17 @@ def bits_tag(bits: Bits) -> str:
     return f"{weight}bit" if weight == act else f"w{weight}a{act}"
 
 
+def show_bits(value: Any) -> str:
+    """Bit-widths as the user writes them in a config or command: `4`, `[4, 8]`, `[[4, 8], 8]`."""
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    try:
+        return json.dumps(plain(value))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def bits_order(bits: Bits) -> BitPair:
     """Sort key of a bit-width: (weight bits, activation bits)."""
     return parse_bits(bits)

@@ -264,8 +264,8 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         writer = report.RunWriter(self.run_dir) if main else None
         latest = self.run_dir / "latest_checkpoint.pt"
-        self.echo(f"run folder: {self.run_dir}  ({self.iters_per_epoch} steps/epoch, bits {self.bits}, "
-                  f"device {self.device})")
+        self.echo(f"run folder: {self.run_dir}  ({self.iters_per_epoch} steps/epoch, "
+                  f"bits {report.show_bits(self.bits)}, device {self.device})")
         epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, cfg.num_epochs):
@@ -274,9 +274,10 @@ class Trainer:
                 train = self.train_one_epoch(epoch)
                 diverged = [b for b, m in train.items() if not math.isfinite(m["loss"])]
                 if diverged:
-                    raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss at bits {diverged} is not "
-                                    f"finite; lower lr (now {cfg.lr}) or add warmup_epochs. Checkpoints kept "
-                                    f"in {self.run_dir} are from the epochs before.")
+                    raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss at bits "
+                                           f"{report.show_bits(diverged)} is not finite; lower lr (now {cfg.lr}) or "
+                                           f"add warmup_epochs. Checkpoints kept in {self.run_dir} are from the "
+                                           "epochs before.")
                 val = self.evaluate()
                 seconds = time.time() - t0
                 mean_top1 = sum(v["top1_error"] for v in val.values()) / len(val)

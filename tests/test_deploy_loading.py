@@ -216,3 +216,19 @@ def test_a_checkpoint_of_another_model_is_refused_by_load_trained(trained, tmp_p
     cfg = build_config({**TINY, "log_dir": str(trained), "run_name": "tiny", "bits_list": [6, 4]})
     with pytest.raises(CheckpointError, match=r"bits_list \[8, 4\]"):
         load_trained(cfg)
+
+
+def test_test_builds_no_trainer_and_agrees_with_the_trainers_evaluation(trained, monkeypatch, capsys) -> None:
+    from adabits.engine import Trainer
+    from adabits.engine.report import eval_table
+
+    cfg = build_config({**TINY, "log_dir": str(trained), "run_name": "tiny", "weight_quant_scheme": "modified",
+                        "test_only": True})
+    expected = eval_table(Trainer(cfg, echo=lambda _m: None).prepare().evaluate())
+
+    def refuse(*_a, **_k):
+        raise AssertionError("adabits test built a Trainer")
+
+    monkeypatch.setattr(trainer_module.Trainer, "__init__", refuse)
+    assert main(["test", *args(trained)]) == 0
+    assert capsys.readouterr().out.endswith(expected + "\n")

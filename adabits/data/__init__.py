@@ -6,6 +6,7 @@ shape without reading anything (for loading a trained model).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -18,8 +19,10 @@ from .loader import TensorLoader
 from .recipes import apply_to_memory_dataset
 from .transforms import ToModelInput, random_crop_flip
 
+Split = Literal["train", "val"]
+
 __all__ = ["BatchLoader", "DataError", "DataOptions", "DataShape", "FolderLoader", "ImageSplits", "Loaders",
-           "TensorLoader", "ToModelInput", "build_loaders", "build_splits", "dataset_shape", "list_datasets",
+           "TensorLoader", "ToModelInput", "build_loader", "build_loaders", "build_splits", "dataset_shape", "list_datasets",
            "random_crop_flip", "register_dataset"]
 
 
@@ -82,14 +85,32 @@ def build_loaders(cfg: DataOptions, device: torch.device | str = "cpu", rank: in
     if isinstance(splits, FolderSplits):
         train_loader, val_loader, size = folder_loaders(splits, cfg, device, rank, world_size)
         return Loaders(train_loader, val_loader, splits.num_classes, 3, size)
+    return Loaders(_memory_loader(splits, cfg, "train", device, rank, world_size),
+                   _memory_loader(splits, cfg, "val", device, rank, world_size),
+                   splits.num_classes, splits.in_chans, splits.image_size)
+
+
+def build_loader(cfg: DataOptions, split: Split, device: torch.device | str = "cpu") -> tuple[BatchLoader, DataShape]:
+    """One loader of one process (`test` needs the validation split, `calibrate` training batches) and
+    the dataset's shape; an in-memory dataset moves only that split to `device`."""
+    splits = build_splits(cfg)
+    if isinstance(splits, FolderSplits):
+        train_loader, val_loader, size = folder_loaders(splits, cfg, device)
+        return (train_loader if split == "train" else val_loader), DataShape(splits.num_classes, 3, size)
+    return (_memory_loader(splits, cfg, split, device),
+            DataShape(splits.num_classes, splits.in_chans, splits.image_size))
+
+
+def _memory_loader(splits: ImageSplits, cfg: DataOptions, split: Split, device: torch.device | str,
+                   rank: int = 0, world_size: int = 1) -> TensorLoader:
+    to_input = ToModelInput(cfg.normalize, splits.mean, splits.std, cfg.channels_last)
+    if split == "val":
+        return TensorLoader(splits.val_images.to(device), splits.val_labels.to(device),
+                            cfg.eval_batch_size or cfg.batch_size, to_input, rank=rank, world_size=world_size)
     padding = splits.crop_padding if cfg.crop_padding is None else cfg.crop_padding
     flip = splits.random_flip if cfg.random_flip is None else cfg.random_flip
-    to_input = ToModelInput(cfg.normalize, splits.mean, splits.std, cfg.channels_last)
     own_augmentation = world_size > 1 and cfg.use_diff_seed
-    train = TensorLoader(splits.train_images.to(device), splits.train_labels.to(device), cfg.batch_size, to_input,
-                         shuffle=True, drop_last=cfg.drop_last, crop_padding=padding, random_flip=flip,
-                         seed=cfg.random_seed, rank=rank, world_size=world_size,
-                         aug_seed=cfg.random_seed + rank if own_augmentation else None)
-    val = TensorLoader(splits.val_images.to(device), splits.val_labels.to(device), cfg.eval_batch_size or cfg.batch_size,
-                       to_input, rank=rank, world_size=world_size)
-    return Loaders(train, val, splits.num_classes, splits.in_chans, splits.image_size)
+    return TensorLoader(splits.train_images.to(device), splits.train_labels.to(device), cfg.batch_size, to_input,
+                        shuffle=True, drop_last=cfg.drop_last, crop_padding=padding, random_flip=flip,
+                        seed=cfg.random_seed, rank=rank, world_size=world_size,
+                        aug_seed=cfg.random_seed + rank if own_augmentation else None)

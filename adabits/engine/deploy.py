@@ -19,7 +19,7 @@ from torch import nn
 import adabits
 
 from ..analysis.profile import layer_table, profile_model, profile_table
-from ..data import Loaders, build_loaders
+from ..data import BatchLoader, build_loader, build_loaders
 from ..errors import BitWidthError, ExportError
 from ..quant.bitwidth import Bits, format_bits, parse_bits
 from . import checkpoint
@@ -54,19 +54,20 @@ def _notes(trained: TrainedModel) -> str:
     return f"note: {trained.source.note}\n" if trained.source.note else ""
 
 
-def _data(cfg: TrainConfig, trained: TrainedModel, device: torch.device) -> Loaders:
-    """The loaders of the config's dataset, checked to fit the model's classes."""
+def _fits(cfg: TrainConfig, trained: TrainedModel, num_classes: int) -> None:
+    """The dataset's labels must be outputs of the model."""
+    if num_classes > trained.shape.num_classes:
+        raise UserError(f"dataset {cfg.dataset} has {num_classes} classes, but the model has "
+                        f"{trained.shape.num_classes} outputs")
+
+
+def _threads(cfg: TrainConfig) -> None:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    loaders = build_loaders(cfg, device)
-    if loaders.num_classes > trained.shape.num_classes:
-        raise UserError(f"dataset {cfg.dataset} has {loaders.num_classes} classes, but the model has "
-                        f"{trained.shape.num_classes} outputs")
-    return loaders
 
 
-def _evaluate(cfg: TrainConfig, model: nn.Module, loaders: Loaders, device: torch.device) -> str:
-    meters = evaluate(model, loaders.val, adabits.get_bits_list(model), cfg.topk, device=device,
+def _evaluate(cfg: TrainConfig, model: nn.Module, val: BatchLoader, device: torch.device) -> str:
+    meters = evaluate(model, val, adabits.get_bits_list(model), cfg.topk, device=device,
                       criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
     return eval_table(meters.summary())
 
@@ -75,9 +76,11 @@ def test(cfg: TrainConfig, from_start: bool = False) -> str:
     """Loss and top-k error of every bit-width (calibrated ones included) on the validation set."""
     device = resolve_device(cfg.device)
     trained = load_trained(cfg, from_start=from_start, device=device)
-    loaders = _data(cfg, trained, device)
+    _threads(cfg)
+    val, shape = build_loader(cfg, "val", device)
+    _fits(cfg, trained, shape.num_classes)
     loaded = "".join(f"{n}\n" for n in trained.notes if n != trained.source.note)
-    return _notes(trained) + loaded + _evaluate(cfg, trained.model, loaders, device)
+    return _notes(trained) + loaded + _evaluate(cfg, trained.model, val, device)
 
 
 def profile(cfg: TrainConfig, bits: Any = None, verbose: bool = False, from_start: bool = False) -> str:
@@ -118,7 +121,9 @@ def calibrate(cfg: TrainConfig, bits: Any, num_batches: int = 50, out: str | Non
     if parse_bits(bits) in [parse_bits(b) for b in trained.bits_list]:
         raise BitWidthError(f"bits={show_bits(bits)} is already a bit-width of this model "
                             f"({show_bits(trained.bits_list)}); calibrate adds a new one")
-    loaders = _data(cfg, trained, device)
+    _threads(cfg)
+    loaders = build_loaders(cfg, device)  # training batches for the statistics, then the evaluation
+    _fits(cfg, trained, loaders.num_classes)
     try:
         adabits.calibrate_bn(model, bits, loaders.train, num_batches=num_batches)
     except ValueError as exc:
@@ -135,7 +140,7 @@ def calibrate(cfg: TrainConfig, bits: Any, num_batches: int = 50, out: str | Non
     target = Path(out) if out else source.with_name(f"{source.stem}_calibrated_{bits_tag(bits)}.pt")
     _save(state, target)
     return (_notes(trained) + f"calibrated {bits_label(bits)} on {num_batches} training batches; saved {target}\n"
-            + _evaluate(cfg, model, loaders, device))
+            + _evaluate(cfg, model, loaders.val, device))
 
 
 def _float_checkpoint_bytes(model: nn.Module) -> int:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-
-EXPORT_FORMATS = ("packed", "onnx")
+from .engine import Interrupted, Trainer, deploy, distributed, load_config
+from .engine.config import TrainConfig
+from .engine.deploy import EXPORT_FORMATS, parse_bits_option
+from .engine.report import eval_table
+from .errors import ConfigError, UserError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -49,12 +51,6 @@ COMMANDS = {
 
 
 # ---------------------------------------------------------------- command keys (not config keys)
-def _bits(value: Any) -> Any:
-    from .engine.deploy import parse_bits_option
-
-    return parse_bits_option(value)
-
-
 def _flag(key: str) -> Callable[[Any], bool]:
     def parse(value: Any) -> bool:
         if not isinstance(value, bool):
@@ -111,11 +107,11 @@ FROM_START = CommandKey(False, _flag("from_start"))
 COMMAND_KEYS: dict[str, dict[str, CommandKey]] = {
     "train": {},
     "test": {"from_start": FROM_START},
-    "profile": {"bits": CommandKey(None, _bits), "verbose": CommandKey(False, _flag("verbose")),
+    "profile": {"bits": CommandKey(None, parse_bits_option), "verbose": CommandKey(False, _flag("verbose")),
                 "from_start": FROM_START},
-    "calibrate": {"bits": CommandKey(None, _bits), "num_batches": CommandKey(50, _positive_int("num_batches")),
+    "calibrate": {"bits": CommandKey(None, parse_bits_option), "num_batches": CommandKey(50, _positive_int("num_batches")),
                   "out": CommandKey(None, _out, raw=True), "from_start": FROM_START},
-    "export": {"bits": CommandKey(None, _bits), "out": CommandKey(None, _out, raw=True),
+    "export": {"bits": CommandKey(None, parse_bits_option), "out": CommandKey(None, _out, raw=True),
                "bias": CommandKey(None, _bias), "from_start": FROM_START},
 }
 
@@ -182,8 +178,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _list_keys() -> None:
-    from .engine.config import TrainConfig
-
     for name, info in TrainConfig.model_fields.items():
         print(f"{name}: {info.default!r}")
 
@@ -194,10 +188,6 @@ def run(command: str, args: list[str], export_format: str = "packed") -> int:
     Only `train` (and `test` under torchrun, whose processes share the validation set) builds a
     Trainer; the other commands load the trained model alone (engine/deploy.py).
     """
-    from .engine import Trainer, load_config
-    from .engine import deploy, distributed
-    from .engine.report import eval_table
-
     args, options = split_command_keys(command, args)
     if command == "calibrate" and options["bits"] is None:
         raise ConfigError("calibrate needs bits=B, the bit-width to add (e.g. bits=7 or bits=[4,8])")
@@ -217,7 +207,7 @@ def run(command: str, args: list[str], export_format: str = "packed") -> int:
                             options["from_start"]))
         return 0
     if cfg.test_only and not distributed.detect(cfg.distributed).enabled:
-        print(deploy.test(cfg, options.get("from_start", False)))
+        print(deploy.evaluate_trained(cfg, options.get("from_start", False)))
         return 0
     trainer = Trainer(cfg, from_start=options.get("from_start", False))
     try:
@@ -237,9 +227,8 @@ def run(command: str, args: list[str], export_format: str = "packed") -> int:
 
 def _error_prefix() -> str:
     """'error: ', or 'error (rank R): ' in a torchrun worker, whose messages interleave with the others'."""
-    from .engine.distributed import env_rank, launched_by_torchrun
-
-    return f"error (rank {env_rank()}): " if launched_by_torchrun() else "error: "
+    torchrun = distributed.launched_by_torchrun()
+    return f"error (rank {distributed.env_rank()}): " if torchrun else "error: "
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,15 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.keys:
         _list_keys()
         return 0
-    from .engine import Interrupted
-    from .errors import UserError
-
     try:
         return run(args.command, args.args, getattr(args, "format", "packed"))
     except Interrupted as exc:
-        from .engine.distributed import env_rank
-
-        if env_rank() == 0:  # Ctrl-C reaches every torchrun worker; one message is enough
+        if distributed.env_rank() == 0:  # Ctrl-C reaches every torchrun worker; one message is enough
             print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""The commands behind `adabits test | profile | calibrate | export`: config in, report text out.
+"""The commands behind `adabits test | profile | calibrate | export` (`evaluate_trained`, `profile`,
+`calibrate`, `export`): config in, report text out.
 
 None of them builds a Trainer. Each loads the model through `load_trained` (engine/loading.py: one
 decision of which file holds the weights, the data shape from the config or the checkpoint) and
@@ -72,7 +73,7 @@ def _evaluate(cfg: TrainConfig, model: nn.Module, val: BatchLoader, device: torc
     return eval_table(meters.summary())
 
 
-def test(cfg: TrainConfig, from_start: bool = False) -> str:
+def evaluate_trained(cfg: TrainConfig, from_start: bool = False) -> str:
     """Loss and top-k error of every bit-width (calibrated ones included) on the validation set."""
     device = resolve_device(cfg.device)
     trained = load_trained(cfg, from_start=from_start, device=device)

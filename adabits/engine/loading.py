@@ -38,6 +38,17 @@ def run_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.log_dir) / (cfg.run_name or "run")
 
 
+def resume_path(cfg: TrainConfig) -> Path | None:
+    """The checkpoint `resume` names (a file, or a run folder's latest_checkpoint.pt); None when unset."""
+    if not cfg.resume:
+        return None
+    path = Path(cfg.resume)
+    path = path / "latest_checkpoint.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise CheckpointError(f"resume: checkpoint not found: {path}")
+    return path
+
+
 @dataclass(frozen=True)
 class WeightsSource:
     kind: WeightsKind
@@ -66,12 +77,9 @@ def weights_source(cfg: TrainConfig, *, from_start: bool = False, required: bool
     pretrained = pretrained_path(cfg)
     if pretrained is not None:
         return WeightsSource("pretrained", pretrained)
-    if cfg.resume:
-        path = Path(cfg.resume)
-        path = path / "latest_checkpoint.pt" if path.is_dir() else path
-        if not path.is_file():
-            raise CheckpointError(f"resume: checkpoint not found: {path}")
-        return WeightsSource("run", path)
+    resume = resume_path(cfg)
+    if resume is not None:
+        return WeightsSource("run", resume)
     best = run_dir(cfg) / "best_model.pt"
     if best.is_file():
         return WeightsSource("run", best)

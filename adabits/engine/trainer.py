@@ -31,7 +31,7 @@ from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingDiverged, UserError
 from .evaluation import evaluate
-from .loading import SHAPE_KEY, apply_weights, run_dir, shape_record, weights_source
+from .loading import SHAPE_KEY, apply_weights, resume_path, run_dir, shape_record, weights_source
 from .metrics import MeterSet
 from .optim import build_optimizer, build_scheduler
 
@@ -157,12 +157,10 @@ class Trainer:
         self.echo(f"clipping levels chosen from {len(batches)} training batches (alpha range per bits: {summary})")
 
     def _resume_path(self) -> Path | None:
-        if self.cfg.resume:
-            path = Path(self.cfg.resume)
-            path = path / "latest_checkpoint.pt" if path.is_dir() else path
-            if not path.is_file():
-                raise CheckpointError(f"resume: checkpoint not found: {path}")
-            return path
+        """`resume`, else the run folder's latest_checkpoint.pt when there is one."""
+        named = resume_path(self.cfg)
+        if named is not None:
+            return named
         latest = self.run_dir / "latest_checkpoint.pt"
         return latest if latest.is_file() else None
 

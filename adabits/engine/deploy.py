@@ -22,7 +22,7 @@ import adabits
 from ..analysis.profile import layer_table, profile_model, profile_table
 from ..data import BatchLoader, build_loader, build_loaders
 from ..errors import BitWidthError, ExportError
-from ..quant.bitwidth import Bits, format_bits, parse_bits
+from ..quant.bitwidth import FULL_PRECISION, Bits, format_bits, parse_bits
 from . import checkpoint
 from .build import model_kwargs, resolve_device
 from .config import TrainConfig
@@ -188,7 +188,8 @@ def _export_packed(cfg: TrainConfig, trained: TrainedModel, out: str | None) -> 
     top = max(parse_bits(b)[0] for b in trained.bits_list)
     return (f"wrote {target}: {info['bytes']:,} bytes (bit-widths {show_bits(trained.bits_list)}, "
             f"weight schemes {info['schemes']})\n"
-            f"float32 state dict: {float_bytes:,} bytes; {top}/32 of it: {float_bytes * top // 32:,} bytes; "
+            f"float32 state dict: {float_bytes:,} bytes; {top}/{FULL_PRECISION} of it: "
+            f"{float_bytes * top // FULL_PRECISION:,} bytes; "
             f"packed / float32 = {info['bytes'] / float_bytes:.3f}")
 
 

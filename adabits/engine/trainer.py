@@ -90,11 +90,11 @@ class Trainer:
         self.iters_per_epoch = len(self.loaders.train)
         if cfg.max_iters_per_epoch:
             self.iters_per_epoch = min(self.iters_per_epoch, cfg.max_iters_per_epoch)
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
-        if cfg.test_only:
+        if cfg.test_only:  # evaluation only: no optimizer, no scheduler
             self._load_for_test()
         else:
+            self.optimizer = build_optimizer(self.model, cfg)
+            self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
             resume = self._agreed_resume_path()
             if resume is not None:
                 self._restore(checkpoint.read_training_checkpoint(resume, cfg.model, self.bits), resume)

@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 import yaml
+from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
+from _engine_helpers import TINY, tiny_args
 
 import adabits
 from adabits.cli import main, parse_args
@@ -16,8 +18,6 @@ from adabits.engine import trainer as trainer_module
 from adabits.engine.errors import CheckpointError, ConfigError, DistributedError
 from adabits.engine.loading import SHAPE_KEY, model_shape
 from adabits.export import load_packed
-from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
-from _engine_helpers import TINY, tiny_args
 
 PAIRS = [[4, 8], [8, 8]]
 

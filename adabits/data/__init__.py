@@ -11,8 +11,18 @@ from typing import Literal
 import torch
 
 from . import cifar, cinic, fashion_mnist, imagenet, synthetic  # noqa: F401  (register the datasets)
-from .base import (DATASET_SHAPES, DATASETS, BatchLoader, DataError, DataOptions, DataShape, ImageSplits,
-                   canonical_name, list_datasets, register_dataset)
+from .base import (
+    DATASET_SHAPES,
+    DATASETS,
+    BatchLoader,
+    DataError,
+    DataOptions,
+    DataShape,
+    ImageSplits,
+    canonical_name,
+    list_datasets,
+    register_dataset,
+)
 from .folder import FolderSplits
 from .folder_loader import FolderLoader, folder_loaders
 from .loader import TensorLoader
@@ -49,9 +59,9 @@ def dataset_shape(cfg: DataOptions) -> DataShape:
         raise _unknown(cfg.dataset)
     rule = DATASET_SHAPES.get(name)
     if rule is None:
-        missing = [k for k in ("num_classes", "in_chans", "image_size") if getattr(cfg, k) is None]
-        if missing:
-            raise DataError(f"dataset {cfg.dataset} registers no shape; set {', '.join(missing)} in the config")
+        if cfg.num_classes is None or cfg.in_chans is None or cfg.image_size is None:
+            raise DataError(f"dataset {cfg.dataset} registers no shape; set num_classes, in_chans and image_size "
+                            "in the config")
         return DataShape(cfg.num_classes, cfg.in_chans, cfg.image_size)
     shape = rule if isinstance(rule, DataShape) else rule(cfg)
     return DataShape(cfg.num_classes or shape.num_classes, cfg.in_chans or shape.in_chans,

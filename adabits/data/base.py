@@ -5,9 +5,9 @@ uint8 tensors and batched by slicing; the data path then costs nothing next to t
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from collections.abc import Iterator
-from typing import Callable, Protocol, Union
+from typing import Any, Protocol
 
 import torch
 
@@ -85,9 +85,9 @@ class DataShape:
     image_size: int
 
 
-DatasetBuilder = Callable[[DataOptions], object]  # -> ImageSplits, or FolderSplits for a dataset of image folders
+DatasetBuilder = Callable[[DataOptions], Any]  # -> ImageSplits, or FolderSplits for a dataset of image folders
 #: a dataset's shape without reading it: fixed, or computed from the options (synthetic, folder recipes)
-ShapeRule = Union[DataShape, Callable[[DataOptions], DataShape]]
+ShapeRule = DataShape | Callable[[DataOptions], DataShape]
 
 DATASETS: dict[str, DatasetBuilder] = {}
 DATASET_SHAPES: dict[str, ShapeRule] = {}

@@ -9,8 +9,6 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-import torch
-
 from .base import DataError, DataOptions, DataShape, ImageSplits, register_dataset
 from .idx import read_idx
 

@@ -6,6 +6,7 @@ expects it sorted into val/<wnid>/ folders, as the usual preparation scripts do.
 from __future__ import annotations
 
 import random
+
 from .base import DataError, DataOptions, register_dataset
 from .folder import FolderLayout, FolderSplits, folder_shape, load_folders
 

@@ -194,7 +194,11 @@ def _export_packed(cfg: TrainConfig, trained: TrainedModel, out: str | None) -> 
 
 
 def _export_onnx(cfg: TrainConfig, trained: TrainedModel, bits: Bits, out: str | None, bias: str) -> str:
-    from ..export.onnx import FloatWeightsWarning, export_onnx, integer_layer_count  # onnx: on use
+    from ..export.onnx import (  # onnx: on use
+        FloatWeightsWarning,
+        export_onnx,
+        integer_layer_count,
+    )
 
     target = Path(out) if out else run_dir(cfg) / f"model_{bits_tag(bits)}.onnx"
     shape = trained.shape
@@ -213,7 +217,8 @@ def _export_onnx(cfg: TrainConfig, trained: TrainedModel, bits: Bits, out: str |
             f"{integer} of {layers} layers as integer kernels){notes}")
 
 
-def _bits_words(bits: Bits) -> str:
-    """`8 bits`, or `w4a8` for a pair (the export summary)."""
-    return f"{bits} bits" if isinstance(bits, int) else bits_label(bits)
+def _bits_words(bits: object) -> str:
+    """`8 bits`, or `w4a8` for a pair (the export summary, profile headings)."""
+    weight, act = parse_bits(bits)
+    return f"{weight} bits" if weight == act else f"w{weight}a{act}"
 

@@ -31,7 +31,14 @@ from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingDiverged, UserError
 from .evaluation import evaluate
-from .loading import SHAPE_KEY, apply_weights, resume_path, run_dir, shape_record, weights_source
+from .loading import (
+    SHAPE_KEY,
+    apply_weights,
+    resume_path,
+    run_dir,
+    shape_record,
+    weights_source,
+)
 from .metrics import MeterSet
 from .optim import build_optimizer, build_scheduler
 

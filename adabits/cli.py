@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .engine import Interrupted, Trainer, deploy, distributed, load_config
 from .engine.config import TrainConfig
@@ -142,6 +142,13 @@ def split_command_keys(command: str, args: list[str]) -> tuple[list[str], dict[s
 
 
 # ---------------------------------------------------------------- argument parsing
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error form: one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _add_arguments(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
     parser.add_argument("args", nargs="*", metavar="app:PATH | key=value")
     parser.add_argument("--keys", action="store_true", help="list every config key with its default and exit")
@@ -153,14 +160,14 @@ def _add_arguments(parser: argparse.ArgumentParser, name: str) -> argparse.Argum
 
 
 def _command_parser(name: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"adabits {name}", description=COMMANDS[name], epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog=f"adabits {name}", description=COMMANDS[name], epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     return _add_arguments(parser, name)
 
 
 def _parser() -> argparse.ArgumentParser:
     """The top level: the list of commands (each command's own parser is `_command_parser`)."""
-    parser = argparse.ArgumentParser(prog="adabits", description="Train, evaluate and deploy AdaBits models.")
+    parser = _Parser(prog="adabits", description="Train, evaluate and deploy AdaBits models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, help_text in COMMANDS.items():
         _add_arguments(sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,

@@ -190,6 +190,18 @@ def test_options_may_stand_anywhere(argv) -> None:
     assert parsed.command == "export" and parsed.format == "onnx" and parsed.args == ["app:x.yml", "bits=8"]
 
 
+@pytest.mark.parametrize("argv, fragment", [
+    ([], "the following arguments are required"),
+    (["nope"], "invalid choice: 'nope'"),
+    (["export", "app:x.yml", "--format", "xml"], "invalid choice: 'xml'"),
+])
+def test_usage_errors_are_one_line(capsys, argv, fragment) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err
+
+
 def test_a_type_error_of_a_model_constructor_is_not_a_config_error(monkeypatch, tmp_path) -> None:
     from adabits.engine.build import build_model
 

@@ -99,7 +99,8 @@ def shape_record(shape: DataShape) -> dict[str, int]:
 def model_shape(cfg: TrainConfig, ckpt: dict[str, Any] | None = None) -> DataShape:
     """The data shape a model is built for: the config's keys, else the checkpoint's, else the dataset's metadata."""
     stored = (ckpt or {}).get(SHAPE_KEY)
-    if isinstance(stored, dict) and all(isinstance(stored.get(k), int) for k in ("num_classes", "in_chans", "image_size")):
+    keys = [f.name for f in dataclasses.fields(DataShape)]
+    if isinstance(stored, dict) and all(isinstance(stored.get(k), int) for k in keys):
         return DataShape(cfg.num_classes or stored["num_classes"], cfg.in_chans or stored["in_chans"],
                          cfg.image_size or stored["image_size"])
     return dataset_shape(cfg)
@@ -118,8 +119,8 @@ def apply_weights(model: nn.Module, source: WeightsSource, cfg: TrainConfig,
         return load_fp_start(model, source.path, ckpt)
     if source.kind == "pretrained":
         return load_weights_file(model, source.path, ckpt)
-    ckpt = checkpoint.check_training_checkpoint(ckpt, source.path, cfg.model, cfg.train_bits) if ckpt is not None \
-        else checkpoint.read_training_checkpoint(source.path, cfg.model, cfg.train_bits)
+    ckpt = checkpoint.read(source.path) if ckpt is None else ckpt
+    checkpoint.check_training_checkpoint(ckpt, source.path, cfg.model, cfg.train_bits)
     checkpoint.load_weights(model, ckpt["model"], source.path)
     return f"loaded {source.path} (epoch {ckpt['epoch']})"
 

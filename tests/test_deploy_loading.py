@@ -244,3 +244,18 @@ def test_test_builds_no_trainer_and_agrees_with_the_trainers_evaluation(trained,
     monkeypatch.setattr(trainer_module.Trainer, "__init__", refuse)
     assert main(["test", *args(trained)]) == 0
     assert capsys.readouterr().out.endswith(expected + "\n")
+
+
+def test_the_trainers_test_only_run_makes_the_same_choice(stage2) -> None:
+    """A test_only Trainer (what `adabits test` uses under torchrun) asks weights_source too."""
+    from adabits.engine import Trainer
+
+    log_dir, fp_arg = stage2
+    cfg = build_config({**TINY, "log_dir": str(log_dir), "run_name": "tiny", "test_only": True,
+                        "fp_pretrained_file": fp_arg.partition("=")[2]})
+    with pytest.raises(CheckpointError, match="from_start=true"):
+        Trainer(cfg, echo=lambda _m: None).prepare()
+    notes: list[str] = []
+    tester = Trainer(cfg, echo=notes.append, from_start=True).prepare()
+    assert notes[0].startswith("from_start=true") and not hasattr(tester, "optimizer")
+    assert set(tester.evaluate()) == {8, 4}

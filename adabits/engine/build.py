@@ -16,6 +16,7 @@ from adabits.quant.calibrate import add_bits
 from . import checkpoint
 from .config import TrainConfig
 from .errors import CheckpointError, ConfigError
+from .report import show_bits
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,7 +89,7 @@ def load_weights_file(model: nn.Module, path: Path, ckpt: dict[str, Any] | None 
     ckpt = checkpoint.read(path) if ckpt is None else ckpt
     calibrated = add_calibrated_bits(model, ckpt)
     checkpoint.load_weights(model, _own_keys(model, checkpoint.state_dict_of(ckpt), path), path)
-    return f"loaded weights from {path}" + (f" (calibrated bit-widths {calibrated})" if calibrated else "")
+    return f"loaded weights from {path}" + (f" (calibrated bit-widths {show_bits(calibrated)})" if calibrated else "")
 
 
 def load_pretrained(model: nn.Module, cfg: TrainConfig) -> list[str]:

@@ -7,8 +7,18 @@ Ctrl-C exits with 130 after saying where the last checkpoint is. Under torchrun
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .engine import Interrupted, Trainer, deploy, distributed, load_config
+from .engine.config import TrainConfig
+from .engine.deploy import EXPORT_FORMATS, parse_bits_option
+from .engine.report import eval_table
+from .errors import ConfigError, UserError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -19,113 +29,197 @@ EPILOG = """config arguments:
   bs:256            the original's form, still accepted (bs is batch_size)
 examples:
   adabits train app:apps/fashion_mnist/q_resnet20_adabits.yml num_epochs=3
-  adabits test app:apps/fashion_mnist/q_resnet20_adabits.yml pretrained_file=runs/q_resnet20_adabits/best_model.pt
+  adabits test app:apps/fashion_mnist/q_resnet20_adabits.yml [pretrained_file=PATH]
   adabits profile app:apps/fashion_mnist/q_resnet20_adabits.yml [bits=4] [verbose=true]
   adabits calibrate app:apps/fashion_mnist/q_resnet20_adabits.yml bits=7 [num_batches=50] [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format packed [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx bits=8 [bias=int32_fine|int32|float] [out=PATH]
+bit-widths:
+  bits=B or bits=[WEIGHT_BITS,ACT_BITS] (bits_list=[[4,8],8] in a config); 32 = full precision
+weights:
+  test, calibrate and export use pretrained_file, else the run's best_model.pt; without either they stop.
+  from_start=true uses the config's fp_pretrained_file (the untrained start of a stage-2 run) on purpose.
 """
 
-#: command-specific key=value arguments (not config keys), with their defaults
-COMMAND_KEYS: dict[str, dict[str, object]] = {
-    "train": {}, "test": {},
-    "profile": {"bits": None, "verbose": False},
-    "calibrate": {"bits": None, "num_batches": 50, "out": None},
-    "export": {"bits": None, "out": None, "bias": None},
-}
 COMMANDS = {
     "train": "train (or resume) the run a config describes",
-    "test": "evaluate every bit-width of a trained model (test_only=true)",
+    "test": "evaluate every bit-width of a trained model",
     "profile": "MACs, parameters, BitOPs and model size per bit-width",
     "calibrate": "add a bit-width to a trained model by re-estimating its BN statistics",
     "export": "write the trained model as one packed file (every bit-width) or as ONNX at one bit-width",
 }
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adabits", description="Train, evaluate and deploy AdaBits models.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
-    for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("args", nargs="*", metavar="app:PATH | key=value")
-        p.add_argument("--keys", action="store_true", help="list every config key with its default and exit")
-        if name == "export":
-            p.add_argument("--format", choices=("packed", "onnx"), default="packed",
-                           help="packed: one safetensors file for every bit-width; onnx: a QDQ graph at bits=B "
-                                "(may stand anywhere among the other arguments)")
-    return parser
+# ---------------------------------------------------------------- command keys (not config keys)
+def _flag(key: str) -> Callable[[Any], bool]:
+    def parse(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+
+    return parse
 
 
-def _options_last(argv: list[str]) -> list[str]:
-    """Move `--format X` behind the positional arguments: argparse stops collecting `app:... key=value`
-    at the first option, and users write the flag anywhere."""
-    flags, rest = [], []
-    i = 0
-    while i < len(argv):
-        if argv[i] == "--format" and i + 1 < len(argv):
-            flags += argv[i:i + 2]
-            i += 2
-            continue
-        (flags if argv[i].startswith("--format=") else rest).append(argv[i])
-        i += 1
-    return rest + flags
+def _positive_int(key: str) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a whole number of at least 1, got {value!r}")
+        return value
+
+    return parse
 
 
-def _split_command_keys(command: str, args: list[str]) -> tuple[list[str], dict[str, object]]:
-    """Take the command's own key=value arguments (bits=7, out=...) out of the config overrides."""
+def _out(value: Any) -> str:
+    """A file to write: not empty, not a folder, in a folder that exists and is writable or can be made."""
+    text = "" if value is None else str(value)
+    if not text.strip():
+        raise ConfigError("out= needs a file path, e.g. out=model.onnx")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"out={text} is a folder; name a file in it, e.g. out={path / 'model'}.<ext>")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"out={text}: cannot write into {parent}")
+    return text
+
+
+def _bias(value: Any) -> str:
+    from .export.onnx import BIAS_MODES
+
+    if value not in BIAS_MODES:
+        raise ConfigError(f"bias must be one of {', '.join(BIAS_MODES)}; got {value!r}")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class CommandKey:
+    """A `key=value` argument of a command itself: its default and how its (YAML) value is checked."""
+
+    default: Any
+    parse: Callable[[Any], Any]
+    raw: bool = False  # the text itself, not parsed as YAML (paths)
+
+
+FROM_START = CommandKey(False, _flag("from_start"))
+#: every command's own key=value arguments; all their validation is here
+COMMAND_KEYS: dict[str, dict[str, CommandKey]] = {
+    "train": {},
+    "test": {"from_start": FROM_START},
+    "profile": {"bits": CommandKey(None, parse_bits_option), "verbose": CommandKey(False, _flag("verbose")),
+                "from_start": FROM_START},
+    "calibrate": {"bits": CommandKey(None, parse_bits_option), "num_batches": CommandKey(50, _positive_int("num_batches")),
+                  "out": CommandKey(None, _out, raw=True), "from_start": FROM_START},
+    "export": {"bits": CommandKey(None, parse_bits_option), "out": CommandKey(None, _out, raw=True),
+               "bias": CommandKey(None, _bias), "from_start": FROM_START},
+}
+
+
+def split_command_keys(command: str, args: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Take the command's own key=value arguments (bits=7, out=...) out of the config overrides, validated."""
     import yaml
 
-    from .engine import ConfigError
-
-    options = dict(COMMAND_KEYS[command])
+    keys = COMMAND_KEYS[command]
+    options = {key: spec.default for key, spec in keys.items()}
     rest = []
     for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key.strip() in options:
-            try:
-                options[key.strip()] = yaml.safe_load(value) if key.strip() != "out" else value
-            except yaml.YAMLError:
-                raise ConfigError(f"cannot parse {key}={value!r}") from None
-        else:
+        key, sep, text = arg.partition("=")
+        key = key.strip()
+        if not sep or key not in keys:
             rest.append(arg)
+            continue
+        spec = keys[key]
+        if spec.raw:
+            value: Any = text
+        else:
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise ConfigError(f"cannot parse {key}={text!r}") from None
+        options[key] = spec.parse(value)
     return rest, options
 
 
-def _list_keys() -> None:
-    from .engine.config import TrainConfig
+# ---------------------------------------------------------------- argument parsing
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error form: one line on stderr, exit status 2."""
 
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _add_arguments(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    parser.add_argument("args", nargs="*", metavar="app:PATH | key=value")
+    parser.add_argument("--keys", action="store_true", help="list every config key with its default and exit")
+    if name == "export":
+        parser.add_argument("--format", choices=EXPORT_FORMATS, default="packed",
+                            help="packed: one safetensors file for every bit-width; onnx: a QDQ graph at bits=B "
+                                 "(may stand anywhere among the other arguments)")
+    return parser
+
+
+def _command_parser(name: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"adabits {name}", description=COMMANDS[name], epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return _add_arguments(parser, name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The top level: the list of commands (each command's own parser is `_command_parser`)."""
+    parser = _Parser(prog="adabits", description="Train, evaluate and deploy AdaBits models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name, help_text in COMMANDS.items():
+        _add_arguments(sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter), name)
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command, then its arguments with options (`--format onnx`) anywhere among `app:... key=value`."""
+    if not argv or argv[0] not in COMMANDS:
+        return _parser().parse_args(argv)  # --help, or a usage error for an unknown command
+    args = _command_parser(argv[0]).parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
+
+
+def _list_keys() -> None:
     for name, info in TrainConfig.model_fields.items():
         print(f"{name}: {info.default!r}")
 
 
 def run(command: str, args: list[str], export_format: str = "packed") -> int:
-    """Load the config, build everything, then run the command; UserError / DataError propagate."""
-    from .engine import Trainer, UserError, load_config
-    from .engine.distributed import env_rank
-    from .engine.report import eval_table
+    """Load the config, then run the command; UserErrors propagate (main prints them).
 
-    args, options = _split_command_keys(command, args)
-    main_process = env_rank() == 0
+    Only `train` (and `test` under torchrun, whose processes share the validation set) builds a
+    Trainer; the other commands load the trained model alone (engine/deploy.py).
+    """
+    args, options = split_command_keys(command, args)
+    if command == "calibrate" and options["bits"] is None:
+        raise ConfigError("calibrate needs bits=B, the bit-width to add (e.g. bits=7 or bits=[4,8])")
+    main_process = distributed.env_rank() == 0
     loaded = load_config(args + (["test_only=true"] if command == "test" else []))
+    cfg = loaded.config
     for note in loaded.notes if main_process else []:
         print(f"note: {note}", file=sys.stderr)
-    if command in ("profile", "calibrate", "export"):
-        from .engine import deploy
-
-        if command == "profile":
-            print(deploy.profile(loaded.config, options["bits"], bool(options["verbose"])))
-        elif command == "calibrate":
-            if options["bits"] is None:
-                raise UserError("calibrate needs bits=B, the bit-width to add (e.g. bits=7)")
-            print(deploy.calibrate(loaded.config, options["bits"], int(options["num_batches"]), options["out"]))
-        else:
-            print(deploy.export(loaded.config, export_format, options["bits"], options["out"], options["bias"]))
+    if command == "profile":
+        print(deploy.profile(cfg, options["bits"], options["verbose"], options["from_start"]))
         return 0
-    trainer = Trainer(loaded.config)
+    if command == "calibrate":
+        print(deploy.calibrate(cfg, options["bits"], options["num_batches"], options["out"], options["from_start"]))
+        return 0
+    if command == "export":
+        print(deploy.export(cfg, export_format, options["bits"], options["out"], options["bias"],
+                            options["from_start"]))
+        return 0
+    if cfg.test_only and not distributed.detect(cfg.distributed).enabled:
+        print(deploy.evaluate_trained(cfg, options.get("from_start", False)))
+        return 0
+    trainer = Trainer(cfg, from_start=options.get("from_start", False))
     try:
         trainer.prepare()
-        if loaded.config.test_only:
+        if cfg.test_only:
             val = trainer.evaluate()
             if main_process:
                 print(eval_table(val))
@@ -140,26 +234,20 @@ def run(command: str, args: list[str], export_format: str = "packed") -> int:
 
 def _error_prefix() -> str:
     """'error: ', or 'error (rank R): ' in a torchrun worker, whose messages interleave with the others'."""
-    from .engine.distributed import env_rank, launched_by_torchrun
-
-    return f"error (rank {env_rank()}): " if launched_by_torchrun() else "error: "
+    torchrun = distributed.launched_by_torchrun()
+    return f"error (rank {distributed.env_rank()}): " if torchrun else "error: "
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `adabits` console script and of `python train.py`; returns the exit status."""
-    args = _parser().parse_args(_options_last(list(sys.argv[1:] if argv is None else argv)))
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.keys:
         _list_keys()
         return 0
-    from .engine import Interrupted
-    from .errors import UserError
-
     try:
         return run(args.command, args.args, getattr(args, "format", "packed"))
     except Interrupted as exc:
-        from .engine.distributed import env_rank
-
-        if env_rank() == 0:  # Ctrl-C reaches every torchrun worker; one message is enough
+        if distributed.env_rank() == 0:  # Ctrl-C reaches every torchrun worker; one message is enough
             print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:

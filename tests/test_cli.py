@@ -77,7 +77,7 @@ def test_train_then_test_through_main(tmp_path, capsys):
 
 def test_test_without_weights_exits_2(tmp_path, capsys):
     assert main(["test", *tiny_args(tmp_path)]) == 2
-    assert "test_only needs weights" in capsys.readouterr().err
+    assert "no trained checkpoint at" in capsys.readouterr().err
 
 
 def test_help_and_keys(capsys):

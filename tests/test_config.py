@@ -71,7 +71,7 @@ def test_shipped_configs_are_valid():
     ("optimizer=adam2", ["unknown optimizer", "adamw"]),
     ("model=resnet21", ["unknown model 'resnet21'", "resnet20"]),
     ("device=tpu", ["device must be"]),
-    ("bits_list=[4,4]", ["repeated"]),
+    ("bits_list=[4,4]", ["duplicates"]),
 ])
 def test_bad_overrides_name_the_key(tmp_path, override, fragments):
     app = write(tmp_path / "ok.yml", "lr: 0.1\n")

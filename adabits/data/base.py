@@ -5,9 +5,9 @@ uint8 tensors and batched by slicing; the data path then costs nothing next to t
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from collections.abc import Iterator
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -52,9 +52,45 @@ class BatchLoader(Protocol):
     def share(self, step: int) -> float: ...
 
 
-DatasetBuilder = Callable[[Any], Any]  # -> ImageSplits, or FolderSplits for a dataset of image folders
+class DataOptions(Protocol):
+    """The typed view of a config that the data package reads (TrainConfig satisfies it)."""
+
+    dataset: str
+    dataset_dir: str | None
+    download: bool
+    data_transforms: str | None
+    data_loader_workers: int
+    drop_last: bool
+    batch_size: int
+    eval_batch_size: int | None
+    crop_padding: int | None
+    random_flip: bool | None
+    normalize: bool
+    channels_last: bool
+    num_classes: int | None
+    in_chans: int | None
+    image_size: int | None
+    random_seed: int
+    use_diff_seed: bool
+    synthetic_train_size: int
+    synthetic_val_size: int
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a model needs to know of its data: classes, input channels, image side."""
+
+    num_classes: int
+    in_chans: int
+    image_size: int
+
+
+DatasetBuilder = Callable[[DataOptions], Any]  # -> ImageSplits, or FolderSplits for a dataset of image folders
+#: a dataset's shape without reading it: fixed, or computed from the options (synthetic, folder recipes)
+ShapeRule = DataShape | Callable[[DataOptions], DataShape]
 
 DATASETS: dict[str, DatasetBuilder] = {}
+DATASET_SHAPES: dict[str, ShapeRule] = {}
 
 
 def canonical_name(name: str) -> str:
@@ -62,12 +98,18 @@ def canonical_name(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
-def register_dataset(*names: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Decorator: make a builder reachable through `dataset: <name>` in a config."""
+def register_dataset(*names: str, shape: ShapeRule | None = None) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator: make a builder reachable through `dataset: <name>` in a config.
+
+    `shape` tells the dataset's DataShape without reading a file, so that loading a trained model
+    (export, profile) never walks a dataset; see `adabits.data.dataset_shape`.
+    """
 
     def deco(fn: DatasetBuilder) -> DatasetBuilder:
         for name in names:
             DATASETS[canonical_name(name)] = fn
+            if shape is not None:
+                DATASET_SHAPES[canonical_name(name)] = shape
         return fn
 
     return deco

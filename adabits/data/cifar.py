@@ -13,11 +13,10 @@ import tarfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from .base import DataError, ImageSplits, register_dataset
+from .base import DataError, DataOptions, DataShape, ImageSplits, register_dataset
 from .recipes import CIFAR_MEAN, CIFAR_STD
 
 PIXELS = 3 * 32 * 32
@@ -91,7 +90,7 @@ def _download(root: Path, release: CifarRelease) -> None:
         raise DataError(f"downloading {release.title} from {release.url} failed: {exc}") from None
 
 
-def load_release(opts: Any, release: CifarRelease) -> ImageSplits:
+def load_release(opts: DataOptions, release: CifarRelease) -> ImageSplits:
     folder = locate(opts.dataset_dir, release)
     if not folder.is_dir() and opts.download:
         _download(folder.parent, release)
@@ -108,11 +107,11 @@ def load_release(opts: Any, release: CifarRelease) -> ImageSplits:
                        mean=CIFAR_MEAN, std=CIFAR_STD, crop_padding=4, random_flip=True)
 
 
-@register_dataset("cifar10")
-def build_cifar10(opts: Any) -> ImageSplits:
+@register_dataset("cifar10", shape=DataShape(10, 3, 32))
+def build_cifar10(opts: DataOptions) -> ImageSplits:
     return load_release(opts, CIFAR10)
 
 
-@register_dataset("cifar100")
-def build_cifar100(opts: Any) -> ImageSplits:
+@register_dataset("cifar100", shape=DataShape(100, 3, 32))
+def build_cifar100(opts: DataOptions) -> ImageSplits:
     return load_release(opts, CIFAR100)

@@ -5,15 +5,13 @@ training uses train/ and validation valid/; test/ is not read.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from .base import register_dataset
-from .folder import FolderLayout, FolderSplits, load_folders
+from .base import DataOptions, register_dataset
+from .folder import FolderLayout, FolderSplits, folder_shape, load_folders
 
 LAYOUT = FolderLayout("CINIC-10", "train", "valid", "png", "cinic", subfolders=("CINIC-10", "cinic10", "cinic-10"))
 
 
-@register_dataset("cinic10", "CINIC10", "cinic")
-def build_cinic10(opts: Any) -> FolderSplits:
+@register_dataset("cinic10", "CINIC10", "cinic", shape=folder_shape(10, LAYOUT))
+def build_cinic10(opts: DataOptions) -> FolderSplits:
     _, classes, train, val = load_folders(opts, LAYOUT)
     return FolderSplits(train, val, tuple(classes), LAYOUT.default_transforms)

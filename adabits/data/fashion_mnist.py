@@ -9,11 +9,8 @@ from __future__ import annotations
 import shutil
 import urllib.request
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from .base import DataError, ImageSplits, register_dataset
+from .base import DataError, DataOptions, DataShape, ImageSplits, register_dataset
 from .idx import read_idx
 from ..atomic import atomic_write
 
@@ -79,8 +76,8 @@ def missing_message(dataset_dir: str | None) -> str:
     )
 
 
-@register_dataset("fashion_mnist", "FashionMNIST", "fashion-mnist")
-def build_fashion_mnist(opts: Any) -> ImageSplits:
+@register_dataset("fashion_mnist", "FashionMNIST", "fashion-mnist", shape=DataShape(10, 1, 28))
+def build_fashion_mnist(opts: DataOptions) -> ImageSplits:
     """Load the four files once into uint8 tensors of shape (N, 1, 28, 28)."""
     files = locate(opts.dataset_dir)
     if files is None and opts.download:

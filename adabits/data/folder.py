@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import torch
 
-from .base import DataError
+from .base import DataError, DataOptions, DataShape
+from .recipes import recipe_named
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -138,7 +139,17 @@ def check_classes(train: list[str], val: list[str], root: Path, layout: FolderLa
                         f"sets num_classes {num_classes}; fix num_classes or the folders")
 
 
-def load_folders(opts: Any, layout: FolderLayout) -> tuple[Path, list[str], FolderSplit, FolderSplit]:
+def folder_shape(num_classes: int, layout: FolderLayout) -> Callable[[DataOptions], DataShape]:
+    """The DataShape of a folder dataset with a fixed class count: RGB at the recipe's crop size."""
+
+    def shape(opts: DataOptions) -> DataShape:
+        size = opts.image_size or recipe_named(opts.data_transforms or layout.default_transforms).size
+        return DataShape(num_classes, 3, size)
+
+    return shape
+
+
+def load_folders(opts: DataOptions, layout: FolderLayout) -> tuple[Path, list[str], FolderSplit, FolderSplit]:
     """Find, scan and check both splits: (root, classes, train, val)."""
     root = layout.root(opts.dataset_dir)
     train_classes = find_classes(root / layout.train, layout)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from . import sharding
-from .base import DataError
+from .base import DataError, DataOptions
 from .folder import FolderSplit, FolderSplits
 from .image_ops import ImageTransform, open_rgb
 from .recipes import names_with, recipe_named
@@ -135,7 +135,7 @@ class FolderLoader:
             yield self.to_input(images), labels.to(self.device, non_blocking=True)
 
 
-def folder_loaders(splits: FolderSplits, cfg: Any, device: torch.device | str, rank: int = 0,
+def folder_loaders(splits: FolderSplits, cfg: DataOptions, device: torch.device | str, rank: int = 0,
                    world_size: int = 1) -> tuple[FolderLoader, FolderLoader, int]:
     """Train and val loaders of a folder dataset under its recipe (`data_transforms`); also the image size.
 

@@ -6,24 +6,23 @@ expects it sorted into val/<wnid>/ folders, as the usual preparation scripts do.
 from __future__ import annotations
 
 import random
-from typing import Any
 
-from .base import DataError, register_dataset
-from .folder import FolderLayout, FolderSplits, load_folders
+from .base import DataError, DataOptions, register_dataset
+from .folder import FolderLayout, FolderSplits, folder_shape, load_folders
 
 LAYOUT = FolderLayout("ImageNet", "train", "val", "JPEG", "imagenet1k_basic", subfolders=("imagenet", "ILSVRC2012"))
 #: how many training images `imagenet1k_val50k` holds out
 HELD_OUT = 50_000
 
 
-@register_dataset("imagenet1k", "imagenet")
-def build_imagenet(opts: Any) -> FolderSplits:
+@register_dataset("imagenet1k", "imagenet", shape=folder_shape(1000, LAYOUT))
+def build_imagenet(opts: DataOptions) -> FolderSplits:
     _, classes, train, val = load_folders(opts, LAYOUT)
     return FolderSplits(train, val, tuple(classes), LAYOUT.default_transforms)
 
 
-@register_dataset("imagenet1k_val50k")
-def build_imagenet_val50k(opts: Any) -> FolderSplits:
+@register_dataset("imagenet1k_val50k", shape=folder_shape(1000, LAYOUT))
+def build_imagenet_val50k(opts: DataOptions) -> FolderSplits:
     """Train on train/ minus 50,000 images and validate on those 50,000 (val/ stays untouched).
 
     The held-out images are exactly the original's: it shuffled ImageFolder's sample list with

@@ -5,11 +5,9 @@ learn it in a few steps and tests can check that training actually lowers the er
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from .base import ImageSplits, register_dataset
+from .base import DataOptions, DataShape, ImageSplits, register_dataset
 
 
 def make_images(n: int, num_classes: int, in_chans: int, size: int, gen: torch.Generator,
@@ -20,8 +18,12 @@ def make_images(n: int, num_classes: int, in_chans: int, size: int, gen: torch.G
     return images, labels
 
 
-@register_dataset("synthetic")
-def build_synthetic(opts: Any) -> ImageSplits:
+def synthetic_shape(opts: DataOptions) -> DataShape:
+    return DataShape(opts.num_classes or 10, opts.in_chans or 3, opts.image_size or 32)
+
+
+@register_dataset("synthetic", shape=synthetic_shape)
+def build_synthetic(opts: DataOptions) -> ImageSplits:
     """Sizes come from `synthetic_train_size`, `synthetic_val_size`, `in_chans`, `image_size`, `num_classes`."""
     num_classes = opts.num_classes or 10
     in_chans = opts.in_chans or 3

@@ -1,7 +1,10 @@
-"""The training framework: config schema, joint trainer, optimizers and schedules, checkpoints, reports."""
+"""The training framework: config schema, joint trainer, optimizers and schedules, checkpoints, reports;
+and `load_trained`, the trained model without a Trainer (evaluation and deployment)."""
 from .config import LoadedConfig, TrainConfig, build_config, load_config
 from .errors import CheckpointError, ConfigError, UserError
+from .evaluation import evaluate
+from .loading import TrainedModel, WeightsSource, load_trained, weights_source
 from .trainer import Interrupted, Trainer
 
-__all__ = ["CheckpointError", "ConfigError", "Interrupted", "LoadedConfig", "TrainConfig", "Trainer", "UserError",
-           "build_config", "load_config"]
+__all__ = ["CheckpointError", "ConfigError", "Interrupted", "LoadedConfig", "TrainConfig", "TrainedModel", "Trainer",
+           "UserError", "WeightsSource", "build_config", "evaluate", "load_config", "load_trained", "weights_source"]

@@ -10,11 +10,13 @@ from torch import nn
 
 import adabits
 from adabits.models import remap_state_dict
+from adabits.quant.bitwidth import Bits
 from adabits.quant.calibrate import add_bits
 
 from . import checkpoint
 from .config import TrainConfig
 from .errors import CheckpointError, ConfigError
+from .report import show_bits
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,7 +28,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_bits(cfg: TrainConfig) -> list[int]:
+def model_bits(cfg: TrainConfig) -> list[Bits]:
     """The bits_list the model is built with: all of it for adaptive training, else only the one trained."""
     return cfg.train_bits
 
@@ -44,9 +46,12 @@ def model_kwargs(cfg: TrainConfig, num_classes: int, in_chans: int) -> dict[str,
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
+    """The config's model; a ValueError of the model layer (an option the constructor's signature does
+    not have, a bad value) is a ConfigError. Anything else, a TypeError included, is a bug and keeps
+    its traceback."""
     try:
         return adabits.create_model(cfg.model, **model_kwargs(cfg, num_classes, in_chans))
-    except (ValueError, TypeError) as exc:
+    except ValueError as exc:
         raise ConfigError(f"cannot build model {cfg.model}: {exc}") from None
 
 
@@ -61,25 +66,40 @@ def add_calibrated_bits(model: nn.Module, ckpt: dict[str, Any]) -> list[Any]:
     return calibrated
 
 
+def pretrained_path(cfg: TrainConfig) -> Path | None:
+    """pretrained_file, relative to pretrained_dir when that is set."""
+    if not cfg.pretrained_file:
+        return None
+    path = Path(cfg.pretrained_file)
+    return Path(cfg.pretrained_dir) / path if cfg.pretrained_dir and not path.is_absolute() else path
+
+
+def load_fp_start(model: nn.Module, path: Path, ckpt: dict[str, Any] | None = None) -> str:
+    """Full-precision weights into every bit-width (per-bit copies of BN and alpha); returns a note."""
+    ckpt = checkpoint.read(path) if ckpt is None else ckpt
+    sd = _own_keys(model, checkpoint.state_dict_of(ckpt), path)
+    missing, unexpected = adabits.load_fp_state_dict(model, sd)
+    if len(missing) == len(model.state_dict()):
+        raise CheckpointError(f"{path} shares no parameter names with model {type(model).__name__}")
+    return f"loaded full-precision weights from {path} ({len(missing)} missing, {len(unexpected)} unexpected keys)"
+
+
+def load_weights_file(model: nn.Module, path: Path, ckpt: dict[str, Any] | None = None) -> str:
+    """A strict load of `path` (ours, a plain state dict or a foreign layout), calibrated bit-widths added."""
+    ckpt = checkpoint.read(path) if ckpt is None else ckpt
+    calibrated = add_calibrated_bits(model, ckpt)
+    checkpoint.load_weights(model, _own_keys(model, checkpoint.state_dict_of(ckpt), path), path)
+    return f"loaded weights from {path}" + (f" (calibrated bit-widths {show_bits(calibrated)})" if calibrated else "")
+
+
 def load_pretrained(model: nn.Module, cfg: TrainConfig) -> list[str]:
-    """Apply pretrained_file (strict) or fp_pretrained_file (per-bit copies of BN and alpha); return notes."""
+    """The start of a training run: fp_pretrained_file, then pretrained_file (strict), as set; returns notes."""
     notes = []
     if cfg.fp_pretrained_file:
-        path = Path(cfg.fp_pretrained_file)
-        sd = _own_keys(model, checkpoint.state_dict_of(checkpoint.read(path)), path)
-        missing, unexpected = adabits.load_fp_state_dict(model, sd)
-        if len(missing) == len(model.state_dict()):
-            raise CheckpointError(f"{path} shares no parameter names with model {cfg.model}")
-        notes.append(f"loaded full-precision weights from {path} "
-                     f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
-    if cfg.pretrained_file:
-        path = Path(cfg.pretrained_file)
-        if cfg.pretrained_dir and not path.is_absolute():
-            path = Path(cfg.pretrained_dir) / path
-        ckpt = checkpoint.read(path)
-        calibrated = add_calibrated_bits(model, ckpt)
-        checkpoint.load_weights(model, _own_keys(model, checkpoint.state_dict_of(ckpt), path), path)
-        notes.append(f"loaded weights from {path}" + (f" (calibrated bit-widths {calibrated})" if calibrated else ""))
+        notes.append(load_fp_start(model, Path(cfg.fp_pretrained_file)))
+    path = pretrained_path(cfg)
+    if path is not None:
+        notes.append(load_weights_file(model, path))
     return notes
 
 

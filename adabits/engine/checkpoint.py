@@ -4,13 +4,16 @@ from __future__ import annotations
 import pickle
 import random
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..atomic import atomic_write
+from ..quant.bitwidth import Bits, parse_bits_list
 from .errors import CheckpointError
+from .report import show_bits
 
 FORMAT = "adabits-checkpoint-v1"
 
@@ -50,16 +53,29 @@ def read(path: Path) -> dict[str, Any]:
     return obj
 
 
-def read_training_checkpoint(path: Path, model_name: str, bits_list: list[int]) -> dict[str, Any]:
+def read_training_checkpoint(path: Path, model_name: str, bits_list: Sequence[Bits]) -> dict[str, Any]:
     """A checkpoint of ours, checked to belong to this model and bits_list."""
-    ckpt = read(path)
+    return check_training_checkpoint(read(path), path, model_name, bits_list)
+
+
+def _same_bits(stored: Any, bits_list: Sequence[Bits]) -> bool:
+    """bits_list equality of the normalised pairs: [8, [4, 8]] in a file equals [8, (4, 8)] in a config."""
+    try:
+        return parse_bits_list(stored) == parse_bits_list(bits_list)
+    except (ValueError, TypeError):
+        return False
+
+
+def check_training_checkpoint(ckpt: dict[str, Any], path: Path, model_name: str,
+                              bits_list: Sequence[Bits]) -> dict[str, Any]:
+    """`ckpt` (read from `path`), checked to be ours and to belong to this model and bits_list."""
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a training checkpoint of adabits (no '{FORMAT}' marker); "
                               "use pretrained_file for plain state dicts")
-    if ckpt["model_name"] != model_name or list(ckpt["bits_list"]) != list(bits_list):
+    if ckpt["model_name"] != model_name or not _same_bits(ckpt["bits_list"], bits_list):
         raise CheckpointError(
-            f"{path} was written for model {ckpt['model_name']} with bits_list {list(ckpt['bits_list'])}, "
-            f"but this config builds {model_name} with bits_list {list(bits_list)}.\n"
+            f"{path} was written for model {ckpt['model_name']} with bits_list {show_bits(ckpt['bits_list'])}, "
+            f"but this config builds {model_name} with bits_list {show_bits(bits_list)}.\n"
             "Use another log_dir or run_name for a different model, or delete that run folder to start over.")
     return ckpt
 

@@ -14,9 +14,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ..data.recipes import DATA_LOADERS, TRANSFORMS
+from ..quant.bitwidth import Bits, format_bits, parse_bits_list
 from .errors import ConfigError
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
@@ -49,7 +58,6 @@ NOTE_IF_TRUE = {
     "profiling_only": "profiling is not part of `train`; training runs instead (run `adabits profile app:...`)",
     "bn_calib": "BN calibration is not part of `train`; it is ignored (run `adabits calibrate app:... bits=B`)",
 }
-MAX_BITS = 32
 
 
 class TrainConfig(BaseModel):
@@ -65,7 +73,7 @@ class TrainConfig(BaseModel):
     in_chans: int | None = Field(None, ge=1)
     image_size: int | None = Field(None, ge=4)
     topk: list[int] = [1, 5]
-    bits_list: list[int] = [8, 6, 5, 4]
+    bits_list: list[Bits] = [8, 6, 5, 4]  # an entry is B or [weight_bits, act_bits]; 32 = full precision
     adaptive_training: bool = True
     # quantization (the fields of adabits.QuantConfig, same names and defaults)
     weight_only: bool = False
@@ -161,17 +169,13 @@ class TrainConfig(BaseModel):
             raise ValueError(f"unknown model {name!r}; known: {', '.join(known)}")
         return name
 
-    @field_validator("bits_list")
+    @field_validator("bits_list", mode="before")
     @classmethod
-    def _valid_bits(cls, bits: list[int]) -> list[int]:
-        if not bits:
-            raise ValueError("bits_list must name at least one bit-width")
-        bad = [b for b in bits if not 1 <= b <= MAX_BITS]
-        if bad:
-            raise ValueError(f"bit-widths must be integers from 1 to {MAX_BITS} (32 = full precision), got {bad}")
-        if len(set(bits)) != len(bits):
-            raise ValueError(f"bits_list has repeated entries: {bits}")
-        return bits
+    def _valid_bits(cls, bits: Any) -> list[Bits]:
+        """The one validation of adabits.quant.bitwidth; entries come back as B, or (w, a) when they differ."""
+        if not isinstance(bits, (list, tuple)):
+            raise ValueError(f"bits_list must be a list of bit-widths such as [8, 4] or [[4, 8], 8], got {bits!r}")
+        return [format_bits(pair) for pair in parse_bits_list(bits)]
 
     @field_validator("topk")
     @classmethod
@@ -215,7 +219,7 @@ class TrainConfig(BaseModel):
         return self
 
     @property
-    def train_bits(self) -> list[int]:
+    def train_bits(self) -> list[Bits]:
         """The bit-widths trained (and evaluated): all of bits_list jointly, or its first entry alone."""
         return list(self.bits_list) if self.adaptive_training else self.bits_list[:1]
 

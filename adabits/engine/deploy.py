@@ -1,8 +1,11 @@
-"""The deploy commands behind `adabits profile | calibrate | export`: config in, report text out.
+"""The commands behind `adabits test | profile | calibrate | export` (`evaluate_trained`, `profile`,
+`calibrate`, `export`): config in, report text out.
 
-Each takes a validated TrainConfig plus the command's own options, builds what it needs through
-the same paths as training (data shapes, `build_model`, `load_pretrained`, `Trainer`), and turns
-library errors (ValueError from the quant / export layers) into UserError for the CLI.
+None of them builds a Trainer. Each loads the model through `load_trained` (engine/loading.py: one
+decision of which file holds the weights, the data shape from the config or the checkpoint) and
+reads only the data it needs: `test` the validation split, `calibrate` training batches for the BN
+statistics, `export` and `profile` nothing. Library errors (ValueError from the quant / export
+layers) become UserErrors with one line for the CLI.
 """
 from __future__ import annotations
 
@@ -12,102 +15,146 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 import adabits
 
 from ..analysis.profile import layer_table, profile_model, profile_table
-from ..data import build_splits
-from ..quant.bitwidth import parse_bits
+from ..data import BatchLoader, build_loader, build_loaders
+from ..errors import BitWidthError, ExportError
+from ..quant.bitwidth import FULL_PRECISION, Bits, format_bits, parse_bits
 from . import checkpoint
-from .build import build_model, load_pretrained, model_kwargs
+from .build import model_kwargs, resolve_device
 from .config import TrainConfig
 from .errors import UserError
-from .report import eval_table
-from .trainer import Trainer
+from .evaluation import evaluate
+from .loading import SHAPE_KEY, TrainedModel, load_trained, run_dir, shape_record
+from .report import bits_label, bits_tag, eval_table, show_bits
 
 EXPORT_FORMATS = ("packed", "onnx")
 
 
-def _shapes(cfg: TrainConfig) -> tuple[int, int, int]:
-    """(num_classes, in_chans, image_size) from the config, reading the dataset only for what is unset."""
-    if cfg.num_classes and cfg.in_chans and cfg.image_size:
-        return cfg.num_classes, cfg.in_chans, cfg.image_size
-    splits = build_splits(cfg)
-    return (cfg.num_classes or splits.num_classes, cfg.in_chans or splits.in_chans,
-            cfg.image_size or splits.image_size)
-
-
-def _bits_arg(bits: Any, allowed: list[Any] | None = None) -> Any:
-    if isinstance(bits, list) and len(bits) == 2 and all(isinstance(b, int) for b in bits):
-        bits = tuple(bits)
+def parse_bits_option(value: Any) -> Bits:
+    """A command's `bits=` value: B or [weight_bits, act_bits], normalised (`[8, 8]` is 8); one-line error."""
     try:
-        parse_bits(bits)
+        return format_bits(parse_bits(value))
     except ValueError as exc:
-        raise UserError(f"bits: {exc}") from None
-    if allowed is not None and bits not in allowed:
-        raise UserError(f"bits={bits} is not a bit-width of this model; allowed: {allowed}")
+        raise BitWidthError(f"bits={show_bits(value)}: {exc}; write bits=B or bits=[WEIGHT_BITS,ACT_BITS]") from None
+
+
+def _of_model(bits: Any, allowed: list[Bits]) -> Bits:
+    """`bits`, checked to be one of the model's bit-widths."""
+    bits = parse_bits_option(bits)
+    if parse_bits(bits) not in [parse_bits(b) for b in allowed]:
+        raise BitWidthError(f"bits={show_bits(bits)} is not a bit-width of this model; allowed: {show_bits(allowed)}")
     return bits
 
 
-def profile(cfg: TrainConfig, bits: Any = None, verbose: bool = False) -> str:
-    """The profile table of the config's model (with pretrained_file's calibrated bit-widths, if any)."""
-    num_classes, in_chans, size = _shapes(cfg)
-    model = build_model(cfg, num_classes, in_chans)
-    if cfg.pretrained_file:
-        load_pretrained(model, cfg)
-    allowed = adabits.get_bits_list(model)
-    order = allowed if bits is None else [_bits_arg(b, allowed) for b in (bits if isinstance(bits, list) else [bits])]
-    profiles = profile_model(model, (in_chans, size, size), order)
-    text = f"{cfg.model}, input {in_chans}x{size}x{size}\n" + profile_table(profiles)
+def _notes(trained: TrainedModel) -> str:
+    """The note of a deliberate choice of weights (from_start), as the first line of a command's output."""
+    return f"note: {trained.source.note}\n" if trained.source.note else ""
+
+
+def _fits(cfg: TrainConfig, trained: TrainedModel, num_classes: int) -> None:
+    """The dataset's labels must be outputs of the model."""
+    if num_classes > trained.shape.num_classes:
+        raise UserError(f"dataset {cfg.dataset} has {num_classes} classes, but the model has "
+                        f"{trained.shape.num_classes} outputs")
+
+
+def _threads(cfg: TrainConfig) -> None:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+
+
+def _evaluate(cfg: TrainConfig, model: nn.Module, val: BatchLoader, device: torch.device) -> str:
+    meters = evaluate(model, val, adabits.get_bits_list(model), cfg.topk, device=device,
+                      criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
+    return eval_table(meters.summary())
+
+
+def evaluate_trained(cfg: TrainConfig, from_start: bool = False) -> str:
+    """Loss and top-k error of every bit-width (calibrated ones included) on the validation set."""
+    device = resolve_device(cfg.device)
+    trained = load_trained(cfg, from_start=from_start, device=device)
+    _threads(cfg)
+    val, shape = build_loader(cfg, "val", device)
+    _fits(cfg, trained, shape.num_classes)
+    loaded = "".join(f"{n}\n" for n in trained.notes if n != trained.source.note)
+    return _notes(trained) + loaded + _evaluate(cfg, trained.model, val, device)
+
+
+def profile(cfg: TrainConfig, bits: Any = None, verbose: bool = False, from_start: bool = False) -> str:
+    """The profile table of the config's model, with the calibrated bit-widths of its weights.
+
+    Counting needs no weights: without a trained checkpoint the freshly built model is profiled
+    (its bit-widths are the config's), and the text says so. No data is read.
+    """
+    trained = load_trained(cfg, from_start=from_start, require_weights=False)
+    order = trained.bits_list if bits is None else [_of_model(bits, trained.bits_list)]
+    shape = trained.shape
+    profiles = profile_model(trained.model, (shape.in_chans, shape.image_size, shape.image_size), order)
+    untrained = "" if trained.source.path else " (no trained weights: the counts do not depend on them)"
+    text = (_notes(trained) + f"{cfg.model}, input {shape.in_chans}x{shape.image_size}x{shape.image_size}"
+            f"{untrained}\n" + profile_table(profiles))
     if verbose:
-        text += "".join(f"\n\n{p.bits} bits:\n{layer_table(p)}" for p in profiles)
+        text += "".join(f"\n\n{_bits_words(p.bits)}:\n{layer_table(p)}" for p in profiles)
     return text
 
 
-def _trained(cfg: TrainConfig) -> tuple[Trainer, Path]:
-    """A Trainer holding the trained weights (pretrained_file, or the run's best_model.pt)."""
-    trainer = Trainer(cfg.model_copy(update={"test_only": True}), echo=lambda _m: None).prepare()
-    source = Path(cfg.pretrained_file) if cfg.pretrained_file else trainer.run_dir / "best_model.pt"
-    if cfg.pretrained_dir and cfg.pretrained_file and not source.is_absolute():
-        source = Path(cfg.pretrained_dir) / source
-    return trainer, source
+def _save(state: dict[str, Any], target: Path) -> None:
+    try:
+        checkpoint.save_atomic(state, target)
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
-def calibrate(cfg: TrainConfig, bits: Any, num_batches: int = 50, out: str | None = None) -> str:
-    """Add bit-width `bits` to the trained model, estimate its BN statistics, save, evaluate all."""
+def calibrate(cfg: TrainConfig, bits: Any, num_batches: int = 50, out: str | None = None,
+              from_start: bool = False) -> str:
+    """Add bit-width `bits` to the trained model, estimate its BN statistics on training batches, save,
+    then evaluate every bit-width."""
     if num_batches < 1:
         raise UserError(f"num_batches must be at least 1, got {num_batches}")
-    trainer, source = _trained(cfg)
-    model = trainer.model
-    bits = _bits_arg(bits)
-    if bits in adabits.get_bits_list(model):
-        raise UserError(f"bits={bits} is already a bit-width of this model ({adabits.get_bits_list(model)}); "
-                        "calibrate adds a new one")
-    adabits.calibrate_bn(model, bits, trainer.loaders.train, num_batches=num_batches)
-    ckpt = checkpoint.read(source)
+    bits = parse_bits_option(bits)
+    device = resolve_device(cfg.device)
+    trained = load_trained(cfg, from_start=from_start, device=device)
+    model = trained.model
+    if parse_bits(bits) in [parse_bits(b) for b in trained.bits_list]:
+        raise BitWidthError(f"bits={show_bits(bits)} is already a bit-width of this model "
+                            f"({show_bits(trained.bits_list)}); calibrate adds a new one")
+    _threads(cfg)
+    loaders = build_loaders(cfg, device)  # training batches for the statistics, then the evaluation
+    _fits(cfg, trained, loaders.num_classes)
+    try:
+        adabits.calibrate_bn(model, bits, loaders.train, num_batches=num_batches)
+    except ValueError as exc:
+        raise UserError(f"calibrate {bits_label(bits)}: {exc}") from None
+    source = trained.source.path
+    assert source is not None and trained.checkpoint is not None  # load_trained requires weights here
+    ckpt = trained.checkpoint
     state: dict[str, Any] = dict(ckpt) if ckpt.get("format") == checkpoint.FORMAT else {"format": checkpoint.FORMAT}
-    all_bits = adabits.get_bits_list(model)
-    state.update(model=model.state_dict(), model_name=cfg.model, bits_list=all_bits,
-                 calibrated_bits=[*state.get("calibrated_bits", []), bits],
+    state.update(model=model.state_dict(), model_name=cfg.model, bits_list=trained.bits_list,
+                 calibrated_bits=[*state.get("calibrated_bits", []), bits], **{SHAPE_KEY: shape_record(trained.shape)},
                  calibration={"bits": bits, "num_batches": num_batches, "source": str(source)})
     state.pop("optimizer", None)  # the optimizer's state no longer matches the grown parameters
     state.pop("scheduler", None)
-    target = Path(out) if out else source.with_name(f"{source.stem}_calibrated_{bits}bit.pt")
-    checkpoint.save_atomic(state, target)
-    trainer.bits = all_bits
-    return f"calibrated {bits} bits on {num_batches} training batches; saved {target}\n" + eval_table(trainer.evaluate())
+    target = Path(out) if out else source.with_name(f"{source.stem}_calibrated_{bits_tag(bits)}.pt")
+    _save(state, target)
+    return (_notes(trained) + f"calibrated {bits_label(bits)} on {num_batches} training batches; saved {target}\n"
+            + _evaluate(cfg, model, loaders.val, device))
 
 
-def _float_checkpoint_bytes(model: torch.nn.Module) -> int:
+def _float_checkpoint_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.tell()
 
 
-def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, bias: Any = None) -> str:
+def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, bias: Any = None,
+           from_start: bool = False) -> str:
     """Write the trained model as one packed file (every bit-width) or as ONNX at one bit-width
-    (`bias`: how the ONNX graph applies the folded BN shift, see `export_onnx`)."""
-    from ..export.onnx import BIAS_MODES, FloatWeightsWarning, export_onnx, integer_layer_count  # onnx: on use
+    (`bias`: how the ONNX graph applies the folded BN shift, see `export_onnx`). Reads no data."""
+    from ..export.onnx import BIAS_MODES
 
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
@@ -116,40 +163,62 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
     bias = BIAS_MODES[0] if bias is None else bias
     if bias not in BIAS_MODES:
         raise UserError(f"bias must be one of {', '.join(BIAS_MODES)}; got {bias!r}")
-    trainer, _ = _trained(cfg)
-    model = trainer.model
-    if fmt == "packed":
-        from ..export.packed import save_packed
-
-        target = Path(out) if out else trainer.run_dir / "model_packed.safetensors"
-        kwargs = model_kwargs(cfg, cfg.num_classes or trainer.loaders.num_classes,
-                              cfg.in_chans or trainer.loaders.in_chans)
-        try:
-            info = save_packed(model, target, model_name=cfg.model, model_kwargs=kwargs)
-        except ValueError as exc:
-            raise UserError(f"packed export: {exc}") from None
-        float_bytes = _float_checkpoint_bytes(model)
-        top = max(parse_bits(b)[0] for b in adabits.get_bits_list(model))
-        return (f"wrote {target}: {info['bytes']:,} bytes (bit-widths {adabits.get_bits_list(model)}, "
-                f"weight schemes {info['schemes']})\n"
-                f"float32 state dict: {float_bytes:,} bytes; {top}/32 of it: {float_bytes * top // 32:,} bytes; "
-                f"packed / float32 = {info['bytes'] / float_bytes:.3f}")
-    if bits is None:
+    if fmt == "onnx" and bits is None:
         raise UserError("ONNX export needs bits=B (one bit-width of the model; 32 exports float)")
-    bits = _bits_arg(bits, adabits.get_bits_list(model))
-    target = Path(out) if out else trainer.run_dir / f"model_{bits}bit.onnx"
-    size = trainer.loaders.image_size
+    trained = load_trained(cfg, from_start=from_start)
+    try:
+        text = (_export_packed(cfg, trained, out) if fmt == "packed"
+                else _export_onnx(cfg, trained, _of_model(bits, trained.bits_list), out, bias))
+    except OSError as exc:
+        raise UserError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+    return _notes(trained) + text
+
+
+def _export_packed(cfg: TrainConfig, trained: TrainedModel, out: str | None) -> str:
+    from ..export.packed import save_packed
+
+    model = trained.model
+    target = Path(out) if out else run_dir(cfg) / "model_packed.safetensors"
+    kwargs = model_kwargs(cfg, trained.shape.num_classes, trained.shape.in_chans)
+    try:
+        info = save_packed(model, target, model_name=cfg.model, model_kwargs=kwargs)
+    except ValueError as exc:
+        raise ExportError(f"packed export: {exc}") from None
+    float_bytes = _float_checkpoint_bytes(model)
+    top = max(parse_bits(b)[0] for b in trained.bits_list)
+    return (f"wrote {target}: {info['bytes']:,} bytes (bit-widths {show_bits(trained.bits_list)}, "
+            f"weight schemes {info['schemes']})\n"
+            f"float32 state dict: {float_bytes:,} bytes; {top}/{FULL_PRECISION} of it: "
+            f"{float_bytes * top // FULL_PRECISION:,} bytes; "
+            f"packed / float32 = {info['bytes'] / float_bytes:.3f}")
+
+
+def _export_onnx(cfg: TrainConfig, trained: TrainedModel, bits: Bits, out: str | None, bias: str) -> str:
+    from ..export.onnx import (  # onnx: on use
+        FloatWeightsWarning,
+        export_onnx,
+        integer_layer_count,
+    )
+
+    target = Path(out) if out else run_dir(cfg) / f"model_{bits_tag(bits)}.onnx"
+    shape = trained.shape
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FloatWeightsWarning)
-            export_onnx(model, target, bits, (trainer.loaders.in_chans, size, size), uint8_input=not cfg.normalize,
-                        bias=bias)
+            export_onnx(trained.model, target, bits, (shape.in_chans, shape.image_size, shape.image_size),
+                        uint8_input=not cfg.normalize, bias=bias)
     except ImportError:
         raise UserError("ONNX export needs the onnx package: pip install 'adabits[onnx]'") from None
     except ValueError as exc:
-        raise UserError(f"ONNX export at {bits} bits: {exc}") from None
+        raise ExportError(f"ONNX export at {bits_label(bits)}: {exc}") from None
     notes = "".join(f"\nnote: {w.message}" for w in caught if issubclass(w.category, FloatWeightsWarning))
     integer, layers = integer_layer_count(target)
-    return (f"wrote {target} ({target.stat().st_size:,} bytes, {bits} bits, bias {bias}: "
+    return (f"wrote {target} ({target.stat().st_size:,} bytes, {_bits_words(bits)}, bias {bias}: "
             f"{integer} of {layers} layers as integer kernels){notes}")
+
+
+def _bits_words(bits: object) -> str:
+    """`8 bits`, or `w4a8` for a pair (the export summary, profile headings)."""
+    weight, act = parse_bits(bits)
+    return f"{weight} bits" if weight == act else f"w{weight}a{act}"
 

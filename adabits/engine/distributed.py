@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from .errors import ConfigError, UserError
+from .errors import ConfigError, DistributedError, UserError
 
 #: the environment torchrun sets in every worker
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -272,8 +272,8 @@ class GradientAllReduce:
     def _check(counts: torch.Tensor, present: list[bool], world: int) -> None:
         for count, mine in zip(counts.tolist(), present):
             if round(count) != (world if mine else 0):
-                raise RuntimeError("the processes disagree on which parameters received gradients in this step; "
-                                   "distributed training needs the same used parameters on every rank")
+                raise DistributedError("the processes disagree on which parameters received gradients in this step; "
+                                       "distributed training needs the same used parameters on every rank")
 
 
 def average_buffers(model: nn.Module) -> None:

@@ -1,4 +1,13 @@
 """The engine's errors live in `adabits.errors` (one hierarchy for the whole package)."""
-from ..errors import CheckpointError, ConfigError, TrainingDiverged, UserError
+from ..errors import (
+           BitWidthError,
+           CheckpointError,
+           ConfigError,
+           DataError,
+           DistributedError,
+           TrainingDiverged,
+           UserError,
+)
 
-__all__ = ["CheckpointError", "ConfigError", "TrainingDiverged", "UserError"]
+__all__ = ["BitWidthError", "CheckpointError", "ConfigError", "DataError", "DistributedError", "TrainingDiverged",
+           "UserError"]

@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from ..quant.bitwidth import Bits
+
 
 class BitMeter:
     """Sums of [samples, loss * samples, correct@k for each k] for one bit-width, kept as one device tensor."""
@@ -45,13 +47,13 @@ class BitMeter:
 class MeterSet:
     """One BitMeter per bit-width."""
 
-    def __init__(self, bits: list[int], topk: list[int], device: torch.device | str) -> None:
+    def __init__(self, bits: list[Bits], topk: list[int], device: torch.device | str) -> None:
         self.meters = {b: BitMeter(topk, device) for b in bits}
 
-    def __getitem__(self, bits: int) -> BitMeter:
+    def __getitem__(self, bits: Bits) -> BitMeter:
         return self.meters[bits]
 
-    def summary(self) -> dict[int, dict[str, float]]:
+    def summary(self) -> dict[Bits, dict[str, float]]:
         return {b: m.summary() for b, m in self.meters.items()}
 
     def reduce_(self, sum_: Callable[[torch.Tensor], torch.Tensor]) -> "MeterSet":

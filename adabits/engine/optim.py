@@ -1,7 +1,7 @@
 """Optimizers (a registry) with the original AdaBits code's weight-decay rule (docs/models.md), and the LR scheduler."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -33,7 +33,28 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-OptimizerFactory = Callable[[list[dict[str, Any]], Any], torch.optim.Optimizer]
+class OptimOptions(Protocol):
+    """The typed view of a config that optimizers and schedules read (TrainConfig satisfies it)."""
+
+    optimizer: str
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    optim_decay: float
+    optim_eps: float
+    lr_scheduler: str
+    batch_size: int
+    num_epochs: int
+    warmup_epochs: float
+    warmup_start: float | None
+    multistep_lr_milestones: list[float]
+    multistep_lr_gamma: float
+    exp_decaying_lr_gamma: float
+    exp_decaying_period: int
+
+
+OptimizerFactory = Callable[[list[dict[str, Any]], OptimOptions], torch.optim.Optimizer]
 OPTIMIZERS: dict[str, OptimizerFactory] = {}
 
 
@@ -46,25 +67,25 @@ def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFacto
 
 
 @register_optimizer("sgd")
-def _sgd(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
+def _sgd(groups: list[dict[str, Any]], cfg: OptimOptions) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
 @register_optimizer("rmsprop")
-def _rmsprop(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
+def _rmsprop(groups: list[dict[str, Any]], cfg: OptimOptions) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.optim_decay, eps=cfg.optim_eps, momentum=cfg.momentum)
 
 
 @register_optimizer("adamw")
-def _adamw(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
+def _adamw(groups: list[dict[str, Any]], cfg: OptimOptions) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.optim_eps)
 
 
-def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimOptions) -> torch.optim.Optimizer:
     return OPTIMIZERS[cfg.optimizer](param_groups(model, cfg.weight_decay), cfg)
 
 
-def schedule_spec(cfg: Any, iters_per_epoch: int) -> ScheduleSpec:
+def schedule_spec(cfg: OptimOptions, iters_per_epoch: int) -> ScheduleSpec:
     warmup_start = cfg.warmup_start
     if warmup_start is None:
         warmup_start = 256 / cfg.batch_size if cfg.batch_size > 256 else 0.1
@@ -74,7 +95,7 @@ def schedule_spec(cfg: Any, iters_per_epoch: int) -> ScheduleSpec:
         exp_gamma=cfg.exp_decaying_lr_gamma, exp_period=cfg.exp_decaying_period)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimOptions, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR to be stepped after every optimizer step (iteration i uses multiplier(i))."""
     spec = schedule_spec(cfg, iters_per_epoch)
     name = cfg.lr_scheduler

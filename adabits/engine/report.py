@@ -1,4 +1,8 @@
-"""What a run leaves for people: epoch tables, metrics.jsonl, TensorBoard, results.md, accuracy_vs_bits.png."""
+"""What a run leaves for people: epoch tables, metrics.jsonl, TensorBoard, results.md, accuracy_vs_bits.png.
+
+Bit-widths are labelled `8-bit`, `FP32`, and `w4a8` for a pair (weight bits, activation bits), and
+ordered by (weight bits, activation bits) wherever they are sorted.
+"""
 from __future__ import annotations
 
 import json
@@ -6,13 +10,43 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..quant.bitwidth import FULL_PRECISION, BitPair, Bits, parse_bits
 
-def bits_label(bits: int) -> str:
-    return "FP32" if bits >= 32 else f"{bits}-bit"
+Metrics = dict[Bits, dict[str, float]]
+
+
+def bits_label(bits: Bits) -> str:
+    """`8-bit`, `FP32`, or `w4a8` when weights and activations differ (the table and plot label)."""
+    weight, act = parse_bits(bits)
+    if weight != act:
+        return f"w{weight}a{act}"
+    return "FP32" if weight == FULL_PRECISION else f"{weight}-bit"
+
+
+def bits_tag(bits: Bits) -> str:
+    """The same in a file name: `8bit`, `32bit`, `w4a8`."""
+    weight, act = parse_bits(bits)
+    return f"{weight}bit" if weight == act else f"w{weight}a{act}"
+
+
+def show_bits(value: Any) -> str:
+    """Bit-widths as the user writes them in a config or command: `4`, `[4, 8]`, `[[4, 8], 8]`."""
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    try:
+        return json.dumps(plain(value))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def bits_order(bits: Bits) -> BitPair:
+    """Sort key of a bit-width: (weight bits, activation bits)."""
+    return parse_bits(bits)
 
 
 def epoch_table(epoch: int, num_epochs: int, lr: float, seconds: float,
-                train: dict[int, dict[str, float]], val: dict[int, dict[str, float]]) -> str:
+                train: Metrics, val: Metrics) -> str:
     """A fixed-width table of one epoch: train and val loss and errors per bit-width."""
     head = f"epoch {epoch + 1}/{num_epochs}  lr {lr:.4g}  {seconds:.0f}s"
     cols = f"{'bits':>6} | {'train loss':>10} | {'train top1 err':>14} | {'val loss':>8} | {'val top1 err':>12} | {'val top5 err':>12}"
@@ -25,7 +59,7 @@ def epoch_table(epoch: int, num_epochs: int, lr: float, seconds: float,
     return "\n".join(lines)
 
 
-def eval_table(val: dict[int, dict[str, float]]) -> str:
+def eval_table(val: Metrics) -> str:
     lines = [f"{'bits':>6} | {'loss':>8} | {'top1 err':>9} | {'top5 err':>9} | {'top1 acc':>9}", "-" * 53]
     for b, v in val.items():
         lines.append(f"{bits_label(b):>6} | {v['loss']:>8.4f} | {100 * v['top1_error']:>8.2f}% | "
@@ -33,7 +67,7 @@ def eval_table(val: dict[int, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(title: str, epoch: int, val: dict[int, dict[str, float]]) -> str:
+def results_markdown(title: str, epoch: int, val: Metrics) -> str:
     """results.md: one row per bit-width with top-1 / top-5 error (%) of the best epoch."""
     ks = sorted({key for v in val.values() for key in v if key.startswith("top")})
     header = "| bits | " + " | ".join(k.replace("_", " ") + " (%)" for k in ks) + " | top1 accuracy (%) |"
@@ -45,14 +79,14 @@ def results_markdown(title: str, epoch: int, val: dict[int, dict[str, float]]) -
                       "", header, sep, *rows, ""])
 
 
-def plot_accuracy(path: Path, title: str, val: dict[int, dict[str, float]]) -> None:
+def plot_accuracy(path: Path, title: str, val: Metrics) -> None:
     """accuracy_vs_bits.png: top-1 (and top-5) accuracy per bit-width."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bits = sorted(val)
+    bits = sorted(val, key=bits_order)
     labels = [bits_label(b) for b in bits]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for key, marker in (("top1_error", "o"), ("top5_error", "s")):
@@ -90,10 +124,11 @@ class RunWriter:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write_epoch(self, epoch: int, lr: float, seconds: float,
-                    train: dict[int, dict[str, float]], val: dict[int, dict[str, float]]) -> None:
+                    train: Metrics, val: Metrics) -> None:
         with self.jsonl.open("a") as f:
             for b, v in val.items():
-                row: dict[str, Any] = {"epoch": epoch + 1, "bits": b, "lr": lr, "time_s": round(seconds, 2)}
+                row: dict[str, Any] = {"epoch": epoch + 1, "bits": b, "bits_label": bits_label(b), "lr": lr,
+                                       "time_s": round(seconds, 2)}
                 row.update({f"train_{k}": x for k, x in train.get(b, {}).items()})
                 row.update({f"val_{k}": x for k, x in v.items()})
                 f.write(json.dumps(row) + "\n")

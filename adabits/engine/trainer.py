@@ -23,12 +23,22 @@ from tqdm import tqdm
 
 import adabits
 
-from ..data import Loaders, build_loaders
+from ..data import DataShape, Loaders, build_loaders
+from ..quant.bitwidth import Bits
 from ..quant.clipping import init_clipping_levels
 from . import checkpoint, distributed, report
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingDiverged, UserError
+from .evaluation import evaluate
+from .loading import (
+    SHAPE_KEY,
+    apply_weights,
+    resume_path,
+    run_dir,
+    shape_record,
+    weights_source,
+)
 from .metrics import MeterSet
 from .optim import build_optimizer, build_scheduler
 
@@ -48,12 +58,15 @@ def _silent(_msg: str) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, echo: Printer = print, dist_env: distributed.DistEnv | None = None) -> None:
-        """`dist_env` overrides what the torchrun environment says (e.g. DistEnv() for a single-process run)."""
+    def __init__(self, cfg: TrainConfig, echo: Printer = print, dist_env: distributed.DistEnv | None = None,
+                 from_start: bool = False) -> None:
+        """`dist_env` overrides what the torchrun environment says (e.g. DistEnv() for a single-process run);
+        `from_start` makes a test_only run evaluate the fp_pretrained_file start (see engine/loading.py)."""
         self.cfg = cfg
         self.dist = dist_env if dist_env is not None else distributed.detect(cfg.distributed)
         self.echo = echo if self.dist.is_main else _silent
-        self.run_dir = Path(cfg.log_dir) / (cfg.run_name or "run")
+        self.run_dir = run_dir(cfg)
+        self.from_start = from_start
         self.bits = cfg.train_bits
         self.start_epoch = 0
         self.best: dict[str, Any] = {"mean_top1_error": math.inf, "epoch": -1, "val": {}}
@@ -72,8 +85,9 @@ class Trainer:
         if cfg.num_classes is not None and cfg.num_classes < self.loaders.num_classes:
             raise UserError(f"num_classes {cfg.num_classes} is smaller than the {self.loaders.num_classes} "
                             f"classes of dataset {cfg.dataset}")
-        self.model = build_model(cfg, cfg.num_classes or self.loaders.num_classes,
-                                 cfg.in_chans or self.loaders.in_chans)
+        self.shape = DataShape(cfg.num_classes or self.loaders.num_classes, cfg.in_chans or self.loaders.in_chans,
+                               self.loaders.image_size)
+        self.model = build_model(cfg, self.shape.num_classes, self.shape.in_chans)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -83,11 +97,11 @@ class Trainer:
         self.iters_per_epoch = len(self.loaders.train)
         if cfg.max_iters_per_epoch:
             self.iters_per_epoch = min(self.iters_per_epoch, cfg.max_iters_per_epoch)
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
-        if cfg.test_only:
+        if cfg.test_only:  # evaluation only: no optimizer, no scheduler
             self._load_for_test()
         else:
+            self.optimizer = build_optimizer(self.model, cfg)
+            self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
             resume = self._agreed_resume_path()
             if resume is not None:
                 self._restore(checkpoint.read_training_checkpoint(resume, cfg.model, self.bits), resume)
@@ -150,12 +164,10 @@ class Trainer:
         self.echo(f"clipping levels chosen from {len(batches)} training batches (alpha range per bits: {summary})")
 
     def _resume_path(self) -> Path | None:
-        if self.cfg.resume:
-            path = Path(self.cfg.resume)
-            path = path / "latest_checkpoint.pt" if path.is_dir() else path
-            if not path.is_file():
-                raise CheckpointError(f"resume: checkpoint not found: {path}")
-            return path
+        """`resume`, else the run folder's latest_checkpoint.pt when there is one."""
+        named = resume_path(self.cfg)
+        if named is not None:
+            return named
         latest = self.run_dir / "latest_checkpoint.pt"
         return latest if latest.is_file() else None
 
@@ -172,32 +184,15 @@ class Trainer:
         self.echo(f"resuming from {path} after epoch {self.start_epoch}")
 
     def _load_for_test(self) -> None:
-        """Evaluate pretrained_file, else `resume` or the run's best_model.pt.
-
-        A stage-2 config keeps naming its float starting point (fp_pretrained_file); that file is
-        evaluated only when the run has no trained checkpoint yet, and the message says so.
-        """
-        cfg = self.cfg
-        path = Path(cfg.resume) if cfg.resume else self.run_dir / "best_model.pt"
-        use_fp = cfg.fp_pretrained_file and not cfg.resume and not path.is_file()
-        if cfg.pretrained_file or use_fp:
-            if use_fp and not cfg.pretrained_file:
-                self.echo(f"no trained checkpoint at {path}: evaluating the full-precision start "
-                          f"{cfg.fp_pretrained_file}")
-            weights = cfg.model_copy(update={"fp_pretrained_file": None}) if cfg.pretrained_file else cfg
-            for note in load_pretrained(self.model, weights):
+        """The trained weights `weights_source` names (the one decision, shared with the deploy commands)."""
+        source = weights_source(self.cfg, from_start=self.from_start)
+        for note in (source.note, apply_weights(self.model, source, self.cfg)):
+            if note:
                 self.echo(note)
-            self.bits = list(adabits.get_bits_list(self.model))  # with any calibrated bit-widths
-            return
-        if not path.is_file():
-            raise CheckpointError(f"test_only needs weights: set pretrained_file=PATH, or train first "
-                                  f"(no checkpoint at {path})")
-        ckpt = checkpoint.read_training_checkpoint(path, cfg.model, self.bits)
-        checkpoint.load_weights(self.model, ckpt["model"], path)
-        self.echo(f"loaded {path} (epoch {ckpt['epoch']})")
+        self.bits = list(adabits.get_bits_list(self.model))  # with any calibrated bit-widths
 
     # ---------------------------------------------------------------- training
-    def train_one_epoch(self, epoch: int) -> dict[int, dict[str, float]]:
+    def train_one_epoch(self, epoch: int) -> dict[Bits, dict[str, float]]:
         """One pass over the training set; per batch: for each bit-width forward + backward, then one step."""
         cfg = self.cfg
         self.model.train()
@@ -244,7 +239,7 @@ class Trainer:
             meters.reduce_(distributed.all_reduce_sum_)
         return meters
 
-    def evaluate(self) -> dict[int, dict[str, float]]:
+    def evaluate(self) -> dict[Bits, dict[str, float]]:
         """Loss and top-k error of every bit-width on the whole validation set (BN in eval mode)."""
         return self.evaluate_meters().summary()
 
@@ -253,13 +248,8 @@ class Trainer:
         """The sums behind `evaluate`, over every process's part of the validation set."""
         if self.dist.enabled:
             distributed.average_buffers(self.model)
-        self.model.eval()
-        meters = MeterSet(self.bits, self.cfg.topk, self.device)
-        for images, labels in self.loaders.val:
-            for bits in self.bits:
-                adabits.set_bits(self.model, bits)
-                logits = self.forward(images)
-                meters[bits].update(logits, labels, self.criterion(logits, labels))
+        meters = evaluate(self.model, self.loaders.val, self.bits, self.cfg.topk, criterion=self.criterion,
+                          device=self.device, forward=self.forward)
         return self._reduced(meters)
 
     def _state(self, epoch_done: int) -> dict[str, Any]:
@@ -267,7 +257,7 @@ class Trainer:
             "format": checkpoint.FORMAT, "model_name": self.cfg.model, "bits_list": list(self.bits),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": epoch_done, "best": self.best,
-            "rng": checkpoint.rng_state(), "config": self.cfg.model_dump(),
+            "rng": checkpoint.rng_state(), "config": self.cfg.model_dump(), SHAPE_KEY: shape_record(self.shape),
         }
 
     def fit(self) -> dict[str, Any]:
@@ -279,8 +269,8 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         writer = report.RunWriter(self.run_dir) if main else None
         latest = self.run_dir / "latest_checkpoint.pt"
-        self.echo(f"run folder: {self.run_dir}  ({self.iters_per_epoch} steps/epoch, bits {self.bits}, "
-                  f"device {self.device})")
+        self.echo(f"run folder: {self.run_dir}  ({self.iters_per_epoch} steps/epoch, "
+                  f"bits {report.show_bits(self.bits)}, device {self.device})")
         epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, cfg.num_epochs):
@@ -289,9 +279,10 @@ class Trainer:
                 train = self.train_one_epoch(epoch)
                 diverged = [b for b, m in train.items() if not math.isfinite(m["loss"])]
                 if diverged:
-                    raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss at bits {diverged} is not "
-                                    f"finite; lower lr (now {cfg.lr}) or add warmup_epochs. Checkpoints kept "
-                                    f"in {self.run_dir} are from the epochs before.")
+                    raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss at bits "
+                                           f"{report.show_bits(diverged)} is not finite; lower lr (now {cfg.lr}) or "
+                                           f"add warmup_epochs. Checkpoints kept in {self.run_dir} are from the "
+                                           "epochs before.")
                 val = self.evaluate()
                 seconds = time.time() - t0
                 mean_top1 = sum(v["top1_error"] for v in val.values()) / len(val)
@@ -321,10 +312,11 @@ class Trainer:
         if not self.best["val"]:
             return
         title = f"{self.cfg.model} on {self.cfg.dataset}, bits {self.bits}"
-        val = {int(b): v for b, v in self.best["val"].items()}
+        val = self.best["val"]
         (self.run_dir / "results.md").write_text(report.results_markdown(title, self.best["epoch"], val))
         report.plot_accuracy(self.run_dir / "accuracy_vs_bits.png", title, val)
 
 
-def _postfix(summary: dict[int, dict[str, float]]) -> str:
-    return " ".join(f"{b}b {s['loss']:.3f}/{100 * (1 - s['top1_error']):.1f}%" for b, s in summary.items())
+def _postfix(summary: dict[Bits, dict[str, float]]) -> str:
+    return " ".join(f"{report.bits_label(b)} {s['loss']:.3f}/{100 * (1 - s['top1_error']):.1f}%"
+                    for b, s in summary.items())

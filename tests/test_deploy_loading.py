@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 import yaml
-from _deploy_helpers import one_thread  # noqa: F401  (autouse fixture)
 from _engine_helpers import TINY, tiny_args
 
 import adabits

@@ -27,7 +27,7 @@ def test_profile_prints_one_row_per_bit_width(trained, capsys) -> None:
     out = capsys.readouterr().out
     assert "input 1x8x8" in out and "BitOPs" in out
     rows = [line.split("|")[0].strip() for line in out.splitlines() if "|" in line][1:]
-    assert rows == ["8", "4"]
+    assert rows == ["8-bit", "4-bit"]
     assert main(["profile", *args(trained, "bits=4", "verbose=true")]) == 0
     assert "layers.0.conv1" in capsys.readouterr().out
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from ..quant.bitwidth import FULL_PRECISION, get_bits_list, use_bits
+from ..quant.bitwidth import FULL_PRECISION, bits_label, get_bits_list, use_bits
 from ..quant.layers import QuantLayer
 
 
@@ -105,7 +105,7 @@ def profile_model(model: nn.Module, input_size: tuple[int, ...], bits: Iterable[
         for b in order:
             costs: list[LayerCost] = []
 
-            def record(name: str):
+            def record(name: str, costs: list[LayerCost] = costs):
                 def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
                     cost = _layer_cost(name, module, output)
                     if cost is not None:
@@ -141,7 +141,7 @@ def profile_table(profiles: list[BitsProfile]) -> str:
     cols = f"{'bits':>8} | {'MACs':>11} | {'params':>11} | {'BitOPs':>12} | {'size':>11} | {'vs float32':>10}"
     lines = [cols, "-" * len(cols)]
     for p in profiles:
-        label = "FP32" if p.bits == FULL_PRECISION else str(p.bits)
+        label = bits_label(p.bits)
         lines.append(f"{label:>8} | {_human(p.macs):>11} | {_human(p.params):>11} | {_human(p.bitops):>12} | "
                      f"{_human(p.size_bytes, 'B'):>11} | {p.size_bytes / p.float32_bytes:>9.3f}x")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError as DataError  # re-exported: adabits.data.DataError
 
 
 @dataclass(frozen=True)

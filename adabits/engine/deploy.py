@@ -29,7 +29,8 @@ from .config import TrainConfig
 from .errors import UserError
 from .evaluation import evaluate
 from .loading import SHAPE_KEY, TrainedModel, load_trained, run_dir, shape_record
-from .report import bits_label, bits_tag, eval_table, show_bits
+from ..quant.bitwidth import bits_label, bits_tag
+from .report import eval_table, show_bits
 
 EXPORT_FORMATS = ("packed", "onnx")
 

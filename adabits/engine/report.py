@@ -10,23 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..quant.bitwidth import FULL_PRECISION, BitPair, Bits, parse_bits
+from ..quant.bitwidth import BitPair, Bits, bits_label, parse_bits
 
 Metrics = dict[Bits, dict[str, float]]
-
-
-def bits_label(bits: Bits) -> str:
-    """`8-bit`, `FP32`, or `w4a8` when weights and activations differ (the table and plot label)."""
-    weight, act = parse_bits(bits)
-    if weight != act:
-        return f"w{weight}a{act}"
-    return "FP32" if weight == FULL_PRECISION else f"{weight}-bit"
-
-
-def bits_tag(bits: Bits) -> str:
-    """The same in a file name: `8bit`, `32bit`, `w4a8`."""
-    weight, act = parse_bits(bits)
-    return f"{weight}bit" if weight == act else f"w{weight}a{act}"
 
 
 def show_bits(value: Any) -> str:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 import adabits
 
 from ..data import DataShape, Loaders, build_loaders
-from ..quant.bitwidth import Bits
+from ..quant.bitwidth import Bits, bits_label
 from ..quant.clipping import init_clipping_levels
 from . import checkpoint, distributed, report
 from .build import build_model, load_pretrained, resolve_device
@@ -318,5 +318,5 @@ class Trainer:
 
 
 def _postfix(summary: dict[Bits, dict[str, float]]) -> str:
-    return " ".join(f"{report.bits_label(b)} {s['loss']:.3f}/{100 * (1 - s['top1_error']):.1f}%"
+    return " ".join(f"{bits_label(b)} {s['loss']:.3f}/{100 * (1 - s['top1_error']):.1f}%"
                     for b, s in summary.items())

@@ -43,7 +43,7 @@ def _flatten(data: dict[str, Any], origin: str) -> tuple[dict[str, Any], dict[st
     """Merge included mappings (top-level keys whose value came from `!include`) under this file's keys."""
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
-    for key, value in data.items():
+    for value in data.values():
         if isinstance(value, Included):
             for k, v in value.items():
                 if k not in data:

@@ -42,6 +42,20 @@ def format_bits(pair: BitPair) -> Bits:
     return pair[0] if pair[0] == pair[1] else pair
 
 
+def bits_label(bits: object) -> str:
+    """`8-bit`, `FP32`, or `w4a8` when weights and activations differ (tables and plots)."""
+    weight, act = parse_bits(bits)
+    if weight != act:
+        return f"w{weight}a{act}"
+    return "FP32" if weight == FULL_PRECISION else f"{weight}-bit"
+
+
+def bits_tag(bits: object) -> str:
+    """The same in a file name: `8bit`, `32bit`, `w4a8`."""
+    weight, act = parse_bits(bits)
+    return f"{weight}bit" if weight == act else f"w{weight}a{act}"
+
+
 def parse_bits_list(bits_list: Iterable[object]) -> tuple[BitPair, ...]:
     """Validate a bits_list: non-empty, no duplicates."""
     pairs = tuple(parse_bits(b) for b in bits_list)

@@ -185,3 +185,10 @@ def test_alpha_init_mse_chooses_levels_before_training_but_not_on_resume(tmp_pat
     resumed_notes: list[str] = []
     Trainer(tiny_config(tmp_path, alpha_init="mse", num_epochs=2), echo=resumed_notes.append).prepare()
     assert not any("clipping levels chosen" in note for note in resumed_notes)
+
+
+def test_tensorboard_key_writes_events_only_when_asked(tmp_path):
+    Trainer(tiny_config(tmp_path, num_epochs=1)).prepare().fit()
+    assert not (tmp_path / "tiny" / "tensorboard").exists()
+    Trainer(tiny_config(tmp_path, num_epochs=1, run_name="tb", tensorboard=True)).prepare().fit()
+    assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))

@@ -151,6 +151,7 @@ class TrainConfig(BaseModel):
     num_threads: int | None = Field(None, ge=1)
     log_every: int = Field(20, ge=1)
     progress: bool = True
+    tensorboard: bool = False  # mirror metrics.jsonl to TensorBoard events (the `tensorboard` extra)
     # accepted and ignored: the original's machine description of a cluster job
     num_gpus_per_job: Any = None
     num_cpus_per_job: Any = None

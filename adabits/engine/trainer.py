@@ -267,7 +267,7 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-        writer = report.RunWriter(self.run_dir) if main else None
+        writer = report.RunWriter(self.run_dir, cfg.tensorboard, self.echo) if main else None
         latest = self.run_dir / "latest_checkpoint.pt"
         self.echo(f"run folder: {self.run_dir}  ({self.iters_per_epoch} steps/epoch, "
                   f"bits {report.show_bits(self.bits)}, device {self.device})")

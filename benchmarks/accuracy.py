@@ -261,7 +261,7 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 float steps, 20 quantized steps")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 1995 1996 (--quick: 1995)")
     parser.add_argument("--rows", nargs="+", help="run only these rows (and what they need); default: all")

@@ -196,7 +196,7 @@ def write_report(results: dict[str, Any], stem: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy_report", description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     path = parser.parse_args().results
     if not path.is_file():

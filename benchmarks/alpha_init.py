@@ -26,7 +26,7 @@ CONFIG = "apps/fashion_mnist/q_resnet20_adabits.yml"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.alpha_init", description=__doc__.splitlines()[0])
     parser.add_argument("fp_checkpoint")
     parser.add_argument("--out")
     args = parser.parse_args()

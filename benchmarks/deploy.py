@@ -177,7 +177,7 @@ def latency(name: str, input_shape: tuple[int, int, int], num_classes: int, batc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a trained ResNet-20 [8,6,5,4] `modified` checkpoint (else train one)")
     parser.add_argument("--save-checkpoint", help="keep the checkpoint trained here at this path")
     parser.add_argument("--train-only", action="store_true", help="train, save to --save-checkpoint, stop")

@@ -50,7 +50,7 @@ def make_step(model_name: str, bits: int, compiled: bool, batch: int, size: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.model_step_time", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenet_v2", choices=adabits.list_models())
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)

@@ -25,7 +25,7 @@ from .deploy import accuracy_vs_onnx
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.onnx_agreement", description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="+", help="app:PATH.yml [key=value ...], as for `adabits test`")
     parser.add_argument("--bits", type=int, nargs="+", required=True)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -75,7 +75,7 @@ def onnx_codes(path: Path, images: torch.Tensor) -> tuple[np.ndarray, dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.onnx_trace", description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="+", help="app:PATH.yml [key=value ...], as for `adabits test`")
     parser.add_argument("--bits", type=int, required=True)
     parser.add_argument("--images", type=int, default=1000, help="first N test images")

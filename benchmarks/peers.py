@@ -230,7 +230,7 @@ def peer_row(kind: str, cfg: TrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.splitlines()[0])
     parser.add_argument("--kind", required=True, choices=list(KIND_BITS))
     parser.add_argument("--out", help="also write the row as JSON to this file")
     args, config_args = parser.parse_known_args(argv)

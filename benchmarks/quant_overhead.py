@@ -42,7 +42,7 @@ def make_step(bits: int, compiled: bool, batch: int, device: str, channels_last:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quant_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd 4-bit step")

@@ -7,8 +7,8 @@ row from that float model and fine-tunes it with apps/fashion_mnist/q_resnet20_a
 lr TABLE_LR, changing only the keys the row names. A joint row's step trains all of its bit-widths; the
 full-precision row gets the same 200 steps at 32 bits. Top-1 is on the 10,000 test images.
 
-    python benchmarks/accuracy.py                   # the whole table: 2 seeds, about 100 minutes on 2 cores
-    python benchmarks/accuracy.py --quick           # checks the script in minutes: 1 seed, tiny schedules,
+    python -m benchmarks.accuracy                   # the whole table: 2 seeds, about 100 minutes on 2 cores
+    python -m benchmarks.accuracy --quick           # checks the script in minutes: 1 seed, tiny schedules,
                                                     # first 2,000 test images (its numbers mean nothing)
 
 Each finished job leaves a JSON file in --work-dir, so an interrupted run resumes where it stopped.
@@ -18,20 +18,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
+import functools
 import os
-import platform
-import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import adabits
+from adabits.analysis.accuracy import top1_per_bits
 from adabits.data import build_loaders, fashion_mnist
 from adabits.data.idx import read_idx, write_idx
 from adabits.engine import load_config
@@ -39,8 +36,10 @@ from adabits.engine.build import build_model
 from adabits.engine.errors import TrainingDiverged
 from adabits.engine.trainer import Trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402  (benchmarks/peers.py, next to this file)
+from . import peers
+from ._jobs import JobsFailed, run_jobs
+from ._results import BadInput, command, exit_on_bad_input, report
+from .accuracy_report import write_report
 
 STAGE1 = "apps/fashion_mnist/resnet20_fp.yml"
 STAGE2 = "apps/fashion_mnist/q_resnet20_adabits.yml"
@@ -93,12 +92,16 @@ class Job:
     def key(self) -> str:
         return f"seed{self.seed}/{self.id}"
 
+    @property
+    def needs(self) -> list[str]:
+        return [f"seed{self.seed}/{after}" for after in self.after]
+
 
 def quick_subset(target: Path) -> Path:
     """The first QUICK_TRAIN training and QUICK_TEST test images of Fashion-MNIST, as IDX files."""
     files = fashion_mnist.locate(None)
     if files is None:
-        raise SystemExit(fashion_mnist.missing_message(None))
+        raise BadInput(fashion_mnist.missing_message(None))
     target.mkdir(parents=True, exist_ok=True)
     for key, stem in fashion_mnist.FILES.items():
         count = QUICK_TRAIN if key.startswith("train") else QUICK_TEST
@@ -106,7 +109,7 @@ def quick_subset(target: Path) -> Path:
     return target
 
 
-def plan(seeds: list[int], work_dir: Path, threads: int, quick: bool, peers: bool,
+def plan(seeds: list[int], work_dir: Path, threads: int, quick: bool, with_peers: bool,
          extra: list[str] | None = None) -> list[Job]:
     """Every job of the table. Per seed: the float model first, then the main rows, the evaluations
     of trained models, the peers and the ablations; seed by seed, except that every float model
@@ -132,7 +135,7 @@ def plan(seeds: list[int], work_dir: Path, threads: int, quick: bool, peers: boo
                         ["individual_8"], (n + 1, next(order))))
         jobs.append(Job("calibrated", seed, "calibrate", [*stage2, *TRAINED_ROWS["adabits_8654"]],
                         ["adabits_8654"], (n + 1, next(order))))
-        if peers:
+        if with_peers:
             for peer, ours in PEER_ROWS.items():
                 jobs.append(Job(peer, seed, "peer", [*stage2, *TRAINED_ROWS[ours], f"run_name={peer}"],
                                 ["stage1"], (n + 1, next(order))))
@@ -147,7 +150,7 @@ def select(jobs: list[Job], rows: list[str]) -> list[Job]:
     known = list(dict.fromkeys(j.id for j in jobs))
     unknown = [r for r in rows if r not in known]
     if unknown:
-        raise SystemExit(f"unknown rows {unknown}; allowed: {', '.join(known)}")
+        raise BadInput(f"unknown rows {unknown}; allowed: {', '.join(known)}")
     wanted = {(j.seed, j.id) for j in jobs if j.id in rows}
     while True:
         needed = wanted | {(j.seed, dep) for j in jobs if (j.seed, j.id) in wanted for dep in j.after}
@@ -157,11 +160,6 @@ def select(jobs: list[Job], rows: list[str]) -> list[Job]:
 
 
 # ------------------------------------------------------------------ the jobs (run in worker processes)
-def top1(model: torch.nn.Module, loader: Any, bits: int) -> float:
-    with adabits.use_bits(model, bits):
-        return round(peers.top1(model, loader), 2)
-
-
 def _train(job: Job) -> dict[str, Any]:
     cfg = load_config(job.args).config
     t0 = time.time()
@@ -192,11 +190,11 @@ def _adapt(job: Job, work_dir: Path) -> dict[str, Any]:
     ckpt = work_dir / f"seed{job.seed}" / "individual_8" / "best_model.pt"
     loaders, model, state = _trained_model(job.args, ckpt, ADAPT_BITS)
     adabits.load_fp_state_dict(model, state)
-    plain = {str(b): top1(model, loaders.val, b) for b in ADAPT_BITS}
+    plain = top1_per_bits(model, loaders.val, ADAPT_BITS)
     for b in ADAPT_BITS[1:]:
         adabits.recalibrate_bn(model, b, loaders.train, CALIB_BATCHES)
-    recal = {str(b): top1(model, loaders.val, b) for b in ADAPT_BITS}
-    return {"top1": plain, "top1_bn_recalibrated": recal}
+    recal = top1_per_bits(model, loaders.val, ADAPT_BITS)
+    return {"top1": _by_bits(plain), "top1_bn_recalibrated": _by_bits(recal)}
 
 
 def _calibrate(job: Job, work_dir: Path) -> dict[str, Any]:
@@ -206,7 +204,11 @@ def _calibrate(job: Job, work_dir: Path) -> dict[str, Any]:
     model.load_state_dict(state)
     for b in CALIBRATED_BITS:
         adabits.calibrate_bn(model, b, loaders.train, CALIB_BATCHES)
-    return {"top1": {str(b): top1(model, loaders.val, b) for b in CALIBRATED_BITS}}
+    return {"top1": _by_bits(top1_per_bits(model, loaders.val, CALIBRATED_BITS))}
+
+
+def _by_bits(values: dict) -> dict[str, float]:
+    return {str(bits): value for bits, value in values.items()}
 
 
 def _peer(job: Job) -> dict[str, Any]:
@@ -214,9 +216,10 @@ def _peer(job: Job) -> dict[str, Any]:
 
 
 def run_job(job: Job, work_dir: Path) -> dict[str, Any]:
-    out = work_dir / f"{job.key}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".log"), "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    """One job, its output in WORK_DIR/KEY.log; `_jobs.run_jobs` keeps the result as WORK_DIR/KEY.json."""
+    log_path = work_dir / f"{job.key}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         t0 = time.time()
         if job.kind in ("stage1", "train"):
             result = _train(job)
@@ -227,53 +230,10 @@ def run_job(job: Job, work_dir: Path) -> dict[str, Any]:
         else:
             result = _peer(job)
     result["seconds"] = round(time.time() - t0, 1)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
     return result
 
 
-# ------------------------------------------------------------------ scheduling
-def run_all(jobs: list[Job], work_dir: Path, workers: int) -> dict[str, dict[str, Any]]:
-    """Run every job whose file is missing, at most `workers` at a time, dependencies first."""
-    done: dict[str, dict[str, Any]] = {}
-    for job in jobs:
-        path = work_dir / f"{job.key}.json"
-        if path.is_file():
-            done[job.key] = json.loads(path.read_text())
-    pending = [j for j in jobs if j.key not in done]
-    running: dict[Future, Job] = {}
-    failed: dict[str, str] = {}
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        while pending or running:
-            ready = [j for j in pending if all(f"seed{j.seed}/{a}" in done for a in j.after)]
-            for job in sorted(ready, key=lambda j: j.priority)[: workers - len(running)]:
-                pending.remove(job)
-                running[pool.submit(run_job, job, work_dir)] = job
-                print(f"[{time.strftime('%H:%M:%S')}] start {job.key}", flush=True)
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                job = running.pop(future)
-                try:
-                    done[job.key] = future.result()
-                except Exception as exc:  # keep the other jobs going; this one reruns next time
-                    failed[job.key] = f"{type(exc).__name__}: {exc}"
-                    blocked = [j for j in pending if j.seed == job.seed and job.id in j.after]
-                    for j in blocked:
-                        pending.remove(j)
-                        failed[j.key] = f"needs {job.key}"
-                    print(f"[{time.strftime('%H:%M:%S')}] FAILED {job.key}: {failed[job.key]} "
-                          f"(log: {work_dir / job.key}.log)", flush=True)
-                    continue
-                print(f"[{time.strftime('%H:%M:%S')}] done  {job.key} {json.dumps(done[job.key].get('top1'))}",
-                      flush=True)
-    if failed:
-        raise SystemExit(f"{len(failed)} jobs failed, run the same command again to retry them: {failed}")
-    return done
-
-
+# ------------------------------------------------------------------ the table
 def collect(jobs: list[Job], done: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """Per row: every seed's results, and per bit-width the mean and half the range over seeds."""
     rows: dict[str, Any] = {}
@@ -300,25 +260,8 @@ def _stats(values: list[float]) -> dict[str, float]:
             "n": len(values)}
 
 
-def environment() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("brevitas", "onnxruntime"):
-        with contextlib.suppress(ImportError):
-            versions[name] = __import__(name).__version__
-    return {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "cpu": _cpu_name(), **versions}
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 float steps, 20 quantized steps")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 1995 1996 (--quick: 1995)")
     parser.add_argument("--rows", nargs="+", help="run only these rows (and what they need); default: all")
@@ -337,26 +280,27 @@ def main() -> None:
     work_dir = (args.work_dir or Path(f"runs/accuracy{suffix}")).resolve()
     out = args.out or (work_dir / "results.json" if args.rows else Path(f"benchmarks/results/accuracy{suffix}.json"))
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    jobs = plan(seeds, work_dir, threads, args.quick, peers=not args.no_peers, extra=args.set)
+    jobs = plan(seeds, work_dir, threads, args.quick, with_peers=not args.no_peers, extra=args.set)
     if args.rows:
         jobs = select(jobs, args.rows)
     t0 = time.time()
-    done = run_all(jobs, work_dir, args.workers)
+    try:
+        done = run_jobs(jobs, functools.partial(run_job, work_dir=work_dir), work_dir, args.workers)
+    except JobsFailed as exc:
+        raise SystemExit(f"{exc} (logs: {work_dir}/seed*/ROW.log)") from None
     results = {
-        "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
-        "environment": environment(),
+        "command": command("accuracy"),
+        "date": datetime.date.today().isoformat(),
         "recipe": {"stage1": STAGE1, "stage2": STAGE2, "quick": args.quick, "quick_test_images": QUICK_TEST,
                    "seeds": seeds, "overrides": args.set, "calibration_batches": CALIB_BATCHES,
                    "workers": args.workers, "threads_per_job": threads},
         "wall_seconds_this_invocation": round(time.time() - t0, 1),
         "rows": collect(jobs, done, seeds),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    from accuracy_report import write_report  # benchmarks/accuracy_report.py
-    write_report(results, out.with_suffix(""))
+    write_report(report(results, out, echo=False), out.with_suffix(""))
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("accuracy"):
+        main()

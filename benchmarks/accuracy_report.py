@@ -1,6 +1,6 @@
 """Tables (Markdown) and plots (PNG) from the JSON that benchmarks/accuracy.py writes.
 
-    python benchmarks/accuracy_report.py benchmarks/results/accuracy.json   # rewrite accuracy.md and the PNGs
+    python -m benchmarks.accuracy_report benchmarks/results/accuracy.json   # rewrite accuracy.md and the PNGs
 """
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from ._results import BadInput, exit_on_bad_input
 
 ABLATIONS = {
     "adabits_432": "AdaBits (switchable BN and clipping, SAT rescale, `centered`)",
@@ -194,11 +196,14 @@ def write_report(results: dict[str, Any], stem: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy_report", description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     path = parser.parse_args().results
+    if not path.is_file():
+        raise BadInput(f"no results file {path}")
     write_report(json.loads(path.read_text()), path.with_suffix(""))
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("accuracy_report"):
+        main()

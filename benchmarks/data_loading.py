@@ -4,25 +4,25 @@ MobileNet V2 at 224 (float and 4 bits), and training fed by that loader against 
 
 One process, the variants interleaved round by round so machine noise hits them alike; medians. Run:
 
-    python benchmarks/data_loading.py [--images 256] [--size 224] [--batch 32] [--workers 2] [--rounds 5] [--out FILE]
+    python -m benchmarks.data_loading [--images 256] [--size 224] [--batch 32] [--workers 2] [--rounds 5] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from PIL import Image
+from torch import nn
 
 import adabits
 from adabits.data import build_loaders
 from adabits.engine import TrainConfig
-from _results import report  # benchmarks/_results.py, next to this script
+
+from ._results import exit_on_bad_input, full_command, report
 
 
 def write_jpegs(root: Path, count: int, classes: int = 10, size: int = 224) -> None:
@@ -105,7 +105,7 @@ def timed(fn: Callable[[], int]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data_loading", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
@@ -149,17 +149,14 @@ def main() -> None:
         train_fixed(step)
     results: dict[str, list[float]] = {"loader": [], "fp32_fixed": [], "4bit_fixed": [], "fp32_fed": []}
     for r in range(args.rounds):
-        results["loader"].append(timed(lambda: load_epoch(r + 1)))
+        results["loader"].append(timed(lambda r=r: load_epoch(r + 1)))
         results["fp32_fixed"].append(timed(lambda: train_fixed(steps["fp32"])))
         results["4bit_fixed"].append(timed(lambda: train_fixed(steps["4bit"])))
-        results["fp32_fed"].append(timed(lambda: train_fed(steps["fp32"], 100 + r)))
+        results["fp32_fed"].append(timed(lambda r=r: train_fed(steps["fp32"], 100 + r)))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in results.items()), flush=True)
     median = {k: statistics.median(v) for k, v in results.items()}
     out = {
-        "command": "python benchmarks/data_loading.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items() if v is not None and k != "out"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-                   "a shared 2-core VM (other jobs ran beside it)",
+        "command": full_command("data_loading", args, ["out"]),
         "data": f"{args.images} generated {args.size}x{args.size} JPEGs (quality 90), imagenet1k_basic train transforms",
         "models": sources,
         "images_per_s_median": {k: round(v, 1) for k, v in median.items()},
@@ -172,4 +169,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("data_loading"):
+        main()

@@ -15,7 +15,7 @@
    and 64; ResNet-20 on 1x28x28 and MobileNet V2 on 3x224x224 (when registered, random weights:
    latency does not depend on the values).
 
-    python benchmarks/deploy.py [--checkpoint PATH] [--skip ...] [--out benchmarks/results/deploy.json]
+    python -m benchmarks.deploy [--checkpoint PATH] [--skip ...] [--out benchmarks/results/deploy.json]
     (or in parts that each fit a short slot: --train-only --save-checkpoint PATH, then
     --checkpoint PATH --skip latency, then --skip accuracy calibration packed)
 """
@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import platform
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +38,10 @@ import adabits
 from adabits.engine import Trainer, build_config
 from adabits.engine.build import model_kwargs
 from adabits.export.onnx import export_onnx, optimized_op_counts
+from adabits.export.onnx_session import cpu_session, session_logits
 from adabits.export.packed import save_packed
-from _results import report, time_interleaved  # benchmarks/_results.py, next to this script
+
+from ._results import command, exit_on_bad_input, report, time_interleaved
 
 BITS = [8, 6, 5, 4]
 CALIBRATED = [7, 3]
@@ -83,14 +85,13 @@ def accuracy_vs_onnx(trainer: Trainer, work: Path, bits_list: list[int], threads
     for bits in bits_list:
         path = export_onnx(model, work / f"{cfg.model}_{bits}bit.onnx", bits, (trainer.loaders.in_chans, size, size),
                            uint8_input=not cfg.normalize, bias=bias)
-        session = _ort_session(path, threads)
+        session = cpu_session(path, threads)
         hits_torch = hits_onnx = agree = total = 0
         worst = 0.0
         for images, labels in trainer.loaders.val:
             with adabits.use_bits(model, bits):
                 expected = model(images).numpy()
-            feed = images if cfg.normalize else images.to(torch.uint8)  # the raw image, as exported
-            got = session.run(None, {"input": feed.contiguous().numpy()})[0]
+            got = session_logits(session, images)  # uint8 codes of the raw images, or the normalised floats
             hits_torch += int((expected.argmax(1) == labels.numpy()).sum())
             hits_onnx += int((got.argmax(1) == labels.numpy()).sum())
             agree += int((got.argmax(1) == expected.argmax(1)).sum())
@@ -135,15 +136,6 @@ def packed_report(trainer: Trainer, work: Path) -> dict[str, Any]:
             "note": "the float32 state dict holds the float weights and one BN (and alpha) per bit-width"}
 
 
-def _ort_session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not steal the CPU
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def latency(name: str, input_shape: tuple[int, int, int], num_classes: int, batches: list[int], rounds: int,
             threads: int, work: Path, options: dict[str, Any]) -> dict[str, Any]:
     """Median seconds per batch of each variant, interleaved round by round."""
@@ -156,7 +148,7 @@ def latency(name: str, input_shape: tuple[int, int, int], num_classes: int, batc
              "ort_int8_4bit_int32_bias": export_onnx(quant, work / f"{name}_4_int32.onnx", 4, input_shape, bias="int32"),
              "ort_float_bias_4bit": export_onnx(quant, work / f"{name}_4_float.onnx", 4, input_shape, bias="float"),
              "ort_float32": export_onnx(fp, work / f"{name}_fp.onnx", 32, input_shape)}
-    sessions = {k: _ort_session(p, threads) for k, p in paths.items()}
+    sessions = {k: cpu_session(p, threads) for k, p in paths.items()}
     out: dict[str, Any] = {"ort_integer_ops_8bit": dict(optimized_op_counts(paths["ort_int8_8bit"]))}
     for batch in batches:
         images = torch.randint(0, 256, (batch, *input_shape), dtype=torch.uint8)
@@ -185,7 +177,7 @@ def latency(name: str, input_shape: tuple[int, int, int], num_classes: int, batc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a trained ResNet-20 [8,6,5,4] `modified` checkpoint (else train one)")
     parser.add_argument("--save-checkpoint", help="keep the checkpoint trained here at this path")
     parser.add_argument("--train-only", action="store_true", help="train, save to --save-checkpoint, stop")
@@ -202,15 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    result: dict[str, Any] = {
-        "command": "python benchmarks/deploy.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads; a shared 2-core VM "
-                   "(other jobs ran at the same time: compare ratios, not absolute times)",
-        "torch": torch.__version__,
-    }
-    import onnxruntime
-
-    result["onnxruntime"] = onnxruntime.__version__
+    result: dict[str, Any] = {"command": command("deploy"), "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         need_model = {"accuracy", "calibration", "packed"} - set(args.skip)
@@ -241,4 +225,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("deploy"):
+        main()

@@ -12,20 +12,18 @@ interleaved round by round; the reported numbers are medians and ratios of media
 Communications are counted, not timed: calls of torch.distributed.all_reduce plus DDP's own bucket
 all-reduces (through a counting comm hook). Run:
 
-    python benchmarks/distributed.py [--rounds 10] [--batch 64] [--model resnet20] [--out FILE]
+    python -m benchmarks.distributed [--rounds 10] [--batch 64] [--model resnet20] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import socket
 import statistics
 import sys
 import time
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,6 +35,8 @@ import adabits
 from adabits.engine import Trainer, build_config
 from adabits.engine.build import build_model
 from adabits.engine.distributed import DistEnv
+
+from ._results import command, exit_on_bad_input, report
 
 WORLD = 2
 
@@ -89,7 +89,7 @@ def per_backward_ddp_step(cfg: Any, rank: int, counts: Counts) -> Callable[[torc
     return step
 
 
-def worker(rank: int, port: int, args: argparse.Namespace) -> None:
+def worker(rank: int, port: int, args: argparse.Namespace, argv: list[str]) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
@@ -132,10 +132,8 @@ def worker(rank: int, port: int, args: argparse.Namespace) -> None:
         medians = {name: statistics.median(t) for name, t in times.items()}
         grads = sum(p.numel() for p in trainer.model.parameters())
         result = {
-            "command": "python " + " ".join(sys.argv),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores (a shared VM: other jobs ran meanwhile), "
-                       f"{WORLD} Gloo processes of 1 thread each",
-            "torch": torch.__version__, "model": args.model, "bits_list": args.bits,
+            "command": command("distributed", argv),
+            "processes": f"{WORLD} Gloo processes of 1 thread each", "model": args.model, "bits_list": args.bits,
             "global_batch": args.batch, "rounds": args.rounds, "parameters": grads,
             "median_step_s": {k: round(v, 4) for k, v in medians.items()},
             "ratio_to_single_process": {k: round(v / medians["single_process"], 3) for k, v in medians.items()},
@@ -143,26 +141,25 @@ def worker(rank: int, port: int, args: argparse.Namespace) -> None:
                 name: {"all_reduce_calls": comms[name][0], "ddp_bucket_all_reduces": comms[name][1]}
                 for name in variants},
         }
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
+        report(result, args.out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.distributed", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64, help="the global batch (each process gets half)")
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--bits", type=int, nargs="+", default=[8, 6, 5, 4])
     parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(worker, args=(port, args), nprocs=WORLD, start_method="spawn", join=True)
+    mp.start_processes(worker, args=(port, args, argv), nprocs=WORLD, start_method="spawn", join=True)
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("distributed"):
+        main()

@@ -6,13 +6,12 @@ bits_list [4] and the default QuantConfig. One step = forward, cross-entropy, ba
 at 224x224, eager or torch.compile'd. Variants are timed interleaved, round by round, in one process; the report gives medians
 and their ratios, and how long the first (compiling) call of each compiled variant took.
 
-    python benchmarks/model_step_time.py --model mobilenet_v2 [--batch 8] [--rounds 5] [--variants ...] [--out FILE]
+    python -m benchmarks.model_step_time --model mobilenet_v2 [--batch 8] [--rounds 5] [--variants ...] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import signal
 import statistics
 import sys
@@ -22,7 +21,8 @@ from collections.abc import Callable
 import torch
 
 import adabits
-from _results import report  # benchmarks/_results.py, next to this script
+
+from ._results import exit_on_bad_input, full_command, report, time_interleaved
 
 PLAIN_FLOAT = {"clamp": False, "rescale": False, "rescale_conv": False}
 #: variant name -> (bits, compiled)
@@ -50,7 +50,7 @@ def make_step(model_name: str, bits: int, compiled: bool, batch: int, size: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.model_step_time", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenet_v2", choices=adabits.list_models())
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
@@ -81,11 +81,7 @@ def main() -> None:
         print(f"{name}: first step {first_call_s[name]} s", flush=True)
         for _ in range(args.warmup):
             steps[name]()
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+    time_interleaved(steps, args.rounds, times)  # fills `times` round by round, for `stopped`
 
     summarize(args, first_call_s, times, None)
 
@@ -94,13 +90,9 @@ def summarize(args: argparse.Namespace, first_call_s: dict[str, float], times: d
               stopped: str | None) -> None:
     median = {name: statistics.median(t) for name, t in times.items() if t}
     ratios = {f"{a} / {b}": median[a] / median[b] for a, b in RATIOS if a in median and b in median}
-    options = " ".join(f"--{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
-                       if v is not None)
     result = {
-        "command": f"python benchmarks/model_step_time.py {options}",
-        "machine": f"shared 2-core VM (other jobs may run): {platform.processor() or platform.machine()}, "
-                   f"{torch.get_num_threads()} threads, cpu, channels_last",
-        "torch": torch.__version__,
+        "command": full_command("model_step_time", args),
+        "memory_format": "channels_last",
         "model": args.model,
         "input": [args.batch, 3, args.size, args.size],
         "first_step_s": first_call_s,
@@ -114,4 +106,5 @@ def summarize(args: argparse.Namespace, first_call_s: dict[str, float], times: d
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("model_step_time"):
+        main()

@@ -5,27 +5,27 @@ deploy benchmark's comparison (`deploy.accuracy_vs_onnx`) on it: each requested 
 exported as `adabits export --format onnx` does, and ONNX Runtime's top-1 is compared with the
 fake-quant model's on the whole validation set.
 
-    python benchmarks/onnx_agreement.py app:apps/fashion_mnist/q_resnet20_adabits.yml --bits 8 6 5 4 \
+    python -m benchmarks.onnx_agreement app:apps/fashion_mnist/q_resnet20_adabits.yml --bits 8 6 5 4 \
         --bias int32_fine int32 float \
-        --out benchmarks/results/onnx_agreement_main_job.json
+        --out benchmarks/results/onnx_agreement_main_job_lr0.005.json
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from _results import report  # benchmarks/_results.py and deploy.py, next to this script
-from deploy import accuracy_vs_onnx
 
 from adabits.engine import Trainer, load_config
 from adabits.export.onnx import BIAS_MODES
 
+from ._results import command, exit_on_bad_input, report
+from .deploy import accuracy_vs_onnx
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.onnx_agreement", description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="+", help="app:PATH.yml [key=value ...], as for `adabits test`")
     parser.add_argument("--bits", type=int, nargs="+", required=True)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -37,9 +37,9 @@ def main() -> None:
     trainer = Trainer(cfg, echo=lambda _msg: None).prepare()
     with tempfile.TemporaryDirectory() as tmp:
         results = {bias: accuracy_vs_onnx(trainer, Path(tmp), opts.bits, opts.threads, bias) for bias in opts.bias}
-    report({"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
-            "validation_images": trainer.loaders.val.num_samples, "results": results}, opts.out)
+    report({"command": command("onnx_agreement"), "validation_images": trainer.loaders.val.num_samples, "results": results}, opts.out)
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("onnx_agreement"):
+        main()

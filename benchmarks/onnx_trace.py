@@ -8,7 +8,7 @@ For a trained run and one bit-width it measures
   rounds to (read from the graph's QuantizeLinear/Clip outputs), with the share of images that
   have any difference there. The first layer where codes differ is where the export departs.
 
-    python benchmarks/onnx_trace.py app:apps/fashion_mnist/q_resnet20_adabits.yml log_dir=/tmp/me/mj \
+    python -m benchmarks.onnx_trace app:apps/fashion_mnist/q_resnet20_adabits.yml log_dir=/tmp/me/mj \
         fp_pretrained_file=/tmp/me/mj/resnet20_fp/best_model.pt --bits 6 --images 1000 \
         --out benchmarks/results/onnx_trace_main_job_6bit.json
 """
@@ -17,20 +17,21 @@ from __future__ import annotations
 import argparse
 import copy
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _results import report  # benchmarks/_results.py, next to this script
 
 import adabits
 from adabits.engine import Trainer, load_config
 from adabits.export.onnx import BIAS_MODES, export_onnx
+from adabits.export.onnx_session import cpu_session
 from adabits.quant.bitwidth import FULL_PRECISION
 from adabits.quant.layers import QuantLayerMixin
+
+from ._results import BadInput, command, exit_on_bad_input, report
 
 
 def pytorch_codes(model: torch.nn.Module, bits: int, images: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -59,7 +60,6 @@ def pytorch_codes(model: torch.nn.Module, bits: int, images: torch.Tensor) -> tu
 def onnx_codes(path: Path, images: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Logits of the export and, per quantized layer, the uint8 codes its input is rounded to."""
     import onnx
-    import onnxruntime as ort
 
     proto = onnx.load(str(path))
     taps: dict[str, str] = {}  # layer name -> tensor holding its (clipped) codes
@@ -69,13 +69,13 @@ def onnx_codes(path: Path, images: torch.Tensor) -> tuple[np.ndarray, dict[str, 
             taps[match.group(1)] = node.output[0]  # the Clip, when there is one, comes after the Q
     for tensor in taps.values():
         proto.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.UINT8, None))
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = cpu_session(proto.SerializeToString())
     outputs = session.run(["logits", *taps.values()], {"input": images.to(torch.uint8).numpy()})
     return outputs[0], dict(zip(taps, outputs[1:]))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.onnx_trace", description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="+", help="app:PATH.yml [key=value ...], as for `adabits test`")
     parser.add_argument("--bits", type=int, required=True)
     parser.add_argument("--images", type=int, default=1000, help="first N test images")
@@ -83,7 +83,7 @@ def main() -> None:
     opts = parser.parse_args()
     cfg = load_config(opts.config + ["test_only=true"]).config
     if cfg.normalize:
-        sys.exit("onnx_trace.py reads raw uint8 images: the run must use normalize: false")
+        raise BadInput("reads raw uint8 images, so the run must use normalize: false")
     trainer = Trainer(cfg, echo=lambda _msg: None).prepare()
     model = trainer.model.eval()
     images = trainer.loaders.val.images[:opts.images]
@@ -92,7 +92,7 @@ def main() -> None:
     with torch.no_grad(), adabits.use_bits(model64, opts.bits):
         logits64 = model64(images.double()).numpy()
     result: dict[str, Any] = {
-        "command": "python benchmarks/onnx_trace.py " + " ".join(sys.argv[1:]), "bits": opts.bits,
+        "command": command("onnx_trace"), "bits": opts.bits,
         "images": len(images),
         "top1_agreement_pytorch_float64_vs_float32": round(100 * float((logits64.argmax(1) == expected.argmax(1)).mean()), 2),
         "bias_modes": {},
@@ -115,4 +115,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("onnx_trace"):
+        main()

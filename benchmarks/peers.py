@@ -1,11 +1,11 @@
 """Peers of our individually trained rows: the same ResNet-20, data and recipe, quantized by other libraries.
 
-    python benchmarks/peers.py app:apps/fashion_mnist/q_resnet20_adabits.yml bits_list=[4] \
+    python -m benchmarks.peers app:apps/fashion_mnist/q_resnet20_adabits.yml bits_list=[4] \
         fp_pretrained_file=runs/resnet20_fp/best_model.pt --kind brevitas_w4a4 [--out FILE]
 
 Both peers start from a plain float ResNet-20 whose forward equals our SAT float model at 32 bits
 (`float_twin`: each layer's effective weight, tanh-normalised and SAT-rescaled, becomes an ordinary
-weight), so they begin where our stage 2 begins. Then:
+weight, by adabits.quant.float_twin.plain_layer), so they begin where our stage 2 begins. Then:
 
 - `brevitas_w4a4`: Brevitas's standard integer quantizers, 4-bit weights (Int8WeightPerTensorFloat,
   bit_width 4, scale a learned parameter initialised from max|W|) and 4-bit inputs of every conv and
@@ -26,24 +26,24 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shlex
 import statistics
-import sys
 import time
-from typing import Any
+from importlib.metadata import version
 
 import torch
 from torch import Tensor, nn
 
 import adabits
+from adabits.analysis.accuracy import top1
 from adabits.data import Loaders, build_loaders
 from adabits.engine import load_config
 from adabits.engine.build import build_model, load_pretrained
 from adabits.engine.config import TrainConfig
 from adabits.engine.optim import build_optimizer, build_scheduler
 from adabits.models.resnet_cifar import BasicBlock, CifarResNet
-from adabits.quant.layers import QConv2d, QLinear, SwitchBatchNorm2d
-from _results import report  # benchmarks/_results.py, next to this script
+from adabits.quant.float_twin import plain_layer
+
+from ._results import BadInput, command, exit_on_bad_input, report
 
 #: peer kind -> the bit-width of our row it stands next to
 KIND_BITS = {"brevitas_w4a4": 4, "torch_ao_qat8": 8}
@@ -53,45 +53,25 @@ BREVITAS_STATS_STEPS = 30
 
 
 def check_kind(kind: str) -> int:
-    """The bit-width of `kind`, or a ValueError naming the allowed kinds."""
+    """The bit-width of `kind`, or a BadInput (a ValueError) naming the allowed kinds."""
     if kind not in KIND_BITS:
-        raise ValueError(f"unknown peer kind {kind!r}; allowed: {', '.join(KIND_BITS)}")
+        raise BadInput(f"unknown peer kind {kind!r}; allowed: {', '.join(KIND_BITS)}")
     return KIND_BITS[kind]
 
 
 # ------------------------------------------------------------------ the float twin
-def _frozen(layer: QConv2d | QLinear, plain: nn.Conv2d | nn.Linear) -> nn.Module:
-    """`plain` holding `layer`'s effective weight at its current bit-width, and its bias."""
-    with torch.no_grad():
-        plain.weight.copy_(layer.quantized_weight())
-        if layer.bias is not None:
-            plain.bias.copy_(layer.bias)
-    return plain
-
-
-def _plain_conv(layer: QConv2d) -> nn.Conv2d:
-    return _frozen(layer, nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                                    layer.padding, layer.dilation, layer.groups, layer.bias is not None))
-
-
-def _plain_linear(layer: QLinear) -> nn.Linear:
-    return _frozen(layer, nn.Linear(layer.in_features, layer.out_features, layer.bias is not None))
-
-
-def _plain_bn(layer: SwitchBatchNorm2d) -> nn.BatchNorm2d:
-    return copy.deepcopy(layer.bn[layer.bits_index if len(layer.bn) > 1 else 0])
-
-
+# adabits.quant.float_twin.float_twin keeps the model's own modules, where one ReLU serves both uses
+# in a block; FX fuses conv + BN + ReLU only with one ReLU module per use, hence this structure.
 class FloatBasicBlock(nn.Module):
     """Our BasicBlock with ordinary layers (the ReLUs separate modules, so that FX can fuse them)."""
 
     def __init__(self, block: BasicBlock) -> None:
         super().__init__()
-        self.conv1, self.bn1, self.relu1 = _plain_conv(block.conv1), _plain_bn(block.bn1), nn.ReLU()
-        self.conv2, self.bn2, self.relu2 = _plain_conv(block.conv2), _plain_bn(block.bn2), nn.ReLU()
+        self.conv1, self.bn1, self.relu1 = plain_layer(block.conv1), plain_layer(block.bn1), nn.ReLU()
+        self.conv2, self.bn2, self.relu2 = plain_layer(block.conv2), plain_layer(block.bn2), nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if isinstance(block.shortcut, nn.Sequential):
-            self.shortcut = nn.Sequential(_plain_conv(block.shortcut[0]), _plain_bn(block.shortcut[1]))
+            self.shortcut = nn.Sequential(plain_layer(block.shortcut[0]), plain_layer(block.shortcut[1]))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
@@ -106,10 +86,10 @@ class FloatResNet(nn.Module):
 
     def __init__(self, model: CifarResNet) -> None:
         super().__init__()
-        self.conv1, self.bn1, self.relu = _plain_conv(model.conv1), _plain_bn(model.bn1), nn.ReLU()
+        self.conv1, self.bn1, self.relu = plain_layer(model.conv1), plain_layer(model.bn1), nn.ReLU()
         self.layers = nn.Sequential(*(FloatBasicBlock(block) for block in model.layers))
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = _plain_linear(model.fc)
+        self.fc = plain_layer(model.fc)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -121,7 +101,7 @@ def our_float_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> CifarR
     float_cfg = cfg.model_copy(update={"bits_list": [32], "adaptive_training": False})
     model = build_model(float_cfg, num_classes, in_chans)
     if not isinstance(model, CifarResNet):
-        raise ValueError(f"peers support the CIFAR ResNets (resnet20, ...), not model {cfg.model}")
+        raise BadInput(f"peers support the CIFAR ResNets (resnet20, ...), not model {cfg.model}")
     load_pretrained(model, float_cfg)
     return model.eval()
 
@@ -211,25 +191,14 @@ def train(model: nn.Module, cfg: TrainConfig, loaders: Loaders) -> list[float]:
     return times
 
 
-@torch.no_grad()
-def top1(model: nn.Module, batches: Any) -> float:
-    """Top-1 accuracy in percent over every (images, labels) batch."""
-    model.eval()
-    correct = total = 0
-    for images, labels in batches:
-        correct += int((model(images).argmax(1) == labels).sum())
-        total += len(labels)
-    return 100.0 * correct / total
-
-
 def peer_row(kind: str, cfg: TrainConfig) -> dict:
     """Train peer `kind` with the recipe of `cfg` (our individually trained row at the same bit-width)."""
     bits = check_kind(kind)
     if cfg.train_bits != [bits]:
-        raise ValueError(f"peer {kind} stands next to our {bits}-bit row: the config must train bits_list [{bits}] "
+        raise BadInput(f"peer {kind} stands next to our {bits}-bit row: the config must train bits_list [{bits}] "
                          f"alone, got train bits {cfg.train_bits}")
     if not cfg.fp_pretrained_file:
-        raise ValueError(f"peer {kind} starts from our float model: set fp_pretrained_file")
+        raise BadInput(f"peer {kind} starts from our float model: set fp_pretrained_file")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.random_seed)
@@ -239,7 +208,7 @@ def peer_row(kind: str, cfg: TrainConfig) -> dict:
     if kind == "brevitas_w4a4":
         stem_bits, fc_bits = edge_bits(cfg, loaders.num_classes, loaders.in_chans)
         model = brevitas_model(twin, bits, stem_bits, fc_bits)
-        notes = (f"Brevitas {_version('brevitas')}: weights Int8WeightPerTensorFloat at {bits} bits (first conv "
+        notes = (f"Brevitas {version('brevitas')}: weights Int8WeightPerTensorFloat at {bits} bits (first conv "
                  f"{stem_bits}, classifier {fc_bits}; scale a parameter initialised from max|W|), inputs of every conv "
                  f"but the first and of the classifier Uint8ActPerTensorFloat at {bits} bits (learned scale, "
                  f"statistics for the first {BREVITAS_STATS_STEPS} steps); BN and residual adds in float, as ours")
@@ -260,22 +229,16 @@ def peer_row(kind: str, cfg: TrainConfig) -> dict:
     return row
 
 
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.splitlines()[0])
     parser.add_argument("--kind", required=True, choices=list(KIND_BITS))
     parser.add_argument("--out", help="also write the row as JSON to this file")
     args, config_args = parser.parse_known_args(argv)
     cfg = load_config(config_args).config
-    row = {"command": "python benchmarks/peers.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-           **peer_row(args.kind, cfg)}
+    row = {"command": command("peers", argv), **peer_row(args.kind, cfg)}
     report(row, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("peers"):
+        main()

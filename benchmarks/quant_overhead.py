@@ -3,20 +3,20 @@
 One process, the variants interleaved round by round so that machine noise hits them alike;
 the reported numbers are ratios of medians. Run:
 
-    python benchmarks/quant_overhead.py [--rounds 7] [--batch 128] [--compile] [--out FILE]
+    python -m benchmarks.quant_overhead [--rounds 7] [--batch 128] [--compile] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 from collections.abc import Callable
 
 import torch
 
 import adabits
-from _results import report, time_interleaved  # benchmarks/_results.py, next to this script
+
+from ._results import exit_on_bad_input, full_command, report, time_interleaved
 
 
 def make_step(bits: int, compiled: bool, batch: int, device: str, channels_last: bool) -> Callable[[], None]:
@@ -42,7 +42,7 @@ def make_step(bits: int, compiled: bool, batch: int, device: str, channels_last:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quant_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd 4-bit step")
@@ -63,11 +63,8 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     base = median["fp32_eager"]
     result = {
-        "command": "python benchmarks/quant_overhead.py " + " ".join(
-            f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(args).items() if v not in (False, None)),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
-        "torch": torch.__version__,
+        "command": full_command("quant_overhead", args),
+        "device": args.device,
         "batch": args.batch,
         "median_step_s": {k: round(v, 4) for k, v in median.items()},
         "ratio_to_fp32_eager": {k: round(v / base, 3) for k, v in median.items()},
@@ -76,4 +73,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("quant_overhead"):
+        main()

@@ -1,7 +1,7 @@
 """Training throughput of the main job's ResNet-20: full precision, one bit-width, joint over four, and the
 Brevitas 4-bit peer, eager and torch.compile'd, timed side by side in one process.
 
-    python benchmarks/train_speed.py [--rounds 10] [--batch 128] [--no-compile] [--threads N] [--out FILE]
+    python -m benchmarks.train_speed [--rounds 10] [--batch 128] [--no-compile] [--threads N] [--out FILE]
 
 Our variants are training steps of adabits.engine.Trainer itself (`Trainer.train_step`): "fp" is stage 1
 of the main job (apps/fashion_mnist/resnet20_fp.yml, bits [32]), "4bit" its stage-2 config trained at
@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,9 +31,8 @@ from adabits.engine.build import build_model
 from adabits.engine.optim import build_optimizer, build_scheduler
 from adabits.engine.trainer import Trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402  (benchmarks/peers.py, next to this file)
-from _results import report, time_interleaved  # benchmarks/_results.py, next to this script
+from . import peers
+from ._results import exit_on_bad_input, full_command, report, time_interleaved
 
 FP_CONFIG = "apps/fashion_mnist/resnet20_fp.yml"
 ADABITS_CONFIG = "apps/fashion_mnist/q_resnet20_adabits.yml"
@@ -101,7 +98,7 @@ def ratios(median: dict[str, float]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant after the first")
     parser.add_argument("--batch", type=int, default=128)
@@ -131,15 +128,10 @@ def main() -> None:
     times = time_interleaved(steps, args.rounds)
 
     median = {name: statistics.median(t) for name, t in times.items()}
-    options = " ".join(f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}"
-                       for k, v in vars(args).items() if v not in (False, None) and k != "note")
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # an empty folder makes the first compiled steps cold
     result = {
-        "command": (f"TORCHINDUCTOR_CACHE_DIR={cache} " if cache else "") + f"python benchmarks/train_speed.py {options}",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, cpu",
+        "command": (f"TORCHINDUCTOR_CACHE_DIR={cache} " if cache else "") + full_command("train_speed", args, ["note"]),
         "note": args.note,
-        "torch": torch.__version__,
-        "brevitas": peers._version("brevitas"),
         "input": [args.batch, 1, 28, 28],
         "bit_widths_per_step": bit_widths,
         "first_steps_s (compile + warm-up, excluded)": first_call_s,
@@ -153,4 +145,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_bad_input("train_speed"):
+        main()

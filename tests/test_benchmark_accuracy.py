@@ -1,18 +1,15 @@
 """benchmarks/accuracy.py: its plan of jobs, its summary over seeds and the report built from it."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import accuracy  # noqa: E402
-import accuracy_report  # noqa: E402
+from benchmarks import accuracy, accuracy_report
 
 
 def test_plan_runs_every_row_per_seed_after_its_float_model(tmp_path: Path) -> None:
-    jobs = accuracy.plan([1, 2], tmp_path, threads=1, quick=False, peers=True)
+    jobs = accuracy.plan([1, 2], tmp_path, threads=1, quick=False, with_peers=True)
     keys = [j.key for j in jobs]
     assert len(keys) == len(set(keys))
     per_seed = [j for j in jobs if j.seed == 1]
@@ -20,6 +17,7 @@ def test_plan_runs_every_row_per_seed_after_its_float_model(tmp_path: Path) -> N
                                         "direct_adaptation", "calibrated", "brevitas_w4a4", "torch_ao_qat8"}
     for job in jobs:
         assert all(any(o.id == dep and o.seed == job.seed for o in jobs) for dep in job.after)
+        assert job.needs == [f"seed{job.seed}/{dep}" for dep in job.after]  # the keys the job runner waits for
         if job.kind in ("train", "peer"):
             assert f"fp_pretrained_file={tmp_path / f'seed{job.seed}' / 'stage1' / 'best_model.pt'}" in job.args
             assert f"random_seed={job.seed}" in job.args and job.args[0] == f"app:{accuracy.STAGE2}"
@@ -67,9 +65,9 @@ def test_peer_rows_stand_next_to_our_rows_at_their_bits() -> None:
 
 
 def test_rows_select_their_dependencies(tmp_path: Path) -> None:
-    jobs = accuracy.plan([1, 2], tmp_path, threads=1, quick=False, peers=False)
+    jobs = accuracy.plan([1, 2], tmp_path, threads=1, quick=False, with_peers=False)
     chosen = accuracy.select(jobs, ["direct_adaptation"])
     assert sorted(j.key for j in chosen) == sorted(f"seed{s}/{r}" for s in (1, 2)
                                                    for r in ("stage1", "individual_8", "direct_adaptation"))
-    with pytest.raises(SystemExit, match="unknown rows.*allowed: stage1, adabits_8654"):
+    with pytest.raises(ValueError, match="unknown rows.*allowed: stage1, adabits_8654"):
         accuracy.select(jobs, ["individual_7"])

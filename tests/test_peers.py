@@ -1,7 +1,5 @@
 """benchmarks/peers.py: the float twin of our model, and the Brevitas and torch.ao peers built from it."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import brevitas  # noqa: F401  (CI installs the dev extra: a missing Brevitas fails here, it is never skipped)
@@ -11,21 +9,10 @@ import torch
 import adabits
 from adabits.engine import load_config
 from adabits.engine.build import build_model
+from benchmarks import peers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "apps/fashion_mnist/q_resnet20_adabits.yml"
-
-
-def _load_peers():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # peers.py imports its neighbour _results.py
-    spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["peers"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-peers = _load_peers()
 
 
 def config(*overrides: str):

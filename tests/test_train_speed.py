@@ -1,24 +1,9 @@
 """benchmarks/train_speed.py: its steps run (the Trainer's own step for ours) and its ratios are the ones reported."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_speed = _load("train_speed")
+from benchmarks import train_speed
 
 
 def test_ratios_against_full_precision_and_the_joint_goal():

@@ -1,0 +1,1 @@
+"""The project's measurement scripts, each run from the repository root as `python -m benchmarks.<name>`."""

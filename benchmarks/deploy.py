@@ -28,15 +28,19 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 import adabits
-from adabits.engine import Trainer, build_config
+from adabits.data import BatchLoader, DataShape, build_loader
+from adabits.engine import Trainer, TrainConfig, build_config, load_trained
 from adabits.engine.build import model_kwargs
+from adabits.engine.evaluation import evaluate
 from adabits.export.onnx import export_onnx, optimized_op_counts
 from adabits.export.onnx_session import cpu_session, session_logits
 from adabits.export.packed import save_packed
@@ -69,26 +73,42 @@ def train_model(work: Path, fp_epochs: int, joint_steps: int) -> Path:
     return joint.run_dir / "best_model.pt"
 
 
-def load_trained(work: Path, checkpoint: Path) -> Trainer:
+@dataclass
+class Evaluated:
+    """A trained model (`adabits.engine.load_trained`) with the validation loader its report reads."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    shape: DataShape
+    val: BatchLoader
+
+
+def load_for_evaluation(cfg: TrainConfig) -> Evaluated:
+    """The config's trained weights and its validation split: no Trainer, no optimizer, no training set."""
+    trained = load_trained(cfg)
+    val, _ = build_loader(cfg, "val")
+    return Evaluated(cfg, trained.model, trained.shape, val)
+
+
+def load_checkpoint(work: Path, checkpoint: Path) -> Evaluated:
     cfg = build_config(base_config(work, run_name="eval", bits_list=BITS, weight_quant_scheme="modified",
-                                   test_only=True, pretrained_file=str(checkpoint)))
-    return Trainer(cfg, echo=_log).prepare()
+                                   pretrained_file=str(checkpoint)))
+    return load_for_evaluation(cfg)
 
 
 @torch.no_grad()
-def accuracy_vs_onnx(trainer: Trainer, work: Path, bits_list: list[int], threads: int,
+def accuracy_vs_onnx(loaded: Evaluated, work: Path, bits_list: list[int], threads: int,
                      bias: str = "int32_fine") -> dict[str, Any]:
     """Top-1 of the fake-quant model and of its ONNX export at each bit-width, and their agreement."""
-    model = trainer.model.eval()
-    size, cfg = trainer.loaders.image_size, trainer.cfg
+    model, cfg, shape = loaded.model.eval(), loaded.cfg, loaded.shape
     rows = {}
     for bits in bits_list:
-        path = export_onnx(model, work / f"{cfg.model}_{bits}bit.onnx", bits, (trainer.loaders.in_chans, size, size),
-                           uint8_input=not cfg.normalize, bias=bias)
+        path = export_onnx(model, work / f"{cfg.model}_{bits}bit.onnx", bits,
+                           (shape.in_chans, shape.image_size, shape.image_size), uint8_input=not cfg.normalize, bias=bias)
         session = cpu_session(path, threads)
         hits_torch = hits_onnx = agree = total = 0
         worst = 0.0
-        for images, labels in trainer.loaders.val:
+        for images, labels in loaded.val:
             with adabits.use_bits(model, bits):
                 expected = model(images).numpy()
             got = session_logits(session, images)  # uint8 codes of the raw images, or the normalised floats
@@ -106,26 +126,25 @@ def accuracy_vs_onnx(trainer: Trainer, work: Path, bits_list: list[int], threads
     return rows
 
 
-def calibration_report(trainer: Trainer, batches: int, eval_images: int) -> dict[str, Any]:
+def calibration_report(loaded: Evaluated, batches: int, eval_images: int) -> dict[str, Any]:
     """Accuracy at the calibrated bit-widths next to the trained ones (first `eval_images` test images)."""
-    model = trainer.model
+    model = loaded.model
+    train, _ = build_loader(loaded.cfg, "train")
     for bits in CALIBRATED:
-        adabits.calibrate_bn(model, bits, trainer.loaders.train, num_batches=batches)
-    trainer.bits = adabits.get_bits_list(model)
-    val_loader = trainer.loaders.val
-    trainer.loaders.val = dataclasses.replace(val_loader, images=val_loader.images[:eval_images],
-                                              labels=val_loader.labels[:eval_images])
-    val = trainer.evaluate()
-    trainer.loaders.val = val_loader
+        adabits.calibrate_bn(model, bits, train, num_batches=batches)
+    val_loader = loaded.val
+    subset = dataclasses.replace(val_loader, images=val_loader.images[:eval_images],
+                                 labels=val_loader.labels[:eval_images])
+    val = evaluate(model, subset, adabits.get_bits_list(model), loaded.cfg.topk).summary()
     return {"num_batches": batches, "test_images": min(eval_images, val_loader.num_samples),
             "top1": {str(b): round(100 * (1 - v["top1_error"]), 2) for b, v in val.items()},
             "trained": BITS, "calibrated": CALIBRATED}
 
 
-def packed_report(trainer: Trainer, work: Path) -> dict[str, Any]:
-    model = trainer.model
+def packed_report(loaded: Evaluated, work: Path) -> dict[str, Any]:
+    model = loaded.model
     path = work / "resnet20.safetensors"
-    kwargs = model_kwargs(trainer.cfg, trainer.loaders.num_classes, trainer.loaders.in_chans)
+    kwargs = model_kwargs(loaded.cfg, loaded.shape.num_classes, loaded.shape.in_chans)
     save_packed(model, path, model_name="resnet20", model_kwargs=kwargs)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -206,13 +225,13 @@ def main() -> None:
                 return
             result["model"] = {"checkpoint": args.checkpoint or f"trained here: {args.fp_epochs} float epoch(s), "
                                                               f"{args.joint_steps} joint steps at {BITS}"}
-            trainer = load_trained(work, checkpoint)
+            loaded = load_checkpoint(work, checkpoint)
             if "accuracy" not in args.skip:
-                result["accuracy_pytorch_vs_onnx"] = accuracy_vs_onnx(trainer, work, args.accuracy_bits, args.threads)
+                result["accuracy_pytorch_vs_onnx"] = accuracy_vs_onnx(loaded, work, args.accuracy_bits, args.threads)
             if "calibration" not in args.skip:
-                result["calibration"] = calibration_report(trainer, args.calib_batches, args.calib_eval_images)
+                result["calibration"] = calibration_report(loaded, args.calib_batches, args.calib_eval_images)
             if "packed" not in args.skip:
-                result["packed_size"] = packed_report(trainer, work)
+                result["packed_size"] = packed_report(loaded, work)
         if "latency" not in args.skip:
             result["latency"] = {"resnet20_1x28x28": latency(
                 "resnet20", (1, 28, 28), 10, [1, 64], args.rounds, args.threads, work, {"rescale_conv": True})}

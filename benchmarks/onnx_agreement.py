@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from adabits.engine import Trainer, load_config
+from adabits.engine import load_config
 from adabits.export.onnx import BIAS_MODES
 
 from ._results import command, exit_on_bad_input, report
-from .deploy import accuracy_vs_onnx
+from .deploy import accuracy_vs_onnx, load_for_evaluation
 
 
 def main() -> None:
@@ -33,11 +33,10 @@ def main() -> None:
                         help="export with each of these bias modes (adabits export ... bias=MODE)")
     parser.add_argument("--out", type=Path)
     opts = parser.parse_args()
-    cfg = load_config(opts.config + ["test_only=true"]).config
-    trainer = Trainer(cfg, echo=lambda _msg: None).prepare()
+    loaded = load_for_evaluation(load_config(opts.config).config)
     with tempfile.TemporaryDirectory() as tmp:
-        results = {bias: accuracy_vs_onnx(trainer, Path(tmp), opts.bits, opts.threads, bias) for bias in opts.bias}
-    report({"command": command("onnx_agreement"), "validation_images": trainer.loaders.val.num_samples, "results": results}, opts.out)
+        results = {bias: accuracy_vs_onnx(loaded, Path(tmp), opts.bits, opts.threads, bias) for bias in opts.bias}
+    report({"command": command("onnx_agreement"), "validation_images": loaded.val.num_samples, "results": results}, opts.out)
 
 
 if __name__ == "__main__":

@@ -25,29 +25,29 @@ import numpy as np
 import torch
 
 import adabits
-from adabits.engine import Trainer, load_config
+from adabits.engine import load_config
 from adabits.export.onnx import BIAS_MODES, export_onnx
 from adabits.export.onnx_session import cpu_session
-from adabits.quant.bitwidth import FULL_PRECISION
-from adabits.quant.layers import QuantLayerMixin
+from adabits.quant import QuantLayer
 
 from ._results import BadInput, command, exit_on_bad_input, report
+from .deploy import load_for_evaluation
 
 
 def pytorch_codes(model: torch.nn.Module, bits: int, images: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Logits, and every quantized layer's input codes round(clamp(x (2^b - 1) / alpha, 0, 2^b - 1))."""
+    """Logits, and every quantized layer's input codes round(clamp(x / input_scale, 0, input_max_code))."""
     codes: dict[str, np.ndarray] = {}
 
     def hook(name: str):
-        def record(layer: QuantLayerMixin, inputs: tuple[torch.Tensor, ...]) -> None:
-            alpha = layer.alpha.detach()
-            alpha = (alpha[layer.bits_index] if alpha.numel() > 1 else alpha).abs()
-            levels = 2**layer.act_bits - 1
-            codes[name] = torch.round(torch.clamp(inputs[0] * (levels / alpha), 0, levels)).to(torch.uint8).numpy()
+        def record(layer: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            assert isinstance(layer, QuantLayer)
+            if not layer.quantizes_input:
+                return
+            top = layer.input_max_code()
+            codes[name] = torch.round(torch.clamp(inputs[0] / layer.input_scale(), 0, top)).to(torch.uint8).numpy()
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
-               if isinstance(m, QuantLayerMixin) and m.alpha is not None and m.act_bits < FULL_PRECISION]
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, QuantLayer)]
     try:
         with torch.no_grad(), adabits.use_bits(model, bits):
             logits = model(images.float()).numpy()
@@ -81,12 +81,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000, help="first N test images")
     parser.add_argument("--out", type=Path)
     opts = parser.parse_args()
-    cfg = load_config(opts.config + ["test_only=true"]).config
+    cfg = load_config(opts.config).config
     if cfg.normalize:
         raise BadInput("reads raw uint8 images, so the run must use normalize: false")
-    trainer = Trainer(cfg, echo=lambda _msg: None).prepare()
-    model = trainer.model.eval()
-    images = trainer.loaders.val.images[:opts.images]
+    loaded = load_for_evaluation(cfg)
+    model = loaded.model.eval()
+    images = loaded.val.images[:opts.images]
     expected, torch_codes = pytorch_codes(model, opts.bits, images)
     model64 = copy.deepcopy(model).double()
     with torch.no_grad(), adabits.use_bits(model64, opts.bits):
@@ -97,11 +97,11 @@ def main() -> None:
         "top1_agreement_pytorch_float64_vs_float32": round(100 * float((logits64.argmax(1) == expected.argmax(1)).mean()), 2),
         "bias_modes": {},
     }
-    size = trainer.loaders.image_size
+    shape = loaded.shape
     with tempfile.TemporaryDirectory() as tmp:
         for bias in BIAS_MODES:
-            path = export_onnx(model, Path(tmp) / f"{bias}.onnx", opts.bits, (trainer.loaders.in_chans, size, size),
-                               bias=bias)
+            path = export_onnx(model, Path(tmp) / f"{bias}.onnx", opts.bits,
+                               (shape.in_chans, shape.image_size, shape.image_size), bias=bias)
             got, graph_codes = onnx_codes(path, images)
             layers = {}
             for name, codes in torch_codes.items():

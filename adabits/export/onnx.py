@@ -372,14 +372,7 @@ def optimized_op_counts(path: str | Path) -> Counter:
 
 
 def run_onnx(path: str | Path, images: Tensor | np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Logits of the exported model on `images` (uint8 for an integer graph with uint8 input)."""
-    import onnxruntime as ort
+    """Logits of the exported model on `images` (cast to the graph's input type: uint8 or float32)."""
+    from .onnx_session import cpu_session, session_logits
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    array = images.numpy() if isinstance(images, Tensor) else images
-    expected = session.get_inputs()[0].type
-    array = array.astype(np.uint8 if expected == "tensor(uint8)" else np.float32)
-    return session.run([OUTPUT_NAME], {INPUT_NAME: array})[0]
+    return session_logits(cpu_session(path, threads), images)

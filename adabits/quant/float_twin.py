@@ -25,9 +25,11 @@ def plain_layer(layer: nn.Module) -> nn.Module:
     SwitchBatchNorm2d -> a copy of its active BatchNorm2d. Raises TypeError for anything else.
     """
     if isinstance(layer, QConv2d):
+        # torch types a conv's kernel_size/stride/... as tuple[int, ...] but its constructor's as pairs
         plain: nn.Conv2d | nn.Linear = nn.Conv2d(
-            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-            layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
+            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,  # type: ignore[arg-type]
+            layer.padding, layer.dilation, layer.groups, layer.bias is not None,  # type: ignore[arg-type]
+            layer.padding_mode)
     elif isinstance(layer, QLinear):
         plain = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
     elif isinstance(layer, SwitchBatchNorm2d):
@@ -36,7 +38,7 @@ def plain_layer(layer: nn.Module) -> nn.Module:
         raise TypeError(f"no plain float layer for {type(layer).__name__}")
     plain.to(device=layer.weight.device, dtype=layer.weight.dtype)
     plain.weight.copy_(layer.quantized_weight())
-    if layer.bias is not None:
+    if layer.bias is not None and plain.bias is not None:
         plain.bias.copy_(layer.bias)
     return plain.train(layer.training)
 
@@ -51,7 +53,7 @@ def float_twin(model: nn.Module) -> nn.Module:
     swappable = (QConv2d, QLinear, SwitchBatchNorm2d)
     if isinstance(twin, swappable):
         return plain_layer(twin)
-    for name, module in list(twin.named_modules()):
+    for module in list(twin.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, swappable):
                 setattr(module, child_name, plain_layer(child))

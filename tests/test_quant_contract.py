@@ -7,6 +7,7 @@ layers compute, at every bit-width and scheme.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,23 +77,28 @@ def _layers(model: torch.nn.Module) -> dict[str, QuantLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
 
 
-@pytest.mark.parametrize("scheme", list(SCHEMES))
-def test_layer_weight_is_its_codes_times_its_sat_scale(scheme: str) -> None:
-    model = _model(scheme)
+def _every_layer_at_every_bits(model: torch.nn.Module) -> Iterator[tuple[object, str, QuantLayer]]:
+    """(bits, layer name, layer) with the model switched to those bits."""
     for bits in adabits.get_bits_list(model):
         adabits.set_bits(model, bits)
         for name, layer in _layers(model).items():
-            weight = layer.quantized_weight().detach()
-            b = layer.weight_bits
-            from_codes = codes_to_weight(layer.weight_codes(), b, scheme) * layer.weight_sat_scale()
-            assert torch.equal(weight, from_codes), (name, bits)
-            m, step = layer.signed_weight_codes()
-            torch.testing.assert_close(m.double() * step * float(layer.weight_sat_scale()), weight.double(),
-                                       rtol=1e-6, atol=1e-7)
-            unscaled = quantize_weight(layer.weight, b, scheme).detach()
-            levels, offset = layer.weight_scheme.levels(b), layer.weight_scheme.offset
-            recovered = ((unscaled + 1) / 2 * levels - offset).round().long()
-            assert torch.equal(layer.weight_codes(), recovered), (name, bits)
+            yield bits, name, layer
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_layer_weight_is_its_codes_times_its_sat_scale(scheme: str) -> None:
+    for bits, name, layer in _every_layer_at_every_bits(_model(scheme)):
+        weight = layer.quantized_weight().detach()
+        b = layer.weight_bits
+        from_codes = codes_to_weight(layer.weight_codes(), b, scheme) * layer.weight_sat_scale()
+        assert torch.equal(weight, from_codes), (name, bits)
+        m, step = layer.signed_weight_codes()
+        torch.testing.assert_close(m.double() * step * float(layer.weight_sat_scale()), weight.double(),
+                                   rtol=1e-6, atol=1e-7)
+        unscaled = quantize_weight(layer.weight, b, scheme).detach()
+        levels, offset = layer.weight_scheme.levels(b), layer.weight_scheme.offset
+        recovered = ((unscaled + 1) / 2 * levels - offset).round().long()
+        assert torch.equal(layer.weight_codes(), recovered), (name, bits)
 
 
 def test_input_scale_and_clipping_level_follow_the_bit_width() -> None:
@@ -156,17 +162,14 @@ def test_packed_file_holds_the_layers_codes_and_sat_scales(tmp_path, scheme: str
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_onnx_folding_reads_the_layers_signed_codes(scheme: str) -> None:
-    model = _model(scheme)
-    for bits in adabits.get_bits_list(model):
-        adabits.set_bits(model, bits)
-        for name, layer in _layers(model).items():
-            if layer.weight_bits >= 32:
-                continue
-            folded = fold_layer(layer, None)
-            m, step = layer.signed_weight_codes()
-            assert (folded.codes == m.numpy()).all(), (name, bits)
-            expected = step * float(layer.weight_sat_scale())
-            assert folded.scale == pytest.approx([expected] * len(folded.scale)), (name, bits)
+    for bits, name, layer in _every_layer_at_every_bits(_model(scheme)):
+        if layer.weight_bits >= 32:
+            continue
+        folded = fold_layer(layer, None)
+        m, step = layer.signed_weight_codes()
+        assert (folded.codes == m.numpy()).all(), (name, bits)
+        expected = step * float(layer.weight_sat_scale())
+        assert folded.scale == pytest.approx([expected] * len(folded.scale)), (name, bits)
 
 
 def test_no_reader_outside_quant_reaches_into_layer_state() -> None:

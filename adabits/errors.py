@@ -43,6 +43,14 @@ class PackedFormatError(UserError, ValueError):
     """A packed model file that is missing, unreadable, or does not describe a model adabits can build."""
 
 
+class QuantOptionError(UserError, ValueError):
+    """A quantization option (scheme, rescale type) that is not one of its allowed values."""
+
+
+class CalibrationError(UserError, ValueError):
+    """BN calibration asked for no batches, or its loader gave none."""
+
+
 class TrainingDiverged(UserError):
     """The loss stopped being finite: a result of the recipe (lr, warmup), raised with advice."""
 

@@ -18,7 +18,7 @@ from adabits.export import load_packed, save_packed
 from adabits.export.int8_layer import fold_layer
 from adabits.quant import SCHEMES, QuantLayer, SwitchBatchNorm2d, get_scheme
 from adabits.quant.functional import codes_to_weight, quantize_unit, quantize_weight
-from adabits.quant.schemes import SchemeError
+from adabits.errors import QuantOptionError
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = torch.cat([torch.rand(20_000, generator=torch.Generator().manual_seed(0)),
@@ -55,7 +55,7 @@ def test_signed_codes_of_8_bits_fit_int8_only_for_modified() -> None:
 
 
 def test_unknown_scheme_names_the_allowed_ones() -> None:
-    with pytest.raises(SchemeError, match="allowed: original, modified, centered"):
+    with pytest.raises(QuantOptionError, match="allowed: original, modified, centered"):
         get_scheme("uniform")
     with pytest.raises(ValueError):  # a ValueError too, for plain-Python callers
         adabits.QuantConfig(weight_quant_scheme="uniform")

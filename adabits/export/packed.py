@@ -32,7 +32,7 @@ from ..models import create_model
 from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits_list, parse_bits
 from ..quant.calibrate import add_bits
 from ..quant.layers import QuantLayer
-from ..quant.schemes import QuantScheme, SchemeError, get_scheme
+from ..quant.schemes import QuantScheme, get_scheme
 
 FORMAT = "adabits-packed-v1"
 
@@ -200,7 +200,7 @@ def load_packed(path: str | Path) -> nn.Module:
                                     f"describes quantizes with {layer.weight_quant_scheme!r}")
         try:
             stored = _stored_codes(name, info, tensors)
-        except (KeyError, ValueError, TypeError, SchemeError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             raise PackedFormatError(f"{path}: layer {name} has missing or malformed codes ({exc})") from None
         layer.use_stored_weight(stored, keep_float_weight=f"{name}.weight" in tensors)
     missing, unexpected = model.load_state_dict(tensors, strict=False)

@@ -16,16 +16,12 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..errors import BitWidthError, UserError
+from ..errors import BitWidthError, CalibrationError
 from .bitwidth import format_bits, parse_bits, switchable_modules, use_bits
 from .interpolation import interpolate_alpha
 from .layers import SwitchBatchNorm2d
 
-__all__ = ["CalibrationError", "add_bits", "calibrate_bn", "interpolate_alpha", "recalibrate_bn"]
-
-
-class CalibrationError(UserError, ValueError):
-    """Calibration asked for no batches, or the loader gave none."""
+__all__ = ["add_bits", "calibrate_bn", "interpolate_alpha", "recalibrate_bn"]
 
 
 def add_bits(model: nn.Module, bits: object) -> list[nn.BatchNorm2d]:

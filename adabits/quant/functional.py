@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import QuantOptionError
 from .bitwidth import FULL_PRECISION
 from .schemes import SCHEMES, QuantScheme, SchemeName, get_scheme
 
@@ -34,12 +34,8 @@ __all__ = [
 ]
 
 
-class RescaleTypeError(UserError, ValueError):
-    """A rescale_type that is not one of RESCALE_TYPES."""
-
-
 def check_scheme(scheme: str) -> None:
-    """Raise a SchemeError (a ValueError) that lists the allowed schemes."""
+    """Raise a QuantOptionError (a ValueError) that lists the allowed schemes."""
     get_scheme(scheme)
 
 
@@ -119,7 +115,7 @@ def sat_scale(
     elif rescale_type == "stddev":
         target = weight.detach().std()
     else:
-        raise RescaleTypeError(f"unknown rescale_type {rescale_type!r}; allowed: {', '.join(RESCALE_TYPES)}")
+        raise QuantOptionError(f"unknown rescale_type {rescale_type!r}; allowed: {', '.join(RESCALE_TYPES)}")
     return target / quantized_weight.detach().std()
 
 

@@ -231,9 +231,6 @@ class QuantLayer(BitSwitchable, nn.Module):
         return ", ".join(parts)
 
 
-QuantLayerMixin = QuantLayer  # the earlier name, kept so that existing code keeps importing
-
-
 class QConv2d(QuantLayer, nn.Conv2d):
     """nn.Conv2d with DoReFa weights, PACT inputs and optional SAT rescale (fan-out = C_out*kh*kw)."""
 

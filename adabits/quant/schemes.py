@@ -22,13 +22,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import QuantOptionError
 
 SchemeName = Literal["original", "modified", "centered"]
-
-
-class SchemeError(UserError, ValueError):
-    """A scheme name that is not one of SCHEMES."""
 
 
 @dataclass(frozen=True)
@@ -95,10 +91,10 @@ SCHEMES: MappingProxyType[str, QuantScheme] = MappingProxyType({s.name: s for s 
 
 
 def get_scheme(scheme: str | QuantScheme) -> QuantScheme:
-    """The scheme object of a name (or the object itself); SchemeError lists the allowed names."""
+    """The scheme object of a name (or the object itself); QuantOptionError lists the allowed names."""
     if isinstance(scheme, QuantScheme):
         return scheme
     try:
         return SCHEMES[scheme]
     except (KeyError, TypeError):
-        raise SchemeError(f"unknown quantization scheme {scheme!r}; allowed: {', '.join(SCHEMES)}") from None
+        raise QuantOptionError(f"unknown quantization scheme {scheme!r}; allowed: {', '.join(SCHEMES)}") from None

@@ -22,14 +22,13 @@ import adabits
 from ..analysis.profile import layer_table, profile_model, profile_table
 from ..data import BatchLoader, build_loader, build_loaders
 from ..errors import BitWidthError, ExportError
-from ..quant.bitwidth import FULL_PRECISION, Bits, format_bits, parse_bits
+from ..quant.bitwidth import FULL_PRECISION, Bits, bits_label, bits_tag, format_bits, parse_bits
 from . import checkpoint
 from .build import model_kwargs, resolve_device
 from .config import TrainConfig
 from .errors import UserError
 from .evaluation import evaluate
 from .loading import SHAPE_KEY, TrainedModel, load_trained, run_dir, shape_record
-from ..quant.bitwidth import bits_label, bits_tag
 from .report import eval_table, show_bits
 
 EXPORT_FORMATS = ("packed", "onnx")

@@ -185,7 +185,7 @@ def test_own_float_checkpoint_reproduces_the_float_model_at_32_bits(name: str, t
     float_model = randomize_bn(adabits.create_model(name, bits_list=[32], num_classes=10, **FLOAT_32)).eval()
     torch.save({"model": float_model.state_dict()}, tmp_path / "fp.pt")
     model, notes = load_through_engine(name, tmp_path / "fp.pt")
-    assert "(0 missing, 0 unexpected keys)" in notes[0]
+    assert notes == [f"loaded full-precision weights from {tmp_path / 'fp.pt'}"]
     x = torch.randn(2, 3, 32, 32)
     model.eval()
     adabits.set_bits(model, 32)
@@ -279,7 +279,7 @@ def test_torchvision_layout_loads_without_missing_or_unexpected_keys(name: str, 
     sd = random_state_dict(TORCHVISION_LAYOUTS[name]())
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "tv.pth")
     model, notes = load_through_engine(name, tmp_path / "tv.pth")
-    assert "(0 missing, 0 unexpected keys)" in notes[0]
+    assert notes == [f"loaded full-precision weights from {tmp_path / 'tv.pth'}"]
     float_model = adabits.create_model(name, bits_list=[32], num_classes=10, **FLOAT_32)
     float_model.load_state_dict(remap_state_dict(float_model, sd), strict=True)
     assert torch.equal(dict(model.named_parameters())["fc.weight" if "resnet" in name else "classifier.1.weight"],
@@ -301,7 +301,7 @@ def test_torchvision_model_saved_to_disk_is_reproduced_at_32_bits(name: str, act
     torch.save(reference.state_dict(), tmp_path / "tv.pth")
     options = {"activation": activation} if activation else {}
     model, notes = load_through_engine(name, tmp_path / "tv.pth", **options)
-    assert "(0 missing, 0 unexpected keys)" in notes[0]
+    assert notes == [f"loaded full-precision weights from {tmp_path / 'tv.pth'}"]
     model.eval()
     adabits.set_bits(model, 32)
     x = torch.rand(2, 3, 64, 64) * 255
@@ -356,8 +356,8 @@ def test_original_code_mobilenet_checkpoint_is_renamed(version: int, tmp_path: P
     torch.save({"model": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "original.pt")
     name = f"mobilenet_v{version}"
     model, notes = load_through_engine(name, tmp_path / "original.pt")
-    # the original gave its first conv a (never used) alpha; ours has none
-    assert "(0 missing, 1 unexpected keys)" in notes[0]
+    # the original gave its first conv a (never used) alpha; ours has none, and the key map drops it
+    assert notes == [f"loaded full-precision weights from {tmp_path / 'original.pt'}"]
     last_block = "features.13.3" if version == 1 else "features.17.conv.2"
     source = "stage_4_layer_1.body.3" if version == 1 else "stage_6_layer_0.body.6"
     layer = dict(model.named_modules())[last_block]

@@ -95,6 +95,7 @@ def test_adabits_test_evaluates_an_original_checkpoint(tmp_path: Path, capsys) -
     assert main(["test", *args, f"pretrained_file={wrong}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "depth 32 (this model has depth 20)" in err
+    assert "partial_load" not in err  # deploy commands load strictly; only train offers a partial load
 
 
 # ------------------------------------------------------------------ what does not fit

@@ -75,9 +75,11 @@ def pretrained_path(cfg: TrainConfig) -> Path | None:
     return Path(cfg.pretrained_dir) / path if cfg.pretrained_dir and not path.is_absolute() else path
 
 
-def load_fp_start(model: nn.Module, path: Path, ckpt: dict[str, Any] | None = None, *, partial: bool = False) -> str:
+def load_fp_start(model: nn.Module, path: Path, ckpt: dict[str, Any] | None = None, *,
+                  partial: bool | None = None) -> str:
     """Full-precision weights into every bit-width (per-bit copies of BN and alpha); returns a note.
-    A float checkpoint lacks the per-bit copies and maybe the alphas: those are filled, not missing."""
+    A float checkpoint lacks the per-bit copies and maybe the alphas: those are filled, not missing.
+    `partial`: the config's partial_load; None where a partial load is not offered (deploy commands)."""
     ckpt = checkpoint.read(path) if ckpt is None else ckpt
     sd = _own_keys(model, checkpoint.state_dict_of(ckpt), path)
     fit.refuse_other_bit_count(model, sd, path)
@@ -86,8 +88,9 @@ def load_fp_start(model: nn.Module, path: Path, ckpt: dict[str, Any] | None = No
 
 
 def load_weights_file(model: nn.Module, path: Path, ckpt: dict[str, Any] | None = None, *,
-                      partial: bool = False) -> str:
-    """A strict load of `path` (ours, a plain state dict or a foreign layout), calibrated bit-widths added."""
+                      partial: bool | None = None) -> str:
+    """A strict load of `path` (ours, a plain state dict or a foreign layout), calibrated bit-widths added;
+    `partial` as for load_fp_start."""
     ckpt = checkpoint.read(path) if ckpt is None else ckpt
     calibrated = add_calibrated_bits(model, ckpt)
     sd = _own_keys(model, checkpoint.state_dict_of(ckpt), path)
@@ -108,12 +111,13 @@ def load_pretrained(model: nn.Module, cfg: TrainConfig) -> list[str]:
 
 
 def _load(model: nn.Module, own: dict[str, torch.Tensor], adapted: dict[str, torch.Tensor], path: Path,
-          ckpt: dict[str, Any], partial: bool, note: str) -> str:
+          ckpt: dict[str, Any], partial: bool | None, note: str) -> str:
     """Load `adapted` (`own` adapted to the model's layers) if it fits the whole model, or, when
-    `partial`, the keys that fit; anything else is a CheckpointError (`fit.refuse_misfit`)."""
+    `partial`, the keys that fit; anything else is a CheckpointError (`fit.refuse_misfit`, which
+    suggests partial_load where the caller offers it: `partial` is False, not None)."""
     result = fit.compare(model, adapted)
     if not result.complete and (not partial or result.shares_nothing):
-        fit.refuse_misfit(model, result, path, fit.written_for(model, own, ckpt))
+        fit.refuse_misfit(model, result, path, fit.written_for(model, own, ckpt), offer_partial=partial is False)
     model.load_state_dict(result.loadable, strict=result.complete)
     return note if result.complete else f"{note} ({fit.partial_note(result)})"
 

@@ -84,7 +84,7 @@ def refuse_other_bit_count(model: nn.Module, state: Mapping[str, torch.Tensor], 
                 "bits_list it was written for, or add bit-widths to it with `adabits calibrate`")
 
 
-def refuse_misfit(model: nn.Module, fit: Fit, path: Path, hint: str | None) -> None:
+def refuse_misfit(model: nn.Module, fit: Fit, path: Path, hint: str | None, *, offer_partial: bool) -> None:
     """The one line for a checkpoint that fits only part of the model, naming a few keys of each kind."""
     if fit.shares_nothing:
         raise CheckpointError(f"{path} shares no parameter names with model {type(model).__name__}"
@@ -100,7 +100,7 @@ def refuse_misfit(model: nn.Module, fit: Fit, path: Path, hint: str | None) -> N
     raise CheckpointError(
         f"{path} does not fit model {type(model).__name__}: " + "; ".join(parts)
         + (f"; the checkpoint looks written for {hint}" if hint else "")
-        + "; set partial_load: true to load only the keys that fit")
+        + ("; set partial_load: true to load only the keys that fit" if offer_partial else ""))
 
 
 def partial_note(fit: Fit) -> str:

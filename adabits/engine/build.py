@@ -123,7 +123,7 @@ def _load(model: nn.Module, own: dict[str, torch.Tensor], adapted: dict[str, tor
 
 
 def _own_keys(model: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
-    """Rename a foreign layout (torchvision, the original code's MobileNets) to the model's names."""
+    """Rename a foreign layout (wrapper prefixes, the original code's models) to the model's names."""
     try:
         return remap_state_dict(model, sd)
     except ValueError as exc:

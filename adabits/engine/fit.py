@@ -136,9 +136,10 @@ def _bit_count(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | Non
     return max(counts) if counts else None
 
 
-def _per_bit_indices(state: Iterable[str], prefix: str) -> set[int]:
-    return {int(key[len(prefix):].split(".", 1)[0]) for key in state
-            if key.startswith(prefix) and key[len(prefix):].split(".", 1)[0].isdigit()}
+def _per_bit_indices(keys: Iterable[str], prefix: str) -> set[int]:
+    """The I of every `{prefix}I.*` key."""
+    heads = (key[len(prefix):].partition(".")[0] for key in keys if key.startswith(prefix))
+    return {int(head) for head in heads if head.isdigit()}
 
 
 def _shape(size: torch.Size) -> str:

@@ -35,7 +35,7 @@ _RESNET_HEAD = {0: "conv1", 1: "bn1"}
 _RESNET_BODY = {0: "conv1", 1: "bn1", 3: "conv2", 4: "bn2"}
 
 #: a renaming of one key; None drops it
-Rename = Callable[[str], "str | None"]
+Rename = Callable[[str], str | None]
 
 
 def _strip_wrappers(key: str) -> str:

@@ -22,6 +22,7 @@ from adabits.engine import build_config
 from adabits.engine.build import load_pretrained
 from adabits.engine.errors import CheckpointError
 from adabits.models import remap_state_dict
+from _original_layouts import original_mobilenet_layout, random_state_dict
 
 IMAGENET_MODELS = ("mobilenet_v1", "mobilenet_v2", "resnet18", "resnet34", "resnet50")
 #: parameter counts of the standard float architectures at 1000 classes (torchvision's for the
@@ -185,7 +186,7 @@ def test_own_float_checkpoint_reproduces_the_float_model_at_32_bits(name: str, t
     float_model = randomize_bn(adabits.create_model(name, bits_list=[32], num_classes=10, **FLOAT_32)).eval()
     torch.save({"model": float_model.state_dict()}, tmp_path / "fp.pt")
     model, notes = load_through_engine(name, tmp_path / "fp.pt")
-    assert "(0 missing, 0 unexpected keys)" in notes[0]
+    assert notes == [f"loaded full-precision weights from {tmp_path / 'fp.pt'}"]
     x = torch.randn(2, 3, 32, 32)
     model.eval()
     adabits.set_bits(model, 32)
@@ -261,25 +262,12 @@ TORCHVISION_LAYOUTS = {
 }
 
 
-def random_state_dict(layout) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    sd = {}
-    for key, shape in layout:
-        if key.endswith("num_batches_tracked"):
-            sd[key] = torch.tensor(100)
-        elif key.endswith("running_var"):
-            sd[key] = torch.rand(shape, generator=generator) + 0.5
-        else:
-            sd[key] = torch.randn(shape, generator=generator) * 0.1
-    return sd
-
-
 @pytest.mark.parametrize("name", sorted(TORCHVISION_LAYOUTS))
 def test_torchvision_layout_loads_without_missing_or_unexpected_keys(name: str, tmp_path: Path) -> None:
     sd = random_state_dict(TORCHVISION_LAYOUTS[name]())
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "tv.pth")
     model, notes = load_through_engine(name, tmp_path / "tv.pth")
-    assert "(0 missing, 0 unexpected keys)" in notes[0]
+    assert notes == [f"loaded full-precision weights from {tmp_path / 'tv.pth'}"]
     float_model = adabits.create_model(name, bits_list=[32], num_classes=10, **FLOAT_32)
     float_model.load_state_dict(remap_state_dict(float_model, sd), strict=True)
     assert torch.equal(dict(model.named_parameters())["fc.weight" if "resnet" in name else "classifier.1.weight"],
@@ -301,7 +289,7 @@ def test_torchvision_model_saved_to_disk_is_reproduced_at_32_bits(name: str, act
     torch.save(reference.state_dict(), tmp_path / "tv.pth")
     options = {"activation": activation} if activation else {}
     model, notes = load_through_engine(name, tmp_path / "tv.pth", **options)
-    assert "(0 missing, 0 unexpected keys)" in notes[0]
+    assert notes == [f"loaded full-precision weights from {tmp_path / 'tv.pth'}"]
     model.eval()
     adabits.set_bits(model, 32)
     x = torch.rand(2, 3, 64, 64) * 255
@@ -309,46 +297,7 @@ def test_torchvision_model_saved_to_disk_is_reproduced_at_32_bits(name: str, act
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
 
 
-# the original AdaBits code's MobileNets: head / stage_I_layer_J.body.K / tail / classifier.0, each
-# quantized layer with an alpha, each SwitchBN2d holding bn.0 (a model trained with bits_list [32])
-def _original_conv(prefix: str, shape: tuple[int, ...]) -> Iterator[tuple[str, tuple[int, ...]]]:
-    yield f"{prefix}.weight", shape
-    yield f"{prefix}.alpha", (1,)
-
-
-def original_mobilenet_layout(version: int):
-    yield from _original_conv("head.0", (32, 3, 3, 3))
-    yield from _bn("head.1.bn.0", 32)
-    inp = 32
-    if version == 1:
-        for stage, (c, n) in enumerate([(64, 1), (128, 2), (256, 2), (512, 6), (1024, 2)]):
-            for layer in range(n):
-                p = f"stage_{stage}_layer_{layer}.body"
-                yield from _original_conv(f"{p}.0", (inp, 1, 3, 3))
-                yield from _bn(f"{p}.1.bn.0", inp)
-                yield from _original_conv(f"{p}.3", (c, inp, 1, 1))
-                yield from _bn(f"{p}.4.bn.0", c)
-                inp = c
-    else:
-        for stage, (t, c, n, _) in enumerate(TORCHVISION_V2_SETTING):
-            for layer in range(n):
-                p, hidden, k = f"stage_{stage}_layer_{layer}.body", inp * t, 0
-                if t != 1:
-                    yield from _original_conv(f"{p}.0", (hidden, inp, 1, 1))
-                    yield from _bn(f"{p}.1.bn.0", hidden)
-                    k = 3
-                yield from _original_conv(f"{p}.{k}", (hidden, 1, 3, 3))
-                yield from _bn(f"{p}.{k + 1}.bn.0", hidden)
-                yield from _original_conv(f"{p}.{k + 3}", (c, hidden, 1, 1))
-                yield from _bn(f"{p}.{k + 4}.bn.0", c)
-                inp = c
-        yield from _original_conv("tail.0", (1280, inp, 1, 1))
-        yield from _bn("tail.1.bn.0", 1280)
-        inp = 1280
-    yield from _original_conv("classifier.0", (10, inp))
-    yield "classifier.0.bias", (10,)
-
-
+# the original AdaBits code's MobileNets (tests/_original_layouts.py), trained with bits_list [32]
 @pytest.mark.parametrize("version", [1, 2])
 def test_original_code_mobilenet_checkpoint_is_renamed(version: int, tmp_path: Path) -> None:
     sd = random_state_dict(original_mobilenet_layout(version))
@@ -356,8 +305,8 @@ def test_original_code_mobilenet_checkpoint_is_renamed(version: int, tmp_path: P
     torch.save({"model": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "original.pt")
     name = f"mobilenet_v{version}"
     model, notes = load_through_engine(name, tmp_path / "original.pt")
-    # the original gave its first conv a (never used) alpha; ours has none
-    assert "(0 missing, 1 unexpected keys)" in notes[0]
+    # the original gave its first conv a (never used) alpha; ours has none, and the key map drops it
+    assert notes == [f"loaded full-precision weights from {tmp_path / 'original.pt'}"]
     last_block = "features.13.3" if version == 1 else "features.17.conv.2"
     source = "stage_4_layer_1.body.3" if version == 1 else "stage_6_layer_0.body.6"
     layer = dict(model.named_modules())[last_block]

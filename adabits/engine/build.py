@@ -12,8 +12,9 @@ import adabits
 from adabits.models import remap_state_dict
 from adabits.quant.bitwidth import Bits
 from adabits.quant.calibrate import add_bits
+from adabits.quant.convert import adapt_state_dict, spread_fp_state_dict
 
-from . import checkpoint
+from . import checkpoint, fit
 from .config import TrainConfig
 from .errors import CheckpointError, ConfigError
 from .report import show_bits
@@ -74,37 +75,55 @@ def pretrained_path(cfg: TrainConfig) -> Path | None:
     return Path(cfg.pretrained_dir) / path if cfg.pretrained_dir and not path.is_absolute() else path
 
 
-def load_fp_start(model: nn.Module, path: Path, ckpt: dict[str, Any] | None = None) -> str:
-    """Full-precision weights into every bit-width (per-bit copies of BN and alpha); returns a note."""
+def load_fp_start(model: nn.Module, path: Path, ckpt: dict[str, Any] | None = None, *,
+                  partial: bool | None = None) -> str:
+    """Full-precision weights into every bit-width (per-bit copies of BN and alpha); returns a note.
+    A float checkpoint lacks the per-bit copies and maybe the alphas: those are filled, not missing.
+    `partial`: the config's partial_load; None where a partial load is not offered (deploy commands)."""
     ckpt = checkpoint.read(path) if ckpt is None else ckpt
     sd = _own_keys(model, checkpoint.state_dict_of(ckpt), path)
-    missing, unexpected = adabits.load_fp_state_dict(model, sd)
-    if len(missing) == len(model.state_dict()):
-        raise CheckpointError(f"{path} shares no parameter names with model {type(model).__name__}")
-    return f"loaded full-precision weights from {path} ({len(missing)} missing, {len(unexpected)} unexpected keys)"
+    fit.refuse_other_bit_count(model, sd, path)
+    return _load(model, sd, spread_fp_state_dict(model, sd), path, ckpt, partial,
+                 f"loaded full-precision weights from {path}")
 
 
-def load_weights_file(model: nn.Module, path: Path, ckpt: dict[str, Any] | None = None) -> str:
-    """A strict load of `path` (ours, a plain state dict or a foreign layout), calibrated bit-widths added."""
+def load_weights_file(model: nn.Module, path: Path, ckpt: dict[str, Any] | None = None, *,
+                      partial: bool | None = None) -> str:
+    """A strict load of `path` (ours, a plain state dict or a foreign layout), calibrated bit-widths added;
+    `partial` as for load_fp_start."""
     ckpt = checkpoint.read(path) if ckpt is None else ckpt
     calibrated = add_calibrated_bits(model, ckpt)
-    checkpoint.load_weights(model, _own_keys(model, checkpoint.state_dict_of(ckpt), path), path)
-    return f"loaded weights from {path}" + (f" (calibrated bit-widths {show_bits(calibrated)})" if calibrated else "")
+    sd = _own_keys(model, checkpoint.state_dict_of(ckpt), path)
+    note = f"loaded weights from {path}" + (f" (calibrated bit-widths {show_bits(calibrated)})" if calibrated else "")
+    return _load(model, sd, adapt_state_dict(model, sd), path, ckpt, partial, note)
 
 
 def load_pretrained(model: nn.Module, cfg: TrainConfig) -> list[str]:
-    """The start of a training run: fp_pretrained_file, then pretrained_file (strict), as set; returns notes."""
+    """The start of a training run: fp_pretrained_file, then pretrained_file, as set; returns notes.
+    Each must fit the whole model unless `partial_load`."""
     notes = []
     if cfg.fp_pretrained_file:
-        notes.append(load_fp_start(model, Path(cfg.fp_pretrained_file)))
+        notes.append(load_fp_start(model, Path(cfg.fp_pretrained_file), partial=cfg.partial_load))
     path = pretrained_path(cfg)
     if path is not None:
-        notes.append(load_weights_file(model, path))
+        notes.append(load_weights_file(model, path, partial=cfg.partial_load))
     return notes
 
 
+def _load(model: nn.Module, own: dict[str, torch.Tensor], adapted: dict[str, torch.Tensor], path: Path,
+          ckpt: dict[str, Any], partial: bool | None, note: str) -> str:
+    """Load `adapted` (`own` adapted to the model's layers) if it fits the whole model, or, when
+    `partial`, the keys that fit; anything else is a CheckpointError (`fit.refuse_misfit`, which
+    suggests partial_load where the caller offers it: `partial` is False, not None)."""
+    result = fit.compare(model, adapted)
+    if not result.complete and (not partial or result.shares_nothing):
+        fit.refuse_misfit(model, result, path, fit.written_for(model, own, ckpt), offer_partial=partial is False)
+    model.load_state_dict(result.loadable, strict=result.complete)
+    return note if result.complete else f"{note} ({fit.partial_note(result)})"
+
+
 def _own_keys(model: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
-    """Rename a foreign layout (torchvision, the original code's MobileNets) to the model's names."""
+    """Rename a foreign layout (wrapper prefixes, the original code's models) to the model's names."""
     try:
         return remap_state_dict(model, sd)
     except ValueError as exc:

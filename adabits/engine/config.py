@@ -160,6 +160,9 @@ class TrainConfig(BaseModel):
     batch_size_per_gpu: Any = None
     width_divisor: Any = None
     min_width: Any = None
+    # loading weights: a pretrained_file or fp_pretrained_file that fits only part of the model (keys
+    # without a value, unknown keys, other shapes) is an error unless this asks to load what fits
+    partial_load: bool = False
 
     @field_validator("model")
     @classmethod

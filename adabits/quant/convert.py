@@ -10,7 +10,7 @@ from torch import nn
 
 from .bitwidth import max_bits, parse_bits_list
 from .config import QuantConfig
-from .layers import QConv2d, QLinear, SwitchBatchNorm2d
+from .layers import QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
 
 LAYER_OPTIONS = frozenset({"bitw_min", "bita_min", "weight_only", "pact_fp", "double_side", "quantize"})
 
@@ -108,12 +108,22 @@ def quantize_model(
     return model
 
 
-def load_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Any:
-    """Load a full-precision checkpoint into a switchable model.
+def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state_dict` as `model.load_state_dict` sees it once each layer has adapted its part (a plain
+    BN spread into every per-bit BN, one alpha into every per-bit alpha; `adapt_state_dict` of the
+    layers, which their load hooks also call): keys and shapes to compare with `model.state_dict()`
+    before anything is loaded."""
+    state = dict(state_dict)
+    for name, module in model.named_modules():
+        if isinstance(module, (QuantLayer, SwitchBatchNorm2d)):
+            module.adapt_state_dict(state, f"{name}." if name else "")
+    return state
 
-    Each float BN (or the single BN of a one-bit-width model) is copied into every per-bit BN,
-    each single alpha into every per-bit alpha. Returns torch's (missing_keys, unexpected_keys).
-    """
+
+def spread_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A full-precision checkpoint made to fit a switchable model: each float BN (or the single BN of
+    a one-bit-width model, `bn.0` alone) goes into every per-bit BN, each single alpha into every
+    per-bit alpha (`adapt_state_dict`)."""
     state = dict(state_dict)
     for name, module in model.named_modules():
         if not isinstance(module, SwitchBatchNorm2d) or len(module.bn) == 1:
@@ -122,4 +132,10 @@ def load_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor])
         if f"{prefix}0.running_mean" in state and f"{prefix}1.running_mean" not in state:
             for key in [k for k in state if k.startswith(prefix + "0.")]:
                 state[prefix[: -len("bn.")] + key[len(prefix) + 2 :]] = state.pop(key)
-    return model.load_state_dict(state, strict=False)
+    return adapt_state_dict(model, state)
+
+
+def load_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Any:
+    """Load a full-precision checkpoint into a switchable model (`spread_fp_state_dict`).
+    Returns torch's (missing_keys, unexpected_keys)."""
+    return model.load_state_dict(spread_fp_state_dict(model, state_dict), strict=False)

@@ -207,18 +207,26 @@ class QuantLayer(BitSwitchable, nn.Module):
             weight = weight * self._sat_of(weight)
         return weight
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
-        """Accept float state dicts: no alpha keeps its init, one alpha fills every per-bit alpha."""
+    def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
+        """Make a float or shared clipping level fit this layer, in place: one alpha of any shape (the
+        original's 0-d or 1-element one) fills every per-bit alpha; a checkpoint with this layer's
+        weight but no alpha (a float model's) keeps the alpha's current value."""
         key = prefix + "alpha"
-        if self.alpha is not None and key in state_dict:
+        if self.alpha is None:
+            return
+        if key in state_dict:
             source = state_dict[key]
-            if source.numel() == 1 and self.alpha.numel() != 1:
+            if source.numel() == 1 and source.shape != self.alpha.shape:
                 state_dict[key] = source.reshape(1).expand(self.alpha.shape).clone()
+        elif prefix + "weight" in state_dict:
+            state_dict[key] = self.alpha.detach().clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
+        """Accept float state dicts (`adapt_state_dict`)."""
+        self.adapt_state_dict(state_dict, prefix)
         super()._load_from_state_dict(  # type: ignore[misc]
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        if key in missing_keys and prefix + "weight" in state_dict:
-            missing_keys.remove(key)
 
     def extra_repr(self) -> str:
         parts = [super().extra_repr()]  # type: ignore[misc]
@@ -375,12 +383,17 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
             self.bn.append(bn)
         super().add_bits(bits)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
-        """Spread the keys of a plain BatchNorm2d (prefix.weight, ...) into every per-bit BN."""
+    def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
+        """Spread the keys of a plain BatchNorm2d (prefix.weight, ...; also the original's shared
+        gamma/beta under `stats_sharing`) into every per-bit BN, in place."""
         flat = {k: state_dict.pop(prefix + k) for k in _BN_STATE_KEYS if prefix + k in state_dict}
         for index in range(len(self.bn)):
             for name, value in flat.items():
                 state_dict.setdefault(f"{prefix}bn.{index}.{name}", value)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
+        """Accept a plain BatchNorm2d's state (`adapt_state_dict`)."""
+        self.adapt_state_dict(state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -1,0 +1,150 @@
+"""Whether a checkpoint's weights fit a model, before anything is loaded, said in one line.
+
+A load that gives every model key a value of the model's shape, and leaves no checkpoint key
+unused, is complete. Anything less is a CheckpointError naming a few keys and the counts (and what
+the checkpoint looks written for, when its keys tell), unless the user asked for a partial load.
+`num_batches_tracked` is never missing: torch fills it (it only counts batches).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adabits.models.resnet_cifar import CifarResNet
+from adabits.quant.bitwidth import get_bits_list
+from adabits.quant.layers import QuantLayer, SwitchBatchNorm2d
+
+from .errors import CheckpointError
+from .report import show_bits
+
+#: keys named in a message, of each kind
+SHOWN = 3
+_FILLED_BY_TORCH = "num_batches_tracked"
+_BLOCK = re.compile(r"layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A state dict (already in the model's names and adapted to its layers) against the model."""
+
+    loadable: dict[str, torch.Tensor]  # model keys with a value of the model's shape
+    missing: list[str]  # model keys that get no value
+    unexpected: list[str]  # checkpoint keys the model does not have
+    mismatched: list[tuple[str, torch.Size, torch.Size]]  # (key, checkpoint shape, model shape)
+    model_keys: int
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    @property
+    def shares_nothing(self) -> bool:
+        return not any(not key.endswith(_FILLED_BY_TORCH) for key in self.loadable)
+
+
+def compare(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Fit:
+    own = model.state_dict()
+    loadable, mismatched = {}, []
+    for key, value in state.items():
+        if key in own:
+            if value.shape == own[key].shape:
+                loadable[key] = value
+            else:
+                mismatched.append((key, value.shape, own[key].shape))
+    missing = [k for k in own if k not in state and not k.endswith(_FILLED_BY_TORCH)]
+    unexpected = [k for k in state if k not in own]
+    return Fit(loadable, missing, unexpected, mismatched, len(own))
+
+
+def per_bit_bn_counts(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
+    """Switchable BNs for which the checkpoint holds per-bit BNs (more than one): name -> (held, model's)."""
+    counts = {}
+    for name, module in model.named_modules():
+        if isinstance(module, SwitchBatchNorm2d):
+            held = _per_bit_indices(state, f"{name}.bn." if name else "bn.")
+            if len(held) > 1:
+                counts[name] = (len(held), len(module.bn))
+    return counts
+
+
+def refuse_other_bit_count(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """A float start spreads one BN into every bit-width; a switchable checkpoint of another bit count has no such BN."""
+    for name, (held, have) in per_bit_bn_counts(model, state).items():
+        if held != have:
+            raise CheckpointError(
+                f"{path} holds {held} per-bit BNs per layer (e.g. {name}: a switchable checkpoint of {held} bit-widths), "
+                f"this model has {have} (bits_list {show_bits(get_bits_list(model))}); fp_pretrained_file spreads "
+                "one float BN into every bit-width: load a switchable checkpoint as pretrained_file with the "
+                "bits_list it was written for, or add bit-widths to it with `adabits calibrate`")
+
+
+def refuse_misfit(model: nn.Module, fit: Fit, path: Path, hint: str | None, *, offer_partial: bool) -> None:
+    """The one line for a checkpoint that fits only part of the model, naming a few keys of each kind."""
+    if fit.shares_nothing:
+        raise CheckpointError(f"{path} shares no parameter names with model {type(model).__name__}"
+                              + (f"; it looks written for {hint}" if hint else ""))
+    parts = []
+    if fit.mismatched:
+        shapes = [f"{key}: checkpoint {_shape(a)}, model {_shape(b)}" for key, a, b in fit.mismatched]
+        parts.append(f"{len(shapes)} keys have other shapes ({_some(shapes, '; ')})")
+    if fit.missing:
+        parts.append(f"{len(fit.missing)} model keys get no value ({_some(fit.missing)})")
+    if fit.unexpected:
+        parts.append(f"{len(fit.unexpected)} checkpoint keys are not in the model ({_some(fit.unexpected)})")
+    raise CheckpointError(
+        f"{path} does not fit model {type(model).__name__}: " + "; ".join(parts)
+        + (f"; the checkpoint looks written for {hint}" if hint else "")
+        + ("; set partial_load: true to load only the keys that fit" if offer_partial else ""))
+
+
+def partial_note(fit: Fit) -> str:
+    return (f"partial_load: {len(fit.loadable)} of {fit.model_keys} model keys loaded; {len(fit.missing)} got no "
+            f"value, {len(fit.mismatched)} with other shapes and {len(fit.unexpected)} unknown checkpoint keys skipped")
+
+
+def written_for(model: nn.Module, state: Mapping[str, torch.Tensor], ckpt: Mapping[str, Any]) -> str | None:
+    """What the checkpoint looks written for where that differs from `model`: our checkpoints' record
+    of model and bits_list, else the bit count of its per-bit BNs and alphas, a CIFAR ResNet's depth."""
+    parts = []
+    if isinstance(ckpt.get("model_name"), str) and "bits_list" in ckpt:
+        parts.append(f"model {ckpt['model_name']} with bits_list {show_bits(ckpt['bits_list'])}")
+    else:
+        held = _bit_count(model, state)
+        have = len(get_bits_list(model))
+        if held is not None and held != have:
+            parts.append(f"a bits_list of {held} bit-widths (this model has {have})")
+    if isinstance(model, CifarResNet):
+        blocks = {int(m.group(1)) for m in map(_BLOCK.match, state) if m}
+        if blocks and len(blocks) % 3 == 0 and len(blocks) != len(model.layers):
+            parts.append(f"depth {2 * len(blocks) + 2} (this model has depth {2 * len(model.layers) + 2})")
+    return ", ".join(parts) or None
+
+
+def _bit_count(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
+    """The bit-widths a switchable checkpoint was trained at, from its per-bit BNs or alphas (None for a float one)."""
+    counts = [held for held, _ in per_bit_bn_counts(model, state).values()]
+    for name, module in model.named_modules():
+        alpha = state.get(f"{name}.alpha" if name else "alpha")
+        if isinstance(module, QuantLayer) and alpha is not None and alpha.numel() > 1:
+            counts.append(alpha.numel())
+    return max(counts) if counts else None
+
+
+def _per_bit_indices(keys: Iterable[str], prefix: str) -> set[int]:
+    """The I of every `{prefix}I.*` key."""
+    heads = (key[len(prefix):].partition(".")[0] for key in keys if key.startswith(prefix))
+    return {int(head) for head in heads if head.isdigit()}
+
+
+def _shape(size: torch.Size) -> str:
+    return "[" + ",".join(map(str, size)) + "]"
+
+
+def _some(items: Sequence[str], sep: str = ", ") -> str:
+    return sep.join(items[:SHOWN]) + (f"{sep}..." if len(items) > SHOWN else "")

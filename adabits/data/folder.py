@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from .base import DataError, DataOptions, DataShape
+from .base import DataError, DataOptions, DataShape, named_folder
 from .recipes import recipe_named
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -83,12 +83,10 @@ class FolderLayout:
         """dataset_dir itself when it holds the train folder, else the first listed sub-folder that does."""
         if not dataset_dir:
             raise DataError(f"{self.title} needs dataset_dir: the folder holding {self.expected}")
-        base = Path(dataset_dir).expanduser()
+        base = named_folder(dataset_dir, self.title, f"expected a folder holding {self.expected}")
         for candidate in (base, *(base / sub for sub in self.subfolders)):
             if (candidate / self.train).is_dir():
                 return candidate
-        if not base.is_dir():
-            raise DataError(f"{self.title} not found: {base} does not exist (expected a folder holding {self.expected})")
         raise DataError(f"{self.title} not found in {base}: expected {self.expected} there"
                         + (f" or in one of its sub-folders {', '.join(self.subfolders)}" if self.subfolders else ""))
 

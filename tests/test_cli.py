@@ -61,7 +61,7 @@ def test_original_config_notes_and_cifar_error(tmp_path):
                         f"dataset_dir={tmp_path / 'nodata'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "note: ignoring num_gpus_per_job" in proc.stderr
-    assert "CIFAR-10 not found" in proc.stderr and "Traceback" not in proc.stderr
+    assert "CIFAR-10: dataset_dir" in proc.stderr and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -9,12 +9,13 @@ This module imports only torch and adabits.errors, so every layer may use it.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, PackedFormatError
 
 #: the key of a checkpoint dict (or of a packed file's metadata) that holds the digests
 CHECKSUM_KEY = "checksums"
@@ -28,6 +29,11 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     digest = hashlib.sha256(f"{flat.dtype}{tuple(tensor.shape)}".encode())
     digest.update(flat.view(torch.uint8).numpy().data if flat.numel() else b"")
     return digest.hexdigest()
+
+
+def text_digest(fields: Mapping[str, str]) -> str:
+    """sha256 of string fields (a packed file's metadata), independent of their order."""
+    return hashlib.sha256(json.dumps(dict(fields), sort_keys=True).encode()).hexdigest()
 
 
 def tensor_leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -80,3 +86,33 @@ def verify(ckpt: Mapping[str, Any], path: object) -> None:
         if bad is not None:
             raise CheckpointError(f"{path} is corrupt (checksum mismatch in {section} {bad}): it changed after it "
                                   "was written; use another copy of it")
+
+
+def packed_checksums(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """The metadata field a packed file stores: digests of its other metadata fields and of every tensor."""
+    fields = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+    return json.dumps({"metadata": text_digest(fields), "tensors": digests(dict(tensors))})
+
+
+def verify_packed(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], path: object) -> None:
+    """PackedFormatError when a packed file's metadata or tensors are not what was written.
+
+    A file without the field (written before checksums were stored) is not checked.
+    """
+    text = metadata.get(CHECKSUM_KEY)
+    if text is None:
+        return
+    try:
+        stored = json.loads(text)
+        meta_digest, tensor_digests = stored["metadata"], stored["tensors"]
+        if not isinstance(meta_digest, str) or not isinstance(tensor_digests, dict):
+            raise TypeError("wrong types")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PackedFormatError(f"{path} is corrupt (its checksums are malformed: {exc})") from None
+    if text_digest({k: v for k, v in metadata.items() if k != CHECKSUM_KEY}) != meta_digest:
+        raise PackedFormatError(f"{path} is corrupt (checksum mismatch in its metadata): it changed after it was "
+                                "written; export it again")
+    bad = first_mismatch(dict(tensors), tensor_digests)
+    if bad is not None:
+        raise PackedFormatError(f"{path} is corrupt (checksum mismatch in tensor {bad}): it changed after it was "
+                                "written; export it again")

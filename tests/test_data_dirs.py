@@ -83,3 +83,15 @@ def test_cifar_dir_holding_some_files_itself_is_that_folder(tmp_path):
 def test_synthetic_refuses_a_dataset_dir(tmp_path):
     fake_imagenet(tmp_path / "inet")
     assert "remove dataset_dir" in _one_line_error(dataset="synthetic", dataset_dir=str(tmp_path / "inet"))
+
+
+@pytest.mark.parametrize("dataset, channels", [("fashion_mnist", 1), ("cifar10", 3), ("imagenet1k", 3)])
+def test_in_chans_that_does_not_fit_the_data_is_refused(tmp_path, dataset, channels):
+    fake_fashion_mnist(tmp_path / "fm")
+    fake_cifar10(tmp_path / "c10")
+    fake_imagenet(tmp_path / "inet")
+    where = {"fashion_mnist": "fm", "cifar10": "c10", "imagenet1k": "inet"}[dataset]
+    wrong = 4 - channels  # 3 for the grey set, 1 for the colour ones
+    message = _one_line_error(dataset=dataset, dataset_dir=str(tmp_path / where), in_chans=wrong, image_size=24
+                              if dataset == "imagenet1k" else None)
+    assert f"has {channels}-channel images, but the config sets in_chans {wrong}" in message

@@ -17,6 +17,8 @@ import torch
 from .base import DataError, DataOptions, DataShape, named_folder
 from .recipes import recipe_named
 
+#: folder datasets decode every image as RGB
+FOLDER_CHANNELS = 3
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -142,7 +144,7 @@ def folder_shape(num_classes: int, layout: FolderLayout) -> Callable[[DataOption
 
     def shape(opts: DataOptions) -> DataShape:
         size = opts.image_size or recipe_named(opts.data_transforms or layout.default_transforms).size
-        return DataShape(num_classes, 3, size)
+        return DataShape(num_classes, FOLDER_CHANNELS, size)
 
     return shape
 

@@ -103,10 +103,18 @@ def build_loaders(cfg: DataOptions, device: torch.device | str = "cpu", rank: in
     splits = build_splits(cfg)
     if isinstance(splits, FolderSplits):
         train_loader, val_loader, size = folder_loaders(splits, cfg, device, rank, world_size)
-        return Loaders(train_loader, val_loader, splits.num_classes, FOLDER_CHANNELS, size)
-    return Loaders(_memory_loader(splits, cfg, "train", device, rank, world_size),
+        return Loaders(_with_batches(train_loader, cfg), val_loader, splits.num_classes, FOLDER_CHANNELS, size)
+    return Loaders(_with_batches(_memory_loader(splits, cfg, "train", device, rank, world_size), cfg),
                    _memory_loader(splits, cfg, "val", device, rank, world_size),
                    splits.num_classes, splits.in_chans, splits.image_size)
+
+
+def _with_batches(train: BatchLoader, cfg: DataOptions) -> BatchLoader:
+    """A training loader that yields no batch would train nothing and report success: refuse it."""
+    if len(train) == 0:
+        raise DataError(f"dataset {cfg.dataset} has {train.num_samples} training images, fewer than batch_size "
+                        f"{cfg.batch_size} with drop_last: true, so no batch is left; lower batch_size or set drop_last: false")
+    return train
 
 
 def build_loader(cfg: DataOptions, split: Split, device: torch.device | str = "cpu") -> tuple[BatchLoader, DataShape]:

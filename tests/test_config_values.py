@@ -10,7 +10,7 @@ from adabits.engine import load_config
 from _engine_helpers import tiny_args
 from test_data import fake_fashion_mnist
 
-# key=value overrides on the tiny synthetic config -> a fragment of the one-line message
+# key=value overrides (several joined by '; ') on the tiny synthetic config -> a fragment of the one-line message
 REFUSED = [
     ("batch_size=true", "'batch_size' (from the command line): expected a number, got the boolean True"),
     ("num_epochs=yes", "'num_epochs' (from the command line): expected a number, got the boolean True"),
@@ -29,9 +29,14 @@ REFUSED = [
     ("multistep_lr_milestones=[2,1]", "multistep_lr_milestones must be epochs from 0 up, in ascending order"),
     ("multistep_lr_milestones=[-1]", "multistep_lr_milestones must be epochs from 0 up, in ascending order"),
     ("run_name=../elsewhere", "run_name names a folder inside log_dir, got '../elsewhere'"),
-    ("model=resnet20 depth=8", "depth applies to model resnet_cifar only; resnet20 has a fixed depth"),
-    ("drop_last=true batch_size=1000", "dataset synthetic has 96 training images, fewer than batch_size 1000 with "
+    ("model=resnet20; depth=8", "depth applies to model resnet_cifar only; resnet20 has a fixed depth"),
+    ("drop_last=true; batch_size=1000", "dataset synthetic has 96 training images, fewer than batch_size 1000 with "
                                        "drop_last: true"),
+    ("model_options={width: 0}", "model_options width must be a positive finite number, got 0"),
+    ("model_options={classifier_std: -1}", "model_options classifier_std must be a positive finite number, got -1"),
+    ("model_options={classifier_std: .inf}", "model_options classifier_std must be a positive finite number, got inf"),
+    ("model_options={width: yes}", "model_options width must be a positive finite number, got True"),
+    ("num_threads=100000", "'num_threads' (from the command line): Input should be less than or equal to 1024"),
     # refused before this change too: kept so that they stay refused
     ("lr=0", "'lr' (from the command line): Input should be greater than 0"),
     ("lr=null", "'lr' (from the command line): Input should be a valid number, got None"),
@@ -69,7 +74,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("overrides, message", REFUSED, ids=[case for case, _ in REFUSED])
 def test_refused_in_one_line_before_anything_is_written(tmp_path, capsys, overrides, message):
-    code = main(["train", *tiny_args(tmp_path / "runs"), *overrides.split(" ")])
+    code = main(["train", *tiny_args(tmp_path / "runs"), *overrides.split("; ")])
     err = capsys.readouterr().err
     assert code == 2, err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err, err

@@ -8,6 +8,7 @@ ConfigError with a message that names the key, where it came from and, if possib
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -151,7 +152,7 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     compile: bool = False
     channels_last: bool = False
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1, le=1024)  # torch crashes creating very many threads
     log_every: int = Field(20, ge=1)
     progress: bool = True
     tensorboard: bool = False  # mirror metrics.jsonl to TensorBoard events (the `tensorboard` extra)
@@ -204,6 +205,15 @@ class TrainConfig(BaseModel):
         if name not in known:
             raise ValueError(f"unknown {info.field_name} {name!r}; known: {', '.join(sorted(known))}")
         return name
+
+    @field_validator("model_options")
+    @classmethod
+    def _positive_model_numbers(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The model families' numeric options (width, classifier_std) are sizes and scales: positive and finite."""
+        for key, value in options.items():
+            if isinstance(value, bool) or (isinstance(value, (int, float)) and not 0 < value < math.inf):
+                raise ValueError(f"model_options {key} must be a positive finite number, got {value!r}")
+        return options
 
     @field_validator("multistep_lr_milestones")
     @classmethod

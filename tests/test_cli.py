@@ -52,7 +52,7 @@ def test_missing_dataset_exits_2(tmp_path, monkeypatch, capsys):
     code = main(["train", f"log_dir={tmp_path / 'out'}", "dataset=fashion_mnist",
                  f"dataset_dir={tmp_path / 'nothing'}", "app:" + str(ROOT / "apps/fashion_mnist/q_resnet20_adabits.yml")])
     assert code == 2
-    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+    assert f"dataset_dir {tmp_path / 'nothing'} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -61,7 +61,7 @@ def test_original_config_notes_and_cifar_error(tmp_path):
                         f"dataset_dir={tmp_path / 'nodata'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "note: ignoring num_gpus_per_job" in proc.stderr
-    assert "CIFAR-10 not found" in proc.stderr and "Traceback" not in proc.stderr
+    assert "CIFAR-10: dataset_dir" in proc.stderr and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -43,7 +43,7 @@ def test_fashion_mnist_from_dataset_dir(tmp_path, monkeypatch):
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "absent")
     with pytest.raises(DataError) as info:
-        build_loaders(TrainConfig(dataset="fashion_mnist", dataset_dir=str(tmp_path / "empty")))
+        build_loaders(TrainConfig(dataset="fashion_mnist"))
     message = str(info.value)
     assert "apt-get install dataset-fashion-mnist" in message
     assert "train-images-idx3-ubyte.gz" in message and "download=true" in message

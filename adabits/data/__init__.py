@@ -23,7 +23,7 @@ from .base import (
     list_datasets,
     register_dataset,
 )
-from .folder import FolderSplits
+from .folder import FOLDER_CHANNELS, FolderSplits
 from .folder_loader import FolderLoader, folder_loaders
 from .loader import TensorLoader
 from .recipes import apply_to_memory_dataset
@@ -75,12 +75,21 @@ def build_splits(cfg: DataOptions) -> ImageSplits | FolderSplits:
         raise _unknown(cfg.dataset)
     splits = builder(cfg)
     if isinstance(splits, FolderSplits):
+        _check_channels(cfg, FOLDER_CHANNELS)
         return splits
     splits = apply_to_memory_dataset(splits, cfg.data_transforms, cfg.dataset)
     if cfg.image_size is not None and cfg.image_size != splits.image_size:
         raise DataError(f"dataset {cfg.dataset} has {splits.image_size}x{splits.image_size} images, "
                         f"but the config asks for image_size {cfg.image_size}; remove image_size or set it to {splits.image_size}")
+    _check_channels(cfg, splits.in_chans)
     return splits
+
+
+def _check_channels(cfg: DataOptions, in_chans: int) -> None:
+    """The model's first conv reads the data's channels: a config asking for others is refused before any step."""
+    if cfg.in_chans is not None and cfg.in_chans != in_chans:
+        raise DataError(f"dataset {cfg.dataset} has {in_chans}-channel images, but the config sets in_chans "
+                        f"{cfg.in_chans}; remove in_chans or set it to {in_chans}")
 
 
 def build_loaders(cfg: DataOptions, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> Loaders:
@@ -94,10 +103,18 @@ def build_loaders(cfg: DataOptions, device: torch.device | str = "cpu", rank: in
     splits = build_splits(cfg)
     if isinstance(splits, FolderSplits):
         train_loader, val_loader, size = folder_loaders(splits, cfg, device, rank, world_size)
-        return Loaders(train_loader, val_loader, splits.num_classes, 3, size)
-    return Loaders(_memory_loader(splits, cfg, "train", device, rank, world_size),
+        return Loaders(_with_batches(train_loader, cfg), val_loader, splits.num_classes, FOLDER_CHANNELS, size)
+    return Loaders(_with_batches(_memory_loader(splits, cfg, "train", device, rank, world_size), cfg),
                    _memory_loader(splits, cfg, "val", device, rank, world_size),
                    splits.num_classes, splits.in_chans, splits.image_size)
+
+
+def _with_batches(train: BatchLoader, cfg: DataOptions) -> BatchLoader:
+    """A training loader that yields no batch would train nothing and report success: refuse it."""
+    if len(train) == 0:
+        raise DataError(f"dataset {cfg.dataset} has {train.num_samples} training images, fewer than batch_size "
+                        f"{cfg.batch_size} with drop_last: true, so no batch is left; lower batch_size or set drop_last: false")
+    return train
 
 
 def build_loader(cfg: DataOptions, split: Split, device: torch.device | str = "cpu") -> tuple[BatchLoader, DataShape]:
@@ -106,7 +123,7 @@ def build_loader(cfg: DataOptions, split: Split, device: torch.device | str = "c
     splits = build_splits(cfg)
     if isinstance(splits, FolderSplits):
         train_loader, val_loader, size = folder_loaders(splits, cfg, device)
-        return (train_loader if split == "train" else val_loader), DataShape(splits.num_classes, 3, size)
+        return (train_loader if split == "train" else val_loader), DataShape(splits.num_classes, FOLDER_CHANNELS, size)
     return (_memory_loader(splits, cfg, split, device),
             DataShape(splits.num_classes, splits.in_chans, splits.image_size))
 

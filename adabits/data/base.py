@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -117,3 +118,17 @@ def register_dataset(*names: str, shape: ShapeRule | None = None) -> Callable[[D
 
 def list_datasets() -> list[str]:
     return sorted(DATASETS)
+
+
+def named_folder(dataset_dir: str, title: str, hint: str, *, created_by_download: bool = False) -> Path:
+    """The folder `dataset_dir` names, refused in one line when it is a file or missing.
+
+    A dataset_dir the user named is the data, never a hint: no builder falls back to another copy
+    when it is unusable. `created_by_download` allows a missing folder that `download: true` creates.
+    """
+    folder = Path(dataset_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{title}: dataset_dir {folder} is a file, not a folder; {hint}")
+    if not folder.exists() and not created_by_download:
+        raise DataError(f"{title}: dataset_dir {folder} does not exist; {hint}")
+    return folder

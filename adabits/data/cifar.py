@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .base import DataError, DataOptions, DataShape, ImageSplits, register_dataset
+from .base import DataError, DataOptions, DataShape, ImageSplits, named_folder, register_dataset
 from .recipes import CIFAR_MEAN, CIFAR_STD
 
 PIXELS = 3 * 32 * 32
@@ -72,9 +72,9 @@ def _read(folder: Path, names: tuple[str, ...], release: CifarRelease) -> tuple[
 
 
 def locate(dataset_dir: str | None, release: CifarRelease) -> Path:
-    """The release folder: `dataset_dir` itself when it holds the files, else `dataset_dir/<folder>`."""
+    """The release folder: `dataset_dir` itself when it holds any of the release's files, else `dataset_dir/<folder>`."""
     root = Path(dataset_dir or release.default_dir).expanduser()
-    if (root / release.train_files[0]).is_file():
+    if any((root / name).is_file() for name in release.train_files + release.val_files):
         return root
     return root / release.folder
 
@@ -91,6 +91,10 @@ def _download(root: Path, release: CifarRelease) -> None:
 
 
 def load_release(opts: DataOptions, release: CifarRelease) -> ImageSplits:
+    """The release from the named dataset_dir (or its default folder when unset), refused when it is incomplete."""
+    if opts.dataset_dir:
+        named_folder(opts.dataset_dir, release.title, f"point it at the folder holding {release.folder}/ "
+                     "or run with download=true", created_by_download=opts.download)
     folder = locate(opts.dataset_dir, release)
     if not folder.is_dir() and opts.download:
         _download(folder.parent, release)
@@ -101,6 +105,10 @@ def load_release(opts: DataOptions, release: CifarRelease) -> ImageSplits:
                 f"Download {release.url} and unpack it into dataset_dir, or run with download=true.")
         raise DataError(f"{release.title} not found: expected the folder {folder} (the official python version, "
                         f"with {', '.join(release.train_files + release.val_files)}).\n{hint}")
+    missing = [name for name in release.train_files + release.val_files if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"{release.title}: {folder} lacks {', '.join(missing)} (an incomplete copy); "
+                        f"unpack {release.archive} there again")
     train_images, train_labels = _read(folder, release.train_files, release)
     val_images, val_labels = _read(folder, release.val_files, release)
     return ImageSplits(train_images, train_labels, val_images, val_labels, num_classes=release.num_classes,

@@ -1,8 +1,9 @@
 """Fashion-MNIST (60,000 + 10,000 grey 28x28 images, 10 classes) from its official IDX files.
 
-Debian's package `dataset-fashion-mnist` installs them in /usr/share/datasets/fashion-mnist; a
-`dataset_dir` holding the same files (gzipped or not, also torchvision's FashionMNIST/raw layout)
-works too, and `download: true` fetches them from the official mirror into `dataset_dir`.
+Debian's package `dataset-fashion-mnist` installs them in /usr/share/datasets/fashion-mnist, which is
+read when `dataset_dir` is not set. A named `dataset_dir` must hold the same files (gzipped or not,
+also torchvision's FashionMNIST/raw layout) or is refused, never replaced by the system copy;
+`download: true` fetches the missing ones from the official mirror into it.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-from .base import DataError, DataOptions, DataShape, ImageSplits, register_dataset
+from .base import DataError, DataOptions, DataShape, ImageSplits, named_folder, register_dataset
 from .idx import read_idx
 from ..atomic import atomic_write
 
@@ -27,12 +28,16 @@ MEAN = (0.2860,)
 STD = (0.3530,)
 
 
+#: where under a named dataset_dir the four files may lie (itself, or torchvision's and common layouts)
+LAYOUTS = ("", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw")
+
+
 def _candidate_dirs(dataset_dir: str | None) -> list[Path]:
-    dirs: list[Path] = []
-    if dataset_dir:
-        base = Path(dataset_dir).expanduser()
-        dirs += [base, base / "fashion-mnist", base / "fashion_mnist", base / "FashionMNIST" / "raw"]
-    return dirs + [SYSTEM_DIR]
+    """The layouts under a named dataset_dir, or the system package when dataset_dir is not set (never both)."""
+    if not dataset_dir:
+        return [SYSTEM_DIR]
+    base = Path(dataset_dir).expanduser()
+    return [base / layout for layout in LAYOUTS]
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -42,10 +47,14 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def _found(directory: Path) -> dict[str, Path | None]:
+    return {key: _find(directory, stem) for key, stem in FILES.items()}
+
+
 def locate(dataset_dir: str | None) -> dict[str, Path] | None:
-    """The first directory that holds all four files, as a dict of paths; None when none does."""
+    """The four files in the first candidate directory that holds them all; None when none does."""
     for directory in _candidate_dirs(dataset_dir):
-        found = {key: _find(directory, stem) for key, stem in FILES.items()}
+        found = _found(directory)
         if all(found.values()):
             return found  # type: ignore[return-value]
     return None
@@ -66,25 +75,48 @@ def download(target: Path) -> None:
 
 
 def missing_message(dataset_dir: str | None) -> str:
-    where = ", ".join(str(d) for d in _candidate_dirs(dataset_dir))
+    """Why Fashion-MNIST is not there and how to get it: for the system package, or for a named dataset_dir."""
+    if dataset_dir:
+        return _incomplete_message(dataset_dir)
     return (
-        f"Fashion-MNIST not found (looked in: {where}).\n"
+        f"Fashion-MNIST not found in {SYSTEM_DIR} (dataset_dir is not set).\n"
         "Get it one of these ways:\n"
         "  sudo apt-get install dataset-fashion-mnist\n"
-        f"  or put the official files ({', '.join(s + '.gz' for s in FILES.values())}) into dataset_dir\n"
-        "  or run with download=true (fetches them into dataset_dir, default data/fashion_mnist)"
+        f"  or put the official files ({', '.join(s + '.gz' for s in FILES.values())}) into a folder and set dataset_dir\n"
+        f"  or run with download=true (fetches them into {DEFAULT_DOWNLOAD_DIR})"
     )
+
+
+def _incomplete_message(dataset_dir: str) -> str:
+    """One line naming the files a named dataset_dir lacks (in its layout that holds the most of them)."""
+    best = max(_candidate_dirs(dataset_dir), key=lambda d: sum(p is not None for p in _found(d).values()))
+    missing = [stem for key, stem in FILES.items() if _found(best)[key] is None]
+    return (f"Fashion-MNIST: dataset_dir {best} lacks {', '.join(missing)} (gzipped or not); put the official files "
+            f"there, run with download=true to fetch them into {Path(dataset_dir).expanduser()}, or remove "
+            f"dataset_dir to use the system package in {SYSTEM_DIR}")
+
+
+def _located(opts: DataOptions) -> dict[str, Path]:
+    """The four files: from the named dataset_dir (downloaded there if asked), else the system package."""
+    if opts.dataset_dir:
+        hint = (f"point it at the folder holding {', '.join(FILES.values())}, or remove dataset_dir to use the "
+                f"system package in {SYSTEM_DIR}")
+        target = named_folder(opts.dataset_dir, "Fashion-MNIST", hint, created_by_download=opts.download)
+    else:
+        target = DEFAULT_DOWNLOAD_DIR
+    files = locate(opts.dataset_dir)
+    if files is None and opts.download:
+        download(target)
+        files = locate(str(target))
+    if files is None:
+        raise DataError(missing_message(opts.dataset_dir))
+    return files
 
 
 @register_dataset("fashion_mnist", "FashionMNIST", "fashion-mnist", shape=DataShape(10, 1, 28))
 def build_fashion_mnist(opts: DataOptions) -> ImageSplits:
     """Load the four files once into uint8 tensors of shape (N, 1, 28, 28)."""
-    files = locate(opts.dataset_dir)
-    if files is None and opts.download:
-        download(Path(opts.dataset_dir) if opts.dataset_dir else DEFAULT_DOWNLOAD_DIR)
-        files = locate(opts.dataset_dir or str(DEFAULT_DOWNLOAD_DIR))
-    if files is None:
-        raise DataError(missing_message(opts.dataset_dir))
+    files = _located(opts)
     tensors = {key: read_idx(path) for key, path in files.items()}
     for split in ("train", "val"):
         images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]

@@ -14,9 +14,11 @@ from collections.abc import Callable
 
 import torch
 
-from .base import DataError, DataOptions, DataShape
+from .base import DataError, DataOptions, DataShape, named_folder
 from .recipes import recipe_named
 
+#: folder datasets decode every image as RGB
+FOLDER_CHANNELS = 3
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -83,12 +85,10 @@ class FolderLayout:
         """dataset_dir itself when it holds the train folder, else the first listed sub-folder that does."""
         if not dataset_dir:
             raise DataError(f"{self.title} needs dataset_dir: the folder holding {self.expected}")
-        base = Path(dataset_dir).expanduser()
+        base = named_folder(dataset_dir, self.title, f"expected a folder holding {self.expected}")
         for candidate in (base, *(base / sub for sub in self.subfolders)):
             if (candidate / self.train).is_dir():
                 return candidate
-        if not base.is_dir():
-            raise DataError(f"{self.title} not found: {base} does not exist (expected a folder holding {self.expected})")
         raise DataError(f"{self.title} not found in {base}: expected {self.expected} there"
                         + (f" or in one of its sub-folders {', '.join(self.subfolders)}" if self.subfolders else ""))
 
@@ -144,7 +144,7 @@ def folder_shape(num_classes: int, layout: FolderLayout) -> Callable[[DataOption
 
     def shape(opts: DataOptions) -> DataShape:
         size = opts.image_size or recipe_named(opts.data_transforms or layout.default_transforms).size
-        return DataShape(num_classes, 3, size)
+        return DataShape(num_classes, FOLDER_CHANNELS, size)
 
     return shape
 

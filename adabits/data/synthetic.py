@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import DataOptions, DataShape, ImageSplits, register_dataset
+from .base import DataError, DataOptions, DataShape, ImageSplits, register_dataset
 
 
 def make_images(n: int, num_classes: int, in_chans: int, size: int, gen: torch.Generator,
@@ -25,6 +25,9 @@ def synthetic_shape(opts: DataOptions) -> DataShape:
 @register_dataset("synthetic", shape=synthetic_shape)
 def build_synthetic(opts: DataOptions) -> ImageSplits:
     """Sizes come from `synthetic_train_size`, `synthetic_val_size`, `in_chans`, `image_size`, `num_classes`."""
+    if opts.dataset_dir:
+        raise DataError(f"dataset synthetic generates its images and reads no files, but dataset_dir is set "
+                        f"({opts.dataset_dir}); remove dataset_dir or name the dataset it holds")
     num_classes = opts.num_classes or 10
     in_chans = opts.in_chans or 3
     size = opts.image_size or 32

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .. import integrity
 from ..atomic import atomic_write
 from ..quant.bitwidth import Bits, parse_bits_list
 from .errors import CheckpointError
@@ -21,7 +22,7 @@ FORMAT = "adabits-checkpoint-v1"
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save through adabits.atomic: a crash never leaves half a checkpoint."""
     with atomic_write(path) as f:
-        torch.save(obj, f)
+        torch.save(integrity.seal(obj), f)
 
 
 def rng_state() -> dict[str, Any]:
@@ -50,6 +51,7 @@ def read(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or not written by torch.save): {first}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint or state dict")
+    integrity.verify(obj, path)
     return obj
 
 

@@ -8,10 +8,11 @@ ConfigError with a message that names the key, where it came from and, if possib
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PurePath
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -45,6 +46,8 @@ MODEL_ALIASES = {
 KEY_ALIASES = {"bs": "batch_size"}
 #: keys of the original that only described the cluster job
 MACHINE_KEYS = ("num_gpus_per_job", "num_cpus_per_job", "memory_per_job", "gpu_type", "batch_size_per_gpu")
+#: why a value that looks like a word or a name arrived as a boolean
+YAML_BOOLEANS = "(YAML reads unquoted yes, no, on, off, true and false as booleans)"
 #: keys of the original accepted for compatibility, with why they change nothing here
 INERT_KEYS = {
     "reset_parameters": "models are always initialised as docs/models.md says",
@@ -63,7 +66,8 @@ NOTE_IF_TRUE = {
 class TrainConfig(BaseModel):
     """Every key a training config may hold; defaults follow the original AdaBits code's recipe."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+    # allow_inf_nan: `.inf` and `.nan` are YAML floats that pass every bound check (lr > 0) and train nothing
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True, allow_inf_nan=False)
 
     # model
     model: str = "resnet20"
@@ -112,7 +116,7 @@ class TrainConfig(BaseModel):
     # optimization
     optimizer: str = "sgd"
     lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # at 1 or more the momentum buffer never decays
     nesterov: bool = True
     weight_decay: float = Field(4e-5, ge=0)
     optim_decay: float = Field(0.9, gt=0, lt=1)
@@ -122,8 +126,8 @@ class TrainConfig(BaseModel):
     num_epochs: int = Field(200, ge=1)
     max_iters_per_epoch: int | None = Field(None, gt=0)
     multistep_lr_milestones: list[float] = [100, 150]
-    multistep_lr_gamma: float = Field(0.1, gt=0)
-    exp_decaying_lr_gamma: float = Field(0.98, gt=0)
+    multistep_lr_gamma: float = Field(0.1, gt=0, le=1)
+    exp_decaying_lr_gamma: float = Field(0.98, gt=0, le=1)
     exp_decaying_period: int = Field(1, ge=1)
     warmup_epochs: float = Field(0.0, ge=0)
     warmup_start: float | None = Field(None, ge=0, le=1)
@@ -148,7 +152,7 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     compile: bool = False
     channels_last: bool = False
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1, le=1024)  # torch crashes creating very many threads
     log_every: int = Field(20, ge=1)
     progress: bool = True
     tensorboard: bool = False  # mirror metrics.jsonl to TensorBoard events (the `tensorboard` extra)
@@ -173,6 +177,15 @@ class TrainConfig(BaseModel):
             raise ValueError(f"unknown model {name!r}; known: {', '.join(known)}")
         return name
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """A YAML boolean (yes/no/on/off/true/false) is not a number, though pydantic would read it as 1 or 0."""
+        values = value if isinstance(value, list) else [value]
+        if info.field_name in _NUMERIC_FIELDS and any(isinstance(v, bool) for v in values):
+            raise ValueError(f"expected a number, got the boolean {value!r} {YAML_BOOLEANS}")
+        return value
+
     @field_validator("bits_list", mode="before")
     @classmethod
     def _valid_bits(cls, bits: Any) -> list[Bits]:
@@ -194,6 +207,29 @@ class TrainConfig(BaseModel):
         known = OPTIMIZERS if info.field_name == "optimizer" else SCHEDULES
         if name not in known:
             raise ValueError(f"unknown {info.field_name} {name!r}; known: {', '.join(sorted(known))}")
+        return name
+
+    @field_validator("model_options")
+    @classmethod
+    def _positive_model_numbers(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The model families' numeric options (width, classifier_std) are sizes and scales: positive and finite."""
+        for key, value in options.items():
+            if isinstance(value, bool) or (isinstance(value, (int, float)) and not 0 < value < math.inf):
+                raise ValueError(f"model_options {key} must be a positive finite number, got {value!r}")
+        return options
+
+    @field_validator("multistep_lr_milestones")
+    @classmethod
+    def _ascending_milestones(cls, milestones: list[float]) -> list[float]:
+        if any(m < 0 for m in milestones) or milestones != sorted(milestones):
+            raise ValueError(f"multistep_lr_milestones must be epochs from 0 up, in ascending order, got {milestones}")
+        return milestones
+
+    @field_validator("run_name")
+    @classmethod
+    def _inside_log_dir(cls, name: str | None) -> str | None:
+        if name is not None and (PurePath(name).is_absolute() or ".." in PurePath(name).parts):
+            raise ValueError(f"run_name names a folder inside log_dir, got {name!r}; set log_dir for another place")
         return name
 
     @field_validator("data_transforms", "data_loader")
@@ -220,6 +256,9 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> "TrainConfig":
         if self.warmup_epochs > self.num_epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds num_epochs ({self.num_epochs})")
+        if self.depth is not None and self.model != "resnet_cifar":
+            raise ValueError(f"depth applies to model resnet_cifar only; {self.model} has a fixed depth "
+                             "(remove depth, or use model resnet_cifar)")
         return self
 
     @property
@@ -229,6 +268,16 @@ class TrainConfig(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether a field's type is int or float, also inside `X | None` or a list (Any and bool are not)."""
+    return annotation in (int, float) or any(_takes_numbers(arg) for arg in get_args(annotation))
+
+
+#: the fields whose values are numbers (or lists of them): booleans are refused there
+_NUMERIC_FIELDS = frozenset(name for name, f in TrainConfig.model_fields.items()
+                            if name != "bits_list" and _takes_numbers(f.annotation))
 
 
 def _known_models() -> list[str] | None:
@@ -289,6 +338,8 @@ def _format_validation(exc: ValidationError, origins: dict[str, str]) -> str:
         where = f" (from {origins[key]})" if key in origins else ""
         shown = key and err["type"] != "value_error" and not isinstance(err.get("input"), dict)
         value = f", got {err['input']!r}" if shown else ""
+        if err["type"] == "string_type" and isinstance(err.get("input"), (bool, int, float)):
+            value += f" {YAML_BOOLEANS}; quote it" if isinstance(err["input"], bool) else "; quote it to give a name"
         lines.append(f"bad value for '{key}'{where}: {msg}{value}" if key else msg)
     return "\n".join(lines)
 

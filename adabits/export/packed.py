@@ -26,13 +26,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from .. import integrity
 from ..atomic import atomic_write
 from ..errors import PackedFormatError
 from ..models import create_model
 from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits_list, parse_bits
 from ..quant.calibrate import add_bits
 from ..quant.layers import QuantLayer
-from ..quant.schemes import QuantScheme, get_scheme
+from ..quant.schemes import QuantScheme
 
 FORMAT = "adabits-packed-v1"
 
@@ -105,6 +106,7 @@ def save_packed(model: nn.Module, path: str | Path, *, model_name: str, model_kw
         "calibrated_bits": json.dumps([format_bits(p) for p in all_bits[len(built_bits):]]),
         "layers": json.dumps(layout),
     }
+    metadata[integrity.CHECKSUM_KEY] = integrity.packed_checksums(tensors, metadata)
     with atomic_write(path) as f:
         f.write(safetensors.torch.save(tensors, metadata=metadata))
     return {"layers": len(layers), "schemes": sorted({v["scheme"] for v in layout.values()}),
@@ -158,52 +160,90 @@ def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def _stored_codes(name: str, info: dict[str, Any], tensors: dict[str, Tensor]) -> StoredCodes:
-    """The codes and SAT scales of one layer, taken out of the file's tensors."""
-    scheme = get_scheme(info["scheme"])
+def _is_int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _check_layout(name: str, info: Any, layer: QuantLayer, path: Path) -> dict[str, Any]:
+    """The file's entry for one layer, which must describe that layer exactly: scheme, bit-widths, weight shape."""
+    if not isinstance(info, dict) or not all(_is_int_list(info.get(k)) for k in ("code_bits", "weight_bits", "shape")):
+        raise PackedFormatError(f"{path}: the layout of layer {name} is malformed (expected a scheme and the lists "
+                                f"code_bits, weight_bits, shape), got {str(info)[:200]}")
+    if info.get("scheme") != layer.weight_quant_scheme:
+        raise PackedFormatError(f"{path}: layer {name} stores {info.get('scheme')!r} codes, but the model it "
+                                f"describes quantizes with {layer.weight_quant_scheme!r}")
+    weight_bits = _weight_bits_per_entry(layer)
+    expected = {"weight_bits": weight_bits, "code_bits": stored_code_bits(layer.weight_scheme, weight_bits),
+                "shape": list(layer.weight.shape)}
+    for key, value in expected.items():
+        if info[key] != value:
+            raise PackedFormatError(f"{path}: layer {name} is stored with {key} {info[key]}, but the model it "
+                                    f"describes has {key} {value}")
+    return info
+
+
+def _stored_codes(name: str, info: dict[str, Any], layer: QuantLayer, tensors: dict[str, Tensor],
+                  path: Path) -> StoredCodes:
+    """The codes and SAT scales of one layer (layout checked by `_check_layout`), taken out of the file's tensors."""
     count = int(np.prod(info["shape"]))
-    codes = {int(b): unpack_codes(tensors.pop(f"{name}.weight_codes.{b}"), int(b), count).reshape(info["shape"])
-             for b in info["code_bits"]}
+    codes = {}
+    for b in info["code_bits"]:
+        packed = tensors.pop(f"{name}.weight_codes.{b}", None)
+        size = -(-count * b // 8)
+        if packed is None or packed.dtype != torch.uint8 or packed.numel() != size:
+            found = "missing" if packed is None else f"{packed.numel()} values of {packed.dtype}"
+            raise PackedFormatError(f"{path}: layer {name} has malformed {b}-bit codes ({found}; expected {size} "
+                                    f"uint8 bytes for weight shape {info['shape']})")
+        codes[b] = unpack_codes(packed.reshape(-1), b, count).reshape(info["shape"])
     sat = tensors.pop(f"{name}.sat_scale", None)
-    sat_scales = dict(zip(info["weight_bits"], sat)) if sat is not None else {}
-    return StoredCodes(scheme, codes, sat_scales)
+    wanted = len(info["weight_bits"]) if layer.rescale else 0
+    if (0 if sat is None else sat.numel()) != wanted:
+        raise PackedFormatError(f"{path}: layer {name} stores {0 if sat is None else sat.numel()} SAT scales, "
+                                f"expected {wanted} (one per weight bit-width when it rescales)")
+    sat_scales = dict(zip(info["weight_bits"], sat.reshape(-1))) if sat is not None else {}
+    return StoredCodes(layer.weight_scheme, codes, sat_scales)
 
 
 def _metadata(meta: dict[str, str], path: Path) -> tuple[str, dict[str, Any], list[Any], dict[str, Any]]:
     """(model name, model kwargs, calibrated bit-widths, layer layout) from the file's metadata."""
     try:
-        return (meta["model_name"], json.loads(meta["model_kwargs"]), json.loads(meta["calibrated_bits"]),
-                json.loads(meta["layers"]))
+        parsed = (meta["model_name"], json.loads(meta["model_kwargs"]), json.loads(meta["calibrated_bits"]),
+                  json.loads(meta["layers"]))
     except (KeyError, ValueError) as exc:
         raise PackedFormatError(f"{path}: its metadata is incomplete or malformed ({type(exc).__name__}: {exc})") from None
+    for key, value, kind in zip(("model_kwargs", "calibrated_bits", "layers"), parsed[1:], (dict, list, dict)):
+        if not isinstance(value, kind):
+            raise PackedFormatError(f"{path}: its metadata {key} is a {type(value).__name__}, not a {kind.__name__}")
+    return parsed
 
 
 def load_packed(path: str | Path) -> nn.Module:
-    """Rebuild the model stored by `save_packed`; it runs at every stored bit-width, in eval mode."""
+    """Rebuild the model stored by `save_packed`; it runs at every stored bit-width, in eval mode.
+
+    The checksums in the metadata are verified first (`adabits.integrity.verify_packed`; a file
+    written before they were stored is not checked), then every layer's layout against the model.
+    """
     path = Path(path)
     tensors, meta = _read(path)
+    integrity.verify_packed(tensors, meta, path)
     model_name, model_kwargs, calibrated, layout = _metadata(meta, path)
     try:
         model = create_model(model_name, **model_kwargs)
         for bits in calibrated:
             add_bits(model, bits)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise PackedFormatError(f"{path}: its metadata does not build a model ({exc})") from None
     layers = _quant_layers(model)
     if set(layers) != set(layout):
         raise PackedFormatError(f"{path}: its layers do not match model {model_name} "
                                 f"(missing: {sorted(set(layers) - set(layout))[:5]}, extra: {sorted(set(layout) - set(layers))[:5]})")
     for name, layer in layers.items():
-        info = layout[name]
-        if info.get("scheme") != layer.weight_quant_scheme:
-            raise PackedFormatError(f"{path}: layer {name} stores {info.get('scheme')!r} codes, but the model it "
-                                    f"describes quantizes with {layer.weight_quant_scheme!r}")
-        try:
-            stored = _stored_codes(name, info, tensors)
-        except (KeyError, ValueError, TypeError) as exc:
-            raise PackedFormatError(f"{path}: layer {name} has missing or malformed codes ({exc})") from None
+        stored = _stored_codes(name, _check_layout(name, layout[name], layer, path), layer, tensors, path)
         layer.use_stored_weight(stored, keep_float_weight=f"{name}.weight" in tensors)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:
+        raise PackedFormatError(f"{path} does not fit model {model_name}: {str(exc).splitlines()[-1].strip()}") from None
     missing = [k for k in missing if not (k.endswith(".weight") and k[: -len(".weight")] in layers)]
     if missing or unexpected:
         raise PackedFormatError(f"{path} does not fit model {model_name}: missing {missing[:5]}, "

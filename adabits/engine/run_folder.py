@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import IO
 
@@ -43,6 +44,7 @@ class RunLock:
         self.run_dir = run_dir
         self.path = run_dir / LOCK_NAME
         self._file: IO[str] | None = None
+        self._created: list[Path] = []  # the folders acquire made, deepest first
 
     @property
     def held(self) -> bool:
@@ -51,6 +53,7 @@ class RunLock:
     def acquire(self) -> "RunLock":
         """Take the lock now or raise RunFolderError naming the holder; creates the folder (its write check)."""
         try:
+            self._created = [p for p in (self.run_dir, *self.run_dir.parents) if not os.path.lexists(p)]
             self.run_dir.mkdir(parents=True, exist_ok=True)
             while self._file is None:
                 f = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock is
@@ -75,15 +78,19 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        if self._file is None:
-            return
-        if sys.platform != "win32":  # removed while still held, so no other process can lock the old file
+        """Unlock; the folders acquire made are removed again while empty (a run that failed to start leaves none)."""
+        if self._file is not None:
+            if sys.platform != "win32":  # removed while still held, so no other process can lock the old file
+                with suppress(OSError):
+                    self.path.unlink()
+            self._file.close()  # closing releases the lock
+            self._file = None
+        for folder in self._created:
             try:
-                self.path.unlink()
+                folder.rmdir()
             except OSError:
-                pass
-        self._file.close()  # closing releases the lock
-        self._file = None
+                break
+        self._created = []
 
 
 def _try_lock(f: IO[str]) -> bool:

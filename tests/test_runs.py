@@ -280,3 +280,41 @@ def test_checkpoint_with_marker_but_missing_or_mistyped_fields_is_named(tmp_path
     torch.save({"format": ckpt_mod.FORMAT, "model_name": "resnet_cifar"}, run / "best_model.pt")
     with pytest.raises(CheckpointError, match="no 'bits_list' field"):
         load_trained(tiny_config(tmp_path))
+
+
+# ---------------------------------------------------------------- under torchrun: rank 0 decides, every rank stops
+
+
+def _refused_on_every_rank(rank: int, raws: list[dict]) -> list[str]:
+    from adabits.engine import build_config
+
+    errors = []
+    for raw in raws:
+        try:
+            Trainer(build_config(raw), echo=quiet).prepare().close()
+            errors.append("")
+        except RunFolderError as exc:
+            errors.append(str(exc))
+    return errors
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with Gloo is not available")
+def test_two_processes_get_the_same_error_for_a_locked_or_refused_folder(tmp_path):
+    from _dist_helpers import run_processes
+    from _engine_helpers import TINY
+
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "best_model.pt").write_bytes(b"x")
+    (tmp_path / "records" / "metrics.jsonl").write_text("")
+    lock = RunLock(tmp_path / "locked").acquire()  # this process holds it; the workers' rank 0 is turned away
+    try:
+        raws = [{**TINY, "log_dir": str(tmp_path), "run_name": name} for name in ("records", "locked")]
+        ranks = run_processes(_refused_on_every_rank, 2, tmp_path / "out", raws)
+    finally:
+        lock.release()
+    for result in ranks:
+        assert not isinstance(result, dict), result.get("traceback")
+    assert ranks[0] == ranks[1]
+    assert "holds best_model.pt, metrics.jsonl" in ranks[0][0]
+    assert f"is in use by another run (PID {os.getpid()} on " in ranks[0][1]

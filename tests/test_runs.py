@@ -318,3 +318,31 @@ def test_two_processes_get_the_same_error_for_a_locked_or_refused_folder(tmp_pat
     assert ranks[0] == ranks[1]
     assert "holds best_model.pt, metrics.jsonl" in ranks[0][0]
     assert f"is in use by another run (PID {os.getpid()} on " in ranks[0][1]
+
+
+def test_docs_list_every_key_that_may_change_on_resume():
+    text = (REPO / "docs" / "runs.md").read_text()
+    missing = [key for key, (rule, _) in RESUME_RULES.items() if rule == MAY_CHANGE and f"`{key}`" not in text]
+    assert not missing
+
+
+def test_an_older_checkpoint_without_rows_keeps_the_folders_rows_up_to_its_epoch(tmp_path):
+    run = _trained(tmp_path, epochs=2)
+    state = torch.load(run / "latest_checkpoint.pt", weights_only=True)
+    state["epoch"] = 1  # as if epoch 2's rows were appended after this checkpoint
+    del state[ckpt_mod.METRICS_KEY]
+    torch.save(state, run / "latest_checkpoint.pt")
+    Trainer(tiny_config(tmp_path, num_epochs=2), echo=quiet).prepare().fit()
+    assert _epochs(run) == [1, 1, 2, 2]
+
+
+def test_resume_from_another_run_does_not_replace_this_folders_run(tmp_path):
+    other = _trained(tmp_path / "a")
+    run = _trained(tmp_path / "b")
+    before = _snapshot(run)
+    with pytest.raises(RunFolderError, match=r"holds latest_checkpoint.pt, best_model.pt.*another run_name"):
+        Trainer(tiny_config(tmp_path / "b", resume=str(other), num_epochs=2), echo=quiet).prepare()
+    assert _snapshot(run) == before
+    fresh = Trainer(tiny_config(tmp_path / "c", resume=str(other), num_epochs=2), echo=quiet).prepare()
+    fresh.fit()  # into a new folder: the whole record comes along
+    assert _epochs(tmp_path / "c" / "tiny") == [1, 1, 2, 2]

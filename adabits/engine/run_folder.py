@@ -58,8 +58,7 @@ class RunLock:
             while self._file is None:
                 f = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock is
                 if not _try_lock(f):
-                    f.seek(0)
-                    holder = f.read().strip() or "a process that has not recorded its PID yet"
+                    holder = _holder(f)
                     f.close()
                     raise RunFolderError(
                         f"the run folder {self.run_dir} is in use by another run ({holder}); wait for it to end "
@@ -93,11 +92,21 @@ class RunLock:
         self._created = []
 
 
+def _holder(f: IO[str]) -> str:
+    """What the holder recorded (Windows locks are mandatory, so the file may not be readable there)."""
+    try:
+        f.seek(0)
+        return f.read().strip() or "a process that has not recorded its PID yet"
+    except OSError:
+        return "another process"
+
+
 def _try_lock(f: IO[str]) -> bool:
     """A non-blocking exclusive lock on the open file; False if another process holds one."""
     if sys.platform == "win32":
         import msvcrt
         try:
+            f.seek(0)  # every process locks the same first byte
             msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
         except OSError:
             return False
@@ -149,3 +158,13 @@ def previous_checkpoint(run_dir: Path) -> Path | None:
     resume = (f"resume from its best model with resume={run_dir / BEST}, or " if (run_dir / BEST).is_file() else "")
     raise RunFolderError(f"the run folder {run_dir} holds {', '.join(records)} of an earlier run but no {LATEST} "
                          f"to resume from; {resume}start over with another run_name or after deleting {run_dir}")
+
+
+def check_resume_into(run_dir: Path, source: Path) -> None:
+    """`resume` from a checkpoint outside the run folder: only into a folder holding no run of its own."""
+    if source.resolve().parent == run_dir.resolve():
+        return
+    held = [name for name in (LATEST, *RECORDS) if os.path.lexists(run_dir / name)]
+    if held:
+        raise RunFolderError(f"resume={source} would continue that run in {run_dir}, which holds {', '.join(held)} "
+                             "of another run; use another run_name, or delete that folder to replace it")

@@ -209,6 +209,7 @@ class Trainer:
         """`resume`, else the run folder's latest_checkpoint.pt; refused where the folder holds records but none."""
         named = resume_path(self.cfg)
         if named is not None:
+            run_folder.check_resume_into(self.run_dir, named)
             return named
         return run_folder.previous_checkpoint(self.run_dir)
 
@@ -359,7 +360,7 @@ class Trainer:
                     self.best = {"mean_top1_error": mean_top1, "epoch": epoch, "val": val}
                 lines = report.metrics_lines(epoch, lr, seconds, train, val)
                 self.history.extend(lines)
-                if main:
+                if writer is not None:  # rank 0
                     self._save_checkpoints(epoch, improved)
                     with reported(writer.jsonl, f"the checkpoint after epoch {epoch + 1} holds these rows, "
                                                 "and a resume restores them"):

@@ -18,7 +18,7 @@ from .errors import RunFolderError
 
 #: the OS errors of an environment that refuses a write (not bugs)
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
-                          errno.EFBIG})
+                          errno.EFBIG, errno.EISDIR, errno.ENOTDIR})
 #: torch.save's messages for a write its zip writer could not complete
 _TORCH_WRITE_FAILURE = re.compile(r"unexpected pos|PytorchStreamWriter failed|file write failed")
 

@@ -346,3 +346,10 @@ def test_resume_from_another_run_does_not_replace_this_folders_run(tmp_path):
     fresh = Trainer(tiny_config(tmp_path / "c", resume=str(other), num_epochs=2), echo=quiet).prepare()
     fresh.fit()  # into a new folder: the whole record comes along
     assert _epochs(tmp_path / "c" / "tiny") == [1, 1, 2, 2]
+
+
+def test_a_checkpoint_of_another_model_is_one_line(tmp_path, capsys):
+    _trained(tmp_path)
+    assert main(["train", *tiny_args(tmp_path, bits_list=[6, 4])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bits_list [6, 4]" in err and "another log_dir or run_name" in err

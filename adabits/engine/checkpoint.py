@@ -84,7 +84,7 @@ def check_training_checkpoint(ckpt: dict[str, Any], path: Path, model_name: str,
     if ckpt["model_name"] != model_name or not _same_bits(ckpt["bits_list"], bits_list):
         raise CheckpointError(
             f"{path} was written for model {ckpt['model_name']} with bits_list {show_bits(ckpt['bits_list'])}, "
-            f"but this config builds {model_name} with bits_list {show_bits(bits_list)}.\n"
+            f"but this config builds {model_name} with bits_list {show_bits(bits_list)}. "
             "Use another log_dir or run_name for a different model, or delete that run folder to start over.")
     return ckpt
 

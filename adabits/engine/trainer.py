@@ -310,11 +310,12 @@ class Trainer:
         return self._reduced(meters)
 
     def _state(self, epoch_done: int) -> dict[str, Any]:
-        return {checkpoint.METRICS_KEY: list(self.history or []),
+        return {
             "format": checkpoint.FORMAT, "model_name": self.cfg.model, "bits_list": list(self.bits),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": epoch_done, "best": self.best,
             "rng": checkpoint.rng_state(), "config": self.cfg.model_dump(), SHAPE_KEY: shape_record(self.shape),
+            checkpoint.METRICS_KEY: list(self.history or []),
         }
 
     def fit(self) -> dict[str, Any]:

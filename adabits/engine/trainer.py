@@ -1,9 +1,9 @@
 """Joint AdaBits training (Jin, Yang, Liao, CVPR 2020): one optimizer step per batch on the sum of per-bit losses.
 
-`Trainer(cfg).prepare()` builds and checks everything that can fail on bad input (data, model,
-checkpoints) before anything is written; `fit()` then trains exactly num_epochs epochs, evaluates
-every bit-width after each one and writes checkpoints and reports into the run folder.
-The run folder is locked from `prepare` to the end of `fit` (engine/run_folder.py, docs/runs.md).
+`Trainer(cfg).prepare()` locks the run folder, then builds and checks everything that can fail on
+bad input (data, model, checkpoints, config changes on resume) before anything else is written;
+`fit()` then trains exactly num_epochs epochs, evaluates every bit-width after each one and writes
+checkpoints and reports into the run folder. The lock is held to the end of `fit` (docs/runs.md).
 
 Under torchrun (or `distributed: true`) every process trains on its part of each global batch and
 the gradients meet in one all-reduce per optimizer step (engine/distributed.py); metrics are summed
@@ -78,8 +78,9 @@ class Trainer:
         self.resumed: tuple[Path, list[resume_policy.Change]] | None = None  # the checkpoint, the keys changed
         self._lock: run_folder.RunLock | None = None
 
-    # ---------------------------------------------------------------- setup (no writes)
+    # ---------------------------------------------------------------- setup (the lock is its one write)
     def prepare(self) -> "Trainer":
+        """Lock the run folder (a training run), then build everything; a failure releases the lock again."""
         cfg = self.cfg
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -144,7 +145,7 @@ class Trainer:
         result, error = distributed.broadcast_from_main(outcome if self.dist.is_main else None)
         if error is not None:
             raise error
-        return result  # type: ignore[no-any-return]
+        return result
 
     def _claim_run_folder(self) -> None:
         """Lock the run folder for this run, then remove the temp files an earlier, killed save left there."""

@@ -67,6 +67,9 @@ def test_resume_from_best_model_continues_with_one_history(tmp_path):
     (run / "latest_checkpoint.pt").unlink()
     Trainer(tiny_config(tmp_path, resume=str(run / "best_model.pt")), echo=quiet).prepare().fit()
     assert _epochs(run) == [1, 1, 2, 2]
+    notes: list[str] = []
+    Trainer(tiny_config(tmp_path, resume=str(run / "best_model.pt")), echo=notes.append).prepare().close()
+    assert any("latest_checkpoint.pt is replaced by this run's checkpoint" in n for n in notes), notes
 
 
 def test_latest_checkpoint_that_is_a_folder_is_refused(tmp_path):
@@ -340,7 +343,8 @@ def test_resume_from_another_run_does_not_replace_this_folders_run(tmp_path):
     other = _trained(tmp_path / "a")
     run = _trained(tmp_path / "b")
     before = _snapshot(run)
-    with pytest.raises(RunFolderError, match=r"holds latest_checkpoint.pt, best_model.pt.*another run_name"):
+    with pytest.raises(RunFolderError, match=r"holds latest_checkpoint.pt, best_model.pt.*another run_name.*"
+                                             r"run without resume="):
         Trainer(tiny_config(tmp_path / "b", resume=str(other), num_epochs=2), echo=quiet).prepare()
     assert _snapshot(run) == before
     fresh = Trainer(tiny_config(tmp_path / "c", resume=str(other), num_epochs=2), echo=quiet).prepare()

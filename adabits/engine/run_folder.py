@@ -131,11 +131,14 @@ def _same_file(f: IO[str], path: Path) -> bool:
 def remove_stale_temps(run_dir: Path) -> list[str]:
     """Remove the temp files an interrupted atomic write of ours left (call under the lock); returns their names."""
     removed = []
-    for entry in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
-        match = _TEMP.fullmatch(entry.name)
-        if match and match["name"] in RUN_FILES and entry.is_file() and not entry.is_symlink():
-            entry.unlink()
-            removed.append(entry.name)
+    try:
+        for entry in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+            match = _TEMP.fullmatch(entry.name)
+            if match and match["name"] in RUN_FILES and entry.is_file() and not entry.is_symlink():
+                entry.unlink()
+                removed.append(entry.name)
+    except OSError as exc:
+        raise cannot_write(run_dir, exc) from None
     return removed
 
 
@@ -160,11 +163,21 @@ def previous_checkpoint(run_dir: Path) -> Path | None:
                          f"to resume from; {resume}start over with another run_name or after deleting {run_dir}")
 
 
-def check_resume_into(run_dir: Path, source: Path) -> None:
-    """`resume` from a checkpoint outside the run folder: only into a folder holding no run of its own."""
+def check_resume_into(run_dir: Path, source: Path) -> str | None:
+    """`resume=source` into this run folder: refused over another run's records; a note when it replaces the latest.
+
+    From a checkpoint outside the folder, the folder must hold no run of its own. From one inside it
+    (its best_model.pt, say), the run goes on from there and its latest_checkpoint.pt is replaced.
+    """
+    latest = run_dir / LATEST
     if source.resolve().parent == run_dir.resolve():
-        return
+        if latest.is_file() and source.resolve() != latest.resolve():
+            return f"resuming from {source.name}: {latest} is replaced by this run's checkpoint after the next epoch"
+        return None
     held = [name for name in (LATEST, *RECORDS) if os.path.lexists(run_dir / name)]
-    if held:
-        raise RunFolderError(f"resume={source} would continue that run in {run_dir}, which holds {', '.join(held)} "
-                             "of another run; use another run_name, or delete that folder to replace it")
+    if not held:
+        return None
+    go_on = (f"; to continue the run in {run_dir}, run without resume= (it resumes from its {LATEST})"
+             if latest.is_file() else "")
+    raise RunFolderError(f"resume={source} would continue that run in {run_dir}, which holds {', '.join(held)} "
+                         f"of another run; use another run_name, or delete that folder to replace it{go_on}")

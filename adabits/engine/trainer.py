@@ -210,7 +210,9 @@ class Trainer:
         """`resume`, else the run folder's latest_checkpoint.pt; refused where the folder holds records but none."""
         named = resume_path(self.cfg)
         if named is not None:
-            run_folder.check_resume_into(self.run_dir, named)
+            note = run_folder.check_resume_into(self.run_dir, named)
+            if note:
+                self.echo(f"note: {note}")
             return named
         return run_folder.previous_checkpoint(self.run_dir)
 

@@ -131,7 +131,7 @@ _HOLDER = ("import sys, time; from pathlib import Path; from adabits.engine.run_
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="kill -9")
-def test_a_second_process_is_turned_away_and_a_killed_holder_leaves_no_stuck_lock(tmp_path):
+def test_a_second_process_is_turned_away_and_a_killed_holder_leaves_no_stuck_lock(tmp_path, capsys):
     run = _trained(tmp_path)
     before = _snapshot(run)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -140,6 +140,9 @@ def test_a_second_process_is_turned_away_and_a_killed_holder_leaves_no_stuck_loc
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFolderError, match=rf"{run} is in use by another run \(PID {holder.pid} on "):
             Trainer(tiny_config(tmp_path, num_epochs=2), echo=quiet).prepare()
+        assert main(["train", *tiny_args(tmp_path, num_epochs=2)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"PID {holder.pid}" in err
         assert _snapshot(run) == before
     finally:
         os.kill(holder.pid, signal.SIGKILL)
@@ -357,3 +360,16 @@ def test_a_checkpoint_of_another_model_is_one_line(tmp_path, capsys):
     assert main(["train", *tiny_args(tmp_path, bits_list=[6, 4])]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bits_list [6, 4]" in err and "another log_dir or run_name" in err
+
+
+def test_tensorboard_hides_the_events_of_epochs_trained_again(tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run = _trained(tmp_path, tensorboard=True)
+    after_one = (run / "latest_checkpoint.pt").read_bytes()
+    Trainer(tiny_config(tmp_path, num_epochs=2, tensorboard=True), echo=quiet).prepare().fit()
+    (run / "latest_checkpoint.pt").write_bytes(after_one)  # as if epoch 2's checkpoint never happened
+    Trainer(tiny_config(tmp_path, num_epochs=2, tensorboard=True), echo=quiet).prepare().fit()
+    events = accumulator.EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("lr")] == [1, 2]
+    assert _epochs(run) == [1, 1, 2, 2]

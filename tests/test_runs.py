@@ -373,3 +373,14 @@ def test_tensorboard_hides_the_events_of_epochs_trained_again(tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("lr")] == [1, 2]
     assert _epochs(run) == [1, 1, 2, 2]
+
+
+def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(RunFolderError, match="does not support locks"):
+        RunLock(tmp_path / "run").acquire()

@@ -8,6 +8,7 @@ when the holder releases the lock. Network file systems may not honour `flock` a
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -46,35 +47,42 @@ class RunLock:
         self._file: IO[str] | None = None
         self._created: list[Path] = []  # the folders acquire made, deepest first
 
-    @property
-    def held(self) -> bool:
-        return self._file is not None
-
     def acquire(self) -> "RunLock":
         """Take the lock now or raise RunFolderError naming the holder; creates the folder (its write check)."""
         try:
             self._created = [p for p in (self.run_dir, *self.run_dir.parents) if not os.path.lexists(p)]
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            while self._file is None:
-                f = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock is
-                if not _try_lock(f):
-                    holder = _holder(f)
-                    f.close()
-                    raise RunFolderError(
-                        f"the run folder {self.run_dir} is in use by another run ({holder}); wait for it to end "
-                        "or stop it, or use another run_name or log_dir")
-                if _same_file(f, self.path):
-                    self._file = f
-                else:  # the previous holder removed the file between our open and our lock: lock the new one
-                    f.close()
-            self._file.seek(0)
+            self._file = self._open_locked()
             self._file.truncate()
             self._file.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
             self._file.flush()
         except OSError as exc:
             self.release()
             raise cannot_write(self.run_dir, exc) from None
+        except BaseException:
+            self.release()
+            raise
         return self
+
+    def _open_locked(self) -> IO[str]:
+        """The lock file, open and locked, at position 0."""
+        while True:
+            f = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock is
+            try:
+                locked = _try_lock(f)
+                if locked and _same_file(f, self.path):
+                    f.seek(0)
+                    return f
+                holder = None if locked else _holder(f)
+            except BaseException:
+                f.close()
+                raise
+            f.close()
+            if holder is not None:
+                raise RunFolderError(
+                    f"the run folder {self.run_dir} is in use by another run ({holder}); wait for it to end "
+                    "or stop it, or use another run_name or log_dir")
+            # else the previous holder removed the file between our open and our lock: lock the new one
 
     def release(self) -> None:
         """Unlock; the folders acquire made are removed again while empty (a run that failed to start leaves none)."""
@@ -116,6 +124,11 @@ def _try_lock(f: IO[str]) -> bool:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise RunFolderError(f"the file system of {f.name} does not support locks ({exc.strerror}); "
+                                 "use a log_dir on a local disk, or on NFS with its lock manager running") from None
+        raise
     return True
 
 

@@ -57,3 +57,7 @@ class TrainingDiverged(UserError):
 
 class DistributedError(UserError):
     """The processes of a distributed run disagree, or the process group cannot be set up."""
+
+
+class RunFolderError(UserError):
+    """A run folder that cannot be used as asked: in use by another run, not writable, or holding records a new run would replace."""

@@ -5,9 +5,10 @@ from ..errors import (
            ConfigError,
            DataError,
            DistributedError,
+           RunFolderError,
            TrainingDiverged,
            UserError,
 )
 
-__all__ = ["BitWidthError", "CheckpointError", "ConfigError", "DataError", "DistributedError", "TrainingDiverged",
-           "UserError"]
+__all__ = ["BitWidthError", "CheckpointError", "ConfigError", "DataError", "DistributedError", "RunFolderError",
+           "TrainingDiverged", "UserError"]

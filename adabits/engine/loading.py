@@ -44,6 +44,8 @@ def resume_path(cfg: TrainConfig) -> Path | None:
         return None
     path = Path(cfg.resume)
     path = path / "latest_checkpoint.pt" if path.is_dir() else path
+    if path.is_dir():
+        raise CheckpointError(f"resume: {path} is a folder, not a checkpoint; name a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"resume: checkpoint not found: {path}")
     return path

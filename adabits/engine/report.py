@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..quant.bitwidth import BitPair, Bits, bits_label, parse_bits
 
 Metrics = dict[Bits, dict[str, float]]
@@ -89,14 +90,66 @@ def plot_accuracy(path: Path, title: str, val: Metrics) -> None:
     plt.close(fig)
 
 
+def metrics_lines(epoch: int, lr: float, seconds: float, train: Metrics, val: Metrics) -> list[str]:
+    """The metrics.jsonl lines of one epoch (one per bit-width), as written and as checkpoints store them."""
+    lines = []
+    for b, v in val.items():
+        row: dict[str, Any] = {"epoch": epoch + 1, "bits": b, "bits_label": bits_label(b), "lr": lr,
+                               "time_s": round(seconds, 2)}
+        row.update({f"train_{k}": x for k, x in train.get(b, {}).items()})
+        row.update({f"val_{k}": x for k, x in v.items()})
+        lines.append(json.dumps(row) + "\n")
+    return lines
+
+
+def line_epoch(line: str) -> int | None:
+    """The epoch of a metrics.jsonl line; None for a line that is not a whole row (a cut-off append)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    epoch = row.get("epoch") if isinstance(row, dict) else None
+    return epoch if isinstance(epoch, int) else None
+
+
+def _epoch_ranges(epochs: set[int]) -> str:
+    return ", ".join(str(e) for e in sorted(epochs))
+
+
+def reconcile_metrics(path: Path, lines: list[str], epochs_done: int) -> str | None:
+    """Make metrics.jsonl hold exactly `lines` (the epochs up to the checkpoint's); a note of what changed, if anything.
+
+    A process killed between a checkpoint and its metrics append loses that epoch's rows, one resumed
+    from an older checkpoint has rows of epochs it will train again: both are fixed here, atomically.
+    """
+    old = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    if old == lines:
+        return None
+    with atomic_write(path, "w") as f:
+        f.writelines(lines)
+    old_epochs = {e for e in map(line_epoch, old) if e is not None}
+    new_epochs = {e for e in map(line_epoch, lines) if e is not None}
+    parts = []
+    if new_epochs - old_epochs:
+        parts.append(f"restored the rows of epoch(s) {_epoch_ranges(new_epochs - old_epochs)} from the checkpoint")
+    if old_epochs - new_epochs:
+        parts.append(f"removed the rows of epoch(s) {_epoch_ranges(old_epochs - new_epochs)}, after the "
+                     f"checkpoint's epoch {epochs_done} (they will be trained again)")
+    if not parts:
+        parts.append("rewrote it from the checkpoint's record (it held cut-off or repeated rows)")
+    return f"{path.name}: " + "; ".join(parts)
+
+
 class RunWriter:
     """Appends metrics.jsonl rows and, when the run asks for it, mirrors them to TensorBoard.
 
     TensorBoard is the optional `tensorboard` extra: asked for but not installed, the run goes on
-    without it after one note (through `echo`) that says how to get it.
+    without it after one note (through `echo`) that says how to get it. A resumed run passes
+    `purge_step` (the first epoch it trains), so TensorBoard hides the events of epochs trained again.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False, echo: Callable[[str], None] = print) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = False, echo: Callable[[str], None] = print,
+                 purge_step: int | None = None) -> None:
         self.run_dir = run_dir
         self.jsonl = run_dir / "metrics.jsonl"
         self.tb: Any = None
@@ -107,17 +160,13 @@ class RunWriter:
                 echo("note: tensorboard is not installed, so this run writes no TensorBoard events "
                      "(pip install 'adabits[tensorboard]', or tensorboard=false)")
             else:
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
-    def write_epoch(self, epoch: int, lr: float, seconds: float,
-                    train: Metrics, val: Metrics) -> None:
+    def write_epoch(self, epoch: int, lr: float, seconds: float, train: Metrics, val: Metrics,
+                    lines: list[str] | None = None) -> None:
+        """Append the epoch's rows (`lines`, when already made by `metrics_lines`)."""
         with self.jsonl.open("a") as f:
-            for b, v in val.items():
-                row: dict[str, Any] = {"epoch": epoch + 1, "bits": b, "bits_label": bits_label(b), "lr": lr,
-                                       "time_s": round(seconds, 2)}
-                row.update({f"train_{k}": x for k, x in train.get(b, {}).items()})
-                row.update({f"val_{k}": x for k, x in v.items()})
-                f.write(json.dumps(row) + "\n")
+            f.writelines(metrics_lines(epoch, lr, seconds, train, val) if lines is None else lines)
         if self.tb is not None:
             for phase, data in (("train", train), ("val", val)):
                 for b, metrics in data.items():

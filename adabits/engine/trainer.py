@@ -1,8 +1,9 @@
 """Joint AdaBits training (Jin, Yang, Liao, CVPR 2020): one optimizer step per batch on the sum of per-bit losses.
 
-`Trainer(cfg).prepare()` builds and checks everything that can fail on bad input (data, model,
-checkpoints) before anything is written; `fit()` then trains exactly num_epochs epochs, evaluates
-every bit-width after each one and writes checkpoints and reports into the run folder.
+`Trainer(cfg).prepare()` locks the run folder, then builds and checks everything that can fail on
+bad input (data, model, checkpoints, config changes on resume) before anything else is written;
+`fit()` then trains exactly num_epochs epochs, evaluates every bit-width after each one and writes
+checkpoints and reports into the run folder. The lock is held to the end of `fit` (docs/runs.md).
 
 Under torchrun (or `distributed: true`) every process trains on its part of each global batch and
 the gradients meet in one all-reduce per optimizer step (engine/distributed.py); metrics are summed
@@ -15,7 +16,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
@@ -26,7 +27,8 @@ import adabits
 from ..data import DataShape, Loaders, build_loaders
 from ..quant.bitwidth import Bits, bits_label
 from ..quant.clipping import init_clipping_levels
-from . import checkpoint, distributed, report
+from ..atomic import atomic_write
+from . import checkpoint, distributed, report, resume_policy, run_folder
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingDiverged, UserError
@@ -41,8 +43,10 @@ from .loading import (
 )
 from .metrics import MeterSet
 from .optim import build_optimizer, build_scheduler
+from .write_errors import reported
 
 Printer = Callable[[str], None]
+T = TypeVar("T")
 
 
 class Interrupted(UserError):
@@ -70,15 +74,31 @@ class Trainer:
         self.bits = cfg.train_bits
         self.start_epoch = 0
         self.best: dict[str, Any] = {"mean_top1_error": math.inf, "epoch": -1, "val": {}}
+        self.history: list[str] | None = []  # metrics.jsonl lines so far; None: an older checkpoint kept none
+        self.resumed: tuple[Path, list[resume_policy.Change]] | None = None  # the checkpoint, the keys changed
+        self._lock: run_folder.RunLock | None = None
 
-    # ---------------------------------------------------------------- setup (no writes)
+    # ---------------------------------------------------------------- setup (the lock is its one write)
     def prepare(self) -> "Trainer":
+        """Lock the run folder (a training run), then build everything; a failure releases the lock again."""
         cfg = self.cfg
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.device = distributed.device_for(self.dist, resolve_device(cfg.device))
         if self.dist.enabled:
             self._join_process_group()
+        if not cfg.test_only:
+            self._on_main(self._claim_run_folder)
+        try:
+            self._build()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _build(self) -> None:
+        """Data, model, optimizer and the state to start from (a checkpoint or the pretrained weights)."""
+        cfg = self.cfg
         seed = cfg.random_seed + self.dist.rank if cfg.use_diff_seed else cfg.random_seed
         torch.manual_seed(seed)
         self.loaders: Loaders = build_loaders(cfg, self.device, self.dist.rank, self.dist.world_size)
@@ -111,7 +131,33 @@ class Trainer:
                 if cfg.alpha_init == "mse":
                     self._init_clipping_levels()
         self._wrap_model()
-        return self
+
+    def _on_main(self, decide: Callable[[], T]) -> T:
+        """`decide()` run by rank 0 alone; its result, or the UserError it raised, on every rank."""
+        if not self.dist.enabled:
+            return decide()
+        outcome: tuple[T | None, UserError | None] = (None, None)
+        if self.dist.is_main:
+            try:
+                outcome = (decide(), None)
+            except UserError as exc:
+                outcome = (None, exc)
+        result, error = distributed.broadcast_from_main(outcome if self.dist.is_main else None)
+        if error is not None:
+            raise error
+        return result
+
+    def _claim_run_folder(self) -> None:
+        """Lock the run folder for this run, then remove the temp files an earlier, killed save left there."""
+        self._lock = run_folder.RunLock(self.run_dir).acquire()
+        removed = run_folder.remove_stale_temps(self.run_dir)
+        if removed:
+            self.echo(f"note: removed {len(removed)} temp file(s) of an interrupted save in {self.run_dir}: "
+                      f"{', '.join(removed)}")
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def _join_process_group(self) -> None:
         """Check what can be checked alone, join the group, then check that every rank runs this config."""
@@ -137,22 +183,19 @@ class Trainer:
 
     def _agreed_resume_path(self) -> Path | None:
         """The checkpoint to resume from, decided by rank 0 and the same on every rank (or its error, on every rank)."""
-        if not self.dist.enabled:
-            return self._resume_path()
-        try:
-            decision: tuple[str | None, str | None] = (str(self._resume_path() or "") or None, None)
-        except CheckpointError as exc:
-            decision = (None, str(exc))
-        path, error = distributed.broadcast_from_main(decision if self.dist.is_main else None)
-        if error:
-            raise CheckpointError(error)
+        def decide() -> str | None:
+            path = self._resume_path()
+            return None if path is None else str(path)
+
+        path = self._on_main(decide)
         if path is not None and not Path(path).is_file():
             raise CheckpointError(f"rank {self.dist.rank} cannot read {path}, the checkpoint rank 0 resumes from; "
                                   "log_dir must be storage that every node shares")
         return Path(path) if path else None
 
     def close(self) -> None:
-        """Leave the process group (when one was joined); safe to call twice."""
+        """Release the run folder and leave the process group (when one was joined); safe to call twice."""
+        self._release()
         if self.dist.enabled:
             distributed.destroy_process_group()
 
@@ -164,24 +207,41 @@ class Trainer:
         self.echo(f"clipping levels chosen from {len(batches)} training batches (alpha range per bits: {summary})")
 
     def _resume_path(self) -> Path | None:
-        """`resume`, else the run folder's latest_checkpoint.pt when there is one."""
+        """`resume`, else the run folder's latest_checkpoint.pt; refused where the folder holds records but none."""
         named = resume_path(self.cfg)
         if named is not None:
+            note = run_folder.check_resume_into(self.run_dir, named)
+            if note:
+                self.echo(f"note: {note}")
             return named
-        latest = self.run_dir / "latest_checkpoint.pt"
-        return latest if latest.is_file() else None
+        return run_folder.previous_checkpoint(self.run_dir)
 
     def _restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Continue the checkpoint's run: refused config changes stop here, allowed ones are applied and noted."""
+        checkpoint.check_resumable(ckpt, path)
+        epochs_done = ckpt["epoch"]
+        changes = resume_policy.check_resume(ckpt["config"], self.cfg, epochs_done, path)
         checkpoint.load_weights(self.model, ckpt["model"], path)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: optimizer state does not fit this config ({exc})") from None
-        checkpoint.set_rng_state(ckpt["rng"])
-        self.start_epoch = int(ckpt["epoch"])
-        self.best = ckpt["best"]
+        try:
+            checkpoint.set_rng_state(ckpt["rng"])
+            best = dict(ckpt["best"])
+            best["mean_top1_error"] = float(best["mean_top1_error"])
+            best["epoch"], best["val"] = int(best["epoch"]), dict(best["val"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: the random state or best-epoch record is damaged ({type(exc).__name__}: "
+                                  f"{exc}); resume from another checkpoint") from None
+        self.start_epoch = epochs_done
+        self.best = best
+        self.history = ckpt.get(checkpoint.METRICS_KEY)
+        self.resumed = (path, changes)
         self.echo(f"resuming from {path} after epoch {self.start_epoch}")
+        for change in changes:
+            self.echo(f"note: resume: {change} ({resume_policy.RESUME_RULES[change.key][1]}; applied)")
 
     def _load_for_test(self) -> None:
         """The trained weights `weights_source` names (the one decision, shared with the deploy commands)."""
@@ -258,17 +318,30 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": epoch_done, "best": self.best,
             "rng": checkpoint.rng_state(), "config": self.cfg.model_dump(), SHAPE_KEY: shape_record(self.shape),
+            checkpoint.METRICS_KEY: list(self.history or []),
         }
 
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the best epoch's validation metrics."""
+        try:
+            return self._fit()
+        finally:
+            self._release()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         main = self.dist.is_main
+        if self.history is None:  # an older checkpoint: the run folder's rows up to its epoch are the record
+            self.history = self._rows_in_folder() if main else []
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-        writer = report.RunWriter(self.run_dir, cfg.tensorboard, self.echo) if main else None
-        latest = self.run_dir / "latest_checkpoint.pt"
+            self._write_config()
+            with reported(self.run_dir / run_folder.METRICS):
+                note = report.reconcile_metrics(self.run_dir / run_folder.METRICS, self.history, self.start_epoch)
+            if note:
+                self.echo(f"note: {note}")
+        purge = self.start_epoch + 1 if self.resumed else None
+        writer = report.RunWriter(self.run_dir, cfg.tensorboard, self.echo, purge) if main else None
+        latest = self.run_dir / run_folder.LATEST
         self.echo(f"run folder: {self.run_dir}  ({self.iters_per_epoch} steps/epoch, "
                   f"bits {report.show_bits(self.bits)}, device {self.device})")
         epoch = self.start_epoch
@@ -289,11 +362,13 @@ class Trainer:
                 improved = mean_top1 < self.best["mean_top1_error"]
                 if improved:
                     self.best = {"mean_top1_error": mean_top1, "epoch": epoch, "val": val}
-                if main:
-                    if improved:
-                        checkpoint.save_atomic(self._state(epoch + 1), self.run_dir / "best_model.pt")
-                    checkpoint.save_atomic(self._state(epoch + 1), latest)
-                    writer.write_epoch(epoch, lr, seconds, train, val)
+                lines = report.metrics_lines(epoch, lr, seconds, train, val)
+                self.history.extend(lines)
+                if writer is not None:  # rank 0
+                    self._save_checkpoints(epoch, improved)
+                    with reported(writer.jsonl, f"the checkpoint after epoch {epoch + 1} holds these rows, "
+                                                "and a resume restores them"):
+                        writer.write_epoch(epoch, lr, seconds, train, val, lines)
                     self.echo(report.epoch_table(epoch, cfg.num_epochs, lr, seconds, train, val))
                     self._write_results()
         except KeyboardInterrupt:
@@ -308,13 +383,50 @@ class Trainer:
             self._write_results()
         return self.best
 
+    def _save_checkpoints(self, epoch: int, improved: bool) -> None:
+        """best_model.pt (when the epoch improved on it), then latest_checkpoint.pt; a refused write is one line."""
+        state = self._state(epoch + 1)
+        if improved:
+            with reported(self.run_dir / run_folder.BEST, "the previous best_model.pt is unchanged"):
+                checkpoint.save_atomic(state, self.run_dir / run_folder.BEST)
+        latest = self.run_dir / run_folder.LATEST
+        kept = (f"{latest} still holds the checkpoint after epoch {epoch}" if latest.is_file()
+                else "no checkpoint was written yet")
+        with reported(latest, kept):
+            checkpoint.save_atomic(state, latest)
+
+    def _write_config(self) -> None:
+        """config.yaml: the config this run trains with, after comment lines naming each resume and its changes."""
+        path = self.run_dir / "config.yaml"
+        comments: list[str] = []
+        if self.resumed is not None:
+            if path.is_file():
+                text = path.read_text().splitlines()
+                comments = list(itertools.takewhile(lambda line: line.startswith("#"), text))
+            source, changes = self.resumed
+            changed = f"; changed: {', '.join(str(c) for c in changes)}" if changes else ""
+            comments.append(f"# resumed from {source} after epoch {self.start_epoch}{changed}")
+        with reported(path), atomic_write(path, "w") as f:
+            f.write("".join(line + "\n" for line in comments) + self.cfg.to_yaml())
+
+    def _rows_in_folder(self) -> list[str]:
+        """metrics.jsonl's whole rows of the epochs up to the checkpoint's (the record of an older checkpoint)."""
+        path = self.run_dir / run_folder.METRICS
+        lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+        return [line for line in lines if line.endswith("\n")
+                and (epoch := report.line_epoch(line)) is not None and epoch <= self.start_epoch]
+
     def _write_results(self) -> None:
         if not self.best["val"]:
             return
         title = f"{self.cfg.model} on {self.cfg.dataset}, bits {self.bits}"
         val = self.best["val"]
-        (self.run_dir / "results.md").write_text(report.results_markdown(title, self.best["epoch"], val))
-        report.plot_accuracy(self.run_dir / "accuracy_vs_bits.png", title, val)
+        results = self.run_dir / "results.md"
+        with reported(results), atomic_write(results, "w") as f:
+            f.write(report.results_markdown(title, self.best["epoch"], val))
+        plot = self.run_dir / "accuracy_vs_bits.png"
+        with reported(plot):
+            report.plot_accuracy(plot, title, val)
 
 
 def _postfix(summary: dict[Bits, dict[str, float]]) -> str:

@@ -43,7 +43,7 @@ RESUME_RULES: dict[str, tuple[str, str]] = {
         "lr_scheduler", "multistep_lr_milestones", "multistep_lr_gamma", "exp_decaying_lr_gamma",
         "exp_decaying_period", "warmup_epochs", "warmup_start")},
     **{key: (FIXED, _START) for key in (
-        "alpha_init", "alpha_init_batches", "pretrained_dir", "pretrained_file", "fp_pretrained_file")},
+        "alpha_init", "alpha_init_batches", "pretrained_dir", "pretrained_file", "fp_pretrained_file", "partial_load")},
     "num_epochs": (MAY_CHANGE, "the run's length; schedules that depend on it follow the new length from here on"),
     "topk": (MAY_CHANGE, "which top-k errors are reported"),
     "eval_batch_size": (MAY_CHANGE, "the batching of evaluation only"),

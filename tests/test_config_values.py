@@ -4,6 +4,7 @@ written; YAML's readings of odd values (1e-3 as a string, yes/no as booleans) me
 from __future__ import annotations
 
 import pytest
+import torch
 
 from adabits.cli import main
 from adabits.engine import load_config
@@ -115,3 +116,23 @@ def test_in_chans_that_does_not_fit_the_data_is_refused_in_prepare(tmp_path, cap
     assert code == 2 and err.count("\n") == 1
     assert "fashion_mnist has 1-channel images, but the config sets in_chans 3" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_cuda_device_this_machine_lacks_is_one_line(monkeypatch):
+    from adabits.engine.build import resolve_device
+    from adabits.engine.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match="has 2 CUDA device"):
+        resolve_device("cuda:2")
+
+
+def test_mps_without_mps_is_one_line(monkeypatch):
+    from adabits.engine.build import resolve_device
+    from adabits.engine.errors import ConfigError
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no MPS"):
+        resolve_device("mps")

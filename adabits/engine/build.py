@@ -26,7 +26,13 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name} requested, but CUDA is not available here; use device=cpu or device=auto")
-    return torch.device(name)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device mps requested, but this PyTorch build or machine has no MPS; use device=cpu or device=auto")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name} requested, but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def model_bits(cfg: TrainConfig) -> list[Bits]:

@@ -160,6 +160,9 @@ class TrainConfig(BaseModel):
     batch_size_per_gpu: Any = None
     width_divisor: Any = None
     min_width: Any = None
+    # preemptible runs (docs/distributed.md): also write latest_checkpoint.pt every N optimizer steps,
+    # with the position inside the epoch, so that a killed run resumes mid-epoch bitwise identical
+    checkpoint_every_steps: int | None = Field(None, ge=1)
 
     @field_validator("model")
     @classmethod

@@ -26,7 +26,7 @@ import adabits
 from ..data import DataShape, Loaders, build_loaders
 from ..quant.bitwidth import Bits, bits_label
 from ..quant.clipping import init_clipping_levels
-from . import checkpoint, distributed, report
+from . import checkpoint, distributed, report, step_checkpoint
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingDiverged, UserError
@@ -70,6 +70,8 @@ class Trainer:
         self.bits = cfg.train_bits
         self.start_epoch = 0
         self.best: dict[str, Any] = {"mean_top1_error": math.inf, "epoch": -1, "val": {}}
+        self.position: step_checkpoint.Position | None = None  # where a resumed checkpoint stands in its epoch
+        self.saved: tuple[Path, str] | None = None  # the last valid checkpoint and where it stands, for Ctrl-C
 
     # ---------------------------------------------------------------- setup (no writes)
     def prepare(self) -> "Trainer":
@@ -181,7 +183,10 @@ class Trainer:
         checkpoint.set_rng_state(ckpt["rng"])
         self.start_epoch = int(ckpt["epoch"])
         self.best = ckpt["best"]
-        self.echo(f"resuming from {path} after epoch {self.start_epoch}")
+        self.position = step_checkpoint.read(ckpt, path, self.dist.world_size, self.iters_per_epoch)
+        where = self.position.describe() if self.position else f"after epoch {self.start_epoch}"
+        self.saved = (path, where)
+        self.echo(f"resuming from {path} {where}")
 
     def _load_for_test(self) -> None:
         """The trained weights `weights_source` names (the one decision, shared with the deploy commands)."""
@@ -193,25 +198,66 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def train_one_epoch(self, epoch: int) -> dict[Bits, dict[str, float]]:
-        """One pass over the training set; per batch: for each bit-width forward + backward, then one step."""
+        """One pass over the training set; per batch: for each bit-width forward + backward, then one step.
+
+        A run resumed mid-epoch starts at the step its checkpoint stands at, with that step's meters,
+        BN statistics and random states, and skips the batches before it (`iter_from`).
+        """
         cfg = self.cfg
         self.model.train()
         loader = self.loaders.train
         loader.set_epoch(epoch)
         meters = MeterSet(self.bits, cfg.topk, self.device)
-        bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.num_epochs}", leave=False,
-                   disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, file=sys.stderr)
-        done = 0
-        for step, (images, labels) in enumerate(loader):
+        self.epoch_lr = self.start_lr(epoch)
+        start = self._resume_epoch(epoch, meters)
+        bar = tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.num_epochs}",
+                   leave=False, disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, file=sys.stderr)
+        done = start
+        for step, (images, labels) in enumerate(loader.iter_from(start), start=start):
             if step >= self.iters_per_epoch:
                 break
             self.train_step(images, labels, loader.share(step), meters)
+            if self._step_checkpoint_due(epoch, step + 1):
+                self._save_latest(epoch, step + 1, meters)
             if (step + 1) % cfg.log_every == 0 or step + 1 == self.iters_per_epoch:
                 bar.update(step + 1 - done)
                 done = step + 1
                 bar.set_postfix_str(_postfix(meters.summary()), refresh=False)
         bar.close()
         return self._reduced(meters).summary()
+
+    def start_lr(self, epoch: int) -> float:
+        """The lr epoch `epoch` started with (before a mid-epoch resume, the one its checkpoint recorded)."""
+        if self.position is not None and self.position.epoch == epoch:
+            return self.position.lr
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _resume_epoch(self, epoch: int, meters: MeterSet) -> int:
+        """The first step of this epoch: the resumed position's (its per-process state put back), else 0."""
+        position, self.position = self.position, None
+        if position is None or position.epoch != epoch:
+            return 0
+        source = self.saved[0] if self.saved else "the checkpoint"
+        step_checkpoint.restore(position, self.dist.rank, self.dist.world_size, self.model, meters, source)
+        return position.step
+
+    def _step_checkpoint_due(self, epoch: int, steps_done: int) -> bool:
+        """Every `checkpoint_every_steps` optimizer steps of the run, except at an epoch's end (its own checkpoint follows)."""
+        every = self.cfg.checkpoint_every_steps
+        return (every is not None and steps_done < self.iters_per_epoch
+                and (epoch * self.iters_per_epoch + steps_done) % every == 0)
+
+    def _save_latest(self, epoch: int, step: int, meters: MeterSet | None) -> None:
+        """latest_checkpoint.pt at `step` of epoch `epoch` (step 0: its start), with every process's state.
+
+        Every rank takes part (its state is gathered); rank 0 writes, atomically.
+        """
+        ranks = step_checkpoint.gather(step_checkpoint.rank_state(self.model, meters), self.dist.enabled)
+        latest = self.run_dir / "latest_checkpoint.pt"
+        if self.dist.is_main:
+            lr = self.epoch_lr if step else float(self.optimizer.param_groups[0]["lr"])
+            checkpoint.save_atomic({**self._state(epoch), **step_checkpoint.record(epoch, step, lr, ranks)}, latest)
+        self.saved = (latest, step_checkpoint.describe(epoch, step))
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, share: float = 1.0,
                    meters: MeterSet | None = None) -> None:
@@ -268,14 +314,13 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         writer = report.RunWriter(self.run_dir, cfg.tensorboard, self.echo) if main else None
-        latest = self.run_dir / "latest_checkpoint.pt"
         self.echo(f"run folder: {self.run_dir}  ({self.iters_per_epoch} steps/epoch, "
                   f"bits {report.show_bits(self.bits)}, device {self.device})")
         epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, cfg.num_epochs):
                 t0 = time.time()
-                lr = self.optimizer.param_groups[0]["lr"]  # the lr the epoch starts with
+                lr = self.start_lr(epoch)  # the lr the epoch starts with
                 train = self.train_one_epoch(epoch)
                 diverged = [b for b, m in train.items() if not math.isfinite(m["loss"])]
                 if diverged:
@@ -289,16 +334,15 @@ class Trainer:
                 improved = mean_top1 < self.best["mean_top1_error"]
                 if improved:
                     self.best = {"mean_top1_error": mean_top1, "epoch": epoch, "val": val}
+                if main and improved:
+                    checkpoint.save_atomic(self._state(epoch + 1), self.run_dir / "best_model.pt")
+                self._save_latest(epoch + 1, 0, None)  # every rank: the random states of each
                 if main:
-                    if improved:
-                        checkpoint.save_atomic(self._state(epoch + 1), self.run_dir / "best_model.pt")
-                    checkpoint.save_atomic(self._state(epoch + 1), latest)
                     writer.write_epoch(epoch, lr, seconds, train, val)
                     self.echo(report.epoch_table(epoch, cfg.num_epochs, lr, seconds, train, val))
                     self._write_results()
         except KeyboardInterrupt:
-            where = (f"{latest} (after epoch {epoch})" if latest.is_file()
-                     else "none yet (interrupted in the first epoch)")
+            where = f"{self.saved[0]} ({self.saved[1]})" if self.saved else "none yet (interrupted in the first epoch)"
             raise Interrupted(f"interrupted during epoch {epoch + 1}. Last checkpoint: {where}. "
                               "Run the same command again to resume.") from None
         finally:

@@ -44,6 +44,13 @@ def quiet(_msg: str) -> None:
     pass
 
 
+def no_plots(monkeypatch: Any) -> None:
+    """accuracy_vs_bits.png costs more than a tiny run's training; these tests compare weights and metrics rows."""
+    from adabits.engine import report
+
+    monkeypatch.setattr(report, "plot_accuracy", lambda *args: None)
+
+
 class StopAfter:
     """Patches Trainer.train_step to raise KeyboardInterrupt after `steps` optimizer steps of the run."""
 

@@ -20,7 +20,7 @@ from adabits.engine import CheckpointError, Interrupted, Trainer, build_config
 from adabits.engine import step_checkpoint
 from _dist_helpers import run_processes
 from _engine_helpers import tiny_args
-from _preempt_helpers import PREEMPT, StopAfter, assert_same_weights, metrics_rows, quiet, weights
+from _preempt_helpers import PREEMPT, StopAfter, assert_same_weights, metrics_rows, no_plots, quiet, weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,12 +29,19 @@ def _config(log_dir: Path, **changes: Any):
     return build_config({**PREEMPT, "log_dir": str(log_dir), "run_name": "tiny", **changes})
 
 
+@pytest.fixture(autouse=True)
+def _no_plots(monkeypatch) -> None:
+    no_plots(monkeypatch)
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """The uninterrupted run: its final weights and metrics rows."""
     log_dir = tmp_path_factory.mktemp("straight")
-    trainer = Trainer(_config(log_dir), echo=quiet).prepare()
-    trainer.fit()
+    with pytest.MonkeyPatch.context() as patch:
+        no_plots(patch)
+        trainer = Trainer(_config(log_dir), echo=quiet).prepare()
+        trainer.fit()
     return weights(trainer), metrics_rows(log_dir / "tiny")
 
 
@@ -44,11 +51,10 @@ def straight(tmp_path_factory) -> tuple[dict[str, torch.Tensor], list[dict[str, 
     (7, "after epoch 1"),             # the end-of-epoch checkpoint (step 6) is the last one
     (9, "at step 2 of epoch 2"),      # global step 8: mid-epoch, after an epoch's checkpoint
 ])
-def test_a_run_stopped_at_any_step_resumes_bitwise_identical(tmp_path, monkeypatch, straight, stop, last_checkpoint):
-    StopAfter(monkeypatch, stop)
-    with pytest.raises(Interrupted, match=f"Last checkpoint: .*{last_checkpoint}"):
+def test_a_run_stopped_at_any_step_resumes_bitwise_identical(tmp_path, straight, stop, last_checkpoint):
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted, match=f"Last checkpoint: .*{last_checkpoint}"):
+        StopAfter(patch, stop)
         Trainer(_config(tmp_path), echo=quiet).prepare().fit()
-    monkeypatch.undo()
     notes: list[str] = []
     resumed = Trainer(_config(tmp_path), echo=notes.append).prepare()
     if stop > 3:
@@ -77,16 +83,15 @@ def test_the_step_checkpoint_holds_the_position_and_is_the_latest(tmp_path, monk
     assert not (tmp_path / "tiny" / "metrics.jsonl").exists()  # rows are written at the epoch's end only
 
 
-def _step_checkpoint(tmp_path: Path, monkeypatch) -> Path:
-    StopAfter(monkeypatch, 5)
-    with pytest.raises(Interrupted):
+def _step_checkpoint(tmp_path: Path) -> Path:
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
+        StopAfter(patch, 5)
         Trainer(_config(tmp_path), echo=quiet).prepare().fit()
-    monkeypatch.undo()
     return tmp_path / "tiny" / "latest_checkpoint.pt"
 
 
-def test_a_mid_epoch_checkpoint_of_another_world_size_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
-    path = _step_checkpoint(tmp_path, monkeypatch)
+def test_a_mid_epoch_checkpoint_of_another_world_size_is_refused_in_one_line(tmp_path, capsys):
+    path = _step_checkpoint(tmp_path)
     ckpt = torch.load(path, weights_only=True)
     ranks = ckpt[step_checkpoint.POSITION_KEY]["ranks"]
     ckpt[step_checkpoint.POSITION_KEY]["ranks"] = ranks * 2  # as if 2 processes had written it
@@ -100,15 +105,15 @@ def test_a_mid_epoch_checkpoint_of_another_world_size_is_refused_in_one_line(tmp
     assert "torchrun --nproc_per_node=2" in err
 
 
-def test_a_mid_epoch_checkpoint_beyond_the_epoch_of_this_config_is_refused(tmp_path, monkeypatch):
-    path = _step_checkpoint(tmp_path, monkeypatch)
+def test_a_mid_epoch_checkpoint_beyond_the_epoch_of_this_config_is_refused(tmp_path):
+    path = _step_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="at step 4 of epoch 1, but an epoch of this config has 3 steps"):
         Trainer(_config(tmp_path, max_iters_per_epoch=3), echo=quiet).prepare()
     assert path.is_file()
 
 
-def test_meters_of_another_topk_are_refused(tmp_path, monkeypatch):
-    _step_checkpoint(tmp_path, monkeypatch)
+def test_meters_of_another_topk_are_refused(tmp_path):
+    _step_checkpoint(tmp_path)
     trainer = Trainer(_config(tmp_path, topk=[1, 2, 3]), echo=quiet).prepare()
     with pytest.raises(CheckpointError, match="training meters of the epoch under way do not fit"):
         trainer.fit()
@@ -168,32 +173,45 @@ def test_folder_loader_skips_batches_without_decoding_them(tmp_path, monkeypatch
 # ---------------------------------------------------------------- 2 processes (Gloo)
 
 
-def _stop_and_resume(rank: int, log_dir: str, stop: int) -> dict[str, Any]:
-    """In one 2-process group: the uninterrupted run, the same run stopped after `stop` steps, and its resumption."""
-    raw = {**PREEMPT, "log_dir": log_dir, "use_diff_seed": True}
+#: 48 samples / global batch 16 = 3 steps per epoch; checkpoints after global steps 2, 3 (epoch end), 4, 6
+TWO_PROCESSES: dict[str, Any] = {"synthetic_train_size": 48, "checkpoint_every_steps": 2, "use_diff_seed": True}
+
+
+def _stop_and_resume(rank: int, log_dir: str, stops: list[int]) -> dict[str, Any]:
+    """In one 2-process group: the uninterrupted run, then the same run stopped after each of `stops` steps and resumed."""
+    raw = {**PREEMPT, **TWO_PROCESSES, "log_dir": log_dir}
+    no_plots(pytest.MonkeyPatch())  # this process ends with the test
     straight = Trainer(build_config({**raw, "run_name": "straight"}), echo=quiet).prepare()
     straight.fit()
-    with pytest.MonkeyPatch.context() as patch:
-        StopAfter(patch, stop)
-        try:
-            Trainer(build_config({**raw, "run_name": "stopped"}), echo=quiet).prepare().fit()
-            message = "not interrupted"
-        except Interrupted as exc:
-            message = str(exc)
-    resumed = Trainer(build_config({**raw, "run_name": "stopped"}), echo=quiet).prepare()
-    resumed.fit()
-    return {"straight": weights(straight), "resumed": weights(resumed), "message": message}
+    out: dict[str, Any] = {"straight": weights(straight)}
+    for stop in stops:
+        cfg = build_config({**raw, "run_name": f"stopped_{stop}"})
+        with pytest.MonkeyPatch.context() as patch:
+            StopAfter(patch, stop)
+            try:
+                Trainer(cfg, echo=quiet).prepare().fit()
+                message = "not interrupted"
+            except Interrupted as exc:
+                message = str(exc)
+        resumed = Trainer(cfg, echo=quiet).prepare()
+        resumed.fit()
+        out[stop] = {"weights": weights(resumed), "message": message}
+    return out
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with Gloo")
-def test_two_processes_stopped_mid_epoch_resume_bitwise_identical(tmp_path):
-    """Per-process BN statistics, meters and random streams (use_diff_seed, input dropout) all come back."""
-    ranks = run_processes(_stop_and_resume, 2, tmp_path / "out", str(tmp_path), 9)
+def test_two_processes_stopped_at_a_step_resume_bitwise_identical(tmp_path):
+    """Per-process BN statistics, meters and random streams (use_diff_seed, input dropout) all come back,
+    from a mid-epoch checkpoint (stop after 4 steps) and from an epoch's end (stop after 3)."""
+    stops = {3: "after epoch 1", 4: "at step 1 of epoch 2"}
+    ranks = run_processes(_stop_and_resume, 2, tmp_path / "out", str(tmp_path), list(stops))
     for r in ranks:
         assert "error" not in r, r.get("traceback")
-        assert "at step 2 of epoch 2" in r["message"]
-        assert_same_weights(r["resumed"], r["straight"])
-    assert metrics_rows(tmp_path / "stopped") == metrics_rows(tmp_path / "straight")
+        for stop, where in stops.items():
+            assert f"Last checkpoint: {tmp_path / f'stopped_{stop}' / 'latest_checkpoint.pt'} ({where})" in r[stop]["message"]
+            assert_same_weights(r[stop]["weights"], r["straight"])
+    for stop in stops:
+        assert metrics_rows(tmp_path / f"stopped_{stop}") == metrics_rows(tmp_path / "straight")
 
 
 # ---------------------------------------------------------------- a real kill -9
@@ -240,6 +258,47 @@ def test_sigkill_mid_epoch_then_rerun_ends_as_an_uninterrupted_run(tmp_path):
     a = torch.load(tmp_path / "straight" / "latest_checkpoint.pt", weights_only=True)
     b = torch.load(latest, weights_only=True)
     assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(b["model"][key], value), key
+    assert metrics_rows(tmp_path / "stopped") == metrics_rows(tmp_path / "straight")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
+def test_torchrun_worker_killed_mid_epoch_is_restarted_and_ends_as_an_uninterrupted_run(tmp_path):
+    """torchrun --max-restarts=1, 2 processes: SIGKILL rank 1 in the second epoch, between step checkpoints."""
+    from test_distributed import _worker_pids
+
+    args = tiny_args(tmp_path, num_epochs=2, synthetic_train_size=384, bits_list=[8, 6, 4], checkpoint_every_steps=5)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def torchrun(run_name: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "--max-restarts=1", "--monitor-interval=0.2", str(REPO / "train.py"), *args, f"run_name={run_name}"]
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    straight = torchrun("straight")
+    out, _ = straight.communicate(timeout=300)
+    assert straight.returncode == 0, out
+    latest = tmp_path / "stopped" / "latest_checkpoint.pt"
+    proc = torchrun("stopped")
+    killed = None
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and killed is None:
+        position = _position(latest) if latest.is_file() else None
+        if position is not None and position[0] == 1 and position[1] > 0:  # a step checkpoint of epoch 2
+            workers = _worker_pids(proc.pid)
+            if len(workers) == 2:
+                killed = workers[1]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    out, _ = proc.communicate(timeout=300)
+    assert killed is not None, out
+    assert proc.returncode == 0, out
+    assert "resuming from" in out and "of epoch 2" in out, out
+    a = torch.load(tmp_path / "straight" / "latest_checkpoint.pt", weights_only=True)
+    b = torch.load(latest, weights_only=True)
+    assert b["scheduler"]["last_epoch"] == a["scheduler"]["last_epoch"] == 2 * 384 // 16
     for key, value in a["model"].items():
         assert torch.equal(b["model"][key], value), key
     assert metrics_rows(tmp_path / "stopped") == metrics_rows(tmp_path / "straight")

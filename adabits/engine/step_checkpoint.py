@@ -38,7 +38,8 @@ class Position:
     epoch: int
     step: int
     lr: float
-    ranks: list[dict[str, Any]]  # per process, by rank: {"rng", "meters", "buffers"}
+    ranks: list[dict[str, Any]]  # per process, by rank: {"rng"}, and mid-epoch {"meters", "buffers"} too
+    path: Path  # the checkpoint it was read from, for the messages
 
     def describe(self) -> str:
         return describe(self.epoch, self.step)
@@ -50,10 +51,13 @@ def describe(epoch: int, step: int) -> str:
 
 
 def rank_state(model: nn.Module, meters: MeterSet | None) -> dict[str, Any]:
-    """This process's random states, meter sums (one row per bit-width) and buffers, on the CPU."""
-    sums = torch.stack([m.sums for m in meters.meters.values()]).cpu() if meters is not None else None
-    return {"rng": checkpoint.rng_state(), "meters": sums,
-            "buffers": {name: buf.detach().cpu().clone() for name, buf in model.named_buffers()}}
+    """This process's random states and, mid-epoch (`meters` given), its meter sums (one row per
+    bit-width) and buffers, on the CPU. At an epoch's end the buffers are averaged and in the weights."""
+    state: dict[str, Any] = {"rng": checkpoint.rng_state()}
+    if meters is not None:
+        state["meters"] = torch.stack([m.sums for m in meters.meters.values()]).cpu()
+        state["buffers"] = {name: buf.detach().cpu().clone() for name, buf in model.named_buffers()}
+    return state
 
 
 def gather(state: dict[str, Any], distributed: bool) -> list[dict[str, Any]]:
@@ -80,9 +84,11 @@ def read(ckpt: dict[str, Any], path: Path, world_size: int, iters_per_epoch: int
     if entry is None:
         return None
     try:
-        position = Position(int(entry["epoch"]), int(entry["step"]), float(entry["lr"]), list(entry["ranks"]))
+        position = Position(int(entry["epoch"]), int(entry["step"]), float(entry["lr"]), list(entry["ranks"]), path)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable position in the epoch ({type(exc).__name__}: {exc})") from None
+    if not position.ranks or not all(isinstance(r, dict) and "rng" in r for r in position.ranks):
+        raise CheckpointError(f"{path}: its position holds no random states of the processes that wrote it")
     if position.epoch != int(ckpt["epoch"]):
         raise CheckpointError(f"{path}: its position ({position.describe()}) contradicts its epoch count {ckpt['epoch']}")
     if not position.step:
@@ -99,8 +105,7 @@ def read(ckpt: dict[str, Any], path: Path, world_size: int, iters_per_epoch: int
     return position
 
 
-def restore(position: Position, rank: int, world_size: int, model: nn.Module, meters: MeterSet,
-            path: Path | str) -> None:
+def restore(position: Position, rank: int, world_size: int, model: nn.Module, meters: MeterSet) -> None:
     """Put process `rank`'s saved state back: buffers, meter sums, then the random states (last: nothing draws after).
 
     At an epoch's end (step 0) the weights and the averaged BN statistics are all there is besides
@@ -110,13 +115,13 @@ def restore(position: Position, rank: int, world_size: int, model: nn.Module, me
         if len(position.ranks) == world_size:
             checkpoint.set_rng_state(position.ranks[rank]["rng"])
         return
-    state = position.ranks[rank]
+    state, path = position.ranks[rank], position.path
     buffers = dict(model.named_buffers())
-    saved = state["buffers"]
-    if saved.keys() != buffers.keys():
+    saved = state.get("buffers")
+    if not isinstance(saved, dict) or saved.keys() != buffers.keys():
         raise CheckpointError(f"{path}: the saved buffers of the epoch under way do not fit this model")
-    sums = state["meters"]
-    if sums is None or tuple(sums.shape) != (len(meters.meters), len(next(iter(meters.meters.values())).sums)):
+    sums = state.get("meters")
+    if not isinstance(sums, torch.Tensor) or tuple(sums.shape) != (len(meters.meters), len(next(iter(meters.meters.values())).sums)):
         raise CheckpointError(f"{path}: the saved training meters of the epoch under way do not fit this config "
                               "(bits_list and topk must be those of the run that wrote it)")
     with torch.no_grad():

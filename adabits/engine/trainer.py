@@ -208,7 +208,7 @@ class Trainer:
         loader = self.loaders.train
         loader.set_epoch(epoch)
         meters = MeterSet(self.bits, cfg.topk, self.device)
-        self.epoch_lr = self.start_lr(epoch)
+        lr = self.start_lr(epoch)
         start = self._resume_epoch(epoch, meters)
         bar = tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.num_epochs}",
                    leave=False, disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, file=sys.stderr)
@@ -218,7 +218,7 @@ class Trainer:
                 break
             self.train_step(images, labels, loader.share(step), meters)
             if self._step_checkpoint_due(epoch, step + 1):
-                self._save_latest(epoch, step + 1, meters)
+                self._save_latest(epoch, step + 1, lr, meters)
             if (step + 1) % cfg.log_every == 0 or step + 1 == self.iters_per_epoch:
                 bar.update(step + 1 - done)
                 done = step + 1
@@ -237,8 +237,7 @@ class Trainer:
         position, self.position = self.position, None
         if position is None or position.epoch != epoch:
             return 0
-        source = self.saved[0] if self.saved else "the checkpoint"
-        step_checkpoint.restore(position, self.dist.rank, self.dist.world_size, self.model, meters, source)
+        step_checkpoint.restore(position, self.dist.rank, self.dist.world_size, self.model, meters)
         return position.step
 
     def _step_checkpoint_due(self, epoch: int, steps_done: int) -> bool:
@@ -247,15 +246,15 @@ class Trainer:
         return (every is not None and steps_done < self.iters_per_epoch
                 and (epoch * self.iters_per_epoch + steps_done) % every == 0)
 
-    def _save_latest(self, epoch: int, step: int, meters: MeterSet | None) -> None:
-        """latest_checkpoint.pt at `step` of epoch `epoch` (step 0: its start), with every process's state.
+    def _save_latest(self, epoch: int, step: int, lr: float, meters: MeterSet | None) -> None:
+        """latest_checkpoint.pt at `step` of epoch `epoch` (step 0: its start, after the epochs before it)
+        with every process's state; `lr` is the one the epoch started with.
 
         Every rank takes part (its state is gathered); rank 0 writes, atomically.
         """
         ranks = step_checkpoint.gather(step_checkpoint.rank_state(self.model, meters), self.dist.enabled)
         latest = self.run_dir / "latest_checkpoint.pt"
         if self.dist.is_main:
-            lr = self.epoch_lr if step else float(self.optimizer.param_groups[0]["lr"])
             checkpoint.save_atomic({**self._state(epoch), **step_checkpoint.record(epoch, step, lr, ranks)}, latest)
         self.saved = (latest, step_checkpoint.describe(epoch, step))
 
@@ -336,7 +335,7 @@ class Trainer:
                     self.best = {"mean_top1_error": mean_top1, "epoch": epoch, "val": val}
                 if main and improved:
                     checkpoint.save_atomic(self._state(epoch + 1), self.run_dir / "best_model.pt")
-                self._save_latest(epoch + 1, 0, None)  # every rank: the random states of each
+                self._save_latest(epoch + 1, 0, self.start_lr(epoch + 1), None)  # every rank: its random states
                 if main:
                     writer.write_epoch(epoch, lr, seconds, train, val)
                     self.echo(report.epoch_table(epoch, cfg.num_epochs, lr, seconds, train, val))

@@ -1,0 +1,111 @@
+"""How far a 2-process run drifts from a 1-process run of the same config: per-process BN statistics.
+
+In training mode every BN normalises with the statistics of its own process's part of the batch
+(`batch_size / N` samples), so N processes compute other activations and gradients than one
+process with the whole batch, and the difference compounds step by step. This script trains the
+same config for `--steps` optimizer steps in one process and in 2 Gloo processes (the same global
+batches, the same start: DDP broadcasts rank 0's weights) and reports, over the parameter tensors,
+the relative difference ||w_2proc - w_1proc|| / ||w_1proc||: its median and quartiles, next to
+how far training moved the weights from their start (||w_1proc - w_start|| / ||w_start||). Run:
+
+    python -m benchmarks.bn_world_size [--steps 40] [--batch 64] [--depth 20] [--bits 8 6 5 4] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from adabits.engine import Trainer, build_config
+from adabits.engine.distributed import DistEnv
+
+from ._results import BadInput, command, exit_on_bad_input, report
+
+WORLD = 2
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _config(args: argparse.Namespace, log_dir: str) -> Any:
+    return build_config({
+        "model": "resnet_cifar", "depth": args.depth, "dataset": "synthetic", "num_classes": 10, "in_chans": 3,
+        "image_size": 32, "synthetic_train_size": args.steps * args.batch, "synthetic_val_size": 8,
+        "batch_size": args.batch, "bits_list": args.bits, "lr": args.lr, "lr_scheduler": "constant",
+        "num_epochs": 1, "progress": False, "log_dir": log_dir, "num_threads": 1, "random_seed": 1,
+    })
+
+
+def _train(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Every step of the one epoch; the parameters after it."""
+    trainer.model.train()
+    loader = trainer.loaders.train
+    loader.set_epoch(0)
+    for step, (images, labels) in enumerate(loader):
+        trainer.train_step(images, labels, loader.share(step))
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+
+
+def _worker(rank: int, port: int, args: argparse.Namespace, out: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    trainer = Trainer(_config(args, out), echo=_quiet).prepare()
+    weights = _train(trainer)
+    trainer.close()
+    if rank == 0:
+        torch.save(weights, Path(out) / "two_processes.pt")
+
+
+def _relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[float]:
+    """||a - b|| / ||b|| of every parameter tensor (those of norm 0 in b left out)."""
+    return [float((a[k] - b[k]).norm() / b[k].norm()) for k in b if b[k].norm() > 0]
+
+
+def _quartiles(values: list[float]) -> dict[str, float]:
+    q1, median, q3 = statistics.quantiles(values, n=4)
+    return {"q1": round(q1, 4), "median": round(median, 4), "q3": round(q3, 4)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bn_world_size", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=64, help="the global batch (each of 2 processes takes half)")
+    parser.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth (6n+2)")
+    parser.add_argument("--bits", type=int, nargs="+", default=[8, 6, 5, 4])
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--out", help="also write the JSON report here")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.batch < WORLD or args.batch % WORLD:
+        raise BadInput(f"--steps must be at least 1 and --batch a multiple of {WORLD}, got {args.steps} and {args.batch}")
+    with tempfile.TemporaryDirectory() as out:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        mp.start_processes(_worker, args=(port, args, out), nprocs=WORLD, start_method="spawn", join=True)
+        two = torch.load(Path(out) / "two_processes.pt", weights_only=True)
+        torch.set_num_threads(1)
+        single = Trainer(_config(args, out), echo=_quiet, dist_env=DistEnv()).prepare()
+        start = {name: p.detach().clone() for name, p in single.model.named_parameters()}
+        one = _train(single)
+    report({
+        "command": command("bn_world_size", argv),
+        "model": f"resnet_cifar depth {args.depth}", "bits_list": args.bits, "global_batch": args.batch,
+        "steps": args.steps, "lr": args.lr, "processes": f"1 vs {WORLD} Gloo processes of 1 thread each",
+        "parameter_tensors": len(one),
+        "relative_difference_2proc_vs_1proc": _quartiles(_relative(two, one)),
+        "relative_change_from_start_1proc": _quartiles(_relative(one, start)),
+    }, args.out)
+
+
+if __name__ == "__main__":
+    with exit_on_bad_input("bn_world_size"):
+        main()

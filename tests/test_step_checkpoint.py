@@ -178,40 +178,39 @@ TWO_PROCESSES: dict[str, Any] = {"synthetic_train_size": 48, "checkpoint_every_s
 
 
 def _stop_and_resume(rank: int, log_dir: str, stops: list[int]) -> dict[str, Any]:
-    """In one 2-process group: the uninterrupted run, then the same run stopped after each of `stops` steps and resumed."""
+    """In one 2-process group: the uninterrupted run, then the same run stopped after `stops[0]` steps,
+    resumed and stopped again after `stops[1]` more, and so on, and at last resumed to its end."""
     raw = {**PREEMPT, **TWO_PROCESSES, "log_dir": log_dir}
     no_plots(pytest.MonkeyPatch())  # this process ends with the test
     straight = Trainer(build_config({**raw, "run_name": "straight"}), echo=quiet).prepare()
     straight.fit()
-    out: dict[str, Any] = {"straight": weights(straight)}
+    cfg = build_config({**raw, "run_name": "stopped"})
+    messages = []
     for stop in stops:
-        cfg = build_config({**raw, "run_name": f"stopped_{stop}"})
         with pytest.MonkeyPatch.context() as patch:
             StopAfter(patch, stop)
             try:
                 Trainer(cfg, echo=quiet).prepare().fit()
-                message = "not interrupted"
+                messages.append("not interrupted")
             except Interrupted as exc:
-                message = str(exc)
-        resumed = Trainer(cfg, echo=quiet).prepare()
-        resumed.fit()
-        out[stop] = {"weights": weights(resumed), "message": message}
-    return out
+                messages.append(str(exc))
+    resumed = Trainer(cfg, echo=quiet).prepare()
+    resumed.fit()
+    return {"straight": weights(straight), "resumed": weights(resumed), "messages": messages}
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with Gloo")
 def test_two_processes_stopped_at_a_step_resume_bitwise_identical(tmp_path):
     """Per-process BN statistics, meters and random streams (use_diff_seed, input dropout) all come back,
-    from a mid-epoch checkpoint (stop after 4 steps) and from an epoch's end (stop after 3)."""
-    stops = {3: "after epoch 1", 4: "at step 1 of epoch 2"}
-    ranks = run_processes(_stop_and_resume, 2, tmp_path / "out", str(tmp_path), list(stops))
+    from an epoch's end (stopped after 3 steps) and from mid-epoch (stopped again 1 step later)."""
+    ranks = run_processes(_stop_and_resume, 2, tmp_path / "out", str(tmp_path), [3, 1])
+    latest = tmp_path / "stopped" / "latest_checkpoint.pt"
     for r in ranks:
         assert "error" not in r, r.get("traceback")
-        for stop, where in stops.items():
-            assert f"Last checkpoint: {tmp_path / f'stopped_{stop}' / 'latest_checkpoint.pt'} ({where})" in r[stop]["message"]
-            assert_same_weights(r[stop]["weights"], r["straight"])
-    for stop in stops:
-        assert metrics_rows(tmp_path / f"stopped_{stop}") == metrics_rows(tmp_path / "straight")
+        assert f"Last checkpoint: {latest} (after epoch 1)" in r["messages"][0]
+        assert f"Last checkpoint: {latest} (at step 1 of epoch 2)" in r["messages"][1]
+        assert_same_weights(r["resumed"], r["straight"])
+    assert metrics_rows(tmp_path / "stopped") == metrics_rows(tmp_path / "straight")
 
 
 # ---------------------------------------------------------------- a real kill -9

@@ -89,8 +89,9 @@ def _relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[fl
 
 
 def _quartiles(values: list[float]) -> dict[str, float]:
+    """Quartiles and maximum, to 3 significant digits (0 stays visible as 0, 1e-7 as 1e-7)."""
     q1, median, q3 = statistics.quantiles(values, n=4)
-    return {"q1": round(q1, 4), "median": round(median, 4), "q3": round(q3, 4)}
+    return {name: float(f"{v:.3g}") for name, v in (("q1", q1), ("median", median), ("q3", q3), ("max", max(values)))}
 
 
 def main(argv: list[str] | None = None) -> None:

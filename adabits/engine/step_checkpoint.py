@@ -95,7 +95,8 @@ def read(ckpt: dict[str, Any], path: Path, world_size: int, iters_per_epoch: int
         return position
     written = len(position.ranks)
     if written != world_size:
-        launch = "without torchrun" if written == 1 else f"with torchrun --nproc_per_node={written} (or nodes x processes = {written})"
+        launch = ("in one process, without torchrun" if written == 1
+                  else f"on {written} processes (e.g. torchrun --nproc_per_node={written})")
         raise CheckpointError(
             f"{path} was written at {position.describe()} by {written} process(es), but this run has {world_size}; "
             f"a mid-epoch checkpoint resumes on the same number of processes: start the run {launch}")

@@ -40,6 +40,12 @@ PREEMPT: dict[str, Any] = {**{k: v for k, v in TINY.items() if k != "depth"}, "m
                            "crop_padding": 1, "random_flip": True, "checkpoint_every_steps": 4}
 
 
+def preempt_args(log_dir: Path, **changes: Any) -> list[str]:
+    """PREEMPT as command-line overrides (for cli.main and train.py)."""
+    raw = {**PREEMPT, "log_dir": str(log_dir), "run_name": "tiny", **changes}
+    return [f"{k}={json.dumps(v)}" for k, v in raw.items()]
+
+
 def quiet(_msg: str) -> None:
     pass
 

@@ -20,7 +20,16 @@ from adabits.engine import CheckpointError, Interrupted, Trainer, build_config
 from adabits.engine import step_checkpoint
 from _dist_helpers import run_processes
 from _engine_helpers import tiny_args
-from _preempt_helpers import PREEMPT, StopAfter, assert_same_weights, metrics_rows, no_plots, quiet, weights
+from _preempt_helpers import (
+    PREEMPT,
+    StopAfter,
+    assert_same_weights,
+    metrics_rows,
+    no_plots,
+    preempt_args,
+    quiet,
+    weights,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,9 +105,7 @@ def test_a_mid_epoch_checkpoint_of_another_world_size_is_refused_in_one_line(tmp
     ranks = ckpt[step_checkpoint.POSITION_KEY]["ranks"]
     ckpt[step_checkpoint.POSITION_KEY]["ranks"] = ranks * 2  # as if 2 processes had written it
     torch.save(ckpt, path)
-    args = [f"{k}={v}" for k, v in (a.split("=", 1) for a in tiny_args(tmp_path)) if k not in ("model", "depth")]
-    model_args = [f"model={PREEMPT['model']}", "crop_padding=1", "random_flip=true", "checkpoint_every_steps=4"]
-    assert cli.main(["train", *args, *model_args]) == cli.EXIT_USAGE
+    assert cli.main(["train", *preempt_args(tmp_path)]) == cli.EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "at step 4 of epoch 1 by 2 process(es), but this run has 1" in err
@@ -228,15 +235,13 @@ def _position(path: Path) -> tuple[int, int] | None:
 def test_sigkill_mid_epoch_then_rerun_ends_as_an_uninterrupted_run(tmp_path):
     """`python train.py` SIGKILLed once a mid-epoch checkpoint exists; the same command finishes the run."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1"}
-    args = [f"{k}={v}" for k, v in (a.split("=", 1) for a in tiny_args(tmp_path)) if k not in ("model", "depth")]
-    extra = [f"model={PREEMPT['model']}", "crop_padding=1", "random_flip=true", "checkpoint_every_steps=1",
-             "num_epochs=3", "synthetic_train_size=384"]
+    args = preempt_args(tmp_path, checkpoint_every_steps=1, num_epochs=3, synthetic_train_size=384)
     # the dropout model is registered by the test helpers: start train.py through them
     code = ("import sys, _preempt_helpers; from adabits.cli import main; "
             "sys.exit(main(['train', *sys.argv[1:]]))")
 
     def command(run_name: str) -> list[str]:
-        return [sys.executable, "-c", code, *args, *extra, f"run_name={run_name}"]
+        return [sys.executable, "-c", code, *args, f"run_name={run_name}"]
 
     subprocess.run(command("straight"), cwd=tmp_path, env=env, check=True, capture_output=True)
     latest = tmp_path / "stopped" / "latest_checkpoint.pt"

@@ -47,6 +47,10 @@ class BatchLoader(Protocol):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
+    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch `start` on, as a full pass yields them (resuming mid-epoch)."""
+        ...
+
     @property
     def num_samples(self) -> int: ...
 

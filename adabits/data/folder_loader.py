@@ -7,6 +7,7 @@ process and tags every index with the epoch, so each sample's random choices dep
 """
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from typing import Protocol
@@ -50,17 +51,21 @@ class EpochShuffle(Sampler[int]):
 
 
 class EpochTagged(Sampler[tuple[int, int]]):
-    """Yields (epoch, index) for every index of the wrapped sampler (any sampler: ours or DistributedSampler)."""
+    """Yields (epoch, index) for the indices of the wrapped sampler (any sampler: ours or DistributedSampler).
+
+    `skip` leaves out the first indices of the epoch's order (a run resumed mid-epoch): they are
+    never handed to a worker, so nothing of them is read or decoded.
+    """
 
     def __init__(self, sampler: IndexSampler) -> None:
-        self.sampler, self.epoch = sampler, 0
+        self.sampler, self.epoch, self.skip = sampler, 0, 0
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        return ((epoch, int(i)) for i in self.sampler)
+        return ((epoch, int(i)) for i in itertools.islice(self.sampler, self.skip, None))
 
 
 class FolderDataset(Dataset):
@@ -101,9 +106,12 @@ class FolderLoader:
         self.device = torch.device(device)
         self.to_input = to_input
         self._tagged = EpochTagged(sampler)
+        # its own generator for the workers' base seed: iterating never draws from torch's global RNG,
+        # so a run resumed mid-epoch (which iterates once more) continues the same global random stream
         self._loader = DataLoader(dataset, batch_size=batch_size, sampler=self._tagged, drop_last=drop_last,
                                   num_workers=workers, persistent_workers=workers > 0,
-                                  pin_memory=self.device.type == "cuda")
+                                  pin_memory=self.device.type == "cuda",
+                                  generator=torch.Generator().manual_seed(seed))
 
     def set_epoch(self, epoch: int) -> None:
         self._tagged.epoch = epoch
@@ -126,6 +134,20 @@ class FolderLoader:
         return self._loader.dataset
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches from batch `start` on; the samples of the batches before it are not decoded.
+
+        Each sample's random choices depend only on (seed, epoch, index), so the batches from `start`
+        on are those of a full pass.
+        """
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start must be in [0, {len(self)}], got {start}")
+        return self._batches(start * (self._loader.batch_size or 1))
+
+    def _batches(self, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._tagged.skip = skip  # read when the DataLoader's iterator starts, on the next line
         for images, labels, errors in self._loader:
             failed = [e for e in errors if e]
             if failed:

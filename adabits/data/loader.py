@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .transforms import ToModelInput, random_crop_flip
+from .transforms import ToModelInput, draw_crop_flip, random_crop_flip
 
 
 @dataclass
@@ -22,6 +22,8 @@ class TensorLoader:
     smaller batch (or a validation set of any size) is split into parts that differ by at most one
     sample, so every validation sample is seen exactly once, with no padding duplicates. `share(step)` says
     which fraction of global batch `step` this process holds (the weight of its gradient).
+    `iter_from(k)` starts the epoch at global batch k without touching the k batches before it
+    (a run resumed mid-epoch).
 
     Augmentation: with `aug_seed=None` every process draws the random crops and flips of the whole
     global batch from the shared stream and keeps its part, which makes N processes see exactly
@@ -85,21 +87,37 @@ class TensorLoader:
         return gen
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches from global batch `start` on, exactly as a full pass yields them there.
+
+        The batches before `start` are neither gathered nor augmented; only their random draws are
+        made, so that the generators reach batch `start` in the state a full pass leaves them in.
+        """
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start must be in [0, {len(self)}], got {start}")
         n = self.num_samples
         gen = self._generator(self.seed)
         own_gen = self._generator(self.aug_seed) if self.aug_seed is not None else None
         order = torch.randperm(n, generator=gen, device=self.images.device) if self.shuffle else None
         augment = self.shuffle and (self.crop_padding > 0 or self.random_flip)
         for i in range(len(self)):
-            start = i * self.batch_size
+            start_sample = i * self.batch_size
             count = self._global_count(i)
             part = self._part(count)
+            if i < start:
+                if augment:  # the draws of the skipped batch, without its pixels
+                    drawn = count if own_gen is None else part.stop - part.start
+                    draw_crop_flip(drawn, self.crop_padding, self.random_flip, gen if own_gen is None else own_gen,
+                                   self.images.device)
+                continue
             if augment and own_gen is None:  # draw for the whole global batch, keep this process's part
-                idx = order[start:start + count]
+                idx = order[start_sample:start_sample + count]
                 images = random_crop_flip(self.images[idx], self.crop_padding, self.random_flip, gen)[part]
                 labels = self.labels[idx[part]]
             else:
-                sl = slice(start + part.start, start + part.stop)
+                sl = slice(start_sample + part.start, start_sample + part.stop)
                 idx = order[sl] if order is not None else sl
                 images, labels = self.images[idx], self.labels[idx]
                 if augment:

@@ -7,6 +7,19 @@ import torch
 import torch.nn.functional as F
 
 
+def draw_crop_flip(n: int, padding: int, flip: bool, gen: torch.Generator,
+                   device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The random choices of `random_crop_flip` for n images: row and column offsets (n, 1), flips (n, 1) or None.
+
+    A separate function so that a loader skipping a batch (a run resumed mid-epoch) can make the
+    same draws without gathering any pixels, and every batch after it stays the same.
+    """
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=gen, device=device)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=gen, device=device)
+    flipped = torch.rand(n, 1, generator=gen, device=device) < 0.5 if flip else None
+    return dy, dx, flipped
+
+
 def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
     """Random crop (zero padding `padding`) and horizontal flip of a uint8 batch (N, C, H, W).
 
@@ -18,12 +31,10 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, gen: torch.
     n, c, h, w = images.shape
     dev = images.device
     padded = F.pad(images, (padding,) * 4) if padding > 0 else images
-    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=gen, device=dev)
-    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=gen, device=dev)
+    dy, dx, flipped = draw_crop_flip(n, padding, flip, gen, dev)
     rows = dy + torch.arange(h, device=dev)  # (n, h)
     cols = dx + torch.arange(w, device=dev)  # (n, w)
-    if flip:
-        flipped = torch.rand(n, 1, generator=gen, device=dev) < 0.5
+    if flipped is not None:
         cols = torch.where(flipped, cols.flip(1), cols)
     index = (rows[:, :, None] * padded.shape[-1] + cols[:, None, :]).reshape(n, 1, h * w).expand(n, c, h * w)
     return padded.reshape(n, c, -1).gather(2, index).reshape(n, c, h, w)

@@ -167,6 +167,9 @@ class TrainConfig(BaseModel):
     # loading weights: a pretrained_file or fp_pretrained_file that fits only part of the model (keys
     # without a value, unknown keys, other shapes) is an error unless this asks to load what fits
     partial_load: bool = False
+    # preemptible runs (docs/distributed.md): also write latest_checkpoint.pt every N optimizer steps,
+    # with the position inside the epoch, so that a killed run resumes mid-epoch bitwise identical
+    checkpoint_every_steps: int | None = Field(None, ge=1)
 
     @field_validator("model")
     @classmethod

@@ -49,7 +49,8 @@ RESUME_RULES: dict[str, tuple[str, str]] = {
     "eval_batch_size": (MAY_CHANGE, "the batching of evaluation only"),
     **{key: (MAY_CHANGE, _HOW) for key in (
         "device", "compile", "channels_last", "num_threads", "data_loader_workers", "distributed", "dist_backend")},
-    **{key: (MAY_CHANGE, _SHOWN) for key in ("log_every", "progress", "tensorboard", "test_only")},
+    **{key: (MAY_CHANGE, _SHOWN) for key in (
+        "log_every", "progress", "tensorboard", "test_only", "checkpoint_every_steps")},
     **{key: (MAY_CHANGE, _WHERE) for key in ("log_dir", "run_name", "resume", "dataset_dir", "download")},
     **{key: (MAY_CHANGE, _INERT) for key in (
         "bn_calib", "reset_parameters", "distributed_all_reduce", "profiling", "profiling_only",

@@ -28,7 +28,7 @@ from ..data import DataShape, Loaders, build_loaders
 from ..quant.bitwidth import Bits, bits_label
 from ..quant.clipping import init_clipping_levels
 from ..atomic import atomic_write
-from . import checkpoint, distributed, report, resume_policy, run_folder
+from . import checkpoint, distributed, report, resume_policy, run_folder, step_checkpoint
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingDiverged, UserError
@@ -77,6 +77,8 @@ class Trainer:
         self.history: list[str] | None = []  # metrics.jsonl lines so far; None: an older checkpoint kept none
         self.resumed: tuple[Path, list[resume_policy.Change]] | None = None  # the checkpoint, the keys changed
         self._lock: run_folder.RunLock | None = None
+        self.position: step_checkpoint.Position | None = None  # where a resumed checkpoint stands in its epoch
+        self.saved: tuple[Path, str] | None = None  # the last valid checkpoint and where it stands, for Ctrl-C
 
     # ---------------------------------------------------------------- setup (the lock is its one write)
     def prepare(self) -> "Trainer":
@@ -239,7 +241,10 @@ class Trainer:
         self.best = best
         self.history = ckpt.get(checkpoint.METRICS_KEY)
         self.resumed = (path, changes)
-        self.echo(f"resuming from {path} after epoch {self.start_epoch}")
+        self.position = step_checkpoint.read(ckpt, path, self.dist.world_size, self.iters_per_epoch)
+        where = self.position.describe() if self.position else f"after epoch {self.start_epoch}"
+        self.saved = (path, where)
+        self.echo(f"resuming from {path} {where}")
         for change in changes:
             self.echo(f"note: resume: {change} ({resume_policy.RESUME_RULES[change.key][1]}; applied)")
 
@@ -253,25 +258,67 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def train_one_epoch(self, epoch: int) -> dict[Bits, dict[str, float]]:
-        """One pass over the training set; per batch: for each bit-width forward + backward, then one step."""
+        """One pass over the training set; per batch: for each bit-width forward + backward, then one step.
+
+        A run resumed mid-epoch starts at the step its checkpoint stands at, with that step's meters,
+        BN statistics and random states, and skips the batches before it (`iter_from`).
+        """
         cfg = self.cfg
         self.model.train()
         loader = self.loaders.train
         loader.set_epoch(epoch)
         meters = MeterSet(self.bits, cfg.topk, self.device)
-        bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.num_epochs}", leave=False,
-                   disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, file=sys.stderr)
-        done = 0
-        for step, (images, labels) in enumerate(loader):
+        lr = self.start_lr(epoch)
+        start = self._resume_epoch(epoch, meters)
+        bar = tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.num_epochs}",
+                   leave=False, disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, file=sys.stderr)
+        done = start
+        for step, (images, labels) in enumerate(loader.iter_from(start), start=start):
             if step >= self.iters_per_epoch:
                 break
             self.train_step(images, labels, loader.share(step), meters)
+            if self._step_checkpoint_due(epoch, step + 1):
+                self._save_latest(epoch, step + 1, lr, meters)
             if (step + 1) % cfg.log_every == 0 or step + 1 == self.iters_per_epoch:
                 bar.update(step + 1 - done)
                 done = step + 1
                 bar.set_postfix_str(_postfix(meters.summary()), refresh=False)
         bar.close()
         return self._reduced(meters).summary()
+
+    def start_lr(self, epoch: int) -> float:
+        """The lr epoch `epoch` started with (before a mid-epoch resume, the one its checkpoint recorded)."""
+        if self.position is not None and self.position.epoch == epoch:
+            return self.position.lr
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _resume_epoch(self, epoch: int, meters: MeterSet) -> int:
+        """The first step of this epoch: the resumed position's (its per-process state put back), else 0."""
+        position, self.position = self.position, None
+        if position is None or position.epoch != epoch:
+            return 0
+        step_checkpoint.restore(position, self.dist.rank, self.dist.world_size, self.model, meters)
+        return position.step
+
+    def _step_checkpoint_due(self, epoch: int, steps_done: int) -> bool:
+        """Every `checkpoint_every_steps` optimizer steps of the run, except at an epoch's end (its own checkpoint follows)."""
+        every = self.cfg.checkpoint_every_steps
+        return (every is not None and steps_done < self.iters_per_epoch
+                and (epoch * self.iters_per_epoch + steps_done) % every == 0)
+
+    def _save_latest(self, epoch: int, step: int, lr: float, meters: MeterSet | None) -> None:
+        """latest_checkpoint.pt at `step` of epoch `epoch` (step 0: its start, after the epochs before it)
+        with every process's state; `lr` is the one the epoch started with.
+
+        Every rank takes part (its state is gathered); rank 0 writes, atomically.
+        """
+        ranks = step_checkpoint.gather(step_checkpoint.rank_state(self.model, meters), self.dist.enabled)
+        latest = self.run_dir / run_folder.LATEST
+        if self.dist.is_main:
+            kept = f"{self.saved[0]} still holds the checkpoint {self.saved[1]}" if self.saved else "no checkpoint was written yet"
+            with reported(latest, kept):
+                checkpoint.save_atomic({**self._state(epoch), **step_checkpoint.record(epoch, step, lr, ranks)}, latest)
+        self.saved = (latest, step_checkpoint.describe(epoch, step))
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, share: float = 1.0,
                    meters: MeterSet | None = None) -> None:
@@ -341,14 +388,13 @@ class Trainer:
                 self.echo(f"note: {note}")
         purge = self.start_epoch + 1 if self.resumed else None
         writer = report.RunWriter(self.run_dir, cfg.tensorboard, self.echo, purge) if main else None
-        latest = self.run_dir / run_folder.LATEST
         self.echo(f"run folder: {self.run_dir}  ({self.iters_per_epoch} steps/epoch, "
                   f"bits {report.show_bits(self.bits)}, device {self.device})")
         epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, cfg.num_epochs):
                 t0 = time.time()
-                lr = self.optimizer.param_groups[0]["lr"]  # the lr the epoch starts with
+                lr = self.start_lr(epoch)  # the lr the epoch starts with
                 train = self.train_one_epoch(epoch)
                 diverged = [b for b, m in train.items() if not math.isfinite(m["loss"])]
                 if diverged:
@@ -364,16 +410,15 @@ class Trainer:
                     self.best = {"mean_top1_error": mean_top1, "epoch": epoch, "val": val}
                 lines = report.metrics_lines(epoch, lr, seconds, train, val)
                 self.history.extend(lines)
+                self._save_checkpoints(epoch, improved)  # every rank: latest gathers each process's random states
                 if writer is not None:  # rank 0
-                    self._save_checkpoints(epoch, improved)
                     with reported(writer.jsonl, f"the checkpoint after epoch {epoch + 1} holds these rows, "
                                                 "and a resume restores them"):
                         writer.write_epoch(epoch, lr, seconds, train, val, lines)
                     self.echo(report.epoch_table(epoch, cfg.num_epochs, lr, seconds, train, val))
                     self._write_results()
         except KeyboardInterrupt:
-            where = (f"{latest} (after epoch {epoch})" if latest.is_file()
-                     else "none yet (interrupted in the first epoch)")
+            where = f"{self.saved[0]} ({self.saved[1]})" if self.saved else "none yet (interrupted in the first epoch)"
             raise Interrupted(f"interrupted during epoch {epoch + 1}. Last checkpoint: {where}. "
                               "Run the same command again to resume.") from None
         finally:
@@ -384,16 +429,12 @@ class Trainer:
         return self.best
 
     def _save_checkpoints(self, epoch: int, improved: bool) -> None:
-        """best_model.pt (when the epoch improved on it), then latest_checkpoint.pt; a refused write is one line."""
-        state = self._state(epoch + 1)
-        if improved:
+        """best_model.pt (rank 0, when the epoch improved on it), then latest_checkpoint.pt (every rank takes
+        part, rank 0 writes); a refused write is one line."""
+        if improved and self.dist.is_main:
             with reported(self.run_dir / run_folder.BEST, "the previous best_model.pt is unchanged"):
-                checkpoint.save_atomic(state, self.run_dir / run_folder.BEST)
-        latest = self.run_dir / run_folder.LATEST
-        kept = (f"{latest} still holds the checkpoint after epoch {epoch}" if latest.is_file()
-                else "no checkpoint was written yet")
-        with reported(latest, kept):
-            checkpoint.save_atomic(state, latest)
+                checkpoint.save_atomic(self._state(epoch + 1), self.run_dir / run_folder.BEST)
+        self._save_latest(epoch + 1, 0, self.start_lr(epoch + 1), None)
 
     def _write_config(self) -> None:
         """config.yaml: the config this run trains with, after comment lines naming each resume and its changes."""

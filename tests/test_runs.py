@@ -21,6 +21,7 @@ from adabits.engine.config import TrainConfig
 from adabits.engine.errors import RunFolderError
 from adabits.engine.resume_policy import FIXED, MAY_CHANGE, RESUME_RULES
 from adabits.engine.run_folder import RunLock, remove_stale_temps
+from adabits.engine.step_checkpoint import POSITION_KEY
 from adabits.integrity import CHECKSUM_KEY
 from _engine_helpers import tiny_args, tiny_config
 
@@ -339,6 +340,7 @@ def test_an_older_checkpoint_without_rows_keeps_the_folders_rows_up_to_its_epoch
     state = torch.load(run / "latest_checkpoint.pt", weights_only=True)
     state["epoch"] = 1  # as if epoch 2's rows were appended after this checkpoint
     del state[ckpt_mod.METRICS_KEY]
+    del state[POSITION_KEY]  # older checkpoints held neither the rows nor a position
     torch.save(state, run / "latest_checkpoint.pt")
     Trainer(tiny_config(tmp_path, num_epochs=2), echo=quiet).prepare().fit()
     assert _epochs(run) == [1, 1, 2, 2]

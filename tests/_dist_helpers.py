@@ -6,7 +6,10 @@ MASTER_PORT) and then uses the product code exactly as `train.py` does under tor
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -94,3 +97,31 @@ class CollectiveCounter:
 
     def restore(self) -> None:
         dist.all_reduce = self._original
+
+
+def worker_pids(parent: int) -> list[int]:
+    """Children of the torchrun agent (the workers), from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                pids.append(int(entry.name))
+    return sorted(pids)
+
+
+
+def kill_second_worker_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 240) -> int | None:
+    """SIGKILL the second torchrun worker of `proc` once `ready()` holds; its PID, or None if it never did."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if ready():
+            workers = worker_pids(proc.pid)
+            if len(workers) == 2:
+                os.kill(workers[1], signal.SIGKILL)
+                return workers[1]
+        time.sleep(0.02)
+    return None

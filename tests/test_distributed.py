@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,14 @@ import torch.distributed as dist
 from adabits import cli
 from adabits.data import TensorLoader, ToModelInput
 from adabits.engine import ConfigError, Trainer, build_config
-from _dist_helpers import FROZEN_BN_MODEL, CollectiveCounter, free_port, run_processes, torchrun_env
+from _dist_helpers import (
+    FROZEN_BN_MODEL,
+    CollectiveCounter,
+    free_port,
+    kill_second_worker_when,
+    run_processes,
+    torchrun_env,
+)
 from _engine_helpers import TINY, tiny_args, tiny_config
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -213,20 +218,6 @@ def test_train_batch_must_divide_by_world_size():
 # ---------------------------------------------------------------- torchrun --max-restarts
 
 
-def _worker_pids(parent: int) -> list[int]:
-    """Children of the torchrun agent (the workers), from /proc."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == parent:
-                pids.append(int(entry.name))
-    return sorted(pids)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
 def test_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
@@ -237,15 +228,7 @@ def test_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
            "--max-restarts=1", "--monitor-interval=0.2", str(REPO / "train.py"), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killed = None
-    deadline = time.time() + 240
-    while proc.poll() is None and time.time() < deadline and killed is None:
-        if (run_dir / "latest_checkpoint.pt").is_file():
-            workers = _worker_pids(proc.pid)
-            if len(workers) == 2:
-                killed = workers[1]
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.02)
+    killed = kill_second_worker_when(proc, lambda: (run_dir / "latest_checkpoint.pt").is_file())
     out, _ = proc.communicate(timeout=300)
     assert killed is not None, out
     assert proc.returncode == 0, out

@@ -18,7 +18,7 @@ from adabits import cli
 from adabits.data import TensorLoader, ToModelInput
 from adabits.engine import CheckpointError, ConfigError, Interrupted, Trainer, build_config
 from adabits.engine import step_checkpoint
-from _dist_helpers import run_processes
+from _dist_helpers import kill_second_worker_when, run_processes
 from _engine_helpers import tiny_args
 from _preempt_helpers import (
     PREEMPT,
@@ -274,7 +274,6 @@ def test_sigkill_mid_epoch_then_rerun_ends_as_an_uninterrupted_run(tmp_path):
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
 def test_torchrun_worker_killed_mid_epoch_is_restarted_and_ends_as_an_uninterrupted_run(tmp_path):
     """torchrun --max-restarts=1, 2 processes: SIGKILL rank 1 in the second epoch, between step checkpoints."""
-    from test_distributed import _worker_pids
 
     args = tiny_args(tmp_path, num_epochs=2, synthetic_train_size=384, bits_list=[8, 6, 4], checkpoint_every_steps=5)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -289,16 +288,11 @@ def test_torchrun_worker_killed_mid_epoch_is_restarted_and_ends_as_an_uninterrup
     assert straight.returncode == 0, out
     latest = tmp_path / "stopped" / "latest_checkpoint.pt"
     proc = torchrun("stopped")
-    killed = None
-    deadline = time.time() + 240
-    while proc.poll() is None and time.time() < deadline and killed is None:
+    def in_epoch_2() -> bool:  # a step checkpoint of epoch 2 is on disk
         position = _position(latest) if latest.is_file() else None
-        if position is not None and position[0] == 1 and position[1] > 0:  # a step checkpoint of epoch 2
-            workers = _worker_pids(proc.pid)
-            if len(workers) == 2:
-                killed = workers[1]
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.02)
+        return position is not None and position[0] == 1 and position[1] > 0
+
+    killed = kill_second_worker_when(proc, in_epoch_2)
     out, _ = proc.communicate(timeout=300)
     assert killed is not None, out
     assert proc.returncode == 0, out

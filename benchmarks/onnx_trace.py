@@ -35,7 +35,7 @@ from .deploy import load_for_evaluation
 
 
 def pytorch_codes(model: torch.nn.Module, bits: int, images: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Logits, and every quantized layer's input codes round(clamp(x / input_scale, 0, input_max_code))."""
+    """Logits, and every quantized layer's input codes, rounded by its scheme from x / input_scale."""
     codes: dict[str, np.ndarray] = {}
 
     def hook(name: str):
@@ -43,8 +43,8 @@ def pytorch_codes(model: torch.nn.Module, bits: int, images: torch.Tensor) -> tu
             assert isinstance(layer, QuantLayer)
             if not layer.quantizes_input:
                 return
-            top = layer.input_max_code()
-            codes[name] = torch.round(torch.clamp(inputs[0] / layer.input_scale(), 0, top)).to(torch.uint8).numpy()
+            units = inputs[0] / layer.input_scale()  # as QuantizeLinear divides by its scale
+            codes[name] = layer.act_scheme.codes_from_units(units, layer.act_bits).to(torch.uint8).numpy()
         return record
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, QuantLayer)]

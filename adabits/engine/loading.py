@@ -22,7 +22,7 @@ import adabits
 
 from ..data import DataShape, dataset_shape
 from ..quant.bitwidth import Bits
-from . import checkpoint
+from . import checkpoint, run_folder
 from .build import build_model, load_fp_start, load_weights_file, pretrained_path
 from .config import TrainConfig
 from .errors import CheckpointError
@@ -43,7 +43,7 @@ def resume_path(cfg: TrainConfig) -> Path | None:
     if not cfg.resume:
         return None
     path = Path(cfg.resume)
-    path = path / "latest_checkpoint.pt" if path.is_dir() else path
+    path = path / run_folder.LATEST if path.is_dir() else path
     if path.is_dir():
         raise CheckpointError(f"resume: {path} is a folder, not a checkpoint; name a checkpoint file")
     if not path.is_file():
@@ -82,7 +82,7 @@ def weights_source(cfg: TrainConfig, *, from_start: bool = False, required: bool
     resume = resume_path(cfg)
     if resume is not None:
         return WeightsSource("run", resume)
-    best = run_dir(cfg) / "best_model.pt"
+    best = run_dir(cfg) / run_folder.BEST
     if best.is_file():
         return WeightsSource("run", best)
     if not required:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..atomic import atomic_write
 from ..quant.bitwidth import BitPair, Bits, bits_label, parse_bits
+from .run_folder import METRICS
 
 Metrics = dict[Bits, dict[str, float]]
 
@@ -151,7 +152,7 @@ class RunWriter:
     def __init__(self, run_dir: Path, tensorboard: bool = False, echo: Callable[[str], None] = print,
                  purge_step: int | None = None) -> None:
         self.run_dir = run_dir
-        self.jsonl = run_dir / "metrics.jsonl"
+        self.jsonl = run_dir / METRICS
         self.tb: Any = None
         if tensorboard:
             try:

@@ -306,9 +306,11 @@ class Trainer:
         return (every is not None and steps_done < self.iters_per_epoch
                 and (epoch * self.iters_per_epoch + steps_done) % every == 0)
 
-    def _save_latest(self, epoch: int, step: int, lr: float, meters: MeterSet | None) -> None:
+    def _save_latest(self, epoch: int, step: int, lr: float, meters: MeterSet | None,
+                     state: dict[str, Any] | None = None) -> None:
         """latest_checkpoint.pt at `step` of epoch `epoch` (step 0: its start, after the epochs before it)
-        with every process's state; `lr` is the one the epoch started with.
+        with every process's state; `lr` is the one the epoch started with, `state` the run's `_state`
+        when the caller has already built it.
 
         Every rank takes part (its state is gathered); rank 0 writes, atomically.
         """
@@ -317,7 +319,8 @@ class Trainer:
         if self.dist.is_main:
             kept = f"{self.saved[0]} still holds the checkpoint {self.saved[1]}" if self.saved else "no checkpoint was written yet"
             with reported(latest, kept):
-                checkpoint.save_atomic({**self._state(epoch), **step_checkpoint.record(epoch, step, lr, ranks)}, latest)
+                base = self._state(epoch) if state is None else state
+                checkpoint.save_atomic({**base, **step_checkpoint.record(epoch, step, lr, ranks)}, latest)
         self.saved = (latest, step_checkpoint.describe(epoch, step))
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, share: float = 1.0,
@@ -431,10 +434,11 @@ class Trainer:
     def _save_checkpoints(self, epoch: int, improved: bool) -> None:
         """best_model.pt (rank 0, when the epoch improved on it), then latest_checkpoint.pt (every rank takes
         part, rank 0 writes); a refused write is one line."""
-        if improved and self.dist.is_main:
+        state = self._state(epoch + 1) if self.dist.is_main else None  # one state dict for both files
+        if improved and state is not None:
             with reported(self.run_dir / run_folder.BEST, "the previous best_model.pt is unchanged"):
-                checkpoint.save_atomic(self._state(epoch + 1), self.run_dir / run_folder.BEST)
-        self._save_latest(epoch + 1, 0, self.start_lr(epoch + 1), None)
+                checkpoint.save_atomic(state, self.run_dir / run_folder.BEST)
+        self._save_latest(epoch + 1, 0, self.start_lr(epoch + 1), None, state)
 
     def _write_config(self) -> None:
         """config.yaml: the config this run trains with, after comment lines naming each resume and its changes."""

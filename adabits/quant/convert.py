@@ -126,7 +126,7 @@ def spread_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
     per-bit alpha (`adapt_state_dict`)."""
     state = dict(state_dict)
     for name, module in model.named_modules():
-        if not isinstance(module, SwitchBatchNorm2d) or len(module.bn) == 1:
+        if not isinstance(module, SwitchBatchNorm2d) or module.shared:
             continue
         prefix = f"{name}.bn." if name else "bn."
         if f"{prefix}0.running_mean" in state and f"{prefix}1.running_mean" not in state:

@@ -14,7 +14,7 @@ import torch
 #: byte ops, VNNI dot products, AMX tiles; ARM dot product and int8 matrix multiply
 INT8_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "asimddp", "i8mm")
 #: libraries whose version is recorded when installed (read from package metadata: nothing is imported)
-PACKAGES = ("onnxruntime", "onnx", "brevitas")
+PACKAGES = ("onnxruntime", "onnx", "brevitas", "executorch", "torchao")
 
 
 def parse_cpuinfo(text: str) -> tuple[str | None, list[str]]:

@@ -20,4 +20,7 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --disable-pip-version-check "${ADABITS_TORCH:-torch==2.13.0}"
 # dev: pytest, ruff, mypy, brevitas and the optional extras the tests cover (onnx, tensorboard).
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# ExecuTorch (`adabits export --format pte`) without its declared requirements, which pull coremltools,
+# scikit-learn, pandas and hydra that nothing here imports; the `pte` extra above holds what it does import.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps executorch==1.5.1 torchao==0.18.0
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -58,6 +58,7 @@ from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, 
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
 from .int8_layer import UINT8_MAX, FoldedLayer, fold_layer, int8_operands, running_statistics
 from .onnx_graph import FLOAT, GraphBuilder, Value
+from .trace import trace_quantized
 
 OPSET = 13
 MAX_INTEGER_BITS = 8
@@ -68,13 +69,6 @@ OUTPUT_NAME = "logits"
 
 class FloatWeightsWarning(UserWarning):
     """Some layers' weight codes need more than int8, so those layers run as exact float kernels."""
-
-
-class _LeafTracer(fx.Tracer):
-    """Keeps quantized layers and switchable BNs as single nodes (the exporter converts them whole)."""
-
-    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, (QuantLayer, SwitchBatchNorm2d)) or super().is_leaf_module(module, qualified_name)
 
 
 @dataclass
@@ -327,7 +321,7 @@ def export_onnx(model: nn.Module, path: str | Path, bits: object, input_shape: t
     set_bits(model, format_bits(pair))  # BitWidthError naming the allowed bit-widths when the model lacks `bits`
     model.eval()
     try:
-        traced = _LeafTracer(autowrap_functions=(as_float_input,)).trace(model)
+        traced = trace_quantized(model)
         converter = _Converter(model, traced, integer=weight_bits < FULL_PRECISION, bias=bias)
         proto = converter.convert(tuple(input_shape), uint8_input)
     finally:

@@ -1,0 +1,408 @@
+"""One bit-width of a trained model as an all-integer graph, written in PyTorch.
+
+Every quantized conv/linear layer between the first and the classifier reads int8 codes, multiplies
+them with int8 per-channel weights (BN folded in) and writes int8 codes; so do the residual adds.
+Where the fake-quant model already has integer codes (a layer's PACT input, the raw image) the
+graph uses exactly those. What it has in float, the graph quantizes to 8 bits on a grid calibrated
+on training images (min/max, `Grid.covering`): the tensors that meet at a residual add and the
+add's output, and a layer's input that arrives in float (the classifier's, after pooling). This is
+export-time calibration: the trained model never saw that rounding, and `benchmarks/deploy_integer.py`
+measures what it costs.
+
+The graph is a `torch.fx.GraphModule` of aten ops and `quantized_decomposed` quantize / dequantize
+ops, the form ExecuTorch's XNNPACK partitioner lowers to integer kernels (`pte.py`) and the source
+the ONNX export translates (`onnx_integer.py`). Run in PyTorch it computes what the runtimes
+compute, except that PyTorch sums products in float where the kernels sum integers, so a value on
+a rounding tie can land one code apart (about one code in a thousand per layer in a trial).
+
+What the int8 form cannot hold exactly:
+- weight codes that need 9 bits (`centered` and `original` at 8 bits: odd integers up to 255):
+  such a layer's folded float weight is requantized to int8 per output channel, and the layer is
+  named in `IntegerGraph.requantized_weights`;
+- the bias: kernels add it as an int32 number of steps input_scale x weight_scale, so the graph
+  rounds it to that grid, made finer by multiplying each channel's codes by an integer where
+  int8 allows (`int8_layer.weight_multipliers`).
+The classifier keeps float weights and a float output (its logits are not requantized).
+"""
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ExportError
+from ..models.common import as_float_input
+from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, set_bits
+from ..quant.layers import QuantLayer, SwitchBatchNorm2d
+from .grid import INT8_MAX, INT8_MIN, Grid
+from .int8_layer import FoldedLayer, fold_layer, weight_multipliers
+from .trace import trace_quantized
+
+import torch.ao.quantization.fx._decomposed  # noqa: E402,F401  (registers the quantized_decomposed ops)
+
+QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
+DEQUANTIZE = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+DEQUANTIZE_CHANNELS = torch.ops.quantized_decomposed.dequantize_per_channel.default
+IMAGE_GRID = Grid.codes(1.0, 255)  # the raw uint8 image of a `normalize: false` model, read as codes
+CALIBRATION_BATCH = 128
+
+
+class RangeObserver(nn.Module):
+    """Records the smallest and largest value it sees (the calibration pass), returning its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.low, self.high = float("inf"), float("-inf")
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.low, self.high = min(self.low, float(x.min())), max(self.high, float(x.max()))
+        return x
+
+
+@dataclass
+class _Value:
+    """A tensor of the new graph: int8 codes on `grid`, or float when `grid` is None."""
+
+    node: fx.Node
+    grid: Grid | None = None
+
+
+@dataclass
+class IntegerGraph:
+    """One bit-width's integer graph (`module(images) -> logits`) and what the export had to change."""
+
+    module: fx.GraphModule
+    bits: Any
+    input_shape: tuple[int, int, int]
+    uint8_input: bool
+    requantized_weights: list[str] = field(default_factory=list)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.module(images.float())
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[str(node.target)], nn.ReLU)
+    return node.op == "call_function" and node.target in (F.relu, torch.relu)
+
+
+def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return node.op == "call_module" and isinstance(modules[str(node.target)], (nn.Identity, nn.Dropout))
+
+
+class _Builder:
+    """Walks the fx trace of the model once and writes the integer graph.
+
+    With `ranges` None it writes the calibration graph instead: every tensor that will be
+    quantized on a calibrated grid passes through a RangeObserver and stays float.
+    """
+
+    def __init__(self, model: nn.Module, source: fx.Graph, uint8_input: bool,
+                 ranges: dict[str, tuple[float, float]] | None) -> None:
+        self.modules = dict(model.named_modules())
+        self.source = source
+        self.uint8_input = uint8_input
+        self.ranges = ranges
+        self.graph = fx.Graph()
+        self.root = nn.Module()
+        self.observers: dict[str, RangeObserver] = {}
+        self.values: dict[fx.Node, _Value] = {}
+        self.requantized_weights: list[str] = []
+        self.count = 0
+
+    # ------------------------------------------------------------------ graph pieces
+    def const(self, tensor: Tensor, hint: str) -> fx.Node:
+        self.count += 1
+        name = f"{hint.replace('.', '_')}_{self.count}"
+        self.root.register_buffer(name, tensor)
+        return self.graph.get_attr(name)
+
+    def call(self, fn: Any, *args: Any) -> fx.Node:
+        return self.graph.call_function(fn, tuple(args))
+
+    def quantize(self, x: fx.Node, grid: Grid) -> _Value:
+        node = self.call(QUANTIZE, x, grid.scale, grid.int8_offset, INT8_MIN, INT8_MAX, torch.int8)
+        node.meta["grid"] = grid
+        return _Value(node, grid)
+
+    def real(self, value: _Value) -> fx.Node:
+        """The value as a float tensor: a fresh DequantizeLinear per use, the pattern the runtimes fuse."""
+        if value.grid is None:
+            return value.node
+        grid = value.grid
+        node = self.call(DEQUANTIZE, value.node, grid.scale, grid.int8_offset, INT8_MIN, INT8_MAX, torch.int8)
+        node.meta["grid"] = grid
+        return node
+
+    def calibrated(self, x: fx.Node, key: str) -> _Value:
+        """`x` on the 8-bit grid that covers its calibrated range (or observed, in the calibration pass)."""
+        if self.ranges is None:
+            observer = self.observers.setdefault(key, RangeObserver())
+            name = f"observer_{len(self.observers)}"
+            self.root.add_module(name, observer)
+            return _Value(self.graph.call_module(name, (x,)))
+        return self.quantize(x, Grid.covering(*self.ranges[key]))
+
+    def on_grid(self, value: _Value, grid: Grid) -> _Value:
+        """`value` requantized onto `grid` (PACT's codes: below 0 clipped by a ReLU, above by saturation)."""
+        if value.grid == grid:
+            return value
+        x = self.real(value)
+        if grid.low == 0 and not (value.grid is not None and value.grid.nonnegative):
+            x = self.call(torch.relu, x)
+        return self.quantize(x, grid)
+
+    # ------------------------------------------------------------------ the source graph
+    def _only_user(self, node: fx.Node) -> fx.Node | None:
+        users = list(node.users)
+        return users[0] if len(users) == 1 else None
+
+    def _consumer_grid(self, node: fx.Node) -> Grid | None:
+        """The one PACT grid every use of `node` quantizes it to (through ReLUs and identities), else None."""
+        grids: set[Grid] = set()
+        pending = list(node.users)
+        while pending:
+            user = pending.pop()
+            module = self.modules.get(str(user.target)) if user.op == "call_module" else None
+            if _is_relu(user, self.modules) or _is_passthrough(user, self.modules):
+                pending.extend(user.users)
+            elif isinstance(module, QuantLayer) and module.quantizes_input:
+                grids.add(_pact_grid(module, str(user.target)))
+            else:
+                return None
+        return grids.pop() if len(grids) == 1 else None
+
+    def _arg(self, node: fx.Node, index: int = 0) -> _Value:
+        source = node.args[index]
+        if not isinstance(source, fx.Node):
+            raise ExportError(f"{node.name}: its input is the constant {source!r}, which has no integer export rule")
+        return self.values[source]
+
+    # ------------------------------------------------------------------ quantized layers
+    def _layer_input(self, layer: QuantLayer, name: str, value: _Value) -> _Value:
+        """The layer's input as int8 codes: its own PACT codes, the exact image codes, or a calibrated grid."""
+        if layer.quantizes_input:
+            return self.on_grid(value, _pact_grid(layer, name))
+        if layer.act_bits < FULL_PRECISION or layer.weight_only:
+            if value.grid is not None:
+                return value
+            return self.calibrated(value.node, f"{name}.input")
+        raise ExportError(f"layer {name} reads float activations at this bit-width; an integer graph needs "
+                          "activation bits <= 8")
+
+    def _int8_weight(self, name: str, folded: FoldedLayer, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+        """(int8 codes, float32 per-channel scales): the layer's own codes, or its float weight
+        requantized to int8 when the codes need 9 bits."""
+        if folded.codes is not None and folded.fits_int8():
+            multiplier = weight_multipliers(folded, grid.scale, grid.high - grid.low)
+            shape = (-1, *([1] * (folded.codes.ndim - 1)))
+            return (folded.codes * multiplier.reshape(shape)).astype(np.int8), (folded.scale / multiplier).astype(np.float32)
+        self.requantized_weights.append(name)
+        weight = folded.float_weight()
+        top = np.maximum(np.abs(weight.reshape(len(weight), -1)).max(axis=1), 1e-12)
+        scale = (top / INT8_MAX).astype(np.float32)
+        codes = np.round(weight / scale.astype(np.float64).reshape(-1, *([1] * (weight.ndim - 1))))
+        return np.clip(codes, INT8_MIN, INT8_MAX).astype(np.int8), scale
+
+    def _kernel(self, layer: QuantLayer, x: fx.Node, weight: fx.Node, bias: fx.Node) -> fx.Node:
+        if isinstance(layer, nn.Conv2d):
+            if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+                raise ExportError(f"padding {layer.padding!r} / padding_mode {layer.padding_mode!r} cannot be "
+                                  "exported; use integer zero padding")
+            return self.call(torch.ops.aten.conv2d.default, x, weight, bias, list(layer.stride),
+                             list(layer.padding), list(layer.dilation), layer.groups)
+        return self.call(torch.ops.aten.linear.default, x, weight, bias)
+
+    def quant_layer(self, node: fx.Node, layer: QuantLayer) -> None:
+        name = str(node.target)
+        chain = [node]
+        bn_node = self._only_user(node)
+        bn = None
+        if bn_node is not None and bn_node.op == "call_module" and isinstance(self.modules[str(bn_node.target)], SwitchBatchNorm2d):
+            bn = self.modules[str(bn_node.target)].active  # type: ignore[union-attr]
+            chain.append(bn_node)
+        relu_node = self._only_user(chain[-1])
+        if relu_node is not None and _is_relu(relu_node, self.modules):
+            chain.append(relu_node)
+        folded = fold_layer(layer, bn)
+        source = self._arg(node)
+        if any(user.op == "output" for user in chain[-1].users) or folded.codes is None:
+            out = self._float_layer(name, layer, folded, source, relu=_is_relu(chain[-1], self.modules))
+        else:
+            out = self._integer_layer(name, layer, folded, source, chain)
+        for member in chain:
+            self.values[member] = out
+
+    def _float_layer(self, name: str, layer: QuantLayer, folded: FoldedLayer, source: _Value, relu: bool) -> _Value:
+        """The classifier: its input codes in float, the exact folded weight in float, float logits."""
+        x = self.real(self._layer_input(layer, name, source)) if layer.quantizes_input else self.real(source)
+        weight = self.const(torch.from_numpy(folded.float_weight().astype(np.float32)), f"{name}.weight")
+        bias = self.const(torch.from_numpy(folded.bias.astype(np.float32)), f"{name}.bias")
+        out = self._kernel(layer, x, weight, bias)
+        return _Value(self.call(torch.relu, out) if relu else out)
+
+    def _integer_layer(self, name: str, layer: QuantLayer, folded: FoldedLayer, source: _Value,
+                       chain: list[fx.Node]) -> _Value:
+        codes = self._layer_input(layer, name, source)
+        assert codes.grid is not None  # _layer_input returns int8 codes
+        weight, weight_scale = self._int8_weight(name, folded, codes.grid)
+        bias_scale = (np.float32(codes.grid.scale) * weight_scale).astype(np.float32)
+        bias = (np.round(folded.bias / bias_scale.astype(np.float64)) * bias_scale).astype(np.float32)
+        w = self.call(DEQUANTIZE_CHANNELS, self.const(torch.from_numpy(weight), f"{name}.weight_int8"),
+                      self.const(torch.from_numpy(weight_scale), f"{name}.weight_scale"),
+                      self.const(torch.zeros(len(weight_scale), dtype=torch.int64), f"{name}.weight_zero"),
+                      0, INT8_MIN, INT8_MAX, torch.int8)
+        out = self._kernel(layer, self.real(codes), w, self.const(torch.from_numpy(bias), f"{name}.bias"))
+        out.meta["layer"] = name
+        end = chain[-1]
+        grid = self._consumer_grid(end)
+        if grid is not None or _is_relu(end, self.modules):  # PACT clips at 0: a ReLU the kernel fuses
+            out = self.call(torch.relu, out)
+        return self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{name}.output")
+
+    # ------------------------------------------------------------------ other ops
+    def add(self, node: fx.Node) -> None:
+        a, b = self._arg(node, 0), self._arg(node, 1)
+        out = self.call(torch.ops.aten.add.Tensor, self.real(a), self.real(b))
+        chain = [node]
+        relu_node = self._only_user(node)
+        if relu_node is not None and _is_relu(relu_node, self.modules):
+            chain.append(relu_node)
+            out = self.call(torch.relu, out)
+        grid = self._consumer_grid(chain[-1])
+        value = self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{node.name}.output")
+        for member in chain:
+            self.values[member] = value
+
+    def relu(self, node: fx.Node) -> _Value:
+        value = self._arg(node)
+        if value.grid is not None and value.grid.nonnegative:
+            return value
+        out = self.call(torch.relu, self.real(value))
+        return self.quantize(out, value.grid) if value.grid is not None else _Value(out)
+
+    def pool(self, node: fx.Node, keepdim: bool) -> _Value:
+        out = self.call(torch.ops.aten.mean.dim, self.real(self._arg(node)), [2, 3], True)
+        return _Value(out if keepdim else self.call(torch.ops.aten.flatten.using_ints, out, 1))
+
+    def max_pool(self, node: fx.Node, module: nn.MaxPool2d) -> _Value:
+        value = self._arg(node)
+        if module.ceil_mode or module.dilation not in (1, (1, 1)):
+            raise ExportError(f"{node.target}: MaxPool2d with ceil_mode or dilation has no integer export rule")
+        out = self.call(F.max_pool2d, self.real(value), module.kernel_size, module.stride, module.padding)
+        return self.quantize(out, value.grid) if value.grid is not None else _Value(out)
+
+    def module(self, node: fx.Node, module: nn.Module) -> None:
+        name = str(node.target)
+        if isinstance(module, QuantLayer):
+            self.quant_layer(node, module)
+            return
+        if isinstance(module, (nn.Identity, nn.Dropout)):
+            value = self._arg(node)
+        elif isinstance(module, nn.ReLU):
+            value = self.relu(node)
+        elif isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
+            value = self.pool(node, keepdim=True)
+        elif isinstance(module, nn.MaxPool2d):
+            value = self.max_pool(node, module)
+        elif isinstance(module, SwitchBatchNorm2d):
+            raise ExportError(f"{name}: a BatchNorm that does not follow a quantized layer cannot be folded "
+                              "into an integer kernel")
+        else:
+            raise ExportError(f"module {name} ({type(module).__name__}) has no integer export rule")
+        self.values[node] = value
+
+    def function(self, node: fx.Node) -> None:
+        target = node.target
+        if target is as_float_input:
+            self.values[node] = self._arg(node)
+        elif target in (operator.add, torch.add):
+            self.add(node)
+        elif target in (F.relu, torch.relu):
+            self.values[node] = self.relu(node)
+        elif target is torch.flatten or target == "flatten":
+            value = self._arg(node)
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            if start != 1:
+                raise ExportError(f"{node.name}: flatten from dimension {start} has no export rule (only 1)")
+            self.values[node] = _Value(self.call(torch.ops.aten.flatten.using_ints, self.real(value), 1))
+        elif target is F.adaptive_avg_pool2d and node.args[1] in (1, (1, 1)):
+            self.values[node] = self.pool(node, keepdim=True)
+        elif target == "mean" and list(node.args[1]) == [2, 3]:  # type: ignore[arg-type]
+            self.values[node] = self.pool(node, keepdim=bool(node.kwargs.get("keepdim", False)))
+        else:
+            raise ExportError(f"operation {node.name} ({target}) has no integer export rule")
+
+    def build(self) -> fx.GraphModule:
+        for node in self.source.nodes:
+            if node in self.values or node.op == "get_attr":
+                continue  # folded into a layer before, or only read by as_float_input for its dtype
+            if node.op == "placeholder":
+                x = self.graph.placeholder("images")
+                self.values[node] = self.quantize(x, IMAGE_GRID) if self.uint8_input else _Value(x)
+            elif node.op == "call_module":
+                self.module(node, self.modules[str(node.target)])
+            elif node.op in ("call_function", "call_method"):
+                self.function(node)
+            elif node.op == "output":
+                self.graph.output(self.real(self._arg(node)))
+        return fx.GraphModule(self.root, self.graph)
+
+
+def _pact_grid(layer: QuantLayer, name: str) -> Grid:
+    """The grid of the layer's own input codes at its current bit-width; what the int8 form cannot express is refused."""
+    if not layer.act_scheme.quantize_linear_exact:
+        raise ExportError(f"layer {name}: act_quant_scheme {layer.act_quant_scheme!r} cannot be exported; integer "
+                          "kernels round to codes with an integer zero point, which is the 'original' scheme only")
+    if layer.double_side:
+        raise ExportError(f"layer {name}: double_side activations need the zero point (2^b - 1) / 2, which is not "
+                          "an integer; export supports single-sided PACT only")
+    if layer.act_bits > 8:
+        raise ExportError(f"layer {name}: {layer.act_bits}-bit activations do not fit 8 bits")
+    return Grid.codes(layer.input_scale(), layer.input_max_code())
+
+
+def _batches(images: Tensor) -> Iterable[Tensor]:
+    for start in range(0, len(images), CALIBRATION_BATCH):
+        yield images[start:start + CALIBRATION_BATCH].float()
+
+
+@torch.no_grad()
+def integer_graph(model: nn.Module, bits: object, input_shape: tuple[int, int, int], calibration: Tensor,
+                  *, uint8_input: bool = True) -> IntegerGraph:
+    """`model` at `bits` as an all-integer graph, its 8-bit grids calibrated on `calibration` images.
+
+    `calibration`: training images as the model takes them (N x C x H x W; raw 0..255 pixels for
+    `uint8_input`, the models trained with `normalize: false`). The model's bit-width and mode are
+    restored. Raises ExportError (a ValueError) for what an integer graph cannot express.
+    """
+    weight_bits, act_bits = pair = parse_bits(bits)
+    if max(weight_bits, act_bits) > 8:
+        raise ExportError(f"an integer graph takes bits <= 8 (int8 kernels), got {format_bits(pair)}")
+    if len(calibration) == 0:
+        raise ExportError("an integer graph needs calibration images for its 8-bit grids; got none")
+    previous, was_training = get_bits(model), model.training
+    set_bits(model, format_bits(pair))
+    model.eval()
+    try:
+        source = trace_quantized(model)
+        observing = _Builder(model, source, uint8_input, ranges=None)
+        calibrating = observing.build()
+        for batch in _batches(calibration):
+            calibrating(batch)
+        ranges = {key: (o.low, o.high) for key, o in observing.observers.items()}
+        builder = _Builder(model, source, uint8_input, ranges=ranges)
+        module = builder.build()
+    finally:
+        set_bits(model, previous)
+        model.train(was_training)
+    return IntegerGraph(module, format_bits(pair), tuple(input_shape), uint8_input,  # type: ignore[arg-type]
+                        builder.requantized_weights)

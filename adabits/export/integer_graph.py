@@ -252,14 +252,17 @@ class _Builder:
     def _integer_layer(self, name: str, layer: QuantLayer, folded: FoldedLayer, source: _Value,
                        chain: list[fx.Node]) -> _Value:
         codes = self._layer_input(layer, name, source)
-        assert codes.grid is not None  # _layer_input returns int8 codes
-        weight, weight_scale = self._int8_weight(name, folded, codes.grid)
-        bias_scale = (np.float32(codes.grid.scale) * weight_scale).astype(np.float32)
-        bias = (np.round(folded.bias / bias_scale.astype(np.float64)) * bias_scale).astype(np.float32)
-        w = self.call(DEQUANTIZE_CHANNELS, self.const(torch.from_numpy(weight), f"{name}.weight_int8"),
-                      self.const(torch.from_numpy(weight_scale), f"{name}.weight_scale"),
-                      self.const(torch.zeros(len(weight_scale), dtype=torch.int64), f"{name}.weight_zero"),
-                      0, INT8_MIN, INT8_MAX, torch.int8)
+        if codes.grid is None:  # the calibration pass: an input still to be observed runs the float layer
+            w = self.const(torch.from_numpy(folded.float_weight().astype(np.float32)), f"{name}.weight")
+            bias = folded.bias.astype(np.float32)
+        else:
+            weight, weight_scale = self._int8_weight(name, folded, codes.grid)
+            bias_scale = (np.float32(codes.grid.scale) * weight_scale).astype(np.float32)
+            bias = (np.round(folded.bias / bias_scale.astype(np.float64)) * bias_scale).astype(np.float32)
+            w = self.call(DEQUANTIZE_CHANNELS, self.const(torch.from_numpy(weight), f"{name}.weight_int8"),
+                          self.const(torch.from_numpy(weight_scale), f"{name}.weight_scale"),
+                          self.const(torch.zeros(len(weight_scale), dtype=torch.int64), f"{name}.weight_zero"),
+                          0, INT8_MIN, INT8_MAX, torch.int8)
         out = self._kernel(layer, self.real(codes), w, self.const(torch.from_numpy(bias), f"{name}.bias"))
         out.meta["layer"] = name
         end = chain[-1]
@@ -276,8 +279,9 @@ class _Builder:
         relu_node = self._only_user(node)
         if relu_node is not None and _is_relu(relu_node, self.modules):
             chain.append(relu_node)
-            out = self.call(torch.relu, out)
         grid = self._consumer_grid(chain[-1])
+        if grid is not None or len(chain) > 1:  # PACT clips at 0: a ReLU the kernel fuses
+            out = self.call(torch.relu, out)
         value = self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{node.name}.output")
         for member in chain:
             self.values[member] = value

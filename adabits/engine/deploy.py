@@ -31,7 +31,10 @@ from .evaluation import evaluate
 from .loading import SHAPE_KEY, TrainedModel, load_trained, run_dir, shape_record
 from .report import eval_table, show_bits
 
-EXPORT_FORMATS = ("packed", "onnx")
+EXPORT_FORMATS = ("packed", "onnx", "pte")
+ONNX_GRAPHS = ("integer", "mixed")
+#: training images the 8-bit grids of an integer graph are calibrated on (residual adds, float-fed inputs)
+CALIBRATION_IMAGES = 512
 
 
 def parse_bits_option(value: Any) -> Bits:
@@ -151,27 +154,105 @@ def _float_checkpoint_bytes(model: nn.Module) -> int:
 
 
 def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, bias: Any = None,
-           from_start: bool = False) -> str:
-    """Write the trained model as one packed file (every bit-width) or as ONNX at one bit-width
-    (`bias`: how the ONNX graph applies the folded BN shift, see `export_onnx`). Reads no data."""
+           from_start: bool = False, graph: str = "integer", calibration_images: int = CALIBRATION_IMAGES) -> str:
+    """Write the trained model as one packed file (every bit-width), one `.pte` (a method per
+    bit-width) or ONNX (a folder with a file per bit-width, or the file of `bits`).
+
+    `pte` and ONNX's default `graph=integer` are all-integer graphs (`export/integer_graph.py`),
+    calibrated on `calibration_images` training images; `graph=mixed` is the earlier ONNX form
+    (integer kernels only where a conv feeds quantized layers; `bias` chooses how it applies the
+    folded BN shift, see `export_onnx`), which reads no data and also exports 32 bits."""
     from ..export.onnx import BIAS_MODES
 
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
-    if bias is not None and fmt != "onnx":
-        raise UserError("bias=... applies to --format onnx only")
+    if graph not in ONNX_GRAPHS:
+        raise UserError(f"graph must be one of {', '.join(ONNX_GRAPHS)}; got {graph!r}")
+    mixed = fmt == "onnx" and graph == "mixed"
+    if bias is not None and not mixed:
+        raise UserError("bias=... applies to --format onnx graph=mixed only")
     bias = BIAS_MODES[0] if bias is None else bias
     if bias not in BIAS_MODES:
         raise UserError(f"bias must be one of {', '.join(BIAS_MODES)}; got {bias!r}")
-    if fmt == "onnx" and bits is None:
-        raise UserError("ONNX export needs bits=B (one bit-width of the model; 32 exports float)")
+    if mixed and bits is None:
+        raise UserError("ONNX export with graph=mixed needs bits=B (one bit-width of the model; 32 exports float)")
+    if calibration_images < 1:
+        raise UserError(f"calibration_images must be at least 1, got {calibration_images}")
     trained = load_trained(cfg, from_start=from_start)
+    chosen = None if bits is None else _of_model(bits, trained.bits_list)
     try:
-        text = (_export_packed(cfg, trained, out) if fmt == "packed"
-                else _export_onnx(cfg, trained, _of_model(bits, trained.bits_list), out, bias))
+        if fmt == "packed":
+            text = _export_packed(cfg, trained, out)
+        elif mixed:
+            assert chosen is not None
+            text = _export_onnx(cfg, trained, chosen, out, bias)
+        else:
+            text = _export_integer(cfg, trained, fmt, chosen, out, calibration_images)
     except OSError as exc:
         raise UserError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     return _notes(trained) + text
+
+
+def _calibration_images(cfg: TrainConfig, count: int) -> torch.Tensor:
+    """The first `count` training images, as the model takes them (the training loader's order)."""
+    loader, _ = build_loader(cfg, "train", torch.device("cpu"))
+    batches, taken = [], 0
+    for images, _labels in loader:
+        batches.append(images)
+        taken += len(images)
+        if taken >= count:
+            break
+    return torch.cat(batches)[:count]
+
+
+def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bits | None, out: str | None,
+                    count: int) -> str:
+    from ..export.integer_graph import integer_graph
+
+    integer_bits = [b for b in trained.bits_list if max(parse_bits(b)) <= 8]
+    order = [bits] if bits is not None else integer_bits
+    if not order or (bits is not None and bits not in integer_bits):
+        raise ExportError(f"an all-integer {fmt} export takes bit-widths <= 8; this model has "
+                          f"{show_bits(trained.bits_list)}" + (" (use --format onnx graph=mixed bits=32 for float)"
+                                                               if fmt == "onnx" else ""))
+    shape = trained.shape
+    input_shape = (shape.in_chans, shape.image_size, shape.image_size)
+    images = _calibration_images(cfg, count)
+    try:
+        graphs = [integer_graph(trained.model, b, input_shape, images, uint8_input=not cfg.normalize) for b in order]
+    except ValueError as exc:
+        raise ExportError(f"{fmt} export: {exc}") from None
+    notes = sorted({f"\nnote: at {bits_label(g.bits)}, 9-bit weight codes of {', '.join(g.requantized_weights)} "
+                    "were requantized to int8 (per channel)" for g in graphs if g.requantized_weights})
+    calibrated = f"8-bit grids calibrated on {len(images)} training images"
+    if fmt == "pte":
+        from ..export.pte import export_pte
+
+        target = Path(out) if out else run_dir(cfg) / "model.pte"
+        try:
+            export_pte(graphs, target)
+        except ImportError:
+            raise UserError("--format pte needs ExecuTorch: pip install 'adabits[pte]' && pip install --no-deps "
+                            "executorch==1.5.1 torchao==0.18.0") from None
+        return (f"wrote {target} ({target.stat().st_size:,} bytes): methods "
+                f"{', '.join(_method_names(graphs))}; {calibrated}" + "".join(notes))
+    from ..export.onnx_integer import export_integer_onnx, write_onnx_folder
+
+    try:
+        if bits is not None:
+            target = Path(out) if out else run_dir(cfg) / f"model_{bits_tag(bits)}.onnx"
+            export_integer_onnx(graphs[0], target)
+        else:
+            target = write_onnx_folder(graphs, Path(out) if out else run_dir(cfg) / "onnx")
+    except ImportError:
+        raise UserError("ONNX export needs the onnx package: pip install 'adabits[onnx]'") from None
+    return f"wrote {target} ({', '.join(_bits_words(g.bits) for g in graphs)}, all-integer); {calibrated}" + "".join(notes)
+
+
+def _method_names(graphs: list) -> list[str]:
+    from ..export.pte import method_name
+
+    return [method_name(g.bits) for g in graphs]
 
 
 def _export_packed(cfg: TrainConfig, trained: TrainedModel, out: str | None) -> str:

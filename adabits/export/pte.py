@@ -4,7 +4,7 @@ Each bit-width's `IntegerGraph` is exported with `torch.export` (batch dimension
 set is lowered together, so the weights of every bit-width sit in one program and switching
 bit-width is choosing a method (`forward_8`, `forward_4`, `forward_w4a8`): nothing is reloaded.
 The file needs ExecuTorch's runtime alone; its constant methods say what it holds
-(`bits_list`, `input_shape`, `uint8_input`: see `adabits.runtime`).
+(`bits_list`, their `method_names`, `input_shape`, `uint8_input`: see `adabits.runtime`).
 
 Sub-8-bit weight codes are stored in int8 containers (quant range -128..127): XNNPACK reads a
 4-bit range as its 4-bit path, which holds 2-D weights only and fails on convolutions. The packed
@@ -44,7 +44,8 @@ def lowered_program(graphs: Sequence[IntegerGraph]):  # type: ignore[no-untyped-
     (shape,) = shapes
     example = torch.zeros(2, *shape)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    constants = {"bits_list": [str(g.bits) for g in graphs], "input_shape": list(shape),
+    constants = {"bits_list": [str(g.bits) for g in graphs], "method_names": [method_name(g.bits) for g in graphs],
+                 "input_shape": list(shape),
                  "uint8_input": graphs[0].uint8_input}
     # PyTorch's choice of a CPU conv backend branches on batch >= 16 (MKL-DNN, NNPACK); traced with a
     # symbolic batch, that branch would bound the program's batch to one side of 16

@@ -12,6 +12,7 @@ onnxruntime, executorch and torchao are imported inside the functions: they are 
 from __future__ import annotations
 
 import contextlib
+import operator
 import tempfile
 import warnings
 from collections import Counter
@@ -278,8 +279,6 @@ def _float_ops(program: torch.export.ExportedProgram) -> Counter[str]:
     with its scale), a constant of the subgraph (weights, biases: XNNPACK packs them, the bias as int32),
     or the single-use output of an op that reads integer data itself (the activation XNNPACK fuses into
     the convolution before it, as in dequantize -> conv -> relu -> quantize)."""
-    import operator
-
     constants = {node.name for node in program.graph.nodes if node.op == "placeholder"} - set(
         program.graph_signature.user_inputs)
     integer: set[str] = set()
@@ -303,8 +302,6 @@ def delegated_op_counts(edge: EdgeProgramManager, method: str = "forward") -> De
 
     getitem nodes (they unpack a delegate's outputs and run nothing) and the size reads of a dynamic batch
     (`sym_size`) are not counted as ops."""
-    import operator
-
     graph_module = edge.exported_program(method).graph_module
     delegated: Counter[str] = Counter()
     outside: Counter[str] = Counter()

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from .engine import Interrupted, Trainer, deploy, distributed, load_config
 from .engine.config import TrainConfig
-from .engine.deploy import EXPORT_FORMATS, parse_bits_option
+from .engine.deploy import CALIBRATION_IMAGES, EXPORT_FORMATS, ONNX_GRAPHS, parse_bits_option
 from .engine.report import eval_table
 from .errors import ConfigError, UserError
 
@@ -33,7 +33,9 @@ examples:
   adabits profile app:apps/fashion_mnist/q_resnet20_adabits.yml [bits=4] [verbose=true]
   adabits calibrate app:apps/fashion_mnist/q_resnet20_adabits.yml bits=7 [num_batches=50] [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format packed [out=PATH]
-  adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx bits=8 [bias=int32_fine|int32|float] [out=PATH]
+  adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format pte [bits=B] [calibration_images=512] [out=PATH]
+  adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx [bits=B] [calibration_images=512] [out=PATH]
+  adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx graph=mixed bits=8 [bias=int32_fine|int32|float]
 bit-widths:
   bits=B or bits=[WEIGHT_BITS,ACT_BITS] (bits_list=[[4,8],8] in a config); 32 = full precision
 weights:
@@ -46,7 +48,7 @@ COMMANDS = {
     "test": "evaluate every bit-width of a trained model",
     "profile": "MACs, parameters, BitOPs and model size per bit-width",
     "calibrate": "add a bit-width to a trained model by re-estimating its BN statistics",
-    "export": "write the trained model as one packed file (every bit-width) or as ONNX at one bit-width",
+    "export": "write the trained model as one packed file or one .pte (every bit-width), or as ONNX",
 }
 
 
@@ -93,6 +95,12 @@ def _bias(value: Any) -> str:
     return str(value)
 
 
+def _graph(value: Any) -> str:
+    if value not in ONNX_GRAPHS:
+        raise ConfigError(f"graph must be one of {', '.join(ONNX_GRAPHS)}; got {value!r}")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class CommandKey:
     """A `key=value` argument of a command itself: its default and how its (YAML) value is checked."""
@@ -112,7 +120,9 @@ COMMAND_KEYS: dict[str, dict[str, CommandKey]] = {
     "calibrate": {"bits": CommandKey(None, parse_bits_option), "num_batches": CommandKey(50, _positive_int("num_batches")),
                   "out": CommandKey(None, _out, raw=True), "from_start": FROM_START},
     "export": {"bits": CommandKey(None, parse_bits_option), "out": CommandKey(None, _out, raw=True),
-               "bias": CommandKey(None, _bias), "from_start": FROM_START},
+               "bias": CommandKey(None, _bias), "graph": CommandKey("integer", _graph),
+               "calibration_images": CommandKey(CALIBRATION_IMAGES, _positive_int("calibration_images")),
+               "from_start": FROM_START},
 }
 
 
@@ -154,8 +164,9 @@ def _add_arguments(parser: argparse.ArgumentParser, name: str) -> argparse.Argum
     parser.add_argument("--keys", action="store_true", help="list every config key with its default and exit")
     if name == "export":
         parser.add_argument("--format", choices=EXPORT_FORMATS, default="packed",
-                            help="packed: one safetensors file for every bit-width; onnx: a QDQ graph at bits=B "
-                                 "(may stand anywhere among the other arguments)")
+                            help="packed: one safetensors file for every bit-width; pte: one ExecuTorch program, a method "
+                                 "per bit-width; onnx: a folder with an all-integer graph per bit-width, or the "
+                                 "file of bits=B (may stand anywhere among the other arguments)")
     return parser
 
 
@@ -211,7 +222,7 @@ def run(command: str, args: list[str], export_format: str = "packed") -> int:
         return 0
     if command == "export":
         print(deploy.export(cfg, export_format, options["bits"], options["out"], options["bias"],
-                            options["from_start"]))
+                            options["from_start"], options["graph"], options["calibration_images"]))
         return 0
     if cfg.test_only and not distributed.detect(cfg.distributed).enabled:
         print(deploy.evaluate_trained(cfg, options.get("from_start", False)))

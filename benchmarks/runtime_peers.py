@@ -11,13 +11,8 @@ onnxruntime, executorch and torchao are imported inside the functions: they are 
 """
 from __future__ import annotations
 
-import contextlib
-import operator
 import tempfile
 import warnings
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +21,7 @@ import torch
 from torch import nn
 
 from adabits.export.onnx_session import cpu_session
+from adabits.export.pte import export_program, lower_xnnpack, to_pte
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -127,70 +123,10 @@ def ort_int8_peer(float_onnx_path: str | Path, calibration: torch.Tensor, path: 
 # ---------------------------------------------------------------------------------------------- ExecuTorch
 
 
-@contextlib.contextmanager
-def _batch_free_conv_tracing() -> Iterator[None]:
-    """Lowering to XNNPACK re-traces the graph with fake tensors; torch's fake convolution asks which eager
-    CPU backend (MKLDNN, NNPACK) it would pick, and both choices test `batch >= 16`. On a symbolic batch
-    that test becomes a guard that silently narrows the batch range to one side of 16, and ExecuTorch then
-    plans memory for 15 images at most. With both backends off while lowering and serializing, no such test
-    is made (this changes only which eager kernel a fake tensor pretends to use, never a result)."""
-    with torch.backends.mkldnn.flags(enabled=False), torch.backends.nnpack.flags(enabled=False):
-        yield
-
-
-def _export(model: nn.Module | torch.fx.GraphModule, example: torch.Tensor,
-            max_batch: int | None) -> torch.export.ExportedProgram:
-    """torch.export of `model` on `example`; with `max_batch`, the batch dimension is dynamic in [1, max_batch]
-    (None: every dimension fixed at `example`'s shape)."""
-    if max_batch is None:
-        return torch.export.export(model, (example,))
-    if max_batch < 2 or example.shape[0] > max_batch:
-        raise ValueError(f"max_batch must be at least 2 and the example's batch ({example.shape[0]}); got "
-                         f"{max_batch} (None fixes the batch)")
-    if example.shape[0] == 1:
-        # torch.export specializes a dimension traced at size 1 to the constant 1
-        example = torch.cat([example, example])
-    return torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=max_batch)},))
-
-
-def _inferred_batch_reshapes(graph_module: torch.fx.GraphModule) -> Any:
-    """An edge pass: a reshape to [batch, features] with a symbolic batch becomes one to [-1, features].
-
-    The flatten before the classifier reshapes to the input's symbolic batch size, which XNNPACK does not
-    take (it takes one inferred dimension instead), so that one op would stay in the portable runtime and
-    split the graph into two delegates. Where exactly one dimension is symbolic and the others are fixed,
-    -1 infers the same size."""
-    from torch.fx.passes.infra.pass_base import PassResult
-
-    changed = False
-    for node in graph_module.graph.nodes:
-        if node.op != "call_function" or _op_name(node.target) != "view_copy.default":
-            continue
-        shape = list(node.args[1])
-        symbolic = [index for index, size in enumerate(shape) if not isinstance(size, int)]
-        if len(symbolic) == 1 and -1 not in shape:
-            shape[symbolic[0]] = -1
-            node.args = (node.args[0], shape, *node.args[2:])
-            changed = True
-    if changed:
-        graph_module.graph.eliminate_dead_code()
-        graph_module.recompile()
-    return PassResult(graph_module, changed)
-
-
-def _lower_xnnpack(program: torch.export.ExportedProgram) -> EdgeProgramManager:
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
-    with _batch_free_conv_tracing():
-        return to_edge_transform_and_lower(program, transform_passes=[_inferred_batch_reshapes],
-                                           partitioner=[XnnpackPartitioner()])
-
-
 def float32_edge(model: nn.Module, example: torch.Tensor, max_batch: int | None = MAX_BATCH) -> EdgeProgramManager:
     """The float model lowered to XNNPACK, before serialization (see `delegated_op_counts`)."""
     with torch.no_grad():
-        return _lower_xnnpack(_export(_require_eval(model), example, max_batch))
+        return lower_xnnpack(export_program(_require_eval(model), example, max_batch))
 
 
 def int8_peer_edge(model: nn.Module, example: torch.Tensor, calibration: torch.Tensor,
@@ -211,18 +147,11 @@ def int8_peer_edge(model: nn.Module, example: torch.Tensor, calibration: torch.T
     with torch.no_grad():
         # the observed graph takes any batch up to the calibration chunk's, whatever the program's batch is
         calibration_batch = max(CALIBRATION_CHUNK, example.shape[0], max_batch or 0)
-        prepared = prepare_pt2e(_export(_require_eval(model), example, calibration_batch).module(), quantizer)
+        prepared = prepare_pt2e(export_program(_require_eval(model), example, calibration_batch).module(), quantizer)
         for chunk in _chunks(calibration):
             prepared(chunk)
         converted = convert_pt2e(prepared)
-        return _lower_xnnpack(_export(converted, example, max_batch))
-
-
-def to_pte(edge: EdgeProgramManager) -> bytes:
-    """The .pte program of an edge program. Serializing re-traces the delegates, so it runs under
-    `_batch_free_conv_tracing` too (a plain `edge.to_executorch()` would cap a dynamic batch at 15)."""
-    with _batch_free_conv_tracing():
-        return edge.to_executorch().buffer
+        return lower_xnnpack(export_program(converted, example, max_batch))
 
 
 def pte_float32(model: nn.Module, example: torch.Tensor, max_batch: int | None = MAX_BATCH) -> bytes:
@@ -237,88 +166,6 @@ def pte_int8_peer(model: nn.Module, example: torch.Tensor, calibration: torch.Te
                   max_batch: int | None = MAX_BATCH) -> bytes:
     """The int8 peer in ExecuTorch: `int8_peer_edge` serialized to a .pte program; batch as in `pte_float32`."""
     return to_pte(int8_peer_edge(model, example, calibration, max_batch))
-
-
-@dataclass(frozen=True)
-class DelegationCounts:
-    """How an edge program splits between XNNPACK and the portable runtime.
-
-    delegate_calls: executorch_call_delegate nodes (one per XNNPACK subgraph); delegated_ops: the ops
-    inside those subgraphs, by name (quantize/dequantize included: XNNPACK folds them into its integer
-    kernels); outside_ops: the ops the portable runtime runs, by name; float_ops: the delegated compute
-    ops (not quantize/dequantize) that read a float tensor, i.e. that run on float data (see
-    `delegated_op_counts`). An all-integer program has no outside_ops and no float_ops."""
-
-    delegate_calls: int
-    delegated_ops: Counter[str]
-    outside_ops: Counter[str]
-    float_ops: Counter[str]
-
-    @property
-    def all_delegated(self) -> bool:
-        return not self.outside_ops
-
-    @property
-    def all_integer(self) -> bool:
-        return self.all_delegated and not self.float_ops
-
-
-def _op_name(target: Any) -> str:
-    name = getattr(target, "__name__", None) or str(target)
-    return name.removeprefix("aten.")
-
-
-def _is_qdq(name: str) -> bool:
-    return name.startswith("quantized_decomposed.")
-
-
-def _float_ops(program: torch.export.ExportedProgram) -> Counter[str]:
-    """The compute ops of one delegated subgraph that read float data.
-
-    An op reads integer data when each of its tensor arguments is a dequantize output (an int8 tensor
-    with its scale), a constant of the subgraph (weights, biases: XNNPACK packs them, the bias as int32),
-    or the single-use output of an op that reads integer data itself (the activation XNNPACK fuses into
-    the convolution before it, as in dequantize -> conv -> relu -> quantize)."""
-    constants = {node.name for node in program.graph.nodes if node.op == "placeholder"} - set(
-        program.graph_signature.user_inputs)
-    integer: set[str] = set()
-    floating: Counter[str] = Counter()
-    for node in program.graph.nodes:
-        if node.op != "call_function" or node.target is operator.getitem or _is_qdq(_op_name(node.target)):
-            continue
-        reads_integer = all(
-            (arg.op == "call_function" and _op_name(arg.target).startswith("quantized_decomposed.dequantize"))
-            or arg.name in constants or (arg.name in integer and len(arg.users) == 1)
-            for arg in node.all_input_nodes)
-        if reads_integer:
-            integer.add(node.name)
-        else:
-            floating[_op_name(node.target)] += 1
-    return floating
-
-
-def delegated_op_counts(edge: EdgeProgramManager, method: str = "forward") -> DelegationCounts:
-    """`DelegationCounts` of one method of an edge program (what `float32_edge` / `int8_peer_edge` return).
-
-    getitem nodes (they unpack a delegate's outputs and run nothing) and the size reads of a dynamic batch
-    (`sym_size`) are not counted as ops."""
-    graph_module = edge.exported_program(method).graph_module
-    delegated: Counter[str] = Counter()
-    outside: Counter[str] = Counter()
-    floating: Counter[str] = Counter()
-    calls = 0
-    for node in graph_module.graph.nodes:
-        if node.op != "call_function" or node.target is operator.getitem:
-            continue
-        if _op_name(node.target) == "executorch_call_delegate":
-            calls += 1
-            inner = getattr(graph_module, node.args[0].target).original_module
-            delegated.update(_op_name(op.target) for op in inner.graph.nodes
-                             if op.op == "call_function" and op.target is not operator.getitem)
-            floating.update(_float_ops(inner))
-        elif "sym_size" not in _op_name(node.target):
-            outside[_op_name(node.target)] += 1
-    return DelegationCounts(calls, delegated, outside, floating)
 
 
 class PteRunner:

@@ -57,7 +57,10 @@ def test_calibrate_then_test_and_export_the_new_bit_width(trained, capsys, tmp_p
 @pytest.mark.parametrize("extra, fragment", [
     (["calibrate"], "calibrate needs bits=B"),
     (["calibrate", "bits=8"], "bits=8 is already a bit-width of this model"),
-    (["export", "--format", "onnx"], "ONNX export needs bits=B"),
+    (["export", "--format", "onnx", "graph=mixed"], "ONNX export with graph=mixed needs bits=B"),
+    (["export", "--format", "onnx", "graph=fused"], "graph must be one of integer, mixed; got 'fused'"),
+    (["export", "--format", "onnx", "bits=8", "bias=float"], "bias=... applies to --format onnx graph=mixed only"),
+    (["export", "--format", "pte", "calibration_images=0"], "calibration_images must be"),
     (["export", "--format", "onnx", "bits=5"], "bits=5 is not a bit-width of this model; allowed: [8, 4]"),
     (["profile", "bits=3"], "bits=3 is not a bit-width of this model"),
 ])
@@ -74,15 +77,15 @@ def test_onnx_export_names_the_layers_it_cannot_express(trained, capsys, tmp_pat
     assert main(["train", *tiny_args(log_dir, num_epochs=1)]) == 0  # the tiny config's `centered` weights
     capsys.readouterr()
     # 9-bit weight codes: the layers that would be integer kernels run as float ones, named in a note
-    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8"]) == 0
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "graph=mixed", "bits=8"]) == 0
     out = capsys.readouterr().out
     assert "8 bits, bias int32_fine: 0 of 10 layers as integer kernels" in out
     assert "note: 3 layer(s) run as float kernels" in out
     assert "layers.0.conv1" in out
-    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8", "bias=float"]) == 0
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "graph=mixed", "bits=8", "bias=float"]) == 0
     out = capsys.readouterr().out
     assert "8 bits, bias float: 0 of 10 layers as integer kernels" in out and "note:" not in out
-    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=4"]) == 0
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "graph=mixed", "bits=4"]) == 0
     assert "4 bits, bias int32_fine: 3 of 10 layers as integer kernels" in capsys.readouterr().out
     # what the integer format cannot express at all is an error naming the layer
     log_dir = tmp_path / "act_modified"
@@ -90,7 +93,39 @@ def test_onnx_export_names_the_layers_it_cannot_express(trained, capsys, tmp_pat
     capsys.readouterr()
     assert main(["export", "--format", "onnx", *tiny_args(log_dir, act_quant_scheme="modified"), "bits=4"]) == 2
     assert "layer layers.0.conv1: act_quant_scheme 'modified' cannot be exported" in capsys.readouterr().err
-    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=4", "bias=int16"]) == 2
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "graph=mixed", "bits=4", "bias=int16"]) == 2
     assert "bias must be one of int32_fine, int32, float; got 'int16'" in capsys.readouterr().err
     assert main(["export", "--format", "packed", *tiny_args(log_dir), "bias=float"]) == 2
-    assert "bias=... applies to --format onnx only" in capsys.readouterr().err
+    assert "bias=... applies to --format onnx graph=mixed only" in capsys.readouterr().err
+
+
+def test_pte_and_onnx_exports_run_every_bit_width_in_their_runtimes(trained, capsys, tmp_path) -> None:
+    """One .pte (a method per bit-width) and an ONNX folder, loaded by adabits.runtime, compute what
+    the integer graph of each bit-width computes, and follow the fake-quant model."""
+    pytest.importorskip("executorch")
+    pytest.importorskip("onnxruntime")
+    from adabits.engine import load_config, load_trained
+    from adabits.runtime import load, pick_bits
+
+    pte = tmp_path / "model.pte"
+    assert main(["export", "--format", "pte", *args(trained, f"out={pte}", "calibration_images=64")]) == 0
+    out = capsys.readouterr().out
+    assert "methods forward_8, forward_4" in out and "calibrated on 64 training images" in out
+    folder = tmp_path / "onnx"
+    assert main(["export", "--format", "onnx", *args(trained, f"out={folder}", "calibration_images=64")]) == 0
+    assert "all-integer" in capsys.readouterr().out
+    model = load_trained(load_config(args(trained), require_app=False).config).model
+    images = torch.randint(0, 256, (16, 1, 8, 8)).float()
+    for runtime in (load(pte), load(folder, threads=1)):
+        assert runtime.bits_list == ["8", "4"] and runtime.input_shape == (1, 8, 8) and runtime.uint8_input
+        for bits in (8, 4):
+            with adabits.use_bits(model, bits), torch.no_grad():
+                expected = model(images)
+            got = torch.from_numpy(runtime.run(images, bits=bits))
+            assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.9, (runtime.source, bits)
+        with pytest.raises(ValueError, match="bits=6 is not a bit-width"):
+            runtime.run(images, bits=6)
+        latency = runtime.measure_latency(batch=2, repeats=2)
+        assert set(latency) == {"8", "4"} and all(ms > 0 for ms in latency.values())
+        assert pick_bits(latency, budget_ms=max(latency.values())) == "8"
+        assert pick_bits(latency, budget_ms=0.0) is None

@@ -11,6 +11,7 @@ import adabits
 from adabits.export.onnx import optimized_op_counts
 from adabits.export.onnx_session import session_logits
 from adabits.quant.float_twin import float_twin
+from adabits.export.pte_delegation import delegated_op_counts
 from benchmarks import runtime_peers
 
 SHAPE = (1, 28, 28)
@@ -94,7 +95,7 @@ def test_ort_int8_peer_agrees_and_runs_integer_kernels(model, calibration, input
 
 def test_pte_float32_matches_the_model_at_any_batch(model, inputs):
     edge = runtime_peers.float32_edge(model, inputs[:2])
-    counts = runtime_peers.delegated_op_counts(edge)
+    counts = delegated_op_counts(edge)
     assert counts.delegate_calls == 1 and counts.all_delegated, counts
     assert counts.delegated_ops["convolution.default"] == counts.float_ops["convolution.default"] > 0
     assert not counts.all_integer
@@ -105,7 +106,7 @@ def test_pte_float32_matches_the_model_at_any_batch(model, inputs):
 
 def test_pte_int8_peer_agrees_and_is_all_integer(model, calibration, inputs):
     edge = runtime_peers.int8_peer_edge(model, inputs[:2], calibration)
-    counts = runtime_peers.delegated_op_counts(edge)
+    counts = delegated_op_counts(edge)
     assert counts.delegate_calls == 1 and counts.all_integer, counts
     assert counts.delegated_ops["quantized_decomposed.dequantize_per_channel.default"] > 0
     runner = runtime_peers.PteRunner(runtime_peers.to_pte(edge))

@@ -27,7 +27,8 @@ Only these nodes are translated; anything else raises ExportError naming the nod
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +293,24 @@ def integer_op_report(path: str | Path) -> dict[str, int]:
         "integer_add": ops["QLinearAdd"],
         "float_add": ops["Add"],
     }
+
+
+def write_onnx_folder(graphs: Sequence[IntegerGraph], folder: str | Path) -> Path:
+    """One ONNX file per bit-width in `folder` and the manifest `adabits.runtime.load` reads
+    (`adabits_onnx.json`: bit-widths, file names, input shape, uint8 input), each written atomically."""
+    from ..quant.bitwidth import bits_tag
+    from ..runtime import ONNX_MANIFEST
+
+    if not graphs:
+        raise ExportError("an ONNX folder needs at least one bit-width")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for graph in graphs:
+        name = f"model_{bits_tag(graph.bits)}.onnx"
+        export_integer_onnx(graph, folder / name)
+        files[str(graph.bits)] = name
+    manifest = {"files": files, "input_shape": list(graphs[0].input_shape), "uint8_input": graphs[0].uint8_input}
+    with atomic_write(folder / ONNX_MANIFEST) as f:
+        f.write(json.dumps(manifest, indent=2).encode())
+    return folder

@@ -193,7 +193,7 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
     return _notes(trained) + text
 
 
-def _calibration_images(cfg: TrainConfig, count: int) -> torch.Tensor:
+def calibration_images(cfg: TrainConfig, count: int) -> torch.Tensor:
     """The first `count` training images, as the model takes them (the training loader's order)."""
     loader, _ = build_loader(cfg, "train", torch.device("cpu"))
     batches, taken = [], 0
@@ -217,7 +217,7 @@ def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bit
                                                                if fmt == "onnx" else ""))
     shape = trained.shape
     input_shape = (shape.in_chans, shape.image_size, shape.image_size)
-    images = _calibration_images(cfg, count)
+    images = calibration_images(cfg, count)
     try:
         graphs = [integer_graph(trained.model, b, input_shape, images, uint8_input=not cfg.normalize) for b in order]
     except ValueError as exc:

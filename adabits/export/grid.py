@@ -32,10 +32,26 @@ class Grid:
         return cls(float(np.float32(scale)), 0, max_code)
 
     @classmethod
-    def covering(cls, low: float, high: float) -> Grid:
-        """The 8-bit grid of 256 codes whose range covers [low, high] (a calibrated tensor's range) and 0."""
+    def covering(cls, low: float, high: float, align: Grid | None = None) -> Grid:
+        """The 8-bit grid of 256 codes whose range covers [low, high] (a calibrated tensor's range) and 0.
+
+        With `align` (the grid the tensor is requantized onto next), the step is align.scale / k for
+        the largest odd k that still covers the range: every boundary between two codes of `align`
+        then falls on a boundary of this grid, so rounding here and then onto `align` gives the
+        codes rounding onto `align` directly would (k = 1 when nothing finer fits; no alignment when
+        even that would not cover the range)."""
         low, high = min(float(low), 0.0), max(float(high), 0.0)
-        scale = float(np.float32(max(high - low, 1e-8) / UINT8_MAX))
+        width = max(high - low, 1e-8)
+        scale = float(np.float32(width / UINT8_MAX))
+        if align is not None:
+            k = int(UINT8_MAX * align.scale / width)
+            k -= 1 - k % 2  # odd
+            while k >= 1:
+                fine = float(np.float32(align.scale / k))
+                if np.ceil(high / fine) - np.floor(low / fine) <= UINT8_MAX:
+                    bottom = int(np.floor(low / fine))
+                    return cls(fine, bottom, bottom + UINT8_MAX)
+                k -= 2
         bottom = max(int(np.round(low / scale)), -UINT8_MAX)
         return cls(scale, bottom, bottom + UINT8_MAX)
 

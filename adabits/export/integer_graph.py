@@ -106,11 +106,12 @@ class _Builder:
     """
 
     def __init__(self, model: nn.Module, source: fx.Graph, uint8_input: bool,
-                 ranges: dict[str, tuple[float, float]] | None) -> None:
+                 ranges: dict[str, tuple[float, float]] | None, align: bool = True) -> None:
         self.modules = dict(model.named_modules())
         self.source = source
         self.uint8_input = uint8_input
         self.ranges = ranges
+        self.align = align
         self.graph = fx.Graph()
         self.root = nn.Module()
         self.observers: dict[str, RangeObserver] = {}
@@ -142,14 +143,16 @@ class _Builder:
         node.meta["grid"] = grid
         return node
 
-    def calibrated(self, x: fx.Node, key: str) -> _Value:
-        """`x` on the 8-bit grid that covers its calibrated range (or observed, in the calibration pass)."""
+    def calibrated(self, x: fx.Node, key: str, source: fx.Node | None = None) -> _Value:
+        """`x` on the 8-bit grid that covers its calibrated range (or observed, in the calibration pass),
+        aligned to the PACT grid the source node's value is requantized onto next."""
         if self.ranges is None:
             observer = self.observers.setdefault(key, RangeObserver())
             name = f"observer_{len(self.observers)}"
             self.root.add_module(name, observer)
             return _Value(self.graph.call_module(name, (x,)))
-        return self.quantize(x, Grid.covering(*self.ranges[key]))
+        align = self._next_pact_grid(source) if source is not None and self.align else None
+        return self.quantize(x, Grid.covering(*self.ranges[key], align=align))
 
     def on_grid(self, value: _Value, grid: Grid) -> _Value:
         """`value` requantized onto `grid` (PACT's codes: below 0 clipped by a ReLU, above by saturation)."""
@@ -179,6 +182,23 @@ class _Builder:
             else:
                 return None
         return grids.pop() if len(grids) == 1 else None
+
+    def _next_pact_grid(self, node: fx.Node) -> Grid | None:
+        """The PACT grid of the first quantized layer that `node`'s value reaches (through ReLUs,
+        identities and residual adds), nearest first."""
+        pending, seen = list(node.users), set()
+        while pending:
+            user = pending.pop(0)
+            if user in seen:
+                continue
+            seen.add(user)
+            module = self.modules.get(str(user.target)) if user.op == "call_module" else None
+            if isinstance(module, QuantLayer) and module.quantizes_input:
+                return _pact_grid(module, str(user.target))
+            if (_is_relu(user, self.modules) or _is_passthrough(user, self.modules)
+                    or (user.op == "call_function" and user.target in (operator.add, torch.add))):
+                pending.extend(user.users)
+        return None
 
     def _arg(self, node: fx.Node, index: int = 0) -> _Value:
         source = node.args[index]
@@ -269,7 +289,7 @@ class _Builder:
         grid = self._consumer_grid(end)
         if grid is not None or _is_relu(end, self.modules):  # PACT clips at 0: a ReLU the kernel fuses
             out = self.call(torch.relu, out)
-        return self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{name}.output")
+        return self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{name}.output", end)
 
     # ------------------------------------------------------------------ other ops
     def add(self, node: fx.Node) -> None:
@@ -282,7 +302,7 @@ class _Builder:
         grid = self._consumer_grid(chain[-1])
         if grid is not None or len(chain) > 1:  # PACT clips at 0: a ReLU the kernel fuses
             out = self.call(torch.relu, out)
-        value = self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{node.name}.output")
+        value = self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{node.name}.output", chain[-1])
         for member in chain:
             self.values[member] = value
 
@@ -381,7 +401,7 @@ def _batches(images: Tensor) -> Iterable[Tensor]:
 
 @torch.no_grad()
 def integer_graph(model: nn.Module, bits: object, input_shape: tuple[int, int, int], calibration: Tensor,
-                  *, uint8_input: bool = True) -> IntegerGraph:
+                  *, uint8_input: bool = True, align_grids: bool = True) -> IntegerGraph:
     """`model` at `bits` as an all-integer graph, its 8-bit grids calibrated on `calibration` images.
 
     `calibration`: training images as the model takes them (N x C x H x W; raw 0..255 pixels for
@@ -403,7 +423,7 @@ def integer_graph(model: nn.Module, bits: object, input_shape: tuple[int, int, i
         for batch in _batches(calibration):
             calibrating(batch)
         ranges = {key: (o.low, o.high) for key, o in observing.observers.items()}
-        builder = _Builder(model, source, uint8_input, ranges=ranges)
+        builder = _Builder(model, source, uint8_input, ranges=ranges, align=align_grids)
         module = builder.build()
     finally:
         set_bits(model, previous)

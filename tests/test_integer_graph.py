@@ -6,7 +6,7 @@ import torch
 
 import adabits
 from adabits.errors import ExportError
-from adabits.export.grid import Grid
+from adabits.quant.grid import Grid
 from adabits.export.integer_graph import QUANTIZE, integer_graph
 from adabits.quant.layers import QuantLayer
 

@@ -92,6 +92,9 @@ class TrainConfig(BaseModel):
     stats_sharing: bool = False
     pact_fp: bool = False
     double_side: bool = False
+    # residual adds compute what an integer runtime computes: inputs and output on 8-bit grids
+    # (adabits/quant/residual.py); the all-integer export then equals the model
+    quantize_residual: bool = False
     # PACT clipping levels at the start: "fixed" (8 conv / 10 linear, as the original) or "mse"
     # (per bit-width, least quantization error on alpha_init_batches training batches)
     alpha_init: Literal["fixed", "mse"] = "fixed"

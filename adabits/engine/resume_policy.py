@@ -34,6 +34,7 @@ RESUME_RULES: dict[str, tuple[str, str]] = {
         "model", "depth", "model_options", "num_classes", "in_chans", "image_size", "bits_list",
         "adaptive_training", "weight_only", "weight_quant_scheme", "act_quant_scheme", "clamp", "rescale",
         "rescale_conv", "rescale_type", "switchbn", "switch_alpha", "stats_sharing", "pact_fp", "double_side",
+        "quantize_residual",
         "normalize", "sync_bn")},
     **{key: (FIXED, _DATA) for key in (
         "dataset", "data_transforms", "data_loader", "drop_last", "batch_size", "crop_padding", "random_flip",

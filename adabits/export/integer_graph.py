@@ -41,7 +41,8 @@ from ..errors import ExportError
 from ..models.common import as_float_input
 from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, set_bits
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
-from .grid import INT8_MAX, INT8_MIN, Grid
+from ..quant.residual import QuantAdd
+from ..quant.grid import INT8_MAX, INT8_MIN, Grid
 from .int8_layer import FoldedLayer, fold_layer, weight_multipliers
 from .trace import trace_quantized
 
@@ -143,16 +144,17 @@ class _Builder:
         node.meta["grid"] = grid
         return node
 
-    def calibrated(self, x: fx.Node, key: str, source: fx.Node | None = None) -> _Value:
+    def calibrated(self, x: fx.Node, key: str, source: fx.Node | None = None, min_scale: float = 0.0) -> _Value:
         """`x` on the 8-bit grid that covers its calibrated range (or observed, in the calibration pass),
-        aligned to the PACT grid the source node's value is requantized onto next."""
+        aligned to the PACT grid the source node's value is requantized onto next; a step of at least
+        `min_scale`."""
         if self.ranges is None:
             observer = self.observers.setdefault(key, RangeObserver())
             name = f"observer_{len(self.observers)}"
             self.root.add_module(name, observer)
             return _Value(self.graph.call_module(name, (x,)))
         align = self._next_pact_grid(source) if source is not None and self.align else None
-        return self.quantize(x, Grid.covering(*self.ranges[key], align=align))
+        return self.quantize(x, Grid.covering(*self.ranges[key], align=align, min_scale=min_scale))
 
     def on_grid(self, value: _Value, grid: Grid) -> _Value:
         """`value` requantized onto `grid` (PACT's codes: below 0 clipped by a ReLU, above by saturation)."""
@@ -169,19 +171,27 @@ class _Builder:
         return users[0] if len(users) == 1 else None
 
     def _consumer_grid(self, node: fx.Node) -> Grid | None:
-        """The one PACT grid every use of `node` quantizes it to (through ReLUs and identities), else None."""
-        grids: set[Grid] = set()
-        pending = list(node.users)
+        """The grid `node` is stored on for its uses (through ReLUs and identities): the input grid of
+        the quantized residual add it feeds, else the one PACT grid every use quantizes it to, else None."""
+        pact: set[Grid] = set()
+        residual: set[Grid] = set()
+        pending, source = list(node.users), {id(node)}
         while pending:
             user = pending.pop()
             module = self.modules.get(str(user.target)) if user.op == "call_module" else None
             if _is_relu(user, self.modules) or _is_passthrough(user, self.modules):
                 pending.extend(user.users)
+                source.add(id(user))
             elif isinstance(module, QuantLayer) and module.quantizes_input:
-                grids.add(_pact_grid(module, str(user.target)))
+                pact.add(_pact_grid(module, str(user.target)))
+            elif isinstance(module, QuantAdd) and module.enabled:
+                index = next(i for i, arg in enumerate(user.args) if id(arg) in source)
+                residual.add(_residual_grids(module, str(user.target))[index])
             else:
                 return None
-        return grids.pop() if len(grids) == 1 else None
+        if residual:
+            return residual.pop() if len(residual) == 1 else None
+        return pact.pop() if len(pact) == 1 else None
 
     def _next_pact_grid(self, node: fx.Node) -> Grid | None:
         """The PACT grid of the first quantized layer that `node`'s value reaches (through ReLUs,
@@ -285,11 +295,13 @@ class _Builder:
                           0, INT8_MIN, INT8_MAX, torch.int8)
         out = self._kernel(layer, self.real(codes), w, self.const(torch.from_numpy(bias), f"{name}.bias"))
         out.meta["layer"] = name
+        # XNNPACK requantizes a conv's sums by input_scale x weight_scale / output_scale, below 256 only
+        step = 0.0 if codes.grid is None else float(np.max(codes.grid.scale * weight_scale)) / 255
         end = chain[-1]
         grid = self._consumer_grid(end)
-        if grid is not None or _is_relu(end, self.modules):  # PACT clips at 0: a ReLU the kernel fuses
+        if (grid is not None and grid.low == 0) or _is_relu(end, self.modules):  # a clip at 0: a ReLU the kernel fuses
             out = self.call(torch.relu, out)
-        return self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{name}.output", end)
+        return self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{name}.output", end, step)
 
     # ------------------------------------------------------------------ other ops
     def add(self, node: fx.Node) -> None:
@@ -305,6 +317,24 @@ class _Builder:
         value = self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{node.name}.output", chain[-1])
         for member in chain:
             self.values[member] = value
+
+    def quant_add(self, node: fx.Node, module: QuantAdd) -> _Value:
+        """A quantized residual add: its inputs moved onto the add's own grids, the sum on its output grid."""
+        a, b = self._arg(node, 0), self._arg(node, 1)
+        if not module.enabled:
+            out = self.call(torch.ops.aten.add.Tensor, self.real(a), self.real(b))
+            if module.relu:
+                out = self.call(torch.relu, out)
+            grid = self._consumer_grid(node)
+            if grid is not None and grid.low == 0:
+                out = self.call(torch.relu, out)
+            return self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{node.name}.output", node)
+        grid_branch, grid_shortcut, grid_out = _residual_grids(module, str(node.target))
+        out = self.call(torch.ops.aten.add.Tensor, self.real(self.on_grid(a, grid_branch)),
+                        self.real(self.on_grid(b, grid_shortcut)))
+        if module.relu:
+            out = self.call(torch.relu, out)
+        return self.quantize(out, grid_out)
 
     def relu(self, node: fx.Node) -> _Value:
         value = self._arg(node)
@@ -331,6 +361,8 @@ class _Builder:
             return
         if isinstance(module, (nn.Identity, nn.Dropout)):
             value = self._arg(node)
+        elif isinstance(module, QuantAdd):
+            value = self.quant_add(node, module)
         elif isinstance(module, nn.ReLU):
             value = self.relu(node)
         elif isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
@@ -392,6 +424,13 @@ def _pact_grid(layer: QuantLayer, name: str) -> Grid:
     if layer.act_bits > 8:
         raise ExportError(f"layer {name}: {layer.act_bits}-bit activations do not fit 8 bits")
     return Grid.codes(layer.input_scale(), layer.input_max_code())
+
+
+def _residual_grids(module: QuantAdd, name: str) -> tuple[Grid, Grid, Grid]:
+    try:
+        return module.grids()
+    except ValueError as exc:
+        raise ExportError(f"{name}: {exc}") from None
 
 
 def _batches(images: Tensor) -> Iterable[Tensor]:

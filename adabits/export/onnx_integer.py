@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_write
 from ..errors import ExportError
-from .grid import INT8_MAX, INT8_MIN, UINT8_MAX, Grid
+from ..quant.grid import INT8_MAX, INT8_MIN, UINT8_MAX, Grid
 from .integer_graph import DEQUANTIZE, DEQUANTIZE_CHANNELS, IMAGE_GRID, QUANTIZE, IntegerGraph
 from .onnx import INPUT_NAME, OPSET, OUTPUT_NAME, optimized_op_counts
 from .onnx_graph import FLOAT, GraphBuilder, Value

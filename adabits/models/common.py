@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..quant.bitwidth import parse_bits_list
 from ..quant.config import QuantConfig
 from ..quant.layers import QConv2d, QLinear, SwitchBatchNorm2d
+from ..quant.residual import QuantAdd
 
 # The seed's classifier init N(0, 0.01) gives the tanh-normalised, SAT-rescaled classifier an
 # effective learning rate about 1000x too large (docs/models.md): its forward does not depend on
@@ -40,6 +41,10 @@ class LayerFactory:
 
     def linear(self, cin: int, cout: int, **options: Any) -> QLinear:
         return QLinear(cin, cout, bits_list=self.bits_list, config=self.config, **options)
+
+    def add(self, relu: bool = False) -> QuantAdd:
+        """A residual add (then ReLU with `relu`), quantized to 8 bits under `quantize_residual`."""
+        return QuantAdd(self.bits_list, enabled=self.config.quantize_residual, relu=relu)
 
     def bn(self, channels: int) -> SwitchBatchNorm2d:
         return SwitchBatchNorm2d(

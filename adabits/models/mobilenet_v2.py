@@ -68,9 +68,10 @@ class InvertedResidual(nn.Module):
             layers.bn(cout),
         ]
         self.conv = nn.Sequential(*blocks)
+        self.add = layers.add() if self.use_res_connect else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+        return self.add(self.conv(x), x) if self.add is not None else self.conv(x)
 
 
 class MobileNetV2(FeaturesPoolClassifier):

@@ -34,13 +34,14 @@ class BasicBlock(nn.Module):
         self.conv2 = layers.conv(width, width, 3)
         self.bn2 = layers.bn(width)
         self.relu = nn.ReLU(inplace=True)
+        self.add = layers.add(relu=True)
         self.downsample = downsample(layers, cin, width, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        return self.add(out, identity)
 
 
 class Bottleneck(nn.Module):
@@ -58,6 +59,7 @@ class Bottleneck(nn.Module):
         self.conv3 = layers.conv(width, cout, 1)
         self.bn3 = layers.bn(cout)
         self.relu = nn.ReLU(inplace=True)
+        self.add = layers.add(relu=True)
         self.downsample = downsample(layers, cin, cout, stride)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -65,7 +67,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        return self.add(out, identity)
 
 
 class ResNet(nn.Module):

@@ -20,6 +20,7 @@ class BasicBlock(nn.Module):
         self.conv2 = layers.conv(cout, cout, 3)
         self.bn2 = layers.bn(cout)
         self.relu = nn.ReLU(inplace=True)
+        self.add = layers.add(relu=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(layers.conv(cin, cout, 1, stride), layers.bn(cout))
@@ -27,7 +28,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return self.add(out, self.shortcut(x))
 
 
 class CifarResNet(nn.Module):

@@ -28,6 +28,7 @@ class QuantConfig:
     pact_fp: bool = False  # clip activations with PACT at full precision too
     double_side: bool = False  # clip activations to [-alpha, alpha]
     weight_only: bool = False  # quantize weights only
+    quantize_residual: bool = False  # residual adds fake-quantize inputs and output to 8 bits (QuantAdd)
 
     def __post_init__(self) -> None:
         check_scheme(self.weight_quant_scheme)

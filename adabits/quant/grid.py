@@ -32,21 +32,22 @@ class Grid:
         return cls(float(np.float32(scale)), 0, max_code)
 
     @classmethod
-    def covering(cls, low: float, high: float, align: Grid | None = None) -> Grid:
+    def covering(cls, low: float, high: float, align: Grid | None = None, min_scale: float = 0.0) -> Grid:
         """The 8-bit grid of 256 codes whose range covers [low, high] (a calibrated tensor's range) and 0.
 
         With `align` (the grid the tensor is requantized onto next), the step is align.scale / k for
         the largest odd k that still covers the range: every boundary between two codes of `align`
         then falls on a boundary of this grid, so rounding here and then onto `align` gives the
         codes rounding onto `align` directly would (k = 1 when nothing finer fits; no alignment when
-        even that would not cover the range)."""
+        even that would not cover the range). `min_scale` bounds the step from below (a tensor that was
+        all zeros in calibration has no range of its own)."""
         low, high = min(float(low), 0.0), max(float(high), 0.0)
-        width = max(high - low, 1e-8)
+        width = max(high - low, min_scale * UINT8_MAX, 1e-8)
         scale = float(np.float32(width / UINT8_MAX))
         if align is not None:
             k = int(UINT8_MAX * align.scale / width)
             k -= 1 - k % 2  # odd
-            while k >= 1:
+            while k >= 1 and align.scale / k >= min_scale:
                 fine = float(np.float32(align.scale / k))
                 if np.ceil(high / fine) - np.floor(low / fine) <= UINT8_MAX:
                     bottom = int(np.floor(low / fine))

@@ -103,6 +103,9 @@ def _onnx_folder(folder: Path, threads: int | None) -> SwitchableModel:
         raise ValueError(f"{folder} has no {ONNX_MANIFEST}; export it with `adabits export --format onnx`")
     manifest = json.loads(manifest_path.read_text())
     options = ort.SessionOptions()
+    # one session per bit-width shares the cores: a session whose threads spin after its run would
+    # hold them against the next call at another bit-width
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     sessions = {str(bits): ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])

@@ -41,7 +41,7 @@ from ..errors import ExportError
 from ..models.common import as_float_input
 from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, set_bits
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
-from ..quant.residual import QuantAdd
+from ..quant.residual import Int8Observer
 from ..quant.grid import INT8_MAX, INT8_MIN, Grid
 from .int8_layer import FoldedLayer, fold_layer, weight_multipliers
 from .trace import trace_quantized
@@ -171,22 +171,20 @@ class _Builder:
         return users[0] if len(users) == 1 else None
 
     def _consumer_grid(self, node: fx.Node) -> Grid | None:
-        """The grid `node` is stored on for its uses (through ReLUs and identities): the input grid of
-        the quantized residual add it feeds, else the one PACT grid every use quantizes it to, else None."""
+        """The grid `node` is stored on for its uses (through ReLUs and identities): the grid of the 8-bit
+        observer it feeds (`quantize_residual`), else the one PACT grid every use quantizes it to, else None."""
         pact: set[Grid] = set()
         residual: set[Grid] = set()
-        pending, source = list(node.users), {id(node)}
+        pending = list(node.users)
         while pending:
             user = pending.pop()
             module = self.modules.get(str(user.target)) if user.op == "call_module" else None
             if _is_relu(user, self.modules) or _is_passthrough(user, self.modules):
                 pending.extend(user.users)
-                source.add(id(user))
             elif isinstance(module, QuantLayer) and module.quantizes_input:
                 pact.add(_pact_grid(module, str(user.target)))
-            elif isinstance(module, QuantAdd) and module.enabled:
-                index = next(i for i, arg in enumerate(user.args) if id(arg) in source)
-                residual.add(_residual_grids(module, str(user.target))[index])
+            elif isinstance(module, Int8Observer):
+                residual.add(_observer_grid(module, str(user.target)))
             else:
                 return None
         if residual:
@@ -318,24 +316,6 @@ class _Builder:
         for member in chain:
             self.values[member] = value
 
-    def quant_add(self, node: fx.Node, module: QuantAdd) -> _Value:
-        """A quantized residual add: its inputs moved onto the add's own grids, the sum on its output grid."""
-        a, b = self._arg(node, 0), self._arg(node, 1)
-        if not module.enabled:
-            out = self.call(torch.ops.aten.add.Tensor, self.real(a), self.real(b))
-            if module.relu:
-                out = self.call(torch.relu, out)
-            grid = self._consumer_grid(node)
-            if grid is not None and grid.low == 0:
-                out = self.call(torch.relu, out)
-            return self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{node.name}.output", node)
-        grid_branch, grid_shortcut, grid_out = _residual_grids(module, str(node.target))
-        out = self.call(torch.ops.aten.add.Tensor, self.real(self.on_grid(a, grid_branch)),
-                        self.real(self.on_grid(b, grid_shortcut)))
-        if module.relu:
-            out = self.call(torch.relu, out)
-        return self.quantize(out, grid_out)
-
     def relu(self, node: fx.Node) -> _Value:
         value = self._arg(node)
         if value.grid is not None and value.grid.nonnegative:
@@ -361,8 +341,8 @@ class _Builder:
             return
         if isinstance(module, (nn.Identity, nn.Dropout)):
             value = self._arg(node)
-        elif isinstance(module, QuantAdd):
-            value = self.quant_add(node, module)
+        elif isinstance(module, Int8Observer):
+            value = self.on_grid(self._arg(node), _observer_grid(module, name))
         elif isinstance(module, nn.ReLU):
             value = self.relu(node)
         elif isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
@@ -426,9 +406,9 @@ def _pact_grid(layer: QuantLayer, name: str) -> Grid:
     return Grid.codes(layer.input_scale(), layer.input_max_code())
 
 
-def _residual_grids(module: QuantAdd, name: str) -> tuple[Grid, Grid, Grid]:
+def _observer_grid(module: Int8Observer, name: str) -> Grid:
     try:
-        return module.grids()
+        return module.grid()
     except ValueError as exc:
         raise ExportError(f"{name}: {exc}") from None
 

@@ -56,7 +56,7 @@ from ..errors import ExportError
 from ..models.common import as_float_input
 from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, set_bits
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
-from ..quant.residual import QuantAdd
+from ..quant.residual import Int8Observer
 from .int8_layer import UINT8_MAX, FoldedLayer, fold_layer, int8_operands, running_statistics
 from .onnx_graph import FLOAT, GraphBuilder, Value
 from .trace import trace_quantized
@@ -237,12 +237,9 @@ class _Converter:
             return Value(g.node("BatchNormalization", [g.as_float(x), *params], name, epsilon=bn.eps))
         if isinstance(module, (nn.Identity, nn.Dropout)):
             return x
-        if isinstance(module, QuantAdd):
-            if module.enabled:
-                raise ExportError(f"{name}: quantize_residual adds are exported by the all-integer graph "
-                                  "(graph=integer), not graph=mixed")
-            total = g.node("Add", [g.as_float(x), g.as_float(self.values[node.args[1]])], name)  # type: ignore[index]
-            return Value(g.node("Relu", [total], f"{name}.relu") if module.relu else total)
+        if isinstance(module, Int8Observer):
+            raise ExportError(f"{name}: a quantize_residual model is exported by the all-integer graph "
+                              "(graph=integer), not graph=mixed")
         if isinstance(module, nn.ReLU):
             return Value(g.node("Relu", [g.as_float(x)], name))
         if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):

@@ -6,14 +6,14 @@ from torch import nn
 
 from ..models.common import as_float_input
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
-from ..quant.residual import QuantAdd
+from ..quant.residual import Int8Observer
 
 
 class _LeafTracer(fx.Tracer):
     """Keeps quantized layers and switchable BNs as single nodes (the exporters convert them whole)."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return (isinstance(module, (QuantLayer, SwitchBatchNorm2d, QuantAdd))
+        return (isinstance(module, (QuantLayer, SwitchBatchNorm2d, Int8Observer))
                 or super().is_leaf_module(module, qualified_name))
 
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..quant.bitwidth import parse_bits_list
 from ..quant.config import QuantConfig
 from ..quant.layers import QConv2d, QLinear, SwitchBatchNorm2d
-from ..quant.residual import QuantAdd
+from ..quant.residual import Int8Observer
 
 # The seed's classifier init N(0, 0.01) gives the tanh-normalised, SAT-rescaled classifier an
 # effective learning rate about 1000x too large (docs/models.md): its forward does not depend on
@@ -42,15 +42,29 @@ class LayerFactory:
     def linear(self, cin: int, cout: int, **options: Any) -> QLinear:
         return QLinear(cin, cout, bits_list=self.bits_list, config=self.config, **options)
 
-    def add(self, relu: bool = False) -> QuantAdd:
-        """A residual add (then ReLU with `relu`), quantized to 8 bits under `quantize_residual`."""
-        return QuantAdd(self.bits_list, enabled=self.config.quantize_residual, relu=relu)
+    def int8(self) -> nn.Module:
+        """Where an integer runtime stores a tensor on 8 bits (the residual stream): an Int8Observer
+        under `quantize_residual`, else an nn.Identity (no state)."""
+        return Int8Observer(self.bits_list) if self.config.quantize_residual else nn.Identity()
 
     def bn(self, channels: int) -> SwitchBatchNorm2d:
         return SwitchBatchNorm2d(
             channels, bits_list=self.bits_list, switchbn=self.config.switchbn,
             stats_sharing=self.config.stats_sharing,
         )
+
+
+class ResidualQuant(nn.Module):
+    """The 8-bit observers of one residual block (`LayerFactory.int8`): the sum, the branch output and
+    the shortcut. A projection shortcut's output gets its own; an identity shortcut is the block input,
+    which is 8-bit already where the block before ends on an observer, else (`quantize_input`) gets one."""
+
+    def __init__(self, layers: LayerFactory, projection: bool, quantize_input: bool = False) -> None:
+        super().__init__()
+        self.input = layers.int8() if quantize_input else nn.Identity()
+        self.branch = layers.int8()
+        self.shortcut = layers.int8() if projection else nn.Identity()
+        self.output = layers.int8()
 
 
 def stem_conv(layers: LayerFactory, cin: int, cout: int, kernel: int, stride: int, keep_bits: int) -> QConv2d:

@@ -17,6 +17,7 @@ from .common import (
     IMAGENET_EDGE_BITS,
     FeaturesPoolClassifier,
     LayerFactory,
+    ResidualQuant,
     check_width_mult,
     classifier_head,
     init_weights,
@@ -68,10 +69,14 @@ class InvertedResidual(nn.Module):
             layers.bn(cout),
         ]
         self.conv = nn.Sequential(*blocks)
-        self.add = layers.add() if self.use_res_connect else None
+        # the block input comes from a linear projection: float unless the block before was a residual one
+        self.quant = ResidualQuant(layers, projection=False, quantize_input=True) if self.use_res_connect else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.add(self.conv(x), x) if self.add is not None else self.conv(x)
+        if self.quant is None:
+            return self.conv(x)
+        x = self.quant.input(x)
+        return self.quant.output(self.quant.branch(self.conv(x)) + x)
 
 
 class MobileNetV2(FeaturesPoolClassifier):

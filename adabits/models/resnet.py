@@ -11,7 +11,15 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..quant.config import QuantConfig
-from .common import DEFAULT_CLASSIFIER_STD, IMAGENET_EDGE_BITS, LayerFactory, as_float_input, init_weights, stem_conv
+from .common import (
+    DEFAULT_CLASSIFIER_STD,
+    IMAGENET_EDGE_BITS,
+    LayerFactory,
+    ResidualQuant,
+    as_float_input,
+    init_weights,
+    stem_conv,
+)
 from .registry import register_model
 
 
@@ -34,14 +42,14 @@ class BasicBlock(nn.Module):
         self.conv2 = layers.conv(width, width, 3)
         self.bn2 = layers.bn(width)
         self.relu = nn.ReLU(inplace=True)
-        self.add = layers.add(relu=True)
         self.downsample = downsample(layers, cin, width, stride)
+        self.quant = ResidualQuant(layers, self.downsample is not None)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.add(out, identity)
+        return self.quant.output(self.relu(self.quant.branch(out) + self.quant.shortcut(identity)))
 
 
 class Bottleneck(nn.Module):
@@ -59,15 +67,15 @@ class Bottleneck(nn.Module):
         self.conv3 = layers.conv(width, cout, 1)
         self.bn3 = layers.bn(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.add = layers.add(relu=True)
         self.downsample = downsample(layers, cin, cout, stride)
+        self.quant = ResidualQuant(layers, self.downsample is not None)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.add(out, identity)
+        return self.quant.output(self.relu(self.quant.branch(out) + self.quant.shortcut(identity)))
 
 
 class ResNet(nn.Module):
@@ -89,6 +97,7 @@ class ResNet(nn.Module):
         self.bn1 = layers.bn(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.stem_quant = layers.int8()  # the first block's input, which its shortcut adds as it is
         cin = 64
         for stage, (width, depth) in enumerate(zip((64, 128, 256, 512), depths)):
             blocks = []
@@ -102,7 +111,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(as_float_input(x, self.conv1.weight))))
-        x = self.maxpool(x)
+        x = self.stem_quant(self.maxpool(x))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.avgpool(x).flatten(1))
 

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from ..quant.bitwidth import max_bits
 from ..quant.config import QuantConfig
-from .common import DEFAULT_CLASSIFIER_STD, LayerFactory, as_float_input, init_weights, stem_conv
+from .common import DEFAULT_CLASSIFIER_STD, LayerFactory, ResidualQuant, as_float_input, init_weights, stem_conv
 from .registry import register_model
 
 
@@ -20,15 +20,15 @@ class BasicBlock(nn.Module):
         self.conv2 = layers.conv(cout, cout, 3)
         self.bn2 = layers.bn(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.add = layers.add(relu=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(layers.conv(cin, cout, 1, stride), layers.bn(cout))
+        self.quant = ResidualQuant(layers, projection=stride != 1 or cin != cout)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.add(out, self.shortcut(x))
+        return self.quant.output(self.relu(self.quant.branch(out) + self.quant.shortcut(self.shortcut(x))))
 
 
 class CifarResNet(nn.Module):
@@ -54,6 +54,7 @@ class CifarResNet(nn.Module):
         self.conv1 = stem_conv(layers, in_chans, width, 3, 1, top)
         self.bn1 = layers.bn(width)
         self.relu = nn.ReLU(inplace=True)
+        self.stem_quant = layers.int8()  # the first block's input, which its shortcut adds as it is
         stages: list[nn.Module] = []
         cin = width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
@@ -67,7 +68,7 @@ class CifarResNet(nn.Module):
         init_weights(self, classifier_std)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(as_float_input(x, self.conv1.weight))))
+        x = self.stem_quant(self.relu(self.bn1(self.conv1(as_float_input(x, self.conv1.weight)))))
         x = self.pool(self.layers(x)).flatten(1)
         return self.fc(x)
 

@@ -11,7 +11,7 @@ from torch import nn
 from .bitwidth import max_bits, parse_bits_list
 from .config import QuantConfig
 from .layers import QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
-from .residual import QuantAdd
+from .residual import Int8Observer
 
 LAYER_OPTIONS = frozenset({"bitw_min", "bita_min", "weight_only", "pact_fp", "double_side", "quantize"})
 
@@ -116,7 +116,7 @@ def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
     before anything is loaded."""
     state = dict(state_dict)
     for name, module in model.named_modules():
-        if isinstance(module, (QuantLayer, SwitchBatchNorm2d, QuantAdd)):
+        if isinstance(module, (QuantLayer, SwitchBatchNorm2d, Int8Observer)):
             module.adapt_state_dict(state, f"{name}." if name else "")
     return state
 

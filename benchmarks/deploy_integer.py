@@ -137,11 +137,12 @@ def _logits(fn: Any, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat([torch.as_tensor(np.asarray(fn(images[i:i + batch]))) for i in range(0, len(images), batch)])
 
 
-def accuracy(checkpoint: str, config: str, calibration_images: int, workdir: Path) -> dict[str, Any]:
+def accuracy(checkpoint: str, config: str, overrides: list[str], calibration_images: int,
+             workdir: Path) -> dict[str, Any]:
     from adabits.engine import load_config, load_trained
     from adabits.engine.deploy import calibration_images as training_images
 
-    cfg = load_config([f"app:{config}", f"pretrained_file={checkpoint}"]).config
+    cfg = load_config([f"app:{config}", *overrides, f"pretrained_file={checkpoint}"]).config
     trained = load_trained(cfg)
     model = trained.model.eval()
     shape = trained.shape
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint")
     parser.add_argument("--config", default="apps/fashion_mnist/q_resnet20_adabits.yml")
+    parser.add_argument("--overrides", nargs="*", default=[], help="config key=value overrides (accuracy)")
     parser.add_argument("--calibration-images", type=int, default=512)
     parser.add_argument("--out")
     args = parser.parse_args(argv)
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             if not args.checkpoint:
                 raise BadInput("--part accuracy needs --checkpoint PATH (the main job's best_model.pt)")
-            result["accuracy"] = accuracy(args.checkpoint, args.config, args.calibration_images, Path(tmp))
+            result["accuracy"] = accuracy(args.checkpoint, args.config, args.overrides, args.calibration_images,
+                                          Path(tmp))
     report(result, args.out)
 
 

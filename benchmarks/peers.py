@@ -98,7 +98,7 @@ class FloatResNet(nn.Module):
 
 def our_float_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> CifarResNet:
     """Our model at 32 bits with cfg.fp_pretrained_file loaded: the starting point of stage 2."""
-    float_cfg = cfg.model_copy(update={"bits_list": [32], "adaptive_training": False})
+    float_cfg = cfg.model_copy(update={"bits_list": [32], "adaptive_training": False, "quantize_residual": False})
     model = build_model(float_cfg, num_classes, in_chans)
     if not isinstance(model, CifarResNet):
         raise BadInput(f"peers support the CIFAR ResNets (resnet20, ...), not model {cfg.model}")

@@ -50,7 +50,8 @@ def test_export_and_profile_read_no_data_and_build_no_trainer(trained, no_data_n
     assert main(["export", "--format", "packed", *args(trained, *unset, f"out={tmp_path / 'm.safetensors'}")]) == 0
     assert adabits.get_bits_list(load_packed(tmp_path / "m.safetensors")) == [8, 4]
     pytest.importorskip("onnx")
-    assert main(["export", *args(trained, *unset, "bits=4", f"out={tmp_path / 'm.onnx'}"), "--format", "onnx"]) == 0
+    assert main(["export", *args(trained, *unset, "bits=4", "graph=mixed", f"out={tmp_path / 'm.onnx'}"),
+                 "--format", "onnx"]) == 0
     assert main(["profile", *args(trained, *unset)]) == 0
     assert "input 1x8x8" in capsys.readouterr().out
 
@@ -137,7 +138,9 @@ def test_bit_width_pairs_train_evaluate_report_calibrate_resume_and_export(tmp_p
     capsys.readouterr()
     pytest.importorskip("onnx")
     assert main(["export", "--format", "onnx", *with_cal, "bits=[4,8]"]) == 0
-    assert "w4a8, bias int32_fine" in capsys.readouterr().out and (run / "model_w4a8.onnx").is_file()
+    assert "(w4a8, all-integer)" in capsys.readouterr().out and (run / "model_w4a8.onnx").is_file()
+    assert main(["export", "--format", "pte", *with_cal, "calibration_images=32"]) == 0
+    assert "forward_w4a8" in capsys.readouterr().out and (run / "model.pte").is_file()
 
 
 @pytest.mark.parametrize("command, arg, fragment", [

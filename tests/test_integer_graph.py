@@ -47,7 +47,11 @@ def test_each_layer_reads_its_own_pact_codes_and_the_graph_follows_the_model(bit
         with torch.no_grad():
             expected = model(images)
     assert pact <= grids  # every quantized layer's input is on its own PACT grid, exactly
-    assert all(g.high - g.low == 255 for g in grids - pact - {Grid.codes(1.0, 255)})  # the rest: 8-bit grids
+    # the rest: 8-bit grids, and PACT codes re-stored as codes x f at scale / f (a finer bias grid)
+    finer = {g for g in grids for p in pact if g.low == 0 and g.high % p.high == 0 and g.high > p.high
+             and abs(g.scale * (g.high // p.high) - p.scale) < 1e-6 * p.scale}
+    assert all(g.high - g.low == 255 for g in grids - pact - finer - {Grid.codes(1.0, 255)})
+    assert bool(finer) == (bits < 8)
     with torch.no_grad():
         got = graph(images)
     # the 8-bit grids of the residual stream round what the model keeps in float: a code of a 4-bit
@@ -57,12 +61,13 @@ def test_each_layer_reads_its_own_pact_codes_and_the_graph_follows_the_model(bit
     assert graph.requantized_weights == []
 
 
-def test_nine_bit_weight_codes_are_requantized_and_named() -> None:
+def test_nine_bit_weight_codes_stay_exact_in_the_first_layer_and_are_requantized_elsewhere() -> None:
     model, images = small_model(weight_quant_scheme="centered")
     graph = integer_graph(model, 8, SHAPE, images)
-    assert "conv1" in graph.requantized_weights and "layers.0.conv1" in graph.requantized_weights
-    # at 4 bits only the first conv and the classifier keep 8-bit weights; the classifier stays float
-    assert integer_graph(model, 4, SHAPE, images).requantized_weights == ["conv1"]
+    assert graph.float_layers == ["conv1"] and "layers.0.conv1" in graph.requantized_weights
+    # at 4 bits only the first conv and the classifier keep 8-bit weights; the classifier is float anyway
+    four = integer_graph(model, 4, SHAPE, images)
+    assert four.float_layers == ["conv1"] and four.requantized_weights == []
 
 
 @pytest.mark.parametrize("options, message", [

@@ -4,7 +4,8 @@
 None of them builds a Trainer. Each loads the model through `load_trained` (engine/loading.py: one
 decision of which file holds the weights, the data shape from the config or the checkpoint) and
 reads only the data it needs: `test` the validation split, `calibrate` training batches for the BN
-statistics, `export` and `profile` nothing. Library errors (ValueError from the quant / export
+statistics, the all-integer exports (`pte`, ONNX `graph=integer`) training images for their 8-bit grids,
+the packed and mixed ONNX exports and `profile` nothing. Library errors (ValueError from the quant / export
 layers) become UserErrors with one line for the CLI.
 """
 from __future__ import annotations

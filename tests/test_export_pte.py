@@ -9,30 +9,20 @@ import textwrap
 import pytest
 import torch
 
-import adabits
 from adabits.errors import ExportError
 from adabits.export.integer_graph import integer_graph
 from adabits.export.pte import export_pte, integer_program, method_name
 from adabits.export.pte_delegation import delegated_op_counts
+from _integer_helpers import SHAPE, small_resnet
 
 pytest.importorskip("executorch")
 
-SHAPE = (1, 12, 12)
 
 
 @pytest.fixture(scope="module")
 def graphs():
     """A small ResNet at [8, 4] with BN statistics from random images, as integer graphs."""
-    torch.manual_seed(0)
-    model = adabits.create_model("resnet_cifar", bits_list=[8, 4], depth=8, width=8, num_classes=5, in_chans=1,
-                                 weight_quant_scheme="modified")
-    images = torch.randint(0, 256, (64, *SHAPE)).float()
-    model.train()
-    with torch.no_grad():
-        for bits in (8, 4):
-            with adabits.use_bits(model, bits):
-                model(images)
-    model.eval()
+    model, images = small_resnet(weight_quant_scheme="modified")
     return model, images, [integer_graph(model, bits, SHAPE, images) for bits in (8, 4)]
 
 

@@ -9,21 +9,10 @@ from adabits.errors import ExportError
 from adabits.quant.grid import Grid
 from adabits.export.integer_graph import QUANTIZE, integer_graph
 from adabits.quant.layers import QuantLayer
-
-SHAPE = (1, 12, 12)
-
+from _integer_helpers import SHAPE, small_resnet
 
 def small_model(**options):
-    torch.manual_seed(0)
-    model = adabits.create_model("resnet_cifar", bits_list=[8, 4], depth=8, width=8, num_classes=5, in_chans=1,
-                                 **options)
-    images = torch.randint(0, 256, (64, *SHAPE)).float()
-    model.train()
-    with torch.no_grad():
-        for bits in (8, 4):
-            with adabits.use_bits(model, bits):
-                model(images)
-    return model.eval(), images
+    return small_resnet(**options)
 
 
 def test_grid_forms() -> None:

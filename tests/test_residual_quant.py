@@ -9,8 +9,8 @@ from adabits.export.integer_graph import integer_graph
 from adabits.quant.convert import load_fp_state_dict
 from adabits.quant.residual import Int8Observer, fake_quantize
 from adabits.quant.grid import Grid
+from _integer_helpers import SHAPE, small_resnet
 
-SHAPE = (1, 12, 12)
 
 
 def test_off_the_models_hold_no_observer_state() -> None:
@@ -53,17 +53,7 @@ def test_a_float_checkpoint_loads_and_a_new_bit_width_copies_the_nearest_range()
 
 
 def trained_like(quantize_residual: bool):
-    torch.manual_seed(0)
-    model = adabits.create_model("resnet_cifar", bits_list=[8, 4], depth=8, width=8, num_classes=5, in_chans=1,
-                                 weight_quant_scheme="modified", quantize_residual=quantize_residual)
-    images = torch.randint(0, 256, (64, *SHAPE)).float()
-    model.train()
-    with torch.no_grad():
-        for bits in (8, 4):
-            with adabits.use_bits(model, bits):
-                for _ in range(2):
-                    model(images)
-    return model.eval(), images
+    return small_resnet(forwards=2, weight_quant_scheme="modified", quantize_residual=quantize_residual)
 
 
 @pytest.mark.parametrize("bits", [8, 4])

@@ -51,14 +51,13 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..atomic import atomic_write
 from ..errors import ExportError
 from ..models.common import as_float_input
 from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, set_bits
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
 from ..quant.residual import Int8Observer
 from .int8_layer import UINT8_MAX, FoldedLayer, fold_layer, int8_operands, running_statistics
-from .onnx_graph import FLOAT, GraphBuilder, Value
+from .onnx_graph import FLOAT, GraphBuilder, Value, save_checked
 from .trace import trace_quantized
 
 OPSET = 13
@@ -313,7 +312,6 @@ def export_onnx(model: nn.Module, path: str | Path, bits: object, input_shape: t
     codes with a float bias, the model's arithmetic up to float rounding. The model's bit-width
     and mode are restored. Raises ExportError (a ValueError) for what cannot be expressed.
     """
-    import onnx
 
     if bias not in BIAS_MODES:
         raise ExportError(f"bias must be one of {', '.join(BIAS_MODES)}; got {bias!r}")
@@ -336,11 +334,7 @@ def export_onnx(model: nn.Module, path: str | Path, bits: object, input_shape: t
             f"{len(converter.float_layers)} layer(s) run as float kernels, exact, because their 8-bit weight codes "
             f"(odd integers up to 255) need 9 bits, more than int8 holds: {', '.join(converter.float_layers)}"),
             stacklevel=3)
-    onnx.checker.check_model(proto)
-    path = Path(path)
-    with atomic_write(path) as f:
-        f.write(proto.SerializeToString())
-    return path
+    return save_checked(proto, path)
 
 
 def integer_layer_count(path: str | Path) -> tuple[int, int]:

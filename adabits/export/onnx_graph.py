@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 FLOAT = 1  # onnx.TensorProto.FLOAT (onnx is imported lazily: it is an optional dependency)
 
@@ -45,3 +48,14 @@ class GraphBuilder:
 
     def as_float(self, value: Value) -> str:
         return self.node("Cast", [value.name], "as_float", to=FLOAT) if value.image else value.name
+
+
+def save_checked(proto: Any, path: str | Path) -> Path:
+    """Check an ONNX model proto and write it to `path` atomically (a failed check writes nothing)."""
+    import onnx
+
+    onnx.checker.check_model(proto)
+    path = Path(path)
+    with atomic_write(path) as f:
+        f.write(proto.SerializeToString())
+    return path

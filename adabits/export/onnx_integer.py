@@ -42,7 +42,7 @@ from ..errors import ExportError
 from ..quant.grid import INT8_MAX, INT8_MIN, UINT8_MAX, Grid
 from .integer_graph import DEQUANTIZE, DEQUANTIZE_CHANNELS, IMAGE_GRID, QUANTIZE, IntegerGraph
 from .onnx import INPUT_NAME, OPSET, OUTPUT_NAME, optimized_op_counts
-from .onnx_graph import FLOAT, GraphBuilder, Value
+from .onnx_graph import FLOAT, GraphBuilder, Value, save_checked
 
 CONV = torch.ops.aten.conv2d.default
 LINEAR = torch.ops.aten.linear.default
@@ -271,14 +271,7 @@ def export_integer_onnx(graph: IntegerGraph, path: str | Path) -> Path:
     `logits` (batch, classes), float32; the batch dimension is dynamic. Raises ExportError naming
     the first node this translation has no rule for; nothing is written then.
     """
-    import onnx
-
-    proto = _Translator(graph).translate()
-    onnx.checker.check_model(proto)
-    path = Path(path)
-    with atomic_write(path) as f:
-        f.write(proto.SerializeToString())
-    return path
+    return save_checked(_Translator(graph).translate(), path)
 
 
 def integer_op_report(path: str | Path) -> dict[str, int]:

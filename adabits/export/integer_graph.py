@@ -5,9 +5,12 @@ them with int8 per-channel weights (BN folded in) and writes int8 codes; so do t
 Where the fake-quant model already has integer codes (a layer's PACT input, the raw image) the
 graph uses exactly those. What it has in float, the graph quantizes to 8 bits on a grid calibrated
 on training images (min/max, `Grid.covering`): the tensors that meet at a residual add and the
-add's output, and a layer's input that arrives in float (the classifier's, after pooling). This is
-export-time calibration: the trained model never saw that rounding, and `benchmarks/deploy_integer.py`
-measures what it costs.
+add's output, and a layer's input that arrives in float (the classifier's, after pooling). A model
+trained with `quantize_residual` has these tensors on 8-bit grids already (`Int8Observer`): the
+graph takes the observers' grids, and rounds where the model rounds. Otherwise it is export-time
+calibration, a rounding the trained model never saw (`benchmarks/deploy_integer.py` measures both).
+A calibrated grid that is next requantized onto a PACT grid takes a step of that grid's / k, k odd,
+so the two roundings give PACT's own codes.
 
 The graph is a `torch.fx.GraphModule` of aten ops and `quantized_decomposed` quantize / dequantize
 ops, the form ExecuTorch's XNNPACK partitioner lowers to integer kernels (`pte.py`) and the source

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 import adabits
+from adabits.export.int8_layer import PAIR_PRODUCT_LIMIT
 from adabits.export.integer_graph import integer_graph
 from adabits.export.onnx_integer import integer_op_report, write_onnx_folder
 from adabits.export.pte import export_pte, integer_program, method_name
@@ -150,29 +151,34 @@ def accuracy(checkpoint: str, config: str, overrides: list[str], calibration_ima
     images, labels = _test_images(cfg)
     calibration = training_images(cfg, calibration_images)
     bits_list = trained.bits_list
-    graphs = [integer_graph(model, b, input_shape, calibration, uint8_input=not cfg.normalize) for b in bits_list]
-    pte = export_pte(graphs, workdir / "model.pte", max_batch=500)
-    single = [export_pte([g], workdir / f"model_{g.bits}.pte", max_batch=500).stat().st_size for g in graphs]
-    folder = write_onnx_folder(graphs, workdir / "onnx")
+    def graphs_for(pair_limit: int | None) -> list[Any]:
+        return [integer_graph(model, b, input_shape, calibration, uint8_input=not cfg.normalize, pair_limit=pair_limit)
+                for b in bits_list]
+
+    graphs = {"pte": graphs_for(None), "onnx": graphs_for(PAIR_PRODUCT_LIMIT)}  # as `adabits export` makes them
+    pte = export_pte(graphs["pte"], workdir / "model.pte", max_batch=500)
+    single = [export_pte([g], workdir / f"model_{g.bits}.pte", max_batch=500).stat().st_size for g in graphs["pte"]]
+    folder = write_onnx_folder(graphs["onnx"], workdir / "onnx")
     runtimes = {"pte": load(pte), "onnx": load(folder)}
     rows: dict[str, Any] = {}
-    for bits, graph in zip(bits_list, graphs):
+    for index, bits in enumerate(bits_list):
         with adabits.use_bits(model, bits), torch.no_grad():
             reference = _logits(model, images)
-        with torch.no_grad():
-            simulated = _logits(graph, images)
-        outputs = {"integer_graph_pytorch": simulated,
-                   **{name: _logits(lambda x, r=r, b=bits: r.run(x, bits=b), images) for name, r in runtimes.items()}}
         top1 = reference.argmax(1)
-        rows[str(bits)] = {
-            "fake_quant_top1": float((top1 == labels).float().mean() * 100),
-            "requantized_weights": graph.requantized_weights,
-            **{f"{name}_top1": float((out.argmax(1) == labels).float().mean() * 100) for name, out in outputs.items()},
-            **{f"{name}_agreement_with_fake_quant": float((out.argmax(1) == top1).float().mean() * 100)
-               for name, out in outputs.items()},
-            **{f"{name}_agreement_with_integer_graph": float((out.argmax(1) == simulated.argmax(1)).float().mean() * 100)
-               for name, out in outputs.items() if name != "integer_graph_pytorch"},
-        }
+        row: dict[str, Any] = {"fake_quant_top1": float((top1 == labels).float().mean() * 100),
+                               "requantized_weights": graphs["pte"][index].requantized_weights}
+        for name, runtime in runtimes.items():
+            with torch.no_grad():
+                simulated = _logits(graphs[name][index], images)
+            out = _logits(lambda x, r=runtime, b=bits: r.run(x, bits=b), images)
+            row.update({
+                f"{name}_graph_pytorch_top1": float((simulated.argmax(1) == labels).float().mean() * 100),
+                f"{name}_graph_pytorch_agreement_with_fake_quant": float((simulated.argmax(1) == top1).float().mean() * 100),
+                f"{name}_top1": float((out.argmax(1) == labels).float().mean() * 100),
+                f"{name}_agreement_with_fake_quant": float((out.argmax(1) == top1).float().mean() * 100),
+                f"{name}_agreement_with_its_graph": float((out.argmax(1) == simulated.argmax(1)).float().mean() * 100),
+            })
+        rows[str(bits)] = row
         _log(f"{bits}: {rows[str(bits)]}")
     switch = _switch_cost(runtimes["pte"], images[:1], [str(b) for b in bits_list])
     return {"checkpoint": checkpoint, "test_images": len(images), "calibration_images": len(calibration),

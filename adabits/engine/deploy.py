@@ -208,6 +208,7 @@ def calibration_images(cfg: TrainConfig, count: int) -> torch.Tensor:
 
 def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bits | None, out: str | None,
                     count: int) -> str:
+    from ..export.int8_layer import PAIR_PRODUCT_LIMIT
     from ..export.integer_graph import integer_graph
 
     integer_bits = [b for b in trained.bits_list if max(parse_bits(b)) <= 8]
@@ -220,7 +221,10 @@ def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bit
     input_shape = (shape.in_chans, shape.image_size, shape.image_size)
     images = calibration_images(cfg, count)
     try:
-        graphs = [integer_graph(trained.model, b, input_shape, images, uint8_input=not cfg.normalize) for b in order]
+        # XNNPACK never saturates a pair of products; ONNX Runtime's kernels on CPUs without VNNI can
+        pair_limit = None if fmt == "pte" else PAIR_PRODUCT_LIMIT
+        graphs = [integer_graph(trained.model, b, input_shape, images, uint8_input=not cfg.normalize,
+                                pair_limit=pair_limit) for b in order]
     except ValueError as exc:
         raise ExportError(f"{fmt} export: {exc}") from None
     notes = sorted({f"\nnote: at {bits_label(g.bits)}, 9-bit weight codes of {', '.join(g.requantized_weights)} "

@@ -96,21 +96,24 @@ def _channel_tops(codes: np.ndarray) -> np.ndarray:
     return np.maximum(np.abs(codes.reshape(codes.shape[0], -1)).max(axis=1), 1)
 
 
-def input_factor(codes: np.ndarray, levels: int) -> int:
+def input_factor(codes: np.ndarray, levels: int, pair_limit: int | None = PAIR_PRODUCT_LIMIT) -> int:
     """The integer the layer's input codes (0..levels) are multiplied by: as large as uint8 allows,
     leaving the weights their whole int8 range within the pair-product limit."""
     top = int(_channel_tops(codes).max())
     widest = top * max(INT8_MAX // top, 1)
-    return max(1, min(UINT8_MAX // levels, PAIR_PRODUCT_LIMIT // (levels * widest)))
+    room = UINT8_MAX // levels
+    return max(1, room if pair_limit is None else min(room, pair_limit // (levels * widest)))
 
 
-def weight_multipliers(folded: FoldedLayer, input_scale: float, input_max: int) -> np.ndarray:
+def weight_multipliers(folded: FoldedLayer, input_scale: float, input_max: int,
+                       pair_limit: int | None = PAIR_PRODUCT_LIMIT) -> np.ndarray:
     """Per output channel, the integer its codes are multiplied by: among those that keep the codes
     in int8 and within the pair-product limit, the one whose bias grid lands closest to the bias."""
     if folded.codes is None:
         raise ValueError("weight_multipliers needs a layer with integer weight codes, not a float weight")
     top = _channel_tops(folded.codes)
-    limit = np.maximum(np.minimum(INT8_MAX // top, PAIR_PRODUCT_LIMIT // (input_max * top)), 1)
+    room = INT8_MAX // top
+    limit = np.maximum(room if pair_limit is None else np.minimum(room, pair_limit // (input_max * top)), 1)
     x32 = np.float64(np.float32(input_scale))
     best, best_error = np.ones(len(top), dtype=np.int64), np.full(len(top), np.inf)
     for c in range(1, int(limit.max()) + 1):

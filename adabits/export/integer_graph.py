@@ -48,7 +48,7 @@ from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, 
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
 from ..quant.residual import Int8Observer
 from ..quant.grid import INT8_MAX, INT8_MIN, Grid
-from .int8_layer import FoldedLayer, fold_layer, input_factor, weight_multipliers
+from .int8_layer import PAIR_PRODUCT_LIMIT, FoldedLayer, fold_layer, input_factor, weight_multipliers
 from .trace import trace_quantized
 
 import torch.ao.quantization.fx._decomposed  # noqa: E402,F401  (registers the quantized_decomposed ops)
@@ -113,12 +113,14 @@ class _Builder:
     """
 
     def __init__(self, model: nn.Module, source: fx.Graph, uint8_input: bool,
-                 ranges: dict[str, tuple[float, float]] | None, align: bool = True) -> None:
+                 ranges: dict[str, tuple[float, float]] | None, align: bool = True,
+                 pair_limit: int | None = PAIR_PRODUCT_LIMIT) -> None:
         self.modules = dict(model.named_modules())
         self.source = source
         self.uint8_input = uint8_input
         self.ranges = ranges
         self.align = align
+        self.pair_limit = pair_limit
         self.graph = fx.Graph()
         self.root = nn.Module()
         self.observers: dict[str, RangeObserver] = {}
@@ -240,7 +242,7 @@ class _Builder:
         grid it flipped the codes of the next layer for 2% of the main job's test images at 4 bits."""
         grid = codes.grid
         assert grid is not None and folded.codes is not None
-        factor = input_factor(folded.codes, grid.high)
+        factor = input_factor(folded.codes, grid.high, self.pair_limit)
         if factor == 1:
             return codes
         return self.quantize(self.real(codes), Grid(float(np.float32(grid.scale / factor)), 0, grid.high * factor))
@@ -249,7 +251,7 @@ class _Builder:
         """(int8 codes, float32 per-channel scales): the layer's own codes, or its float weight
         requantized to int8 when the codes need 9 bits."""
         if folded.codes is not None and folded.fits_int8():
-            multiplier = weight_multipliers(folded, grid.scale, grid.high - grid.low)
+            multiplier = weight_multipliers(folded, grid.scale, grid.high - grid.low, self.pair_limit)
             shape = (-1, *([1] * (folded.codes.ndim - 1)))
             return (folded.codes * multiplier.reshape(shape)).astype(np.int8), (folded.scale / multiplier).astype(np.float32)
         self.requantized_weights.append(name)
@@ -447,8 +449,13 @@ def _batches(images: Tensor) -> Iterable[Tensor]:
 
 @torch.no_grad()
 def integer_graph(model: nn.Module, bits: object, input_shape: tuple[int, int, int], calibration: Tensor,
-                  *, uint8_input: bool = True, align_grids: bool = True) -> IntegerGraph:
+                  *, uint8_input: bool = True, align_grids: bool = True,
+                  pair_limit: int | None = PAIR_PRODUCT_LIMIT) -> IntegerGraph:
     """`model` at `bits` as an all-integer graph, its 8-bit grids calibrated on `calibration` images.
+
+    `pair_limit` bounds |input code| x |weight code| of each product: ONNX Runtime's u8s8 kernels on
+    x86 CPUs without VNNI add pairs of products in int16 with saturation (int8_layer.py). XNNPACK
+    widens before it adds, so a `.pte` takes None: larger integer factors, a finer bias grid.
 
     `calibration`: training images as the model takes them (N x C x H x W; raw 0..255 pixels for
     `uint8_input`, the models trained with `normalize: false`). The model's bit-width and mode are
@@ -469,7 +476,7 @@ def integer_graph(model: nn.Module, bits: object, input_shape: tuple[int, int, i
         for batch in _batches(calibration):
             calibrating(batch)
         ranges = {key: (o.low, o.high) for key, o in observing.observers.items()}
-        builder = _Builder(model, source, uint8_input, ranges=ranges, align=align_grids)
+        builder = _Builder(model, source, uint8_input, ranges=ranges, align=align_grids, pair_limit=pair_limit)
         module = builder.build()
     finally:
         set_bits(model, previous)

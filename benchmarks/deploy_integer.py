@@ -75,8 +75,9 @@ def latency(arch: str, batches: list[int], rounds: int, threads: int, workdir: P
     model, calibration = _random_model(arch, LATENCY_BITS)
     shape = (spec["in_chans"], spec["size"], spec["size"])
     started = time.perf_counter()
-    graphs = [integer_graph(model, b, shape, calibration) for b in LATENCY_BITS]
-    ours_pte = load(export_pte(graphs, workdir / f"{arch}.pte", max_batch=max(batches)))
+    pte_graphs = [integer_graph(model, b, shape, calibration, pair_limit=None) for b in LATENCY_BITS]
+    graphs = [integer_graph(model, b, shape, calibration) for b in LATENCY_BITS]  # as `adabits export` makes them
+    ours_pte = load(export_pte(pte_graphs, workdir / f"{arch}.pte", max_batch=max(batches)))
     ours_onnx = load(write_onnx_folder(graphs, workdir / f"{arch}_onnx"), threads=threads)
     _log(f"{arch}: ours exported in {time.perf_counter() - started:.0f} s")
     twin = float_twin(model).eval()
@@ -90,7 +91,7 @@ def latency(arch: str, batches: list[int], rounds: int, threads: int, workdir: P
     _log(f"{arch}: peers built after {time.perf_counter() - started:.0f} s")
     runtime_peers.set_pte_threads(threads)
     ops = {f"onnx_{b}": integer_op_report(workdir / f"{arch}_onnx" / f"model_{b}bit.onnx") for b in LATENCY_BITS}
-    edge = integer_program(graphs[:1], max_batch=max(batches))
+    edge = integer_program(pte_graphs[:1], max_batch=max(batches))
     counts = delegated_op_counts(edge, method_name(LATENCY_BITS[0]))
     results: dict[str, Any] = {"ours_onnx_ops": ops, "ours_pte_all_delegated": counts.all_delegated,
                                "ours_pte_float_ops": dict(counts.float_ops), "batches": {}}

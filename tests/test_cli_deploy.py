@@ -1,6 +1,8 @@
 """`adabits profile | calibrate | export` as a user runs them after training."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,6 +10,8 @@ import adabits
 from adabits.cli import main
 from adabits.export import load_packed
 from _engine_helpers import tiny_args
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +135,11 @@ def test_pte_and_onnx_exports_run_every_bit_width_in_their_runtimes(trained, cap
         assert set(latency) == {"8", "4"} and all(ms > 0 for ms in latency.values())
         assert pick_bits(latency, budget_ms=max(latency.values())) == "8"
         assert pick_bits(latency, budget_ms=0.0) is None
+    # the example that serves each request at the bit-width its latency budget allows
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("latency_budget", ROOT / "examples" / "latency_budget.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    served = example.serve(str(pte), [0.0, 1e6])
+    assert served[0][1] in ("8", "4") and served[1][1] == "8"  # nothing fits: the fastest; everything fits: 8 bits

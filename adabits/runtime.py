@@ -34,6 +34,7 @@ class SwitchableModel:
     def __init__(self, runners: dict[str, Callable[[Any], np.ndarray]], input_shape: tuple[int, ...],
                  uint8_input: bool, source: Path) -> None:
         self._runners = runners
+        self._keys = {_key(bits): bits for bits in runners}
         self.input_shape = input_shape
         self.uint8_input = uint8_input
         self.source = source
@@ -44,14 +45,13 @@ class SwitchableModel:
 
     def run(self, images: torch.Tensor | np.ndarray, bits: object) -> np.ndarray:
         """Logits (N x classes) of `images` at `bits` (8, '8', or '[4, 8]' as the model lists it)."""
-        key = str(list(bits)) if isinstance(bits, (list, tuple)) else str(bits)
-        runner = self._runners.get(key.replace(" ", "")) or self._runners.get(key)
-        if runner is None:
+        listed = self._keys.get(_key(bits))
+        if listed is None:
             raise ValueError(f"bits={bits!r} is not a bit-width of {self.source}; it has {', '.join(self.bits_list)}")
         shape = tuple(images.shape[1:])
         if shape != self.input_shape:
             raise ValueError(f"images of shape {shape} per sample; {self.source} takes {self.input_shape}")
-        return runner(images)
+        return self._runners[listed](images)
 
     def measure_latency(self, batch: int = 1, repeats: int = 20) -> dict[str, float]:
         """Median milliseconds of one call per bit-width, on random images, rounds interleaved."""
@@ -65,6 +65,12 @@ class SwitchableModel:
                 self.run(images, bits)
                 times[bits].append((time.perf_counter() - start) * 1000)
         return {bits: statistics.median(t) for bits, t in times.items()}
+
+
+def _key(bits: object) -> str:
+    """A bit-width as the lookup compares it: 8, '8', [4, 8] and '[4,8]' alike."""
+    text = str(list(bits)) if isinstance(bits, (list, tuple)) else str(bits)
+    return text.replace(" ", "")
 
 
 def pick_bits(latency_ms: dict[str, float], budget_ms: float) -> str | None:

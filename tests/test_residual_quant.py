@@ -74,3 +74,15 @@ def test_the_integer_graph_of_a_quantize_residual_model_computes_the_model(bits)
         # give the model's logits exactly, against 6% without quantize_residual)
         identical = ((got - expected).abs().max(1).values < 1e-3).float().mean()
         assert identical >= 0.7 and (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.9
+
+
+def test_only_a_float_start_may_lack_the_ranges_and_quantize_model_refuses_the_option() -> None:
+    model = adabits.create_model("resnet_cifar", bits_list=[8, 4], depth=8, width=8, num_classes=5, in_chans=1,
+                                 quantize_residual=True)
+    trained_without = adabits.create_model("resnet_cifar", bits_list=[8, 4], depth=8, width=8, num_classes=5,
+                                           in_chans=1)
+    with pytest.raises(RuntimeError, match="ranges"):  # a strict load of a checkpoint trained without them
+        model.load_state_dict(trained_without.state_dict())
+    with pytest.raises(adabits.errors.QuantOptionError, match="quantize_residual"):
+        adabits.quantize_model(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)), [8, 4],
+                               config=adabits.QuantConfig(quantize_residual=True))

@@ -67,6 +67,20 @@ class Int8Operands:
     bias_scale: np.ndarray  # float32 per output channel
 
 
+def check_integer_input(layer: QuantLayer, name: str) -> None:
+    """Raise ExportError, naming the layer, when its input codes have no integer-kernel form: a scheme that
+    floors or offsets the codes, double_side (zero point (2^b - 1) / 2), or more than 8 bits."""
+    if not layer.act_scheme.quantize_linear_exact:
+        raise ExportError(f"layer {name}: act_quant_scheme {layer.act_quant_scheme!r} cannot be exported; "
+                          "QuantizeLinear rounds to integer codes with an integer zero point, which is "
+                          "the 'original' scheme only")
+    if layer.double_side:
+        raise ExportError(f"layer {name}: double_side activations need the zero point (2^b - 1) / 2, "
+                          "which is not an integer; export supports single-sided PACT only")
+    if layer.act_bits > 8:
+        raise ExportError(f"layer {name}: {layer.act_bits}-bit activations do not fit uint8")
+
+
 def running_statistics(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(running mean, running variance): what an exported BN computes with."""
     if bn.running_mean is None or bn.running_var is None:

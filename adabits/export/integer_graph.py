@@ -48,7 +48,14 @@ from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, 
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
 from ..quant.residual import Int8Observer
 from ..quant.grid import INT8_MAX, INT8_MIN, Grid
-from .int8_layer import PAIR_PRODUCT_LIMIT, FoldedLayer, fold_layer, input_factor, weight_multipliers
+from .int8_layer import (
+    PAIR_PRODUCT_LIMIT,
+    FoldedLayer,
+    check_integer_input,
+    fold_layer,
+    input_factor,
+    weight_multipliers,
+)
 from .trace import trace_quantized
 
 import torch.ao.quantization.fx._decomposed  # noqa: E402,F401  (registers the quantized_decomposed ops)
@@ -424,14 +431,7 @@ class _Builder:
 
 def _pact_grid(layer: QuantLayer, name: str) -> Grid:
     """The grid of the layer's own input codes at its current bit-width; what the int8 form cannot express is refused."""
-    if not layer.act_scheme.quantize_linear_exact:
-        raise ExportError(f"layer {name}: act_quant_scheme {layer.act_quant_scheme!r} cannot be exported; integer "
-                          "kernels round to codes with an integer zero point, which is the 'original' scheme only")
-    if layer.double_side:
-        raise ExportError(f"layer {name}: double_side activations need the zero point (2^b - 1) / 2, which is not "
-                          "an integer; export supports single-sided PACT only")
-    if layer.act_bits > 8:
-        raise ExportError(f"layer {name}: {layer.act_bits}-bit activations do not fit 8 bits")
+    check_integer_input(layer, name)
     return Grid.codes(layer.input_scale(), layer.input_max_code())
 
 

@@ -56,7 +56,7 @@ from ..models.common import as_float_input
 from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, set_bits
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
 from ..quant.residual import Int8Observer
-from .int8_layer import UINT8_MAX, FoldedLayer, fold_layer, int8_operands, running_statistics
+from .int8_layer import UINT8_MAX, FoldedLayer, check_integer_input, fold_layer, int8_operands, running_statistics
 from .onnx_graph import FLOAT, GraphBuilder, Value, save_checked
 from .trace import trace_quantized
 
@@ -102,7 +102,7 @@ class _Converter:
         if not self.integer:
             raise ExportError(f"layer {name} quantizes its input at {layer.act_bits} bits; a float export "
                               "(bits 32) must not")
-        self._check_activation(layer, name)
+        check_integer_input(layer, name)
         levels = layer.input_max_code()
         scale = np.float32(layer.input_scale())
         zero = g.const(np.uint8(0), f"{name}.x_zero")
@@ -126,18 +126,6 @@ class _Converter:
             low = g.const(np.float32(-alpha if layer.double_side else 0.0), f"{name}.clip_lo")
             src = g.node("Clip", [src, low, g.const(np.float32(alpha), f"{name}.clip_hi")], f"{name}.clip")
         return src
-
-    @staticmethod
-    def _check_activation(layer: QuantLayer, name: str) -> None:
-        if not layer.act_scheme.quantize_linear_exact:
-            raise ExportError(f"layer {name}: act_quant_scheme {layer.act_quant_scheme!r} cannot be exported; "
-                              "QuantizeLinear rounds to integer codes with an integer zero point, which is "
-                              "the 'original' scheme only")
-        if layer.double_side:
-            raise ExportError(f"layer {name}: double_side activations need the zero point (2^b - 1) / 2, "
-                              "which is not an integer; export supports single-sided PACT only")
-        if layer.act_bits > MAX_INTEGER_BITS:
-            raise ExportError(f"layer {name}: {layer.act_bits}-bit activations do not fit uint8")
 
     def _int8_operands(self, name: str, codes: _Codes, folded: FoldedLayer) -> tuple[str, str, str]:
         """DequantizeLinear of the input codes, the int8 weights and the int32 bias: the QDQ form

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import QuantOptionError
 from .bitwidth import max_bits, parse_bits_list
 from .config import QuantConfig
 from .layers import QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
@@ -83,6 +84,10 @@ def quantize_model(
     """
     bits = parse_bits_list(bits_list)
     config = config or QuantConfig()
+    if config.quantize_residual:
+        raise QuantOptionError("quantize_residual places 8-bit observers in the residual blocks of the registered "
+                               "models (ResNets, MobileNet V2); quantize_model cannot find the residual stream of an "
+                               "arbitrary model (its integer export calibrates those grids instead)")
     options: dict[str, dict[str, Any]] = default_layer_policy(model, bits) if first_last_policy else {}
     names = dict(model.named_modules())
     for name, extra in (layer_options or {}).items():
@@ -116,7 +121,7 @@ def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
     before anything is loaded."""
     state = dict(state_dict)
     for name, module in model.named_modules():
-        if isinstance(module, (QuantLayer, SwitchBatchNorm2d, Int8Observer)):
+        if isinstance(module, (QuantLayer, SwitchBatchNorm2d)):
             module.adapt_state_dict(state, f"{name}." if name else "")
     return state
 
@@ -124,9 +129,12 @@ def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
 def spread_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A full-precision checkpoint made to fit a switchable model: each float BN (or the single BN of
     a one-bit-width model, `bn.0` alone) goes into every per-bit BN, each single alpha into every
-    per-bit alpha (`adapt_state_dict`)."""
+    per-bit alpha (`adapt_state_dict`); the 8-bit observers keep their unset ranges, which the first
+    training batches set."""
     state = dict(state_dict)
     for name, module in model.named_modules():
+        if isinstance(module, Int8Observer):
+            state.setdefault(f"{name}.ranges" if name else "ranges", module.ranges.clone())
         if not isinstance(module, SwitchBatchNorm2d) or module.shared:
             continue
         prefix = f"{name}.bn." if name else "bn."

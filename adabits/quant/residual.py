@@ -9,7 +9,8 @@ onto an 8-bit grid, one per bit-width, that covers the range the tensor had in t
 min / max, as BN keeps its running statistics). The integer export (`adabits.export.integer_graph`)
 stores each such tensor on the observer's own grid, so the exported graph rounds exactly where the
 model does. Off (the default), the models hold nn.Identity there: no state, earlier checkpoints
-load unchanged.
+load unchanged. A float start (`fp_pretrained_file`) has no ranges; the first training batches set
+them (`convert.spread_fp_state_dict`). Any other checkpoint without them does not fit the model.
 """
 from __future__ import annotations
 
@@ -49,13 +50,17 @@ class Int8Observer(BitSwitchable, nn.Module):
         """True once the current bit-width's range has been set by a training batch."""
         return not bool(torch.isnan(self.ranges[self.bits_index]).any())
 
+    def _grid_or_none(self) -> Grid | None:
+        low, high = self.ranges[self.bits_index].tolist()  # the one host read of a forward
+        return None if low != low or high != high else Grid.covering(low, high)  # NaN: no range yet
+
     def grid(self) -> Grid:
         """The 8-bit grid of the current bit-width."""
-        if not self.calibrated:
+        grid = self._grid_or_none()
+        if grid is None:
             raise ValueError("this 8-bit observer has no range at the current bit-width (no training batch has "
                              "run at it)")
-        low, high = self.ranges[self.bits_index].tolist()
-        return Grid.covering(low, high)
+        return grid
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
@@ -63,24 +68,14 @@ class Int8Observer(BitSwitchable, nn.Module):
                 seen = torch.stack([x.min(), x.max()]).float()
                 row = self.ranges[self.bits_index]
                 row.copy_(torch.where(torch.isnan(row), seen, row + self.momentum * (seen - row)))
-        return fake_quantize(x, self.grid()) if self.calibrated else x
+        grid = self._grid_or_none()
+        return x if grid is None else fake_quantize(x, grid)
 
     def add_bits(self, bits: BitPair) -> None:
         """A new bit-width takes the range of the nearest trained one."""
         source = self.ranges[nearest_bits(self.bits_list, bits)]
         self.ranges = torch.cat([self.ranges, source[None].clone()])
         super().add_bits(bits)
-
-    def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
-        """A checkpoint without ranges (a float model, or one trained without quantize_residual) keeps
-        the current (unset) ones: the first training batches set them."""
-        if prefix + "ranges" not in state_dict:
-            state_dict[prefix + "ranges"] = self.ranges.clone()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
-        self.adapt_state_dict(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
 
     def extra_repr(self) -> str:
         return f"momentum={self.momentum}"

@@ -134,6 +134,14 @@ class TrainConfig(BaseModel):
     exp_decaying_period: int = Field(1, ge=1)
     warmup_epochs: float = Field(0.0, ge=0)
     warmup_start: float | None = Field(None, ge=0, le=1)
+    # the joint step (docs/training.md): how the per-bit losses combine (`sum`, the seed's, needs the lr
+    # divided by the number of bit-widths; `mean` keeps one lr), in-place distillation, and the sandwich
+    # rule (per step the highest, the lowest and sandwich_middle others drawn at random; null: all)
+    joint_loss: Literal["sum", "mean"] = "sum"
+    distill: Literal["none", "highest", "recursive", "float"] = "none"
+    distill_weight: float = Field(1.0, ge=0, le=1)  # of the distillation loss; the label loss gets 1 - it
+    distill_temperature: float = Field(1.0, gt=0)
+    sandwich_middle: int | None = Field(None, ge=0)
     # run
     random_seed: int = 1995
     # distributed (docs/distributed.md): on under torchrun, or required by distributed: true
@@ -262,10 +270,25 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> "TrainConfig":
         if self.warmup_epochs > self.num_epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds num_epochs ({self.num_epochs})")
+        self._consistent_joint_step()
         if self.depth is not None and self.model != "resnet_cifar":
             raise ValueError(f"depth applies to model resnet_cifar only; {self.model} has a fixed depth "
                              "(remove depth, or use model resnet_cifar)")
         return self
+
+    def _consistent_joint_step(self) -> None:
+        """Distillation and sampling need what they act on: a teacher, and bit-widths to teach or draw."""
+        trained = len(self.train_bits)
+        if self.distill == "float" and not self.fp_pretrained_file:
+            raise ValueError("distill: float distils from the float model in fp_pretrained_file; set "
+                             "fp_pretrained_file, or use distill: highest or recursive")
+        if self.distill in ("highest", "recursive") and trained < 2:
+            raise ValueError(f"distill: {self.distill} teaches lower bit-widths with higher ones of the same step, "
+                             f"but this run trains {trained} bit-width; use distill: float or none")
+        if self.sandwich_middle is not None and not self.sandwich_middle < trained - 2:
+            raise ValueError(f"sandwich_middle {self.sandwich_middle} needs more than {self.sandwich_middle + 2} "
+                             f"bit-widths (the highest, the lowest and {self.sandwich_middle} others), but this run "
+                             f"trains {trained}; use a smaller value, or null to train all")
 
     @property
     def train_bits(self) -> list[Bits]:

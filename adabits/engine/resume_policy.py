@@ -22,6 +22,7 @@ FIXED = "fixed"
 _MODEL = "the model and its quantization"
 _DATA = "the data the remaining epochs train on"
 _OPTIM = "the optimizer and the lr schedule, whose state the checkpoint holds"
+_OBJECTIVE = "the loss the remaining steps minimise"
 _START = "the start of the run, which has happened"
 _HOW = "how the run is computed (the same math)"
 _SHOWN = "what the run shows or writes"
@@ -43,6 +44,8 @@ RESUME_RULES: dict[str, tuple[str, str]] = {
         "optimizer", "lr", "momentum", "nesterov", "weight_decay", "optim_decay", "optim_eps", "label_smoothing",
         "lr_scheduler", "multistep_lr_milestones", "multistep_lr_gamma", "exp_decaying_lr_gamma",
         "exp_decaying_period", "warmup_epochs", "warmup_start")},
+    **{key: (FIXED, _OBJECTIVE) for key in (
+        "joint_loss", "distill", "distill_weight", "distill_temperature", "sandwich_middle")},
     **{key: (FIXED, _START) for key in (
         "alpha_init", "alpha_init_batches", "pretrained_dir", "pretrained_file", "fp_pretrained_file", "partial_load")},
     "num_epochs": (MAY_CHANGE, "the run's length; schedules that depend on it follow the new length from here on"),

@@ -1,4 +1,5 @@
-"""Joint AdaBits training (Jin, Yang, Liao, CVPR 2020): one optimizer step per batch on the sum of per-bit losses.
+"""Joint AdaBits training (Jin, Yang, Liao, CVPR 2020): one optimizer step per batch on the per-bit losses
+summed (the seed) or averaged, optionally distilled and over a sandwich sample of the bit-widths (docs/training.md).
 
 `Trainer(cfg).prepare()` locks the run folder, then builds and checks everything that can fail on
 bad input (data, model, checkpoints, config changes on resume) before anything else is written;
@@ -28,11 +29,12 @@ from ..data import DataShape, Loaders, build_loaders
 from ..quant.bitwidth import Bits, bits_label
 from ..quant.clipping import init_clipping_levels
 from ..atomic import atomic_write
-from . import checkpoint, distributed, report, resume_policy, run_folder, step_checkpoint
+from . import checkpoint, distributed, report, resume_policy, run_folder, step_checkpoint, teacher
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingDiverged, UserError
 from .evaluation import evaluate
+from .joint_objective import JointObjective
 from .loading import (
     SHAPE_KEY,
     apply_weights,
@@ -43,6 +45,7 @@ from .loading import (
 )
 from .metrics import MeterSet
 from .optim import build_optimizer, build_scheduler
+from .step_bits import StepBits
 from .write_errors import reported
 
 Printer = Callable[[str], None]
@@ -116,6 +119,13 @@ class Trainer:
         if cfg.sync_bn and self.dist.enabled:
             self.model = distributed.convert_sync_bn(self.model, self.device)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.objective = JointObjective(self.criterion, cfg.distill, cfg.distill_weight, cfg.distill_temperature,
+                                        cfg.joint_loss)
+        self.step_bits = StepBits(self.bits, cfg.sandwich_middle, cfg.random_seed, self.objective.highest_first)
+        self.teacher: nn.Module | None = None
+        if cfg.distill == "float" and not cfg.test_only:
+            self.teacher = teacher.build_float_teacher(cfg, self.shape.num_classes, self.shape.in_chans, self.device)
+            self.teacher_digest = teacher.digest(self.teacher)
         self.iters_per_epoch = len(self.loaders.train)
         if cfg.max_iters_per_epoch:
             self.iters_per_epoch = min(self.iters_per_epoch, cfg.max_iters_per_epoch)
@@ -224,6 +234,8 @@ class Trainer:
         epochs_done = ckpt["epoch"]
         changes = resume_policy.check_resume(ckpt["config"], self.cfg, epochs_done, path)
         checkpoint.load_weights(self.model, ckpt["model"], path)
+        if self.teacher is not None:
+            teacher.check_same(self.teacher, ckpt.get(teacher.TEACHER_KEY), self.cfg, path)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -276,7 +288,7 @@ class Trainer:
         for step, (images, labels) in enumerate(loader.iter_from(start), start=start):
             if step >= self.iters_per_epoch:
                 break
-            self.train_step(images, labels, loader.share(step), meters)
+            self.train_step(images, labels, loader.share(step), meters, epoch * self.iters_per_epoch + step)
             if self._step_checkpoint_due(epoch, step + 1):
                 self._save_latest(epoch, step + 1, lr, meters)
             if (step + 1) % cfg.log_every == 0 or step + 1 == self.iters_per_epoch:
@@ -324,20 +336,29 @@ class Trainer:
         self.saved = (latest, step_checkpoint.describe(epoch, step))
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, share: float = 1.0,
-                   meters: MeterSet | None = None) -> None:
+                   meters: MeterSet | None = None, step: int = 0) -> None:
         """One joint optimizer step: forward + backward per bit-width, then one gradient all-reduce, then the update.
 
-        `share` is this process's fraction of the global batch (the weight of its gradients in the sum).
+        `share` is this process's fraction of the global batch (the weight of its gradients in the sum);
+        `step` the step's index in the run, which chooses a sandwich sample's bit-widths (engine/step_bits.py).
+        The meters record each bit-width's label loss, whatever the objective (engine/joint_objective.py).
         """
         self.optimizer.zero_grad(set_to_none=True)
+        trained = self.step_bits.at(step)
+        scale = self.objective.scale(len(trained))
+        tutor: torch.Tensor | None = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                tutor = self.teacher(images)
         with distributed.no_sync(self.forward):  # gradients meet once, below, not once per bit-width
-            for bits in self.bits:
+            for bits in trained:
                 adabits.set_bits(self.model, bits)
                 logits = self.forward(images)
-                loss = self.criterion(logits, labels)
-                loss.backward()
+                loss, label_loss = self.objective.bit_loss(logits, labels, tutor)
+                (loss * scale).backward()
+                tutor = self.objective.next_teacher(tutor, logits)
                 if meters is not None:
-                    meters[bits].update(logits.detach(), labels, loss.detach())
+                    meters[bits].update(logits.detach(), labels, label_loss.detach())
         if self.grad_sync is not None:
             self.grad_sync(share)
         self.optimizer.step()
@@ -369,6 +390,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "epoch": epoch_done, "best": self.best,
             "rng": checkpoint.rng_state(), "config": self.cfg.model_dump(), SHAPE_KEY: shape_record(self.shape),
             checkpoint.METRICS_KEY: list(self.history or []),
+            **({teacher.TEACHER_KEY: self.teacher_digest} if self.teacher is not None else {}),
         }
 
     def fit(self) -> dict[str, Any]:

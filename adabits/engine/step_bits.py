@@ -1,0 +1,53 @@
+"""Which bit-widths a joint step trains, in which order: all of them, or the sandwich rule's sample.
+
+A joint step costs one forward and backward per bit-width. For a long bits_list the sandwich rule
+of universally slimmable networks (Yu & Huang, ICCV 2019) trains per step the highest and the lowest
+bit-width and `middle` others drawn at random. The draw depends only on the run's seed and the
+step's index in the run, so every process of a distributed run draws the same bit-widths (their
+gradients meet in one all-reduce) and a resumed run draws what the uninterrupted one drew.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..quant.bitwidth import Bits, parse_bits
+
+#: mixes the step index into the seed, so that neighbouring (seed, step) pairs do not share a stream
+_STEP_STRIDE = 1_000_003
+
+
+def highest_first(bits: Sequence[Bits]) -> list[Bits]:
+    """`bits` ordered from the highest bit-width down, by (weight bits, activation bits)."""
+    return sorted(bits, key=parse_bits, reverse=True)
+
+
+class StepBits:
+    """The bit-widths of each step: `bits` in their order (or highest first), or a sandwich sample.
+
+    `middle` None trains every bit-width; an int K trains the highest, the lowest and K of the others.
+    """
+
+    def __init__(self, bits: Sequence[Bits], middle: int | None = None, seed: int = 0,
+                 order_highest_first: bool = False) -> None:
+        if middle is not None and not 0 <= middle < len(bits) - 2:
+            raise ValueError(f"sandwich_middle must be from 0 to {len(bits) - 3} for {len(bits)} bit-widths "
+                             f"(the highest and the lowest are always trained), got {middle}")
+        self.middle = middle
+        self.seed = seed
+        self.ordered = highest_first(bits) if (order_highest_first or middle is not None) else list(bits)
+
+    @property
+    def per_step(self) -> int:
+        """How many bit-widths each step trains (forward and backward passes per batch)."""
+        return len(self.ordered) if self.middle is None else self.middle + 2
+
+    def at(self, step: int) -> list[Bits]:
+        """The bit-widths of the run's step `step` (counted from 0 over all epochs)."""
+        if self.middle is None:
+            return list(self.ordered)
+        generator = torch.Generator().manual_seed(self.seed * _STEP_STRIDE + step)
+        inner = self.ordered[1:-1]
+        drawn = sorted(torch.randperm(len(inner), generator=generator)[: self.middle].tolist())
+        return [self.ordered[0], *(inner[i] for i in drawn), self.ordered[-1]]

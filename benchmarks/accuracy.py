@@ -49,6 +49,18 @@ QUICK_TRAIN, QUICK_TEST = 10_240, 2_000
 # *_quarter_lr rows): fixed here so that reruns reproduce the table
 TABLE_LR = 0.02
 
+SEVEN = "[8,7,6,5,4,3,2]"
+# the joint step's options (docs/training.md), each at the table's lr: `mean` averages the per-bit
+# losses, so one lr serves every bits_list and the individual rows
+RECIPE_ROWS: dict[str, list[str]] = {
+    **{f"adabits_{name}_mean": [f"bits_list={bits}", "joint_loss=mean"]
+       for name, bits in (("8654", "[8,6,5,4]"), ("432", "[4,3,2]"), ("7bits", SEVEN))},
+    **{f"adabits_432_mean_distill_{mode}": ["bits_list=[4,3,2]", "joint_loss=mean", f"distill={mode}"]
+       for mode in ("highest", "recursive", "float")},
+    "adabits_8654_mean_distill_float": ["bits_list=[8,6,5,4]", "joint_loss=mean", "distill=float"],
+    "adabits_7bits_mean_sandwich1": [f"bits_list={SEVEN}", "joint_loss=mean", "sandwich_middle=1"],
+}
+
 # row id -> stage-2 overrides (besides seed, paths and threads)
 TRAINED_ROWS: dict[str, list[str]] = {
     "fp": ["bits_list=[32]"],
@@ -70,6 +82,7 @@ TRAINED_ROWS: dict[str, list[str]] = {
     **{f"individual_{b}_quarter_lr": [f"bits_list=[{b}]", "lr=0.005"] for b in (8, 6, 5, 4)},
     "adabits_432_third_lr": ["bits_list=[4,3,2]", "lr=0.0067"],
     **{f"individual_{b}_third_lr": [f"bits_list=[{b}]", "lr=0.0067"] for b in (4, 3, 2)},
+    **RECIPE_ROWS,
 }
 PEER_ROWS = {"brevitas_w4a4": "individual_4", "torch_ao_qat8": "individual_8"}  # peer -> our row's config
 ADAPT_BITS = [8, 6, 5, 4, 3, 2]

@@ -44,14 +44,19 @@ def _table(header: list[str], body: list[list[str]]) -> str:
 
 
 def _gap(rows: dict[str, Any], joint: str, bits: int, suffix: str = "") -> str:
-    """Mean of the per-seed differences (each seed's rows share a float model), then each seed's."""
-    single = f"individual_{bits}{suffix}"
-    a, b = mean(rows, joint, bits), mean(rows, single, bits)
+    """Mean of the per-seed differences to the individual row (each seed's rows share a float model), then each seed's."""
+    return _paired(rows, joint, f"individual_{bits}{suffix}", bits)
+
+
+def _paired(rows: dict[str, Any], row: str, other: str, bits: int, other_bits: int | None = None) -> str:
+    """`row` − `other` at `bits` (`other` at `other_bits`, when given): the mean, then each seed's."""
+    b_bits = bits if other_bits is None else other_bits
+    a, b = mean(rows, row, bits), mean(rows, other, b_bits)
     if a is None or b is None:
         return "n/a"
-    seeds = rows[joint]["seeds"]
-    paired = [seeds[s]["top1"][str(bits)] - rows[single]["seeds"][s]["top1"][str(bits)]
-              for s in seeds if "top1" in seeds[s]]
+    seeds = rows[row]["seeds"]
+    paired = [seeds[s]["top1"][str(bits)] - rows[other]["seeds"][s]["top1"][str(b_bits)]
+              for s in seeds if "top1" in seeds[s] and "top1" in rows[other]["seeds"].get(s, {})]
     each = f" ({', '.join(f'{d:+.2f}' for d in paired)})" if len(paired) > 1 else ""
     return f"{a - b:+.2f}{each}"
 
@@ -112,6 +117,38 @@ def peer_table(rows: dict[str, Any]) -> str:
                    "adabits − peer, per seed"], body)
 
 
+#: the joint step's options (docs/training.md): row suffix -> label
+DISTILL = {"mean": "`mean`, no distillation", "mean_distill_highest": "taught by the highest",
+           "mean_distill_recursive": "recursive", "mean_distill_float": "taught by the float model"}
+SEVEN_BITS = (8, 7, 6, 5, 4, 3, 2)
+
+
+def distill_table(rows: dict[str, Any], name: str, bits_list: tuple[int, ...]) -> str:
+    """Per bit-width: the individual row, then each joint variant as top-1 and its paired gap to it."""
+    variants = [(f"adabits_{name}_{suffix}", label) for suffix, label in DISTILL.items()
+                if f"adabits_{name}_{suffix}" in rows]
+    body = [[str(b), cell(rows, "stage1", 32), cell(rows, f"individual_{b}", b),
+             *(f"{cell(rows, row, b)}; {_gap(rows, row, b)}" for row, _ in variants)] for b in bits_list]
+    return _table(["bits", "float model (stage 1)", "individual",
+                   *(f"{label}: top-1; − individual (per seed)" for _, label in variants)], body)
+
+
+def loss_reduction_table(rows: dict[str, Any]) -> str:
+    """`mean` at the table's lr against `sum` at that lr divided by the number of bit-widths."""
+    body = [[str(b), cell(rows, "adabits_432_mean", b), cell(rows, "adabits_432_third_lr", b),
+             _paired(rows, "adabits_432_mean", "adabits_432_third_lr", b)] for b in (4, 3, 2)]
+    return _table(["bits", "{4,3,2}, `mean` at lr 0.02", "{4,3,2}, `sum` at lr 0.0067", "mean − sum (per seed)"],
+                  body)
+
+
+def sandwich_table(rows: dict[str, Any]) -> str:
+    full, sampled = "adabits_7bits_mean", "adabits_7bits_mean_sandwich1"
+    body = [[str(b), cell(rows, full, b), cell(rows, sampled, b), _paired(rows, sampled, full, b)]
+            for b in SEVEN_BITS]
+    return _table(["bits", "all 7 per step (7 single-bit steps)", "sandwich, K = 1 (3 single-bit steps)",
+                   "sampled − all (per seed)"], body)
+
+
 def _scalar(stats: dict[str, float]) -> str:
     return f"{stats['mean']:.2f} ± {stats['half_range']:.2f}" if stats["n"] > 1 else f"{stats['mean']:.2f}"
 
@@ -120,12 +157,23 @@ def markdown(results: dict[str, Any]) -> str:
     rows = results["rows"]
     seeds = results["recipe"]["seeds"]
     images = f"first {results['recipe']['quick_test_images']:,}" if results["recipe"].get("quick") else "10,000"
-    parts = [f"Top-1 (%) on the {images} Fashion-MNIST test images, mean ± half the range over seeds {seeds}.",
-             "## Individual vs joint", main_table(rows),
-             "## Ablations, {4,3,2}", ablation_table(rows),
-             "## The joint model's learning rate", joint_lr_table(rows),
-             "## Direct adaptation of an 8-bit model", adaptation_table(rows),
-             "## Bit-widths never trained, after BN calibration", calibration_table(rows)]
+    parts = [f"Top-1 (%) on the {images} Fashion-MNIST test images, mean ± half the range over seeds {seeds}."]
+    # (title, table, the row or rows it needs): a results file of some rows (--rows) shows the sections it has
+    sections = [
+        ("## Individual vs joint", main_table, "adabits_8654"),
+        ("## Ablations, {4,3,2}", ablation_table, "adabits_432_no_switchbn"),
+        ("## The joint model's learning rate", joint_lr_table, "adabits_8654_quarter_lr"),
+        ("## Direct adaptation of an 8-bit model", adaptation_table, "direct_adaptation"),
+        ("## Bit-widths never trained, after BN calibration", calibration_table, "calibrated"),
+        ("## The joint step's options: {4,3,2}", lambda r: distill_table(r, "432", (4, 3, 2)), "adabits_432_mean"),
+        ("## The joint step's options: {8,6,5,4}", lambda r: distill_table(r, "8654", (8, 6, 5, 4)),
+         "adabits_8654_mean"),
+        ("## `mean` against `sum` at lr / N", loss_reduction_table, ("adabits_432_mean", "adabits_432_third_lr")),
+        ("## Seven bit-widths: every one per step, or the sandwich rule", sandwich_table, "adabits_7bits_mean"),
+    ]
+    for title, table, needs in sections:
+        if all(row in rows for row in ((needs,) if isinstance(needs, str) else needs)):
+            parts += [title, table(rows)]
     if any(p in rows for p in PEERS):
         parts += ["## Peers", peer_table(rows)]
     return "\n\n".join(parts) + "\n"

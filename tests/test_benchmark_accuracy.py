@@ -47,7 +47,7 @@ def test_report_tables_and_plots_from_results(tmp_path: Path) -> None:
     results = {"recipe": {"seeds": [1, 2]}, "rows": rows}
     text = accuracy_report.markdown(results)
     assert "| 8 | 90.00 ± 0.10 | 89.90 ± 0.10 | -0.10 (-0.20, +0.00) |" in text
-    assert "7 (calibrated)" in text and "n/a" in text  # direct adaptation is missing from these results
+    assert "7 (calibrated)" in text and "Direct adaptation" not in text  # a section whose rows are absent is left out
     accuracy_report.write_report(results, tmp_path / "acc")
     assert (tmp_path / "acc.md").read_text() == text
     assert (tmp_path / "acc_bits.png").stat().st_size > 1000 and (tmp_path / "acc_ablations.png").stat().st_size > 1000
@@ -71,3 +71,21 @@ def test_rows_select_their_dependencies(tmp_path: Path) -> None:
                                                    for r in ("stage1", "individual_8", "direct_adaptation"))
     with pytest.raises(ValueError, match="unknown rows.*allowed: stage1, adabits_8654"):
         accuracy.select(jobs, ["individual_7"])
+
+
+def test_the_joint_step_tables_pair_each_variant_with_its_reference_per_seed() -> None:
+    def row(values: dict[int, tuple[float, float]]) -> dict:  # bits -> the two seeds' top-1
+        return {"top1": {str(b): {"mean": sum(v) / 2, "half_range": abs(v[0] - v[1]) / 2, "n": 2}
+                         for b, v in values.items()},
+                "seeds": {s: {"top1": {str(b): v[i] for b, v in values.items()}} for i, s in enumerate("12")}}
+    rows = {"stage1": row({32: (92.0, 91.0)}),
+            **{f"individual_{b}": row({b: (90.0, 89.0)}) for b in (4, 3, 2)},
+            "adabits_432_mean": row({b: (90.5, 88.5) for b in (4, 3, 2)}),
+            "adabits_432_mean_distill_float": row({b: (91.0, 89.5) for b in (4, 3, 2)}),
+            "adabits_7bits_mean": row({b: (80.0, 81.0) for b in accuracy_report.SEVEN_BITS}),
+            "adabits_7bits_mean_sandwich1": row({b: (80.5, 80.0) for b in accuracy_report.SEVEN_BITS})}
+    text = accuracy_report.markdown({"recipe": {"seeds": [1, 2]}, "rows": rows})
+    assert ("| 4 | 91.50 ± 0.50 | 89.50 ± 0.50 | 89.50 ± 1.00; +0.00 (+0.50, -0.50) | "
+            "90.25 ± 0.75; +0.75 (+1.00, +0.50) |") in text
+    assert "| 2 | 80.50 ± 0.50 | 80.25 ± 0.25 | -0.25 (+0.50, -1.00) |" in text
+    assert "{8,6,5,4}" not in text and "`sum` at lr" not in text  # sections whose rows are absent are left out

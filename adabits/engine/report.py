@@ -87,7 +87,8 @@ def plot_accuracy(path: Path, title: str, val: Metrics) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as f:  # a killed run never leaves half a PNG
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 

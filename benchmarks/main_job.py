@@ -1,0 +1,75 @@
+"""The README's main job from a fresh clone: the wall time of setup and of each stage, and the top-1 it prints.
+
+    python -m benchmarks.main_job --out benchmarks/results/main_job_fresh_clone.json
+
+Clones the committed HEAD of this checkout into --work (removed first), then runs the README's first
+command there one part at a time (setup, stage 1, stage 2), each timed alone. Nothing else should run
+on the machine meanwhile: the times are the point. The top-1 is read from each stage's metrics.jsonl
+(the epoch best_model.pt holds: the lowest mean top-1 error).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from ._results import BadInput, exit_on_bad_input, full_command, report
+
+SETUP = ["bash", "scripts/setup.sh"]
+STAGES = {"stage1": "apps/fashion_mnist/resnet20_fp.yml", "stage2": "apps/fashion_mnist/q_resnet20_adabits.yml"}
+
+
+def best_top1(metrics: Path) -> dict[str, float]:
+    """Top-1 (%) per bit-width at the epoch of the lowest mean top-1 error (the epoch best_model.pt holds)."""
+    epochs: dict[int, dict[str, float]] = {}
+    for line in metrics.read_text().splitlines():
+        row = json.loads(line)
+        epochs.setdefault(row["epoch"], {})[str(row["bits"])] = row["val_top1_error"]
+    best = min(epochs.values(), key=lambda errors: sum(errors.values()) / len(errors))
+    return {bits: round(100 * (1 - error), 2) for bits, error in best.items()}
+
+
+def _timed(args: list[str], cwd: Path, log: Path) -> float:
+    t0 = time.time()
+    with open(log, "w") as out:
+        done = subprocess.run(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"benchmarks.main_job: {' '.join(args)} failed with status {done.returncode}; see {log}")
+    return round(time.time() - t0, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.main_job", description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/adabits_main_job"), help="the fresh clone (removed first)")
+    parser.add_argument("--out", type=Path, help="results JSON")
+    args = parser.parse_args()
+    repo = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+    if commit.returncode != 0:
+        raise BadInput(f"{repo} is not a git checkout: the main job runs from a fresh clone of its HEAD")
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    subprocess.run(["git", "clone", "--quiet", str(repo), str(args.work)], check=True)
+    seconds = {"setup": _timed(SETUP, args.work, args.work / "setup.log")}
+    python = str(args.work / ".venv" / "bin" / "python")
+    top1: dict[str, Any] = {}
+    for stage, config in STAGES.items():
+        seconds[stage] = _timed([python, "train.py", f"app:{config}"], args.work, args.work / f"{stage}.log")
+        top1[stage] = best_top1(args.work / "runs" / Path(config).stem / "metrics.jsonl")
+    result = {
+        "command": full_command("main_job", args),
+        "what": f"the README's main job from a fresh clone of {commit.stdout.strip()}, each part timed alone",
+        "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},
+        "top1": top1,
+        "logs": str(args.work),
+    }
+    report(result, args.out)
+
+
+if __name__ == "__main__":
+    with exit_on_bad_input("main_job"):
+        main()

@@ -190,13 +190,17 @@ def plot_accuracy(rows: dict[str, Any], path: Path) -> None:
         ("adabits_8654", [8, 6, 5, 4], "s--", "AdaBits {8,6,5,4}, one model"),
         ("adabits_432", [4, 3, 2], "^--", "AdaBits {4,3,2}, one model"),
         ("adabits_8654_quarter_lr", [8, 6, 5, 4], "D:", "AdaBits {8,6,5,4} at lr/4 (individual: same within 0.17)"),
+        ("adabits_8654_mean", [8, 6, 5, 4], "s--", "AdaBits {8,6,5,4}, `mean` loss"),
+        ("adabits_8654_mean_distill_float", [8, 6, 5, 4], "s:", "AdaBits {8,6,5,4}, `mean`, taught by the float model"),
+        ("adabits_432_mean", [4, 3, 2], "^--", "AdaBits {4,3,2}, `mean` loss"),
+        ("adabits_432_mean_distill_float", [4, 3, 2], "^:", "AdaBits {4,3,2}, `mean`, taught by the float model"),
     ]:
         names = [f"individual_{b}" if row == "individual" else row for b in bits]
         points = [(b, rows[n]["top1"][str(b)]) for b, n in zip(bits, names) if str(b) in rows.get(n, {}).get("top1", {})]
         if points:
             ax.errorbar([b for b, _ in points], [s["mean"] for _, s in points],
                         yerr=[s["half_range"] for _, s in points], fmt=style, capsize=3, label=label)
-    fp = mean(rows, "fp", 32)
+    fp = mean(rows, "fp", 32) if "fp" in rows else mean(rows, "stage1", 32)
     if fp is not None:
         ax.axhline(fp, color="gray", linestyle=":", label=f"full precision ({fp:.2f})")
     ax.set_xlabel("bits (weights and activations)")
@@ -237,10 +241,11 @@ def plot_ablations(rows: dict[str, Any], path: Path) -> None:
 
 
 def write_report(results: dict[str, Any], stem: Path) -> None:
-    """stem.md with every table, stem_bits.png and stem_ablations.png."""
+    """stem.md with the tables its rows fill, stem_bits.png, and stem_ablations.png where it has ablation rows."""
     stem.with_suffix(".md").write_text(markdown(results))
     plot_accuracy(results["rows"], Path(f"{stem}_bits.png"))
-    plot_ablations(results["rows"], Path(f"{stem}_ablations.png"))
+    if any(row in results["rows"] for row in ABLATIONS):
+        plot_ablations(results["rows"], Path(f"{stem}_ablations.png"))
 
 
 def main() -> None:

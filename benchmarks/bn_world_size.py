@@ -66,7 +66,7 @@ def _train(trainer: Trainer, at: list[int], frozen_bn: bool) -> dict[int, dict[s
     loader.set_epoch(0)
     seen = {}
     for step, (images, labels) in enumerate(loader):
-        trainer.train_step(images, labels, loader.share(step))
+        trainer.train_step(images, labels, loader.share(step), step=step)
         if step + 1 in at:
             seen[step + 1] = _weights(trainer)
     return seen

@@ -110,8 +110,8 @@ def worker(rank: int, port: int, args: argparse.Namespace, argv: list[str]) -> N
     mine = slice(rank * half, (rank + 1) * half)
     trainer.model.train()
     variants: dict[str, Callable[[], None]] = {
-        "single_process": (lambda: single.train_step(images, labels)) if single else (lambda: None),
-        "adabits_ddp": lambda: trainer.train_step(images[mine], labels[mine], share=1 / WORLD),
+        "single_process": (lambda: single.train_step(images, labels, step=0)) if single else (lambda: None),
+        "adabits_ddp": lambda: trainer.train_step(images[mine], labels[mine], share=1 / WORLD, step=0),
         "ddp_per_backward": lambda: naive(images[mine], labels[mine]),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}

@@ -2,7 +2,7 @@
 
     python -m benchmarks.main_job --out benchmarks/results/main_job_fresh_clone.json
 
-Clones the committed HEAD of this checkout into --work (removed first), then runs the README's first
+Clones the committed HEAD of this checkout into --work (a folder it made before is removed first), then runs the README's first
 command there one part at a time (setup, stage 1, stage 2), each timed alone. Nothing else should run
 on the machine meanwhile: the times are the point. The top-1 is read from each stage's metrics.jsonl
 (the epoch best_model.pt holds: the lowest mean top-1 error).
@@ -20,6 +20,7 @@ from typing import Any
 from ._results import BadInput, exit_on_bad_input, full_command, report
 
 SETUP = ["bash", "scripts/setup.sh"]
+MARKER = ".main_job_clone"  # the one folder --work may remove: a clone this script made
 STAGES = {"stage1": "apps/fashion_mnist/resnet20_fp.yml", "stage2": "apps/fashion_mnist/q_resnet20_adabits.yml"}
 
 
@@ -51,9 +52,13 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
     if commit.returncode != 0:
         raise BadInput(f"{repo} is not a git checkout: the main job runs from a fresh clone of its HEAD")
-    if args.work.exists():
+    if args.work.exists() and any(args.work.iterdir()):
+        if not (args.work / MARKER).is_file():
+            raise BadInput(f"--work {args.work} exists and is not a clone this script made (no {MARKER}); "
+                           "name an empty or new folder")
         shutil.rmtree(args.work)
     subprocess.run(["git", "clone", "--quiet", str(repo), str(args.work)], check=True)
+    (args.work / MARKER).write_text("made by python -m benchmarks.main_job; removed by its next run\n")
     seconds = {"setup": _timed(SETUP, args.work, args.work / "setup.log")}
     python = str(args.work / ".venv" / "bin" / "python")
     top1: dict[str, Any] = {}

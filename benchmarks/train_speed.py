@@ -47,7 +47,7 @@ def trainer_step(name: str, compiled: bool, batch: int) -> tuple[Callable[[], No
     args = [f"app:{path}", f"batch_size={batch}", f"compile={str(compiled).lower()}", *NO_FILES, *overrides]
     trainer = Trainer(load_config(args).config, echo=lambda _msg: None).prepare()
     images, labels = next(iter(trainer.loaders.train))
-    return (lambda: trainer.train_step(images, labels)), len(trainer.bits)
+    return (lambda: trainer.train_step(images, labels, step=0)), len(trainer.bits)
 
 
 def brevitas_step(compiled: bool, batch: int) -> Callable[[], None]:

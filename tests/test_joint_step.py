@@ -79,14 +79,16 @@ def _step_gradients(trainer: Trainer, images: Tensor, labels: Tensor) -> dict[st
     """The gradients of one train_step (the update itself skipped, so they stay readable)."""
     trainer.optimizer.step = lambda *a, **k: None  # type: ignore[method-assign]
     trainer.scheduler.step = lambda *a, **k: None  # type: ignore[method-assign]
-    trainer.train_step(images, labels)
+    trainer.train_step(images, labels, step=0)
     return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
 
 
 def _hand_gradients(model: nn.Module, images: Tensor, labels: Tensor, order: list[Any],
-                    teacher_of: dict[Any, Any], weight: float, t: float, divide: int) -> dict[str, Tensor]:
-    """The same step's gradients from the loss written out: sum over bit-widths of (label or mixed loss) / divide."""
-    logits = {}
+                    teacher_of: dict[Any, Any], weight: float, t: float, divide: int,
+                    float_logits: Tensor | None = None) -> dict[str, Tensor]:
+    """The same step's gradients from the loss written out: sum over bit-widths of (label or mixed loss) / divide;
+    a teacher named "float" is `float_logits`."""
+    logits: dict[Any, Tensor] = {"float": float_logits} if float_logits is not None else {}
     total = torch.zeros(())
     for bits in order:
         adabits.set_bits(model, bits)
@@ -111,8 +113,8 @@ def _hand_gradients(model: nn.Module, images: Tensor, labels: Tensor, order: lis
     ("recursive", "mean", {6: 8, 4: 6}),
 ])
 def test_the_joint_step_backpropagates_the_hand_computed_loss(tmp_path, distill, joint_loss, teachers):
-    cfg = tiny_config(tmp_path, bits_list=[6, 4, 8], distill=distill, joint_loss=joint_loss,
-                      distill_weight=0.6, distill_temperature=2.0, num_threads=1)
+    taught = {"distill_weight": 0.6, "distill_temperature": 2.0} if distill != "none" else {}
+    cfg = tiny_config(tmp_path, bits_list=[6, 4, 8], distill=distill, joint_loss=joint_loss, **taught)
     trainer = Trainer(cfg, echo=quiet).prepare()
     images, labels = next(iter(trainer.loaders.train))
     start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -122,6 +124,23 @@ def test_the_joint_step_backpropagates_the_hand_computed_loss(tmp_path, distill,
     want = _hand_gradients(trainer.model, images, labels, order, teachers, 0.6, 2.0,
                            3 if joint_loss == "mean" else 1)
     assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_float_teacher_teaches_every_bit_width_the_hand_computed_loss(tmp_path, float_start):
+    cfg = tiny_config(tmp_path, bits_list=[8, 4], distill="float", fp_pretrained_file=str(float_start),
+                      distill_weight=0.5, distill_temperature=3.0)
+    trainer = Trainer(cfg, echo=quiet).prepare()
+    images, labels = next(iter(trainer.loaders.train))
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    got = _step_gradients(trainer, images, labels)
+    trainer.model.load_state_dict(start)
+    assert trainer.teacher is not None
+    with torch.no_grad():
+        float_logits = trainer.teacher.model(images)
+    want = _hand_gradients(trainer.model, images, labels, [8, 4], {8: "float", 4: "float"}, 0.5, 3.0, 1,
+                           float_logits)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
 
@@ -166,27 +185,41 @@ def test_the_trainer_trains_only_the_sampled_bit_widths_but_evaluates_all(tmp_pa
     trained: list[Any] = []
     original = adabits.set_bits
     monkeypatch.setattr(adabits, "set_bits", lambda model, bits: (trained.append(bits), original(model, bits)))
-    trainer = Trainer(tiny_config(tmp_path, bits_list=[8, 6, 5, 4], sandwich_middle=1, num_epochs=1),
-                      echo=quiet).prepare()
-    trainer.train_one_epoch(0)
+    trainer = Trainer(tiny_config(tmp_path, bits_list=[8, 6, 5, 4], sandwich_middle=1), echo=quiet).prepare()
+    summaries = [trainer.train_one_epoch(epoch) for epoch in (0, 1)]
     steps = trainer.iters_per_epoch
-    assert len(trained) == 3 * steps
-    assert trained == [b for step in range(steps) for b in trainer.step_bits.at(step)]
+    draws = StepBits([8, 6, 5, 4], middle=1, seed=TINY["random_seed"])  # the run's steps counted over both epochs
+    assert trained == [b for step in range(2 * steps) for b in draws.at(step)]
+    for epoch, summary in enumerate(summaries):  # a bit-width no step of the epoch drew has no training row
+        assert set(summary) == {b for step in range(epoch * steps, (epoch + 1) * steps) for b in draws.at(step)}
     assert set(trainer.evaluate()) == {8, 6, 5, 4}
 
 
 # ---------------------------------------------------------------- config checks
 @pytest.mark.parametrize(("changes", "message"), [
     ({"distill": "float"}, "distill: float distils from the float model in fp_pretrained_file"),
-    ({"distill": "highest", "bits_list": [4]}, "trains 1 bit-width"),
+    ({"distill": "highest", "bits_list": [4]}, "trains only 1 bit-width"),
     ({"sandwich_middle": 2, "bits_list": [8, 6, 5, 4]}, "sandwich_middle 2 needs more than 4 bit-widths"),
     ({"distill": "teacher"}, "distill"),
     ({"joint_loss": "average"}, "joint_loss"),
     ({"distill_weight": 1.5}, "distill_weight"),
+    ({"distill_weight": 0.5}, "apply to distill: highest, recursive or float"),
+    ({"distill": "recursive", "bits_list": [8, 4], "adaptive_training": False}, "adaptive_training: false"),
+    ({"sandwich_middle": 0, "bits_list": [8, 4]}, "trains only 2"),
+    ({"distill": "highest", "bits_list": [[8, 4], [4, 8]]}, "no highest and lowest bit-width"),
+    ({"sandwich_middle": 0, "bits_list": [8, [4, 8], 4]}, None),  # ordered: 8 >= w4a8 >= 4
 ])
 def test_bad_joint_step_options_name_the_key(tmp_path, changes, message):
+    if message is None:
+        tiny_config(tmp_path, **changes)
+        return
     with pytest.raises(ConfigError, match=message):
         tiny_config(tmp_path, **changes)
+
+
+def test_a_float_teacher_with_a_partial_load_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="partial_load"):
+        tiny_config(tmp_path, distill="float", fp_pretrained_file="x.pt", partial_load=True)
 
 
 def test_the_cli_refuses_a_float_teacher_without_its_file_in_one_line(tmp_path, capsys):
@@ -214,13 +247,13 @@ def _taught(log_dir: Path, float_start: Path, **changes: Any):
 
 def test_the_float_teacher_is_the_frozen_start_model(tmp_path, float_start):
     trainer = Trainer(_taught(tmp_path, float_start), echo=quiet).prepare()
-    assert trainer.teacher is not None and not trainer.teacher.training
-    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    assert trainer.teacher is not None and not trainer.teacher.model.training
+    assert not any(p.requires_grad for p in trainer.teacher.model.parameters())
     start = build_model(tiny_config(tmp_path, bits_list=[32]), 4, 1).eval()
     start.load_state_dict(torch.load(float_start, weights_only=True)["model"])
     images, _ = next(iter(trainer.loaders.val))
     with torch.no_grad():
-        torch.testing.assert_close(trainer.teacher(images), start(images), rtol=0, atol=0)
+        torch.testing.assert_close(trainer.teacher.model(images), start(images), rtol=0, atol=0)
 
 
 def test_a_run_with_a_float_teacher_resumed_mid_epoch_equals_the_uninterrupted_one(tmp_path, float_start):
@@ -232,6 +265,7 @@ def test_a_run_with_a_float_teacher_resumed_mid_epoch_equals_the_uninterrupted_o
     ckpt = torch.load(tmp_path / "stopped" / "tiny" / "latest_checkpoint.pt", weights_only=True)
     assert isinstance(ckpt[TEACHER_KEY], str)
     resumed = Trainer(_taught(tmp_path / "stopped", float_start), echo=quiet).prepare()
+    assert resumed.position is not None and (resumed.position.epoch, resumed.position.step) == (1, 2)
     resumed.fit()
     assert_same_weights(weights(resumed), weights(straight))
 
@@ -270,6 +304,7 @@ def test_two_processes_with_a_teacher_and_a_sandwich_end_as_one_process(tmp_path
                               "bits_list": [32], "log_dir": str(teacher_run), "run_name": "fp"}),
                 echo=quiet).prepare().fit()
     raw = {**base, "bits_list": [8, 6, 5, 4], "sandwich_middle": 1, "distill": "float", "joint_loss": "mean",
+           "use_diff_seed": True,  # the draw must not follow each process's own seed
            "fp_pretrained_file": str(teacher_run / "fp" / "best_model.pt"), "log_dir": str(tmp_path / "runs"),
            "run_name": "taught"}
     ranks = run_processes(_one_epoch, 2, tmp_path / "out", raw)

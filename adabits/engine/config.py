@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from ..data.recipes import DATA_LOADERS, TRANSFORMS
-from ..quant.bitwidth import Bits, format_bits, parse_bits_list
+from ..quant.bitwidth import Bits, format_bits, parse_bits, parse_bits_list
 from .errors import ConfigError
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
@@ -279,16 +279,28 @@ class TrainConfig(BaseModel):
     def _consistent_joint_step(self) -> None:
         """Distillation and sampling need what they act on: a teacher, and bit-widths to teach or draw."""
         trained = len(self.train_bits)
+        alone = " (adaptive_training: false trains bits_list[0] alone)" if not self.adaptive_training else ""
+        if self.distill == "none" and (self.distill_weight, self.distill_temperature) != (1.0, 1.0):
+            raise ValueError("distill_weight and distill_temperature apply to distill: highest, recursive or float; "
+                             "with distill: none they would change nothing, so remove them or choose a teacher")
         if self.distill == "float" and not self.fp_pretrained_file:
             raise ValueError("distill: float distils from the float model in fp_pretrained_file; set "
                              "fp_pretrained_file, or use distill: highest or recursive")
+        if self.distill == "float" and self.partial_load:
+            raise ValueError("distill: float needs the whole float model of fp_pretrained_file as its teacher, "
+                             "but partial_load: true loads only what fits; use distill: highest or recursive")
         if self.distill in ("highest", "recursive") and trained < 2:
             raise ValueError(f"distill: {self.distill} teaches lower bit-widths with higher ones of the same step, "
-                             f"but this run trains {trained} bit-width; use distill: float or none")
+                             f"but this run trains only {trained} bit-width{alone}; use distill: float or none")
+        if self.sandwich_middle is not None and trained < 3:
+            raise ValueError(f"sandwich_middle samples the bit-widths between the highest and the lowest, but this "
+                             f"run trains only {trained}{alone}; remove sandwich_middle (null trains all)")
         if self.sandwich_middle is not None and not self.sandwich_middle < trained - 2:
             raise ValueError(f"sandwich_middle {self.sandwich_middle} needs more than {self.sandwich_middle + 2} "
                              f"bit-widths (the highest, the lowest and {self.sandwich_middle} others), but this run "
-                             f"trains {trained}; use a smaller value, or null to train all")
+                             f"trains {trained}; use a value from 0 to {trained - 3}, or null to train all")
+        if self.distill in ("highest", "recursive") or self.sandwich_middle is not None:
+            _check_ordered(self.train_bits)
 
     @property
     def train_bits(self) -> list[Bits]:
@@ -297,6 +309,18 @@ class TrainConfig(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def _check_ordered(bits_list: list[Bits]) -> None:
+    """A teacher of the same step, and the sandwich's ends, need a highest and a lowest bit-width: the one
+    with the most weight and activation bits, and the one with the fewest."""
+    pairs = [parse_bits(b) for b in bits_list]
+    top, bottom = max(pairs), min(pairs)
+    unordered = [format_bits(p) for p in pairs if not (bottom[0] <= p[0] <= top[0] and bottom[1] <= p[1] <= top[1])]
+    if unordered:
+        raise ValueError(f"bits_list {bits_list} has no highest and lowest bit-width in both weight and activation "
+                         f"bits ({unordered} fall outside {format_bits(top)} .. {format_bits(bottom)}), which "
+                         "distill: highest / recursive and sandwich_middle need")
 
 
 def _takes_numbers(annotation: Any) -> bool:

@@ -54,7 +54,8 @@ class MeterSet:
         return self.meters[bits]
 
     def summary(self) -> dict[Bits, dict[str, float]]:
-        return {b: m.summary() for b, m in self.meters.items()}
+        """Per bit-width that saw samples (a sandwich-sampled epoch may never have drawn one)."""
+        return {b: m.summary() for b, m in self.meters.items() if m.samples}
 
     def reduce_(self, sum_: Callable[[torch.Tensor], torch.Tensor]) -> "MeterSet":
         """Replace every meter's sums by `sum_` of them all stacked (one collective for all bit-widths)."""

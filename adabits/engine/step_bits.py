@@ -12,15 +12,19 @@ from collections.abc import Sequence
 
 import torch
 
-from ..quant.bitwidth import Bits, parse_bits
+from ..quant.bitwidth import Bits
+from .report import bits_order
 
-#: mixes the step index into the seed, so that neighbouring (seed, step) pairs do not share a stream
+#: the draw's own stream: the seed and the step mixed with a salt, so that it never starts where the data
+#: loaders' shuffles (seeded from random_seed and the epoch) start
+_SALT = 0x53_41_4E_44  # "SAND"
 _STEP_STRIDE = 1_000_003
 
 
 def highest_first(bits: Sequence[Bits]) -> list[Bits]:
-    """`bits` ordered from the highest bit-width down, by (weight bits, activation bits)."""
-    return sorted(bits, key=parse_bits, reverse=True)
+    """`bits` ordered from the highest bit-width down, by (weight bits, activation bits); the config
+    checks that the highest and the lowest have the most and the fewest bits of both kinds."""
+    return sorted(bits, key=bits_order, reverse=True)
 
 
 class StepBits:
@@ -47,7 +51,7 @@ class StepBits:
         """The bit-widths of the run's step `step` (counted from 0 over all epochs)."""
         if self.middle is None:
             return list(self.ordered)
-        generator = torch.Generator().manual_seed(self.seed * _STEP_STRIDE + step)
+        generator = torch.Generator().manual_seed((self.seed * _STEP_STRIDE + step) ^ _SALT)
         inner = self.ordered[1:-1]
         drawn = sorted(torch.randperm(len(inner), generator=generator)[: self.middle].tolist())
         return [self.ordered[0], *(inner[i] for i in drawn), self.ordered[-1]]

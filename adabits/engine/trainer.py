@@ -122,10 +122,9 @@ class Trainer:
         self.objective = JointObjective(self.criterion, cfg.distill, cfg.distill_weight, cfg.distill_temperature,
                                         cfg.joint_loss)
         self.step_bits = StepBits(self.bits, cfg.sandwich_middle, cfg.random_seed, self.objective.highest_first)
-        self.teacher: nn.Module | None = None
+        self.teacher: teacher.FloatTeacher | None = None
         if cfg.distill == "float" and not cfg.test_only:
             self.teacher = teacher.build_float_teacher(cfg, self.shape.num_classes, self.shape.in_chans, self.device)
-            self.teacher_digest = teacher.digest(self.teacher)
         self.iters_per_epoch = len(self.loaders.train)
         if cfg.max_iters_per_epoch:
             self.iters_per_epoch = min(self.iters_per_epoch, cfg.max_iters_per_epoch)
@@ -288,7 +287,7 @@ class Trainer:
         for step, (images, labels) in enumerate(loader.iter_from(start), start=start):
             if step >= self.iters_per_epoch:
                 break
-            self.train_step(images, labels, loader.share(step), meters, epoch * self.iters_per_epoch + step)
+            self.train_step(images, labels, loader.share(step), meters, step=epoch * self.iters_per_epoch + step)
             if self._step_checkpoint_due(epoch, step + 1):
                 self._save_latest(epoch, step + 1, lr, meters)
             if (step + 1) % cfg.log_every == 0 or step + 1 == self.iters_per_epoch:
@@ -336,7 +335,7 @@ class Trainer:
         self.saved = (latest, step_checkpoint.describe(epoch, step))
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, share: float = 1.0,
-                   meters: MeterSet | None = None, step: int = 0) -> None:
+                   meters: MeterSet | None = None, *, step: int) -> None:
         """One joint optimizer step: forward + backward per bit-width, then one gradient all-reduce, then the update.
 
         `share` is this process's fraction of the global batch (the weight of its gradients in the sum);
@@ -349,7 +348,7 @@ class Trainer:
         tutor: torch.Tensor | None = None
         if self.teacher is not None:
             with torch.no_grad():
-                tutor = self.teacher(images)
+                tutor = self.teacher.model(images)
         with distributed.no_sync(self.forward):  # gradients meet once, below, not once per bit-width
             for bits in trained:
                 adabits.set_bits(self.model, bits)
@@ -390,7 +389,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "epoch": epoch_done, "best": self.best,
             "rng": checkpoint.rng_state(), "config": self.cfg.model_dump(), SHAPE_KEY: shape_record(self.shape),
             checkpoint.METRICS_KEY: list(self.history or []),
-            **({teacher.TEACHER_KEY: self.teacher_digest} if self.teacher is not None else {}),
+            **({teacher.TEACHER_KEY: self.teacher.digest} if self.teacher is not None else {}),
         }
 
     def fit(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pydantic import (
 from ..data.recipes import DATA_LOADERS, TRANSFORMS
 from ..quant.bitwidth import Bits, format_bits, parse_bits, parse_bits_list
 from .errors import ConfigError
+from .joint_objective import IN_STEP_TEACHERS, Distill, JointLoss
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 from .yaml_io import read_yaml
@@ -137,8 +138,8 @@ class TrainConfig(BaseModel):
     # the joint step (docs/training.md): how the per-bit losses combine (`sum`, the seed's, needs the lr
     # divided by the number of bit-widths; `mean` keeps one lr), in-place distillation, and the sandwich
     # rule (per step the highest, the lowest and sandwich_middle others drawn at random; null: all)
-    joint_loss: Literal["sum", "mean"] = "sum"
-    distill: Literal["none", "highest", "recursive", "float"] = "none"
+    joint_loss: JointLoss = "sum"
+    distill: Distill = "none"
     distill_weight: float = Field(1.0, ge=0, le=1)  # of the distillation loss; the label loss gets 1 - it
     distill_temperature: float = Field(1.0, gt=0)
     sandwich_middle: int | None = Field(None, ge=0)
@@ -289,7 +290,7 @@ class TrainConfig(BaseModel):
         if self.distill == "float" and self.partial_load:
             raise ValueError("distill: float needs the whole float model of fp_pretrained_file as its teacher, "
                              "but partial_load: true loads only what fits; use distill: highest or recursive")
-        if self.distill in ("highest", "recursive") and trained < 2:
+        if self.distill in IN_STEP_TEACHERS and trained < 2:
             raise ValueError(f"distill: {self.distill} teaches lower bit-widths with higher ones of the same step, "
                              f"but this run trains only {trained} bit-width{alone}; use distill: float or none")
         if self.sandwich_middle is not None and trained < 3:
@@ -299,7 +300,7 @@ class TrainConfig(BaseModel):
             raise ValueError(f"sandwich_middle {self.sandwich_middle} needs more than {self.sandwich_middle + 2} "
                              f"bit-widths (the highest, the lowest and {self.sandwich_middle} others), but this run "
                              f"trains {trained}; use a value from 0 to {trained - 3}, or null to train all")
-        if self.distill in ("highest", "recursive") or self.sandwich_middle is not None:
+        if self.distill in IN_STEP_TEACHERS or self.sandwich_middle is not None:
             _check_ordered(self.train_bits)
 
     @property

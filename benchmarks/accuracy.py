@@ -58,6 +58,9 @@ RECIPE_ROWS: dict[str, list[str]] = {
     **{f"adabits_432_mean_distill_{mode}": ["bits_list=[4,3,2]", "joint_loss=mean", f"distill={mode}"]
        for mode in ("highest", "recursive", "float")},
     "adabits_8654_mean_distill_float": ["bits_list=[8,6,5,4]", "joint_loss=mean", "distill=float"],
+    # half labels, half teacher: at w = 1 the taught bit-widths never see a label
+    "adabits_432_mean_distill_float_half": ["bits_list=[4,3,2]", "joint_loss=mean", "distill=float",
+                                            "distill_weight=0.5"],
     "adabits_7bits_mean_sandwich1": [f"bits_list={SEVEN}", "joint_loss=mean", "sandwich_middle=1"],
 }
 

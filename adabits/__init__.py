@@ -9,6 +9,7 @@ from .quant import (
     QuantLayer,
     SwitchBatchNorm2d,
     calibrate_bn,
+    compile_quantizers,
     get_bits,
     get_bits_list,
     load_fp_state_dict,
@@ -21,7 +22,7 @@ from .quant import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdabitsError", "QConv2d", "QLinear", "QuantConfig", "QuantLayer", "SwitchBatchNorm2d", "calibrate_bn", "create_model", "get_bits",
+    "AdabitsError", "QConv2d", "QLinear", "QuantConfig", "QuantLayer", "SwitchBatchNorm2d", "calibrate_bn", "compile_quantizers", "create_model", "get_bits",
     "get_bits_list", "list_models", "load_fp_state_dict", "quantize_model", "recalibrate_bn", "register_model",
     "set_bits", "use_bits", "UserError",
 ]

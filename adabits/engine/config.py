@@ -163,6 +163,10 @@ class TrainConfig(BaseModel):
     model_profiling_verbose: bool = False
     device: str = "auto"
     compile: bool = False
+    # the quantizers alone compiled (adabits.quant.kernels), the model eager: docs/training.md, "Speed"
+    compile_quantizers: bool = False
+    # autocast for convolutions and matrix products; quantizers stay float32 (engine/precision.py)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     num_threads: int | None = Field(None, ge=1, le=1024)  # torch crashes creating very many threads
     log_every: int = Field(20, ge=1)

@@ -29,7 +29,7 @@ from ..data import DataShape, Loaders, build_loaders
 from ..quant.bitwidth import Bits, bits_label
 from ..quant.clipping import init_clipping_levels
 from ..atomic import atomic_write
-from . import checkpoint, distributed, report, resume_policy, run_folder, step_checkpoint, teacher
+from . import checkpoint, distributed, precision, report, resume_policy, run_folder, step_checkpoint, teacher
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingDiverged, UserError
@@ -49,6 +49,7 @@ from .step_bits import StepBits
 from .write_errors import reported
 
 Printer = Callable[[str], None]
+GRAD_SCALER_KEY = "grad_scaler"  # fp16's loss scale, in the checkpoint
 T = TypeVar("T")
 
 
@@ -116,6 +117,9 @@ class Trainer:
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if cfg.compile_quantizers:
+            adabits.compile_quantizers(self.model)
+        self.grad_scaler = precision.grad_scaler(cfg.precision, self.device)
         if cfg.sync_bn and self.dist.enabled:
             self.model = distributed.convert_sync_bn(self.model, self.device)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -238,6 +242,8 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
+            if self.grad_scaler is not None and GRAD_SCALER_KEY in ckpt:  # else (fp32 or bf16 before): a fresh scale
+                self.grad_scaler.load_state_dict(ckpt[GRAD_SCALER_KEY])
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: optimizer state does not fit this config ({exc})") from None
         try:
@@ -347,20 +353,26 @@ class Trainer:
         scale = self.objective.scale(len(trained))
         tutor: torch.Tensor | None = None
         if self.teacher is not None:
-            with torch.no_grad():
-                tutor = self.teacher.model(images)
+            with torch.no_grad(), precision.autocast(self.cfg.precision, self.device):
+                tutor = self.teacher.model(images).float()
         with distributed.no_sync(self.forward):  # gradients meet once, below, not once per bit-width
             for bits in trained:
                 adabits.set_bits(self.model, bits)
-                logits = self.forward(images)
+                with precision.autocast(self.cfg.precision, self.device):
+                    logits = self.forward(images).float()
                 loss, label_loss = self.objective.bit_loss(logits, labels, tutor)
-                (loss * scale).backward()
+                loss = loss * scale
+                (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
                 tutor = self.objective.next_teacher(tutor, logits)
                 if meters is not None:
                     meters[bits].update(logits.detach(), labels, label_loss.detach())
         if self.grad_sync is not None:
             self.grad_sync(share)
-        self.optimizer.step()
+        if self.grad_scaler is None:
+            self.optimizer.step()
+        else:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
         self.scheduler.step()
 
     def _reduced(self, meters: MeterSet) -> MeterSet:
@@ -390,6 +402,7 @@ class Trainer:
             "rng": checkpoint.rng_state(), "config": self.cfg.model_dump(), SHAPE_KEY: shape_record(self.shape),
             checkpoint.METRICS_KEY: list(self.history or []),
             **({teacher.TEACHER_KEY: self.teacher.digest} if self.teacher is not None else {}),
+            **({GRAD_SCALER_KEY: self.grad_scaler.state_dict()} if self.grad_scaler is not None else {}),
         }
 
     def fit(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..errors import QuantOptionError
+from . import kernels
 from .bitwidth import FULL_PRECISION
 from .schemes import SCHEMES, QuantScheme, SchemeName, get_scheme
 
@@ -30,7 +31,7 @@ RESCALE_TYPES: tuple[str, ...] = ("constant", "stddev")
 __all__ = [
     "FULL_PRECISION", "RESCALE_TYPES", "SCHEMES", "check_scheme", "clip_activation", "codes_to_unit",
     "codes_to_weight", "normalize_weight", "quantize_activation", "quantize_codes", "quantize_unit",
-    "quantize_weight", "sat_scale", "weight_codes",
+    "quantize_weight", "sat_scale", "sat_weight", "weight_codes",
 ]
 
 
@@ -119,6 +120,19 @@ def sat_scale(
     return target / quantized_weight.detach().std()
 
 
+def sat_weight(weight: Tensor, bits: int, scheme: str | QuantScheme, clamp: bool, rescale: bool, fan_out: int,
+               rescale_type: str = "constant") -> Tensor:
+    """The weight a quantized layer multiplies with: `quantize_weight`, times SAT's scale when `rescale`."""
+    quantized = quantize_weight(weight, bits, scheme, clamp)
+    return quantized * sat_scale(quantized, weight, fan_out, rescale_type) if rescale else quantized
+
+
+#: `sat_weight` as one compiled graph (forward and backward); not bit-exact (kernels.py says why)
+compiled_sat_weight = torch.compile(sat_weight, dynamic=True)
+_compiled_pact_forward = torch.compile(kernels.pact_forward, dynamic=True, fullgraph=True)
+_compiled_pact_backward = torch.compile(kernels.pact_backward, dynamic=True, fullgraph=True)
+
+
 def _flat_alike(*tensors: Tensor) -> tuple[Tensor, ...]:
     """1-D views of same-shaped tensors in one common element order (views where the layout allows)."""
     if tensors[0].dim() == 4 and any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
@@ -140,8 +154,15 @@ class _PACTQuantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, bits: int, scheme: QuantScheme, double_side: bool) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, alpha: Tensor, bits: int, scheme: QuantScheme, double_side: bool,  # type: ignore[override]
+                compiled: bool) -> Tensor:
         a = scheme.levels(bits)
+        ctx.levels, ctx.compiled = a, compiled
+        if compiled:  # one fused pass each way, saving only x (kernels.py)
+            numbers = torch.tensor([a, scheme.max_code(bits), scheme.offset], device=x.device).unbind()
+            ctx.kernel_args = (*numbers, scheme.rounds, double_side)
+            ctx.save_for_backward(x, alpha)
+            return _compiled_pact_forward(x, alpha, *ctx.kernel_args, x.dtype)
         if double_side:  # u = (x / alpha + 1) / 2 * a
             units = torch.mul(x, a / (2 * alpha)).add_(a / 2)
         else:  # u = x / alpha * a
@@ -151,11 +172,14 @@ class _PACTQuantize(torch.autograd.Function):
             codes.add_(scheme.offset)
         out = codes.mul_(alpha / a) if not double_side else codes.mul_(2 * alpha / a).sub_(alpha)
         ctx.save_for_backward(x, alpha, units, out)
-        ctx.levels = a
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
+        if ctx.compiled:
+            x, alpha = ctx.saved_tensors
+            grad_x, grad_alpha = _compiled_pact_backward(grad, x, alpha, *ctx.kernel_args)
+            return grad_x, grad_alpha if ctx.needs_input_grad[1] else None, None, None, None, None
         x, alpha, units, out = ctx.saved_tensors
         grad_x = torch.ops.aten.hardtanh_backward(grad, units, 0.0, ctx.levels)
         grad_alpha = None
@@ -163,7 +187,7 @@ class _PACTQuantize(torch.autograd.Function):
             # sum(grad * (out - x * inside)) / alpha as two reductions, with no temporaries
             grad_flat, out_flat, grad_x_flat, x_flat = _flat_alike(grad, out, grad_x, x)
             grad_alpha = (torch.dot(grad_flat, out_flat) - torch.dot(grad_x_flat, x_flat)) / alpha
-        return grad_x, grad_alpha, None, None, None
+        return grad_x, grad_alpha, None, None, None, None
 
 
 def clip_activation(x: Tensor, alpha: Tensor, double_side: bool = False) -> Tensor:
@@ -179,15 +203,19 @@ def quantize_activation(
     bits: int,
     scheme: str = "original",
     double_side: bool = False,
+    compiled: bool = False,
 ) -> Tensor:
     """PACT activation quantization (Choi et al., 2018) with clipping level |alpha|.
 
     At `bits >= 32` only the clipping is applied (the `pact_fp` path). `alpha` is a 0-d or
     one-element tensor; its gradient comes from the clip and from alpha * q(x / alpha).
+    `compiled` runs the fused kernels of kernels.py: the same values, in one pass each way.
     """
     resolved = get_scheme(scheme)
+    if compiled and bits < FULL_PRECISION:
+        return _PACTQuantize.apply(x, alpha.abs().float().reshape(()), bits, resolved, double_side, True)
     x32, dtype = _in_float32(x)
     alpha = alpha.abs().to(x32.dtype).reshape(())
     if bits >= FULL_PRECISION:
         return clip_activation(x32, alpha, double_side).to(dtype)
-    return _PACTQuantize.apply(x32, alpha, bits, resolved, double_side).to(dtype)
+    return _PACTQuantize.apply(x32, alpha, bits, resolved, double_side, False).to(dtype)

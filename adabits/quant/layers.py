@@ -22,7 +22,15 @@ from torch import Tensor, nn
 
 from .bitwidth import FULL_PRECISION, BitPair, BitSwitchable, nearest_bits
 from .config import QuantConfig
-from .functional import codes_to_weight, quantize_activation, quantize_weight, sat_scale, weight_codes
+from .functional import (
+    codes_to_weight,
+    compiled_sat_weight,
+    quantize_activation,
+    quantize_weight,
+    sat_scale,
+    sat_weight,
+    weight_codes,
+)
 from .interpolation import interpolate_alpha
 from .schemes import QuantScheme, get_scheme
 
@@ -48,6 +56,8 @@ class QuantLayer(BitSwitchable, nn.Module):
 
     weight: Tensor
     alpha: nn.Parameter | None
+    #: train with the compiled quantizers (kernels.py); evaluation and export always use the eager ones
+    compiled_quantizers: bool = False
 
     def _init_quant(
         self,
@@ -160,7 +170,8 @@ class QuantLayer(BitSwitchable, nn.Module):
         alpha = self.current_alpha()
         if alpha is None or not self.clips_input:
             return x
-        return quantize_activation(x, alpha, self.act_bits, self.act_quant_scheme, self.double_side)
+        return quantize_activation(x, alpha, self.act_bits, self.act_quant_scheme, self.double_side,
+                                   compiled=self.compiled_quantizers and self.training)
 
     # ---------------------------------------------------------------- the weight
     def weight_codes(self, bits: int | None = None) -> Tensor:
@@ -202,10 +213,8 @@ class QuantLayer(BitSwitchable, nn.Module):
         if self.stored_weight is not None and bits < FULL_PRECISION:
             weight = codes_to_weight(self.weight_codes(), bits, self.weight_scheme)
             return weight * self.weight_sat_scale() if self.rescale else weight
-        weight = quantize_weight(self.weight, bits, self.weight_scheme, self.clamp)
-        if self.rescale:
-            weight = weight * self._sat_of(weight)
-        return weight
+        compute = compiled_sat_weight if self.compiled_quantizers and self.training else sat_weight
+        return compute(self.weight, bits, self.weight_scheme, self.clamp, self.rescale, self.fan_out, self.rescale_type)
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
         """Make a float or shared clipping level fit this layer, in place: one alpha of any shape (the
@@ -313,6 +322,15 @@ class QLinear(QuantLayer, nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+def compile_quantizers(model: nn.Module, enabled: bool = True) -> int:
+    """Make every quantized layer of `model` train with the compiled quantizers (kernels.py), or again with
+    the eager ones; the model itself stays eager. Returns the number of layers."""
+    layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
+    for layer in layers:
+        layer.compiled_quantizers = enabled
+    return len(layers)
 
 
 _BN_STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")

@@ -1,0 +1,62 @@
+"""The PACT quantizer as two pure functions, forward and backward, written to be compiled (functional.py).
+
+Eager, the PACT quantizer makes about four passes over an activation in forward (scale, clip,
+round, rescale) and three in backward, and saves a second activation-sized tensor; beside a
+convolution of a few channels that is a large part of a training step. Compiled here, the forward
+is one pass (read x, write the quantized x) and the backward one pass that recomputes what it
+needs from x (read x and the gradient, write the input gradient and accumulate the clipping
+level's), so it saves nothing but x. The weight quantizer is a chain of a dozen small ops per
+layer whose cost is their launch overhead; compiled, it is one graph forward and one backward.
+
+Only the quantizers are compiled, never the model (`functional.quantize_activation(compiled=True)`,
+`functional.compiled_sat_weight`): each graph compiles in seconds, once per process (Inductor's cache
+makes later processes faster still), with dynamic shapes so that every layer and batch size shares it.
+
+Exactness: the compiled PACT forward and input gradient equal the eager ones bit for bit (the same
+float32 operations in the same order); the clipping level's gradient is a sum over the activation
+whose order differs (relative differences ~1e-5). The compiled weight quantizer uses Inductor's tanh
+and std, which differ from ATen's in the last bits, so a weight on a code boundary may round the
+other way: layers use it in training only (`QuantLayer.compiled_quantizers`), and evaluation and
+every export use the eager reference.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _pact_units(x: Tensor, alpha: Tensor, levels: Tensor, double_side: bool) -> Tensor:
+    """x in units of one quantization step: the clipping bounds become 0 and `levels`."""
+    return x * (levels / (2 * alpha)) + levels / 2 if double_side else x * (levels / alpha)
+
+
+def _pact_values(units: Tensor, alpha: Tensor, levels: Tensor, max_code: Tensor, offset: Tensor, rounds: bool,
+                 double_side: bool) -> Tensor:
+    codes = torch.clamp(units, torch.zeros_like(max_code), max_code)
+    codes = (codes.round() if rounds else codes.floor()) + offset
+    return codes * (2 * alpha / levels) - alpha if double_side else codes * (alpha / levels)
+
+
+def pact_forward(x: Tensor, alpha: Tensor, levels: Tensor, max_code: Tensor, offset: Tensor, rounds: bool,
+                 double_side: bool, out_dtype: torch.dtype) -> Tensor:
+    """The PACT quantizer's output (functional._PACTQuantize's forward), computed in float32.
+
+    The scheme's numbers (levels, top code, offset) come as 0-d float32 tensors, so that one compiled
+    graph serves every bit-width; `rounds`, `double_side` and the dtype choose among a few graphs."""
+    x32 = x.float()
+    out = _pact_values(_pact_units(x32, alpha, levels, double_side), alpha, levels, max_code, offset, rounds,
+                       double_side)
+    return out.to(out_dtype)
+
+
+def pact_backward(grad: Tensor, x: Tensor, alpha: Tensor, levels: Tensor, max_code: Tensor, offset: Tensor,
+                  rounds: bool, double_side: bool) -> tuple[Tensor, Tensor]:
+    """(d loss / d x, d loss / d alpha) of `pact_forward` under the straight-through estimator."""
+    x32 = x.float()
+    units = _pact_units(x32, alpha, levels, double_side)
+    inside = (units > 0) & (units < levels)
+    out = _pact_values(units, alpha, levels, max_code, offset, rounds, double_side)
+    grad32 = grad.float()
+    grad_x = torch.where(inside, grad32, 0.0)
+    grad_alpha = (grad32 * (out - torch.where(inside, x32, 0.0))).sum() / alpha
+    return grad_x.to(grad.dtype), grad_alpha

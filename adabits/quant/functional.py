@@ -128,7 +128,7 @@ def sat_weight(weight: Tensor, bits: int, scheme: str | QuantScheme, clamp: bool
 
 
 #: `sat_weight` as one compiled graph (forward and backward); not bit-exact (kernels.py says why)
-compiled_sat_weight = torch.compile(sat_weight, dynamic=True)
+compiled_sat_weight = torch.compile(sat_weight, dynamic=True, fullgraph=True)
 _compiled_pact_forward = torch.compile(kernels.pact_forward, dynamic=True, fullgraph=True)
 _compiled_pact_backward = torch.compile(kernels.pact_backward, dynamic=True, fullgraph=True)
 

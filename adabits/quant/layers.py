@@ -213,8 +213,13 @@ class QuantLayer(BitSwitchable, nn.Module):
         if self.stored_weight is not None and bits < FULL_PRECISION:
             weight = codes_to_weight(self.weight_codes(), bits, self.weight_scheme)
             return weight * self.weight_sat_scale() if self.rescale else weight
-        compute = compiled_sat_weight if self.compiled_quantizers and self.training else sat_weight
-        return compute(self.weight, bits, self.weight_scheme, self.clamp, self.rescale, self.fan_out, self.rescale_type)
+        if self.compiled_quantizers and self.training:
+            # a view, not the Parameter: torch.compile gives parameters static shapes, one graph per layer
+            weight = self.weight.view(self.weight.shape)
+            return compiled_sat_weight(weight, bits, self.weight_scheme, self.clamp, self.rescale, self.fan_out,
+                                       self.rescale_type)
+        return sat_weight(self.weight, bits, self.weight_scheme, self.clamp, self.rescale, self.fan_out,
+                          self.rescale_type)
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
         """Make a float or shared clipping level fit this layer, in place: one alpha of any shape (the

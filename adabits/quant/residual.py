@@ -20,13 +20,32 @@ import torch
 from torch import Tensor, nn
 
 from .bitwidth import BitPair, BitSwitchable, nearest_bits
-from .grid import Grid
+from .grid import UINT8_MAX, Grid
 
 
 def fake_quantize(x: Tensor, grid: Grid) -> Tensor:
     """`x` rounded onto `grid` (codes clipped to low..high), with a straight-through gradient."""
-    codes = torch.clamp(torch.round(x / grid.scale), grid.low, grid.high)
-    return x + (codes * grid.scale - x).detach()
+    return _rounded(x, torch.tensor(grid.scale), torch.tensor(float(grid.low)), torch.tensor(float(grid.high)))
+
+
+def _rounded(x: Tensor, scale: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Rounded in float32 whatever x's dtype (under autocast, bf16), as the PACT quantizer is."""
+    x32 = x.float()
+    codes = torch.clamp(torch.round(x32 / scale), low, high)
+    return (x32 + (codes * scale - x32).detach()).to(x.dtype)
+
+
+def covering_on_device(row: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(scale, low code, high code) of `Grid.covering(low, high)` for a range row, computed where the row is.
+
+    The same IEEE float64 operations as Grid.covering (and the same rounding of the step to float32), so
+    the model rounds onto exactly the grid the integer export stores, without reading the range on the host.
+    A NaN row (no range yet) gives a NaN scale."""
+    low, high = row.double().unbind()
+    low, high = torch.clamp(low, max=0.0), torch.clamp(high, min=0.0)
+    scale = (torch.clamp(high - low, min=1e-8) / UINT8_MAX).float()
+    bottom = torch.clamp(torch.round(low / scale.double()), min=-UINT8_MAX)
+    return scale, bottom.float(), (bottom + UINT8_MAX).float()
 
 
 class Int8Observer(BitSwitchable, nn.Module):
@@ -51,7 +70,7 @@ class Int8Observer(BitSwitchable, nn.Module):
         return not bool(torch.isnan(self.ranges[self.bits_index]).any())
 
     def _grid_or_none(self) -> Grid | None:
-        low, high = self.ranges[self.bits_index].tolist()  # the one host read of a forward
+        low, high = self.ranges[self.bits_index].tolist()  # for readers (the export), never in forward
         return None if low != low or high != high else Grid.covering(low, high)  # NaN: no range yet
 
     def grid(self) -> Grid:
@@ -68,8 +87,9 @@ class Int8Observer(BitSwitchable, nn.Module):
                 seen = torch.stack([x.min(), x.max()]).float()
                 row = self.ranges[self.bits_index]
                 row.copy_(torch.where(torch.isnan(row), seen, row + self.momentum * (seen - row)))
-        grid = self._grid_or_none()
-        return x if grid is None else fake_quantize(x, grid)
+        # no host read: the grid is computed on the device, and in training the range was just set
+        rounded = _rounded(x, *covering_on_device(self.ranges[self.bits_index]))
+        return rounded if self.training else torch.where(torch.isnan(rounded), x, rounded)
 
     def add_bits(self, bits: BitPair) -> None:
         """A new bit-width takes the range of the nearest trained one."""

@@ -119,7 +119,8 @@ def peer_table(rows: dict[str, Any]) -> str:
 
 #: the joint step's options (docs/training.md): row suffix -> label
 DISTILL = {"mean": "`mean`, no distillation", "mean_distill_highest": "taught by the highest",
-           "mean_distill_recursive": "recursive", "mean_distill_float": "taught by the float model"}
+           "mean_distill_recursive": "recursive", "mean_distill_float": "taught by the float model",
+           "mean_distill_float_half": "taught by the float model, distill_weight 0.5"}
 SEVEN_BITS = (8, 7, 6, 5, 4, 3, 2)
 
 

@@ -159,10 +159,10 @@ class _PACTQuantize(torch.autograd.Function):
         a = scheme.levels(bits)
         ctx.levels, ctx.compiled = a, compiled
         if compiled:  # one fused pass each way, saving only x (kernels.py)
-            numbers = torch.tensor([a, scheme.max_code(bits), scheme.offset], device=x.device).unbind()
-            ctx.kernel_args = (*numbers, scheme.rounds, double_side)
+            levels, max_code, offset = torch.tensor([a, scheme.max_code(bits), scheme.offset], device=x.device).unbind()
+            ctx.kernel_args = (levels, max_code, offset, scheme.rounds, double_side)
             ctx.save_for_backward(x, alpha)
-            return _compiled_pact_forward(x, alpha, *ctx.kernel_args, x.dtype)
+            return _compiled_pact_forward(x, alpha, levels, max_code, offset, scheme.rounds, double_side, x.dtype)
         if double_side:  # u = (x / alpha + 1) / 2 * a
             units = torch.mul(x, a / (2 * alpha)).add_(a / 2)
         else:  # u = x / alpha * a
@@ -178,8 +178,8 @@ class _PACTQuantize(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         if ctx.compiled:
             x, alpha = ctx.saved_tensors
-            grad_x, grad_alpha = _compiled_pact_backward(grad, x, alpha, *ctx.kernel_args)
-            return grad_x, grad_alpha if ctx.needs_input_grad[1] else None, None, None, None, None
+            fused_x, fused_alpha = _compiled_pact_backward(grad, x, alpha, *ctx.kernel_args)
+            return fused_x, fused_alpha if ctx.needs_input_grad[1] else None, None, None, None, None
         x, alpha, units, out = ctx.saved_tensors
         grad_x = torch.ops.aten.hardtanh_backward(grad, units, 0.0, ctx.levels)
         grad_alpha = None

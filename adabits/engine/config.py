@@ -30,6 +30,7 @@ from ..quant.bitwidth import Bits, format_bits, parse_bits, parse_bits_list
 from .errors import ConfigError
 from .joint_objective import IN_STEP_TEACHERS, Distill, JointLoss
 from .optim import OPTIMIZERS
+from .precision import Precision
 from .schedules import SCHEDULES
 from .yaml_io import read_yaml
 
@@ -166,7 +167,7 @@ class TrainConfig(BaseModel):
     # the quantizers alone compiled (adabits.quant.kernels), the model eager: docs/training.md, "Speed"
     compile_quantizers: bool = False
     # autocast for convolutions and matrix products; quantizers stay float32 (engine/precision.py)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Precision = "fp32"
     channels_last: bool = False
     num_threads: int | None = Field(None, ge=1, le=1024)  # torch crashes creating very many threads
     log_every: int = Field(20, ge=1)

@@ -1,6 +1,7 @@
 """The command line as a user meets it: exit status 2 and one message for bad input, nothing written."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ from _engine_helpers import tiny_args
 ROOT = Path(__file__).parent.parent
 
 
-def run_train_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_train_py(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=None if env is None else {**os.environ, **env})
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -42,6 +43,14 @@ def test_train_py_reports_bad_input_without_traceback(tmp_path):
     proc = run_train_py("app:cfg.yml", "lr=fast", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "'lr'" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yml"]
+
+
+def test_compiling_without_a_cpp_compiler_is_one_line_naming_the_key(tmp_path):
+    (tmp_path / "cfg.yml").write_text("log_dir: out\ndataset: synthetic\ndevice: cpu\n")
+    proc = run_train_py("app:cfg.yml", "compile_quantizers=true", cwd=tmp_path, env={"CXX": "nosuchcxx"})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "compile_quantizers: true" in proc.stderr and "no C++ compiler" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yml"]
 
 

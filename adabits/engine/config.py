@@ -168,6 +168,7 @@ class TrainConfig(BaseModel):
     compile_quantizers: bool = False
     # autocast for convolutions and matrix products; quantizers stay float32 (engine/precision.py)
     precision: Precision = "fp32"
+    cudnn_benchmark: bool = True  # CUDA: cuDNN picks each convolution's fastest algorithm once (engine/backends.py)
     channels_last: bool = False
     num_threads: int | None = Field(None, ge=1, le=1024)  # torch crashes creating very many threads
     log_every: int = Field(20, ge=1)

@@ -52,7 +52,7 @@ RESUME_RULES: dict[str, tuple[str, str]] = {
     "topk": (MAY_CHANGE, "which top-k errors are reported"),
     "eval_batch_size": (MAY_CHANGE, "the batching of evaluation only"),
     **{key: (MAY_CHANGE, _HOW) for key in (
-        "device", "compile", "compile_quantizers", "precision", "channels_last", "num_threads", "data_loader_workers", "distributed", "dist_backend")},
+        "device", "compile", "compile_quantizers", "precision", "cudnn_benchmark", "channels_last", "num_threads", "data_loader_workers", "distributed", "dist_backend")},
     **{key: (MAY_CHANGE, _SHOWN) for key in (
         "log_every", "progress", "tensorboard", "test_only", "checkpoint_every_steps")},
     **{key: (MAY_CHANGE, _WHERE) for key in ("log_dir", "run_name", "resume", "dataset_dir", "download")},

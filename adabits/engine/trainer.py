@@ -29,7 +29,7 @@ from ..data import DataShape, Loaders, build_loaders
 from ..quant.bitwidth import Bits, bits_label
 from ..quant.clipping import init_clipping_levels
 from ..atomic import atomic_write
-from . import checkpoint, distributed, precision, report, resume_policy, run_folder, step_checkpoint, teacher
+from . import backends, checkpoint, distributed, precision, report, resume_policy, run_folder, step_checkpoint, teacher
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingDiverged, UserError
@@ -91,6 +91,8 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.device = distributed.device_for(self.dist, resolve_device(cfg.device))
+        backends.require_compiler(self.device, [key for key in ("compile", "compile_quantizers") if getattr(cfg, key)])
+        backends.configure(self.device, cfg.cudnn_benchmark)
         if self.dist.enabled:
             self._join_process_group()
         if not cfg.test_only:

@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import QuantOptionError
 from .bitwidth import max_bits, parse_bits_list
 from .config import QuantConfig
+from .attention import QMultiheadAttention
 from .layers import QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
 from .residual import Int8Observer
 
@@ -22,11 +23,14 @@ def default_layer_policy(model: nn.Module, bits_list: Iterable[object]) -> dict[
     is weight-only and keeps the highest bits (at least 8), with 8-bit input clipping; the last linear
     keeps the highest bits."""
     keep = max(max_bits(bits_list), 8)
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    inside_attention = {f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in inside_attention]
+    names = [n for n, _ in layers]
     if not names:
         return {}
     policy: dict[str, dict[str, Any]] = {names[0]: {"weight_only": True, "bitw_min": keep, "bita_min": 8}}
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears = [n for n, m in layers if isinstance(m, nn.Linear)]
     last = linears[-1] if linears else names[-1]
     if last != names[0]:
         policy[last] = {"bitw_min": keep}
@@ -36,12 +40,24 @@ def default_layer_policy(model: nn.Module, bits_list: Iterable[object]) -> dict[
 def _quantized_twin(module: nn.Module, bits_list: tuple, config: QuantConfig, options: dict[str, Any]) -> nn.Module:
     """A quantized copy of one float layer, holding the same weights, on the same device and dtype."""
     weight = getattr(module, "weight", None)
+    if isinstance(module, nn.MultiheadAttention):
+        weight = module.out_proj.weight
     factory = {"device": weight.device, "dtype": weight.dtype} if weight is not None else {}
     if isinstance(module, nn.Conv2d):
         twin: nn.Module = QConv2d(
             module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
             module.dilation, module.groups, module.bias is not None, module.padding_mode,
             bits_list=bits_list, config=config, **options, **factory,
+        )
+    elif isinstance(module, nn.MultiheadAttention):
+        if module.bias_k is not None or module.add_zero_attn:
+            raise QuantOptionError("nn.MultiheadAttention with add_bias_kv or add_zero_attn has no quantized twin; "
+                                   "keep it in float with layer_options {name: {'quantize': False}}")
+        # the inputs of attention projections (after LayerNorm, the attention output) are signed
+        twin = QMultiheadAttention(
+            module.embed_dim, module.num_heads, module.dropout, module.in_proj_bias is not None or
+            module.out_proj.bias is not None, module.batch_first, module.kdim, module.vdim,
+            bits_list=bits_list, config=config, **{"double_side": True, **options}, **factory,
         )
     elif isinstance(module, nn.Linear):
         twin = QLinear(
@@ -64,7 +80,18 @@ def _quantized_twin(module: nn.Module, bits_list: tuple, config: QuantConfig, op
 
 def _is_float_layer(module: nn.Module) -> bool:
     quantized = (QConv2d, QLinear, SwitchBatchNorm2d)
-    return isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) and not isinstance(module, quantized)
+    float_layers = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.MultiheadAttention)
+    return isinstance(module, float_layers) and not isinstance(module, quantized)
+
+
+def _without_fast_paths(model: nn.Module) -> None:
+    """Turn off the fused inference paths of torch's transformer modules, which read the float weights
+    directly and never call the quantized layers' forward: eval then computes what training does."""
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoder):
+            module.use_nested_tensor = False
+        if isinstance(module, nn.TransformerEncoderLayer):
+            module.activation_relu_or_gelu = 0  # torch reads this flag for its fast path only
 
 
 def quantize_model(
@@ -98,8 +125,10 @@ def quantize_model(
             raise ValueError(f"layer_options[{name!r}] has unknown options {sorted(unknown)}; allowed: {sorted(LAYER_OPTIONS)}")
         options[name] = {**options.get(name, {}), **extra}
 
+    # an attention's out_proj is multiplied by F.multi_head_attention_forward, never called: the twin replaces it
+    attention = [f"{n}." for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
     for name, module in list(model.named_modules()):
-        if not _is_float_layer(module):
+        if not _is_float_layer(module) or any(name.startswith(prefix) for prefix in attention):
             continue
         layer = dict(options.get(name, {}))
         if not layer.pop("quantize", True):
@@ -111,6 +140,7 @@ def quantize_model(
             return twin
         parent_name, _, child = name.rpartition(".")
         setattr(names[parent_name] if parent_name else model, child, twin)
+    _without_fast_paths(model)
     return model
 
 
@@ -121,7 +151,7 @@ def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
     before anything is loaded."""
     state = dict(state_dict)
     for name, module in model.named_modules():
-        if isinstance(module, (QuantLayer, SwitchBatchNorm2d)):
+        if isinstance(module, (QuantLayer, SwitchBatchNorm2d, QMultiheadAttention)):
             module.adapt_state_dict(state, f"{name}." if name else "")
     return state
 

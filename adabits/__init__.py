@@ -5,11 +5,13 @@ from .models import create_model, list_models, register_model
 from .quant import (
     QConv2d,
     QLinear,
+    QMultiheadAttention,
     QuantConfig,
     QuantLayer,
     SwitchBatchNorm2d,
     calibrate_bn,
     compile_quantizers,
+    conversion_report,
     get_bits,
     get_bits_list,
     load_fp_state_dict,
@@ -22,7 +24,8 @@ from .quant import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdabitsError", "QConv2d", "QLinear", "QuantConfig", "QuantLayer", "SwitchBatchNorm2d", "calibrate_bn", "compile_quantizers", "create_model", "get_bits",
+    "AdabitsError", "QConv2d", "QLinear", "QMultiheadAttention", "QuantConfig", "QuantLayer", "SwitchBatchNorm2d",
+    "calibrate_bn", "compile_quantizers", "conversion_report", "create_model", "get_bits",
     "get_bits_list", "list_models", "load_fp_state_dict", "quantize_model", "recalibrate_bn", "register_model",
     "set_bits", "use_bits", "UserError",
 ]

@@ -8,11 +8,13 @@ from .bitwidth import get_bits, get_bits_list, set_bits, use_bits
 from .calibrate import add_bits, calibrate_bn, recalibrate_bn
 from .config import QuantConfig
 from .convert import load_fp_state_dict, quantize_model
+from .attention import QMultiheadAttention
+from .report import ConversionReport, conversion_report
 from .layers import QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d, compile_quantizers
 from .schemes import SCHEMES, QuantScheme, get_scheme
 
 __all__ = [
-    "SCHEMES", "QConv2d", "QLinear", "QuantConfig", "QuantLayer", "QuantScheme", "SwitchBatchNorm2d", "add_bits",
-    "calibrate_bn", "compile_quantizers", "get_bits", "get_bits_list", "get_scheme", "load_fp_state_dict", "quantize_model",
+    "SCHEMES", "ConversionReport", "QConv2d", "QLinear", "QMultiheadAttention", "QuantConfig", "QuantLayer", "QuantScheme", "SwitchBatchNorm2d", "add_bits",
+    "calibrate_bn", "compile_quantizers", "conversion_report", "get_bits", "get_bits_list", "get_scheme", "load_fp_state_dict", "quantize_model",
     "recalibrate_bn", "set_bits", "use_bits",
 ]

@@ -44,6 +44,7 @@ def _chooser(name: str, levels: dict[str, float], first: bool) -> Callable[[nn.M
     """A forward pre-hook that sets the layer's current alpha from its input and records it in `levels`."""
     def hook(layer: nn.Module, inputs: tuple) -> None:
         assert isinstance(layer, QuantLayer)
+        layer.choose_side(inputs[0])  # `double_side: auto` decides before the level is chosen for that side
         if not layer.quantizes_input:
             return
         if layer.alpha_shared and not first:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -12,7 +13,8 @@ from ..errors import QuantOptionError
 from .bitwidth import max_bits, parse_bits_list
 from .config import QuantConfig
 from .attention import QMultiheadAttention
-from .layers import QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
+from .layers import AUTO_SIDE, ClippingSide, QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
+from .report import conversion_report
 from .residual import Int8Observer
 
 LAYER_OPTIONS = frozenset({"bitw_min", "bita_min", "weight_only", "pact_fp", "double_side", "quantize"})
@@ -53,11 +55,10 @@ def _quantized_twin(module: nn.Module, bits_list: tuple, config: QuantConfig, op
         if module.bias_k is not None or module.add_zero_attn:
             raise QuantOptionError("nn.MultiheadAttention with add_bias_kv or add_zero_attn has no quantized twin; "
                                    "keep it in float with layer_options {name: {'quantize': False}}")
-        # the inputs of attention projections (after LayerNorm, the attention output) are signed
         twin = QMultiheadAttention(
             module.embed_dim, module.num_heads, module.dropout, module.in_proj_bias is not None or
             module.out_proj.bias is not None, module.batch_first, module.kdim, module.vdim,
-            bits_list=bits_list, config=config, **{"double_side": True, **options}, **factory,
+            bits_list=bits_list, config=config, **options, **factory,
         )
     elif isinstance(module, nn.Linear):
         twin = QLinear(
@@ -101,13 +102,18 @@ def quantize_model(
     *,
     layer_options: Mapping[str, Mapping[str, Any]] | None = None,
     first_last_policy: bool = True,
+    double_side: ClippingSide = AUTO_SIDE,
 ) -> nn.Module:
     """Swap every Conv2d, Linear and BatchNorm2d of `model` for its switchable quantized twin, in place.
 
     `layer_options` maps module names to per-layer options (bitw_min, bita_min, weight_only, pact_fp,
     double_side; `quantize: False` keeps that layer in float). They override the first/last-layer
-    policy of `default_layer_policy`, which `first_last_policy=False` turns off. Returns the model
-    (a new module when `model` itself is a single layer).
+    policy of `default_layer_policy`, which `first_last_policy=False` turns off. `double_side` is
+    every layer's clipping side unless its layer_options say otherwise: "auto" (the default) chooses
+    it from the layer's first input (`QuantLayer.choose_side`: two-sided after LayerNorm or attention,
+    one-sided after ReLU); `config.double_side=True` makes "auto" two-sided everywhere. Warns naming
+    each layer that computes with a float weight and has no quantized twin (`conversion_report`).
+    Returns the model (a new module when `model` itself is a single layer).
     """
     bits = parse_bits_list(bits_list)
     config = config or QuantConfig()
@@ -135,12 +141,19 @@ def quantize_model(
             continue
         if isinstance(module, nn.BatchNorm2d):
             layer = {}
+        else:
+            layer.setdefault("double_side", True if config.double_side and double_side == AUTO_SIDE else double_side)
         twin = _quantized_twin(module, bits, config, layer)
         if not name:
             return twin
         parent_name, _, child = name.rpartition(".")
         setattr(names[parent_name] if parent_name else model, child, twin)
     _without_fast_paths(model)
+    excluded = [name for name, extra in options.items() if not extra.get("quantize", True)]
+    for name in conversion_report(model, excluded).float_paths:
+        warnings.warn(f"quantize_model: {name} ({type(names[name]).__name__}) computes with a float weight that has "
+                      f"no quantized twin; exclude it with layer_options {{{name!r}: {{'quantize': False}}}} to keep "
+                      "it in float on purpose, or replace it", stacklevel=2)
     return model
 
 

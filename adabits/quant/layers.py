@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import QuantOptionError
 from .bitwidth import FULL_PRECISION, BitPair, BitSwitchable, nearest_bits
 from .config import QuantConfig
 from .functional import (
@@ -37,6 +38,11 @@ from .schemes import QuantScheme, get_scheme
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 ALPHA_INIT_CONV = 8.0
 ALPHA_INIT_LINEAR = 10.0
+#: `double_side: auto`: the side is chosen from the first input (QuantLayer.choose_side)
+AUTO_SIDE: Literal["auto"] = "auto"
+ClippingSide = bool | Literal["auto"]
+#: an input is signed when its most negative value reaches this share of its largest
+SIGNED_SHARE = 0.1
 
 
 class StoredWeight(Protocol):
@@ -56,6 +62,7 @@ class QuantLayer(BitSwitchable, nn.Module):
 
     weight: Tensor
     alpha: nn.Parameter | None
+    clip_side: Tensor  # with `double_side: auto` only
     #: train with the compiled quantizers (kernels.py); evaluation and export always use the eager ones
     compiled_quantizers: bool = False
 
@@ -71,7 +78,7 @@ class QuantLayer(BitSwitchable, nn.Module):
         bita_min: int,
         weight_only: bool | None,
         pact_fp: bool | None,
-        double_side: bool | None,
+        double_side: ClippingSide | None,
     ) -> None:
         self.weight_quant_scheme = config.weight_quant_scheme
         self.act_quant_scheme = config.act_quant_scheme
@@ -83,7 +90,12 @@ class QuantLayer(BitSwitchable, nn.Module):
         self.bita_min = bita_min
         self.weight_only = config.weight_only if weight_only is None else weight_only
         self.pact_fp = config.pact_fp if pact_fp is None else pact_fp
-        self.double_side = config.double_side if double_side is None else double_side
+        side = config.double_side if double_side is None else double_side
+        if side not in (True, False, AUTO_SIDE):
+            raise QuantOptionError(f"double_side must be true, false or {AUTO_SIDE!r}, got {side!r}")
+        self.auto_side = side == AUTO_SIDE
+        self.double_side = side is True
+        self._side_known = not self.auto_side  # a Python flag: forward reads no tensor to know it
         self.stored_weight: StoredWeight | None = None
         self._init_bits(bits_list)
         if self.pact_fp or not self.weight_only:
@@ -93,6 +105,9 @@ class QuantLayer(BitSwitchable, nn.Module):
             )
         else:
             self.register_parameter("alpha", None)
+            self.auto_side, self._side_known = False, True  # nothing to clip
+        if self.auto_side:  # 0: not chosen yet, 1: one-sided, 2: two-sided; saved with the model
+            self.register_buffer("clip_side", torch.zeros((), dtype=torch.uint8, device=self.weight.device))
         self.switch_bits(self.bits)
 
     # ---------------------------------------------------------------- bit-widths
@@ -166,7 +181,28 @@ class QuantLayer(BitSwitchable, nn.Module):
         """The largest input code at the current bit-width (codes run over 0..input_max_code)."""
         return self.act_scheme.max_code(self.act_bits)
 
+    @property
+    def clipping_side(self) -> str:
+        """How the input is clipped, in words (the conversion report's column)."""
+        if self.alpha is None:
+            return "none (weights only)"
+        if not self._side_known:
+            return "auto (no input seen yet)"
+        return ("two-sided" if self.double_side else "one-sided") + (" (auto)" if self.auto_side else "")
+
+    def choose_side(self, x: Tensor) -> None:
+        """With `double_side: auto`, fix the clipping side from the first input seen: two-sided when its
+        most negative value reaches a tenth of its largest (after LayerNorm, attention, a residual sum),
+        one-sided otherwise (after ReLU; GELU's small negatives are clipped). Reads the device once."""
+        if self._side_known:
+            return
+        x = x.detach()
+        signed = bool((-x.min() > SIGNED_SHARE * x.max()).item())
+        self.double_side, self._side_known = signed, True
+        self.clip_side.fill_(2 if signed else 1)
+
     def quantized_input(self, x: Tensor) -> Tensor:
+        self.choose_side(x)
         alpha = self.current_alpha()
         if alpha is None or not self.clips_input:
             return x
@@ -234,13 +270,18 @@ class QuantLayer(BitSwitchable, nn.Module):
                 state_dict[key] = source.reshape(1).expand(self.alpha.shape).clone()
         elif prefix + "weight" in state_dict:
             state_dict[key] = self.alpha.detach().clone()
+        if self.auto_side and prefix + "weight" in state_dict:  # a float model's: the side is not chosen yet
+            state_dict.setdefault(prefix + "clip_side", self.clip_side.clone())
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
-        """Accept float state dicts (`adapt_state_dict`)."""
+        """Accept float state dicts (`adapt_state_dict`); take a saved clipping side."""
         self.adapt_state_dict(state_dict, prefix)
         super()._load_from_state_dict(  # type: ignore[misc]
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if self.auto_side:
+            side = int(self.clip_side)
+            self.double_side, self._side_known = side == 2, side != 0
 
     def extra_repr(self) -> str:
         parts = [super().extra_repr()]  # type: ignore[misc]
@@ -276,7 +317,7 @@ class QConv2d(QuantLayer, nn.Conv2d):
         bita_min: int = 1,
         weight_only: bool | None = None,
         pact_fp: bool | None = None,
-        double_side: bool | None = None,
+        double_side: ClippingSide | None = None,
     ) -> None:
         nn.Conv2d.__init__(
             self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,  # type: ignore[arg-type]
@@ -315,7 +356,7 @@ class QLinear(QuantLayer, nn.Linear):
         bita_min: int = 1,
         weight_only: bool | None = None,
         pact_fp: bool | None = None,
-        double_side: bool | None = None,
+        double_side: ClippingSide | None = None,
     ) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias, device, dtype)
         config = config or QuantConfig()

@@ -1,0 +1,91 @@
+"""What a converted model quantizes: one row per layer that holds weights, and the float paths left.
+
+`conversion_report(model)` reads the converted layers themselves (their bit-widths and clipping side
+come from `QuantLayer.runs_at` and `double_side`), so it describes any model, converted by
+`quantize_model` or built quantized. A float path is a module that multiplies with a weight of two or
+more dimensions and is not quantized: `quantize_model` warns naming each one the user did not exclude.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .attention import QMultiheadAttention
+from .bitwidth import FULL_PRECISION, bits_label
+from .layers import QuantLayer, SwitchBatchNorm2d
+
+#: float by design: normalization layers scale and shift per channel, as SAT and AdaBits leave BN
+NORMALIZATION = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    kind: str
+    quantized: bool
+    why: str  # for a float layer, why it stays float
+    weight_bits: str = ""
+    act_bits: str = ""
+    clipping: str = ""
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    rows: tuple[LayerRow, ...]
+
+    @property
+    def float_paths(self) -> list[str]:
+        """The layers that multiply with a float weight and were not excluded on purpose."""
+        return [row.name for row in self.rows if not row.quantized and row.why.startswith("no quantized twin")]
+
+    def __str__(self) -> str:
+        header = ("layer", "type", "quantized", "weight bits", "input bits", "clipping", "note")
+        lines = [(r.name or "(model)", r.kind, "yes" if r.quantized else "no", r.weight_bits, r.act_bits, r.clipping,
+                  r.why) for r in self.rows]
+        widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
+        out = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *lines)]
+        out.insert(1, "-+-".join("-" * w for w in widths))
+        return "\n".join(out)
+
+
+def _bits(values: Iterable[int]) -> str:
+    unique = list(dict.fromkeys(values))
+    return ", ".join("float" if b >= FULL_PRECISION else str(b) for b in unique)
+
+
+def _quantized_row(name: str, layer: QuantLayer) -> LayerRow:
+    pairs = [layer.runs_at(bits) for bits in layer.bits_list]
+    return LayerRow(name, type(layer).__name__, True, "", _bits(w for w, _ in pairs), _bits(a for _, a in pairs),
+                    layer.clipping_side)
+
+
+def _has_matrix_weight(module: nn.Module) -> bool:
+    return any(p.dim() >= 2 for p in module.parameters(recurse=False))
+
+
+def conversion_report(model: nn.Module, excluded: Iterable[str] = ()) -> ConversionReport:
+    """Every layer of `model` that holds weights: quantized (bits, clipping side) or float and why.
+
+    `excluded` names the layers the user kept in float on purpose (`layer_options {name: {quantize: False}}`).
+    """
+    excluded = set(excluded)
+    rows = []
+    inside_float_attention = [f"{n}." for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in inside_float_attention):
+            continue  # out_proj of a float attention: part of that attention's row
+        if isinstance(module, QuantLayer):
+            rows.append(_quantized_row(name, module))
+        elif isinstance(module, QMultiheadAttention):
+            continue  # its four projections have rows of their own
+        elif isinstance(module, SwitchBatchNorm2d):
+            labels = ", ".join(bits_label(b) for b in module.bits_list) if not module.shared else "shared"
+            rows.append(LayerRow(name, type(module).__name__, False, f"normalization, one per bit-width: {labels}"))
+        elif isinstance(module, NORMALIZATION) and any(True for _ in module.parameters(recurse=False)):
+            rows.append(LayerRow(name, type(module).__name__, False, "normalization, float by design"))
+        elif _has_matrix_weight(module):
+            why = "excluded (layer_options)" if name in excluded else "no quantized twin: computes in float"
+            rows.append(LayerRow(name, type(module).__name__, False, why))
+    return ConversionReport(tuple(rows))

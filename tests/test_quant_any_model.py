@@ -107,4 +107,31 @@ def test_the_report_prints_one_line_per_layer():
     text = str(adabits.conversion_report(model))
     lines = text.splitlines()
     assert lines[0].startswith("layer") and len(lines) == 2 + 4  # header, rule, stem, norm, signed, after_relu
-    assert "two-sided (auto)" in text and "normalization, float by design" in text
+    assert "two-sided (auto)" in text and "normalization, one per bit-width: 8-bit, 4-bit" in text
+
+
+def test_a_layernorm_becomes_one_per_bit_width_and_takes_a_float_layernorm_state():
+    float_norm = nn.LayerNorm(16)
+    nn.init.normal_(float_norm.weight)
+    model = adabits.quantize_model(nn.Sequential(float_norm), bits_list=[8, 4])
+    norm = model[0]
+    assert isinstance(norm, adabits.quant.SwitchLayerNorm)
+    plain = nn.LayerNorm(16)
+    nn.init.normal_(plain.weight)
+    norm.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 16)
+    for bits in (8, 4):
+        adabits.set_bits(model, bits)
+        torch.testing.assert_close(model(x), plain(x))
+    with torch.no_grad():
+        norm.norms[1].bias.fill_(1.0)  # the 4-bit copy learns its own shift
+    adabits.set_bits(model, 8)
+    torch.testing.assert_close(model(x), plain(x))
+    adabits.set_bits(model, 4)
+    torch.testing.assert_close(model(x), plain(x) + 1.0)
+    adabits.quant.add_bits(model, 3)
+    adabits.set_bits(model, 3)
+    torch.testing.assert_close(model(x), plain(x) + 1.0)  # copied from the nearest bit-width, 4
+    kept = adabits.quantize_model(nn.Sequential(nn.LayerNorm(16)), bits_list=[8, 4],
+                                  config=adabits.QuantConfig(switchbn=False))
+    assert type(kept[0]) is nn.LayerNorm

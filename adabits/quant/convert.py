@@ -14,6 +14,7 @@ from .bitwidth import max_bits, parse_bits_list
 from .config import QuantConfig
 from .attention import QMultiheadAttention
 from .layers import AUTO_SIDE, ClippingSide, QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
+from .norms import SwitchLayerNorm
 from .report import conversion_report
 from .residual import Int8Observer
 
@@ -60,6 +61,9 @@ def _quantized_twin(module: nn.Module, bits_list: tuple, config: QuantConfig, op
             module.out_proj.bias is not None, module.batch_first, module.kdim, module.vdim,
             bits_list=bits_list, config=config, **options, **factory,
         )
+    elif isinstance(module, nn.LayerNorm):
+        twin = SwitchLayerNorm(module.normalized_shape, module.eps, module.elementwise_affine, module.bias is not None,
+                               bits_list=bits_list, **factory)
     elif isinstance(module, nn.Linear):
         twin = QLinear(
             module.in_features, module.out_features, module.bias is not None,
@@ -81,7 +85,7 @@ def _quantized_twin(module: nn.Module, bits_list: tuple, config: QuantConfig, op
 
 def _is_float_layer(module: nn.Module) -> bool:
     quantized = (QConv2d, QLinear, SwitchBatchNorm2d)
-    float_layers = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.MultiheadAttention)
+    float_layers = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.MultiheadAttention, nn.LayerNorm)
     return isinstance(module, float_layers) and not isinstance(module, quantized)
 
 
@@ -104,7 +108,8 @@ def quantize_model(
     first_last_policy: bool = True,
     double_side: ClippingSide = AUTO_SIDE,
 ) -> nn.Module:
-    """Swap every Conv2d, Linear and BatchNorm2d of `model` for its switchable quantized twin, in place.
+    """Swap every Conv2d, Linear, BatchNorm2d, MultiheadAttention and LayerNorm of `model` for its
+    switchable quantized twin, in place (a LayerNorm becomes one per bit-width with `config.switchbn`).
 
     `layer_options` maps module names to per-layer options (bitw_min, bita_min, weight_only, pact_fp,
     double_side; `quantize: False` keeps that layer in float). They override the first/last-layer
@@ -139,7 +144,9 @@ def quantize_model(
         layer = dict(options.get(name, {}))
         if not layer.pop("quantize", True):
             continue
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, nn.LayerNorm) and not (config.switchbn and module.elementwise_affine):
+            continue  # nothing per bit-width to switch: it stays the float LayerNorm
+        if isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
             layer = {}
         else:
             layer.setdefault("double_side", True if config.double_side and double_side == AUTO_SIDE else double_side)
@@ -164,7 +171,7 @@ def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
     before anything is loaded."""
     state = dict(state_dict)
     for name, module in model.named_modules():
-        if isinstance(module, (QuantLayer, SwitchBatchNorm2d, QMultiheadAttention)):
+        if isinstance(module, (QuantLayer, SwitchBatchNorm2d, SwitchLayerNorm, QMultiheadAttention)):
             module.adapt_state_dict(state, f"{name}." if name else "")
     return state
 

@@ -33,6 +33,7 @@ from .functional import (
     weight_codes,
 )
 from .interpolation import interpolate_alpha
+from .norms import spread_into_copies
 from .schemes import QuantScheme, get_scheme
 
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
@@ -94,7 +95,7 @@ class QuantLayer(BitSwitchable, nn.Module):
         if side not in (True, False, AUTO_SIDE):
             raise QuantOptionError(f"double_side must be true, false or {AUTO_SIDE!r}, got {side!r}")
         self.auto_side = side == AUTO_SIDE
-        self.double_side = side is True
+        self.double_side = not self.auto_side and bool(side)
         self._side_known = not self.auto_side  # a Python flag: forward reads no tensor to know it
         self.stored_weight: StoredWeight | None = None
         self._init_bits(bits_list)
@@ -450,10 +451,7 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
     def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
         """Spread the keys of a plain BatchNorm2d (prefix.weight, ...; also the original's shared
         gamma/beta under `stats_sharing`) into every per-bit BN, in place."""
-        flat = {k: state_dict.pop(prefix + k) for k in _BN_STATE_KEYS if prefix + k in state_dict}
-        for index in range(len(self.bn)):
-            for name, value in flat.items():
-                state_dict.setdefault(f"{prefix}bn.{index}.{name}", value)
+        spread_into_copies(state_dict, prefix, _BN_STATE_KEYS, "bn", len(self.bn))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
         """Accept a plain BatchNorm2d's state (`adapt_state_dict`)."""

@@ -18,6 +18,16 @@ from .bitwidth import FULL_PRECISION, BitPair, BitSwitchable, nearest_bits
 _LN_STATE_KEYS = ("weight", "bias")
 
 
+def spread_into_copies(state_dict: dict[str, Tensor], prefix: str, keys: tuple[str, ...], copies: str,
+                       count: int) -> None:
+    """Move a plain norm's keys (prefix.weight, ...) to each of `count` per-bit copies (prefix.copies.i.weight),
+    in place; keys the state dict already holds per copy are kept."""
+    flat = {k: state_dict.pop(prefix + k) for k in keys if prefix + k in state_dict}
+    for index in range(count):
+        for name, value in flat.items():
+            state_dict.setdefault(f"{prefix}{copies}.{index}.{name}", value)
+
+
 class SwitchLayerNorm(BitSwitchable, nn.Module):
     """nn.LayerNorm with one (gain, shift) per bit-width, chosen by the current bit-width."""
 
@@ -57,10 +67,7 @@ class SwitchLayerNorm(BitSwitchable, nn.Module):
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
         """Spread a plain LayerNorm's keys (prefix.weight, prefix.bias) into every per-bit copy, in place."""
-        flat = {k: state_dict.pop(prefix + k) for k in _LN_STATE_KEYS if prefix + k in state_dict}
-        for index in range(len(self.norms)):
-            for name, value in flat.items():
-                state_dict.setdefault(f"{prefix}norms.{index}.{name}", value)
+        spread_into_copies(state_dict, prefix, _LN_STATE_KEYS, "norms", len(self.norms))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
         """Accept a plain LayerNorm's state (`adapt_state_dict`)."""

@@ -39,8 +39,8 @@ from .quant_overhead import JOINT, make_step
 
 BITS = (2, 3, 4, 5, 6, 7, 8)
 MODEL_BITS = [8, 6, 4, 2]
-#: input size per model family: the CIFAR ResNets take 32x32, the ImageNet models any size >= 32
-IMAGE_SIZE = {"resnet18": 64, "resnet34": 64, "resnet50": 64, "mobilenet_v1": 64, "mobilenet_v2": 64}
+#: input size per model family: the CIFAR ResNets take 32x32, the ImageNet models any size >= 32, the ViT its own
+IMAGE_SIZE = {"resnet18": 64, "resnet34": 64, "resnet50": 64, "mobilenet_v1": 64, "mobilenet_v2": 64, "vit_tiny": 28}
 
 
 @contextmanager
@@ -126,7 +126,7 @@ def check_weight_quantizers(device: torch.device, bits_list: tuple[int, ...]) ->
 
 def _model(name: str, bits_list: list[int]) -> torch.nn.Module:
     torch.manual_seed(0)
-    return adabits.create_model(name, bits_list=bits_list, num_classes=10)
+    return adabits.create_model(name, bits_list=bits_list, num_classes=10, in_chans=3)
 
 
 def check_models(device: torch.device, names: list[str], bits_list: list[int]) -> list[dict[str, Any]]:

@@ -1,6 +1,8 @@
 """QMultiheadAttention and transformers through quantize_model: every weight quantized, no fast path."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -100,3 +102,22 @@ def test_quantize_model_quantizes_every_weight_of_a_vit_and_takes_no_fast_path()
     assert (outputs[8] - outputs[4]).norm() > 1e-3 * outputs[8].norm()
     again = adabits.quantize_model(TinyViT(), bits_list=[8, 4])
     assert adabits.load_fp_state_dict(again, float_state) == ([], [])
+
+
+def test_the_registered_vit_converts_without_a_float_path_and_takes_its_float_model():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no float path: the position embedding says why it stays float
+        model = adabits.create_model("vit_tiny", bits_list=[8, 4])
+    float_model = adabits.create_model("vit_tiny", bits_list=[32])
+    nn.init.normal_(float_model.norm.norms[0].weight)
+    assert adabits.load_fp_state_dict(model, float_model.state_dict()) == ([], [])
+    assert all(torch.equal(norm.weight, float_model.norm.norms[0].weight) for norm in model.norm.norms)
+    rows = {row.name: row for row in adabits.conversion_report(model).rows}
+    assert rows["position"].why.startswith("an added position embedding") and rows["head"].quantized
+    images = torch.randn(2, 1, 28, 28)
+    model.eval()
+    with torch.no_grad(), adabits.use_bits(model, 8):
+        eight = model(images)
+    with torch.no_grad(), adabits.use_bits(model, 4):
+        four = model(images)
+    assert (eight - four).norm() > 1e-3 * eight.norm()

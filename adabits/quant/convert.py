@@ -177,20 +177,24 @@ def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
 
 
 def spread_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A full-precision checkpoint made to fit a switchable model: each float BN (or the single BN of
-    a one-bit-width model, `bn.0` alone) goes into every per-bit BN, each single alpha into every
+    """A full-precision checkpoint made to fit a switchable model: each float BN or LayerNorm (or the
+    single copy of a one-bit-width model, `bn.0` / `norms.0` alone) goes into every per-bit copy, each single alpha into every
     per-bit alpha (`adapt_state_dict`); the 8-bit observers keep their unset ranges, which the first
     training batches set."""
     state = dict(state_dict)
     for name, module in model.named_modules():
         if isinstance(module, Int8Observer):
             state.setdefault(f"{name}.ranges" if name else "ranges", module.ranges.clone())
-        if not isinstance(module, SwitchBatchNorm2d) or module.shared:
+        if isinstance(module, SwitchBatchNorm2d) and not module.shared:
+            copies, probe = "bn.", "running_mean"
+        elif isinstance(module, SwitchLayerNorm) and len(module.norms) > 1 and module.active.weight is not None:
+            copies, probe = "norms.", "weight"
+        else:
             continue
-        prefix = f"{name}.bn." if name else "bn."
-        if f"{prefix}0.running_mean" in state and f"{prefix}1.running_mean" not in state:
+        prefix = f"{name}.{copies}" if name else copies
+        if f"{prefix}0.{probe}" in state and f"{prefix}1.{probe}" not in state:
             for key in [k for k in state if k.startswith(prefix + "0.")]:
-                state[prefix[: -len("bn.")] + key[len(prefix) + 2 :]] = state.pop(key)
+                state[prefix[: -len(copies)] + key[len(prefix) + 2 :]] = state.pop(key)
     return adapt_state_dict(model, state)
 
 

@@ -4,6 +4,8 @@
 come from `QuantLayer.runs_at` and `double_side`), so it describes any model, converted by
 `quantize_model` or built quantized. A float path is a module that multiplies with a weight of two or
 more dimensions and is not quantized: `quantize_model` warns naming each one the user did not exclude.
+A module whose weight is not multiplied (a position embedding, added) says so with a class attribute
+`float_by_design = "why"`, and gets a row with that reason instead of the warning.
 """
 from __future__ import annotations
 
@@ -88,6 +90,8 @@ def conversion_report(model: nn.Module, excluded: Iterable[str] = ()) -> Convers
             rows.append(LayerRow(name, type(module).__name__, False, f"normalization, one per bit-width: {labels}"))
         elif isinstance(module, NORMALIZATION) and any(True for _ in module.parameters(recurse=False)):
             rows.append(LayerRow(name, type(module).__name__, False, "normalization, float by design"))
+        elif isinstance(getattr(module, "float_by_design", None), str):  # a module that says why it stays float
+            rows.append(LayerRow(name, type(module).__name__, False, module.float_by_design))
         elif _has_matrix_weight(module):
             why = "excluded (layer_options)" if name in excluded else "no quantized twin: computes in float"
             rows.append(LayerRow(name, type(module).__name__, False, why))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -83,3 +84,14 @@ def time_interleaved(variants: dict[str, Callable[[], object]], rounds: int,
             run()
             times.setdefault(name, []).append(time.perf_counter() - start)
     return times
+
+
+def run_logged(script: str, args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> float:
+    """Run a command with its output in `log`; its wall time in seconds. A failure stops the benchmark
+    with one line naming the command and the log."""
+    start = time.time()
+    with open(log, "w") as out:
+        done = subprocess.run(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"benchmarks.{script}: {' '.join(args)} failed with status {done.returncode}; see {log}")
+    return round(time.time() - start, 1)

@@ -13,11 +13,10 @@ import argparse
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from ._results import BadInput, exit_on_bad_input, full_command, report
+from ._results import BadInput, exit_on_bad_input, full_command, report, run_logged
 
 SETUP = ["bash", "scripts/setup.sh"]
 MARKER = ".main_job_clone"  # the one folder --work may remove: a clone this script made
@@ -32,15 +31,6 @@ def best_top1(metrics: Path) -> dict[str, float]:
         epochs.setdefault(row["epoch"], {})[str(row["bits"])] = row["val_top1_error"]
     best = min(epochs.values(), key=lambda errors: sum(errors.values()) / len(errors))
     return {bits: round(100 * (1 - error), 2) for bits, error in best.items()}
-
-
-def _timed(args: list[str], cwd: Path, log: Path) -> float:
-    t0 = time.time()
-    with open(log, "w") as out:
-        done = subprocess.run(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"benchmarks.main_job: {' '.join(args)} failed with status {done.returncode}; see {log}")
-    return round(time.time() - t0, 1)
 
 
 def main() -> None:
@@ -59,11 +49,12 @@ def main() -> None:
         shutil.rmtree(args.work)
     subprocess.run(["git", "clone", "--quiet", str(repo), str(args.work)], check=True)
     (args.work / MARKER).write_text("made by python -m benchmarks.main_job; removed by its next run\n")
-    seconds = {"setup": _timed(SETUP, args.work, args.work / "setup.log")}
+    seconds = {"setup": run_logged("main_job", SETUP, args.work, args.work / "setup.log")}
     python = str(args.work / ".venv" / "bin" / "python")
     top1: dict[str, Any] = {}
     for stage, config in STAGES.items():
-        seconds[stage] = _timed([python, "train.py", f"app:{config}"], args.work, args.work / f"{stage}.log")
+        seconds[stage] = run_logged("main_job", [python, "train.py", f"app:{config}"], args.work,
+                                    args.work / f"{stage}.log")
         top1[stage] = best_top1(args.work / "runs" / Path(config).stem / "metrics.jsonl")
     result = {
         "command": full_command("main_job", args),

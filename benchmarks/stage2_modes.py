@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from ._results import BadInput, exit_on_bad_input, full_command, report
+from ._results import BadInput, exit_on_bad_input, full_command, report, run_logged
 from .main_job import STAGES, best_top1
 
 MODES: dict[str, list[str]] = {
@@ -35,15 +33,11 @@ def run_mode(mode: str, seed: int, fp_model: Path, work: Path) -> dict[str, Any]
     cache = work / f"inductor_cache_{name}"
     args = [sys.executable, "train.py", f"app:{STAGES['stage2']}", f"fp_pretrained_file={fp_model}",
             f"log_dir={work}", f"run_name={name}", f"random_seed={seed}", *MODES[mode]]
-    start = time.time()
-    with open(work / f"{name}.log", "w") as log:
-        done = subprocess.run(args, cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)})
-    seconds = round(time.time() - start, 1)
-    shutil.rmtree(cache, ignore_errors=True)
-    if done.returncode != 0:
-        raise SystemExit(f"benchmarks.stage2_modes: {mode} seed {seed} failed with status {done.returncode}; "
-                         f"see {work / (name + '.log')}")
+    try:
+        seconds = run_logged("stage2_modes", args, Path(__file__).resolve().parents[1], work / f"{name}.log",
+                             env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)})
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     return {"mode": mode, "seed": seed, "seconds": seconds, "top1": best_top1(work / name / "metrics.jsonl")}
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from ._results import exit_on_bad_input, full_command, report
+from ._results import exit_on_bad_input, full_command, report, run_logged
 from .main_job import best_top1
 
 STAGE1 = "apps/fashion_mnist/vit_tiny_fp.yml"
@@ -26,11 +25,8 @@ ROWS: dict[str, str] = {"joint": "[8,6,5,4]", **{f"individual_{b}": f"[{b}]" for
 
 
 def _train(args: list[str], log: Path) -> None:
-    with open(log, "w") as out:
-        done = subprocess.run([sys.executable, "train.py", *args, "progress=false"],
-                              cwd=Path(__file__).resolve().parents[1], stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"benchmarks.vit_accuracy: train.py {' '.join(args)} failed ({done.returncode}); see {log}")
+    run_logged("vit_accuracy", [sys.executable, "train.py", *args, "progress=false"],
+               Path(__file__).resolve().parents[1], log)
 
 
 def run_seed(seed: int, work: Path) -> dict[str, Any]:

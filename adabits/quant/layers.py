@@ -203,7 +203,8 @@ class QuantLayer(BitSwitchable, nn.Module):
         self.clip_side.fill_(2 if signed else 1)
 
     def quantized_input(self, x: Tensor) -> Tensor:
-        self.choose_side(x)
+        if not self._side_known:  # `double_side: auto` before its first input; a Python flag, no tensor read
+            self.choose_side(x)
         alpha = self.current_alpha()
         if alpha is None or not self.clips_input:
             return x

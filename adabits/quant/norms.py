@@ -59,8 +59,9 @@ class SwitchLayerNorm(BitSwitchable, nn.Module):
     def add_bits(self, bits: BitPair) -> None:
         """Add bit-width `bits` with a LayerNorm copied from the nearest trained bit-width."""
         source = cast(nn.LayerNorm, self.norms[nearest_bits(self.bits_list, bits)])
+        factory = {"device": source.weight.device, "dtype": source.weight.dtype} if source.weight is not None else {}
         copy = nn.LayerNorm(source.normalized_shape, source.eps, source.elementwise_affine, source.bias is not None,
-                            device=source.weight.device if source.weight is not None else None)
+                            **factory)
         copy.load_state_dict(source.state_dict())
         self.norms.append(copy)
         super().add_bits(bits)

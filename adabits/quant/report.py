@@ -1,7 +1,7 @@
 """What a converted model quantizes: one row per layer that holds weights, and the float paths left.
 
 `conversion_report(model)` reads the converted layers themselves (their bit-widths and clipping side
-come from `QuantLayer.runs_at` and `double_side`), so it describes any model, converted by
+come from `QuantLayer.runs_at` and `QuantLayer.clipping_side`), so it describes any model, converted by
 `quantize_model` or built quantized. A float path is a module that multiplies with a weight of two or
 more dimensions and is not quantized: `quantize_model` warns naming each one the user did not exclude.
 A module whose weight is not multiplied (a position embedding, added) says so with a class attribute
@@ -29,6 +29,7 @@ class LayerRow:
     kind: str
     quantized: bool
     why: str  # for a float layer, why it stays float
+    float_path: bool = False  # computes with a float weight that has no quantized twin, not excluded
     weight_bits: str = ""
     act_bits: str = ""
     clipping: str = ""
@@ -41,7 +42,7 @@ class ConversionReport:
     @property
     def float_paths(self) -> list[str]:
         """The layers that multiply with a float weight and were not excluded on purpose."""
-        return [row.name for row in self.rows if not row.quantized and row.why.startswith("no quantized twin")]
+        return [row.name for row in self.rows if row.float_path]
 
     def __str__(self) -> str:
         header = ("layer", "type", "quantized", "weight bits", "input bits", "clipping", "note")
@@ -60,8 +61,8 @@ def _bits(values: Iterable[int]) -> str:
 
 def _quantized_row(name: str, layer: QuantLayer) -> LayerRow:
     pairs = [layer.runs_at(bits) for bits in layer.bits_list]
-    return LayerRow(name, type(layer).__name__, True, "", _bits(w for w, _ in pairs), _bits(a for _, a in pairs),
-                    layer.clipping_side)
+    return LayerRow(name, type(layer).__name__, True, "", weight_bits=_bits(w for w, _ in pairs),
+                    act_bits=_bits(a for _, a in pairs), clipping=layer.clipping_side)
 
 
 def _has_matrix_weight(module: nn.Module) -> bool:
@@ -93,6 +94,9 @@ def conversion_report(model: nn.Module, excluded: Iterable[str] = ()) -> Convers
         elif isinstance(getattr(module, "float_by_design", None), str):  # a module that says why it stays float
             rows.append(LayerRow(name, type(module).__name__, False, module.float_by_design))
         elif _has_matrix_weight(module):
-            why = "excluded (layer_options)" if name in excluded else "no quantized twin: computes in float"
-            rows.append(LayerRow(name, type(module).__name__, False, why))
+            if name in excluded:
+                rows.append(LayerRow(name, type(module).__name__, False, "excluded (layer_options)"))
+            else:
+                rows.append(LayerRow(name, type(module).__name__, False, "no quantized twin: computes in float",
+                                     float_path=True))
     return ConversionReport(tuple(rows))

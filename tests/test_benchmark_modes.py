@@ -26,6 +26,14 @@ def test_vit_gaps_pair_the_joint_and_individual_rows_per_seed():
                                                                "4": {"7": -0.3}}
 
 
+def test_the_layernorm_ablation_pairs_the_two_joint_rows_per_seed():
+    rows = {"joint": {"8": 85.4, "6": 85.2, "5": 85.0, "4": 84.7},
+            "joint_shared_layernorm": {"8": 85.5, "6": 85.0, "5": 84.0, "4": 83.2}}
+    assert vit_accuracy.switchable_minus_shared({"7": rows}) == {"8": {"7": -0.1}, "6": {"7": 0.2}, "5": {"7": 1.0},
+                                                                "4": {"7": 1.5}}
+    assert vit_accuracy.ROWS["joint_shared_layernorm"] == ["bits_list=[8,6,5,4]", "switchbn=false"]
+
+
 def test_a_failed_run_stops_the_benchmark_naming_the_command_and_the_log(tmp_path: Path):
     log = tmp_path / "run.log"
     assert _results.run_logged("x", [sys.executable, "-c", "print('hi')"], tmp_path, log) >= 0

@@ -143,7 +143,7 @@ def test_a_float_start_of_another_bit_count_is_refused(tmp_path: Path) -> None:
     """An [8, 4] checkpoint has two per-bit BNs: nothing to spread into four."""
     two = adabits.create_model("resnet20", bits_list=[8, 4])
     torch.save({"model": two.state_dict()}, tmp_path / "84.pt")
-    with pytest.raises(CheckpointError, match=r"84.pt holds 2 per-bit BNs per layer .* this model has 4 "
+    with pytest.raises(CheckpointError, match=r"84.pt holds 2 per-bit norms per layer .* this model has 4 "
                                               r"\(bits_list \[8, 6, 5, 4\]\); .*pretrained_file .*`adabits calibrate`"):
         load(tmp_path / "84.pt", bits_list=[8, 6, 5, 4])
     with pytest.raises(CheckpointError, match=r"model keys get no value \(bn1.bn.2.weight.*a bits_list of 2 bit-widths "

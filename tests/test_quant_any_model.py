@@ -115,7 +115,7 @@ def test_a_layernorm_becomes_one_per_bit_width_and_takes_a_float_layernorm_state
     nn.init.normal_(float_norm.weight)
     model = adabits.quantize_model(nn.Sequential(float_norm), bits_list=[8, 4])
     norm = model[0]
-    assert isinstance(norm, adabits.quant.SwitchLayerNorm)
+    assert isinstance(norm, adabits.quant.SwitchNorm)
     plain = nn.LayerNorm(16)
     nn.init.normal_(plain.weight)
     norm.load_state_dict(plain.state_dict())

@@ -19,6 +19,7 @@ from torch import nn
 from adabits.models.resnet_cifar import CifarResNet
 from adabits.quant.bitwidth import get_bits_list
 from adabits.quant.layers import QuantLayer, SwitchBatchNorm2d
+from adabits.quant.norms import SwitchNorm
 
 from .errors import CheckpointError
 from .report import show_bits
@@ -63,13 +64,18 @@ def compare(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Fit:
 
 
 def per_bit_bn_counts(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
-    """Switchable BNs for which the checkpoint holds per-bit BNs (more than one): name -> (held, model's)."""
+    """Switchable norms for which the checkpoint holds per-bit copies (more than one): name -> (held, model's)."""
     counts = {}
     for name, module in model.named_modules():
         if isinstance(module, SwitchBatchNorm2d):
-            held = _per_bit_indices(state, f"{name}.bn." if name else "bn.")
-            if len(held) > 1:
-                counts[name] = (len(held), len(module.bn))
+            key, copies = "bn", len(module.bn)
+        elif isinstance(module, SwitchNorm):
+            key, copies = "norms", len(module.norms)
+        else:
+            continue
+        held = _per_bit_indices(state, f"{name}.{key}." if name else f"{key}.")
+        if len(held) > 1:
+            counts[name] = (len(held), copies)
     return counts
 
 
@@ -78,9 +84,9 @@ def refuse_other_bit_count(model: nn.Module, state: Mapping[str, torch.Tensor], 
     for name, (held, have) in per_bit_bn_counts(model, state).items():
         if held != have:
             raise CheckpointError(
-                f"{path} holds {held} per-bit BNs per layer (e.g. {name}: a switchable checkpoint of {held} bit-widths), "
+                f"{path} holds {held} per-bit norms per layer (e.g. {name}: a switchable checkpoint of {held} bit-widths), "
                 f"this model has {have} (bits_list {show_bits(get_bits_list(model))}); fp_pretrained_file spreads "
-                "one float BN into every bit-width: load a switchable checkpoint as pretrained_file with the "
+                "one float norm into every bit-width: load a switchable checkpoint as pretrained_file with the "
                 "bits_list it was written for, or add bit-widths to it with `adabits calibrate`")
 
 

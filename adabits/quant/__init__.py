@@ -9,13 +9,13 @@ from .calibrate import add_bits, calibrate_bn, recalibrate_bn
 from .config import QuantConfig
 from .convert import load_fp_state_dict, quantize_model
 from .attention import QMultiheadAttention
-from .norms import SwitchLayerNorm
+from .norms import SwitchNorm
 from .report import ConversionReport, conversion_report
 from .layers import QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d, compile_quantizers
 from .schemes import SCHEMES, QuantScheme, get_scheme
 
 __all__ = [
-    "SCHEMES", "ConversionReport", "QConv2d", "QLinear", "QMultiheadAttention", "QuantConfig", "QuantLayer", "QuantScheme", "SwitchBatchNorm2d", "SwitchLayerNorm", "add_bits",
+    "SCHEMES", "ConversionReport", "QConv2d", "QLinear", "QMultiheadAttention", "QuantConfig", "QuantLayer", "QuantScheme", "SwitchBatchNorm2d", "SwitchNorm", "add_bits",
     "calibrate_bn", "compile_quantizers", "conversion_report", "get_bits", "get_bits_list", "get_scheme", "load_fp_state_dict", "quantize_model",
     "recalibrate_bn", "set_bits", "use_bits",
 ]

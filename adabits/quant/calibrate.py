@@ -4,7 +4,8 @@ The original code silently used the BN and alpha of index 0 for an unknown bit-w
 `bn_calib` without building it. Here a new bit-width b gets, in every layer (each layer's own
 `add_bits`, rules in adabits.quant.interpolation):
 - its own BatchNorm2d per SwitchBatchNorm2d: gamma/beta copied from the nearest trained bit-width
-  (shared, with `stats_sharing`), running statistics reset and re-estimated on data;
+  (shared, with `stats_sharing`), running statistics reset and re-estimated on data; likewise its own
+  copy of each SwitchNorm (a BatchNorm1d's statistics re-estimated too);
 - its own PACT clipping level per switchable-alpha layer, chosen by `interpolate_alpha`.
 Afterwards b is part of every layer's bits_list, so `set_bits(model, b)` accepts it and the
 model's state dict (and any checkpoint of it) holds the new per-bit entries at the end.
@@ -15,19 +16,27 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import BitWidthError, CalibrationError
 from .bitwidth import format_bits, parse_bits, switchable_modules, use_bits
 from .interpolation import interpolate_alpha
 from .layers import SwitchBatchNorm2d
+from .norms import SwitchNorm
 
 __all__ = ["add_bits", "calibrate_bn", "interpolate_alpha", "recalibrate_bn"]
 
 
-def add_bits(model: nn.Module, bits: object) -> list[nn.BatchNorm2d]:
+def _estimated(modules: Sequence[nn.Module]) -> list[_BatchNorm]:
+    """The active BNs of the switchable norms whose running statistics calibration estimates."""
+    return [bn for m in modules if isinstance(m, (SwitchBatchNorm2d, SwitchNorm))
+            and (bn := m.estimated_statistics) is not None]
+
+
+def add_bits(model: nn.Module, bits: object) -> list[_BatchNorm]:
     """Make `bits` an allowed bit-width of every switchable module (structure only, no data).
 
-    Returns the new BatchNorm2d modules (their statistics are fresh and must be estimated).
+    Returns the new BatchNorm modules (their statistics are fresh and must be estimated).
     Used by `calibrate_bn` and when loading a checkpoint that holds calibrated bit-widths.
     """
     pair = parse_bits(bits)
@@ -40,7 +49,7 @@ def add_bits(model: nn.Module, bits: object) -> list[nn.BatchNorm2d]:
     for module in modules:
         module.add_bits(pair)
     with use_bits(model, format_bits(pair)):
-        return [m.active for m in modules if isinstance(m, SwitchBatchNorm2d) and not m.shared]
+        return _estimated(modules)
 
 
 def calibrate_bn(model: nn.Module, bits: object, loader: Iterable, num_batches: int = 50) -> nn.Module:
@@ -73,7 +82,7 @@ def recalibrate_bn(model: nn.Module, bits: object, loader: Iterable, num_batches
         allowed = [format_bits(p) for p in modules[0].bits_list]
         raise BitWidthError(f"recalibrate_bn: bit-width {format_bits(pair)} is not one of the model's: {allowed}")
     with use_bits(model, format_bits(pair)):
-        bns = [m.active for m in modules if isinstance(m, SwitchBatchNorm2d) and not m.shared]
+        bns = _estimated(modules)
     _estimate_bn_stats(model, bits, bns, loader, num_batches)
     return model
 
@@ -84,7 +93,7 @@ def _check_num_batches(num_batches: int) -> None:
 
 
 @torch.no_grad()
-def _estimate_bn_stats(model: nn.Module, bits: object, bns: Sequence[nn.BatchNorm2d], loader: Iterable,
+def _estimate_bn_stats(model: nn.Module, bits: object, bns: Sequence[_BatchNorm], loader: Iterable,
                        num_batches: int) -> None:
     """Reset `bns` and re-estimate them as a cumulative average, everything else in eval mode."""
     was_training = model.training

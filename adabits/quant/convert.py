@@ -14,7 +14,7 @@ from .bitwidth import max_bits, parse_bits_list
 from .config import QuantConfig
 from .attention import QMultiheadAttention
 from .layers import AUTO_SIDE, ClippingSide, QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
-from .norms import SwitchLayerNorm
+from .norms import SWITCHABLE_NORMS, SwitchNorm, has_state
 from .report import conversion_report
 from .residual import Int8Observer
 
@@ -61,9 +61,8 @@ def _quantized_twin(module: nn.Module, bits_list: tuple, config: QuantConfig, op
             module.out_proj.bias is not None, module.batch_first, module.kdim, module.vdim,
             bits_list=bits_list, config=config, **options, **factory,
         )
-    elif isinstance(module, nn.LayerNorm):
-        twin = SwitchLayerNorm(module.normalized_shape, module.eps, module.elementwise_affine, module.bias is not None,
-                               bits_list=bits_list, **factory)
+    elif isinstance(module, SWITCHABLE_NORMS):
+        twin = SwitchNorm(module, bits_list=bits_list)
     elif isinstance(module, nn.Linear):
         twin = QLinear(
             module.in_features, module.out_features, module.bias is not None,
@@ -85,7 +84,7 @@ def _quantized_twin(module: nn.Module, bits_list: tuple, config: QuantConfig, op
 
 def _is_float_layer(module: nn.Module) -> bool:
     quantized = (QConv2d, QLinear, SwitchBatchNorm2d)
-    float_layers = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.MultiheadAttention, nn.LayerNorm)
+    float_layers = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.MultiheadAttention, *SWITCHABLE_NORMS)
     return isinstance(module, float_layers) and not isinstance(module, quantized)
 
 
@@ -108,8 +107,9 @@ def quantize_model(
     first_last_policy: bool = True,
     double_side: ClippingSide = AUTO_SIDE,
 ) -> nn.Module:
-    """Swap every Conv2d, Linear, BatchNorm2d, MultiheadAttention and LayerNorm of `model` for its
-    switchable quantized twin, in place (a LayerNorm becomes one per bit-width with `config.switchbn`).
+    """Swap every Conv2d, Linear, BatchNorm2d, MultiheadAttention, LayerNorm, GroupNorm, RMSNorm and
+    BatchNorm1d of `model` for its switchable quantized twin, in place (the norms other than
+    BatchNorm2d become one `SwitchNorm` copy per bit-width with `config.switchbn`).
 
     `layer_options` maps module names to per-layer options (bitw_min, bita_min, weight_only, pact_fp,
     double_side; `quantize: False` keeps that layer in float). They override the first/last-layer
@@ -144,9 +144,9 @@ def quantize_model(
         layer = dict(options.get(name, {}))
         if not layer.pop("quantize", True):
             continue
-        if isinstance(module, nn.LayerNorm) and not (config.switchbn and module.elementwise_affine):
-            continue  # nothing per bit-width to switch: it stays the float LayerNorm
-        if isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+        if isinstance(module, SWITCHABLE_NORMS) and not (config.switchbn and has_state(module)):
+            continue  # switchbn off, or nothing per bit-width to switch: it stays the float norm
+        if isinstance(module, (nn.BatchNorm2d, *SWITCHABLE_NORMS)):
             layer = {}
         else:
             layer.setdefault("double_side", True if config.double_side and double_side == AUTO_SIDE else double_side)
@@ -171,14 +171,14 @@ def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
     before anything is loaded."""
     state = dict(state_dict)
     for name, module in model.named_modules():
-        if isinstance(module, (QuantLayer, SwitchBatchNorm2d, SwitchLayerNorm, QMultiheadAttention)):
+        if isinstance(module, (QuantLayer, SwitchBatchNorm2d, SwitchNorm, QMultiheadAttention)):
             module.adapt_state_dict(state, f"{name}." if name else "")
     return state
 
 
 def spread_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A full-precision checkpoint made to fit a switchable model: each float BN or LayerNorm (or the
-    single copy of a one-bit-width model, `bn.0` / `norms.0` alone) goes into every per-bit copy, each single alpha into every
+    """A full-precision checkpoint made to fit a switchable model: each float norm (or the single copy
+    of a one-bit-width model, `bn.0` / `norms.0` alone) goes into every per-bit copy, each single alpha into every
     per-bit alpha (`adapt_state_dict`); the 8-bit observers keep their unset ranges, which the first
     training batches set."""
     state = dict(state_dict)
@@ -187,8 +187,8 @@ def spread_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
             state.setdefault(f"{name}.ranges" if name else "ranges", module.ranges.clone())
         if isinstance(module, SwitchBatchNorm2d) and not module.shared:
             copies, probe = "bn.", "running_mean"
-        elif isinstance(module, SwitchLayerNorm) and len(module.norms) > 1 and module.active.weight is not None:
-            copies, probe = "norms.", "weight"
+        elif isinstance(module, SwitchNorm) and len(module.norms) > 1:
+            copies, probe = "norms.", next(iter(module.norms[0].state_dict()))
         else:
             continue
         prefix = f"{name}.{copies}" if name else copies

@@ -426,6 +426,12 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
         """The BatchNorm2d this module runs at the current bit-width."""
         return self._bn(0 if self.shared else self.bits_index)
 
+    @property
+    def estimated_statistics(self) -> nn.BatchNorm2d | None:
+        """The active per-bit BN, whose running statistics BN calibration estimates; None when one BN
+        serves every bit-width (re-estimating it would change the others too)."""
+        return None if self.shared else self.active
+
     def _bn(self, index: int) -> nn.BatchNorm2d:
         return cast(nn.BatchNorm2d, self.bn[index])
 

@@ -1,24 +1,27 @@
-"""Switchable LayerNorm: one LayerNorm per bit-width, as SwitchBatchNorm2d is for CNNs.
+"""Switchable normalization other than BatchNorm2d: one copy of the norm per bit-width.
 
-A transformer's LayerNorm normalizes each token by its own statistics, so unlike BatchNorm it has no
-running statistics that differ between bit-widths; what a per-bit copy can learn is its own gain
-and shift, which rescale what the next quantized layer sees at that bit-width. A plain LayerNorm's
-state dict loads into every per-bit copy.
+SwitchBatchNorm2d (layers.py) is AdaBits' switchable BN for CNNs. Transformers and MLPs normalize with
+LayerNorm (or RMSNorm), small-batch CNNs with GroupNorm, sequence and tabular models with BatchNorm1d:
+`SwitchNorm` holds one copy of any of them per bit-width. A LayerNorm, GroupNorm or RMSNorm normalizes
+by the statistics of its own input, so what a per-bit copy learns is its own gain and shift, which
+rescale what the next quantized layer sees at that bit-width; a BatchNorm1d copy also keeps its own
+running statistics, as the per-bit BNs of a CNN do. A plain norm's state dict loads into every copy.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
-from typing import cast
 
-import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .bitwidth import FULL_PRECISION, BitPair, BitSwitchable, nearest_bits
 
-_LN_STATE_KEYS = ("weight", "bias")
+#: the float norms quantize_model makes one per bit-width (BatchNorm2d has SwitchBatchNorm2d)
+SWITCHABLE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm1d)
 
 
-def spread_into_copies(state_dict: dict[str, Tensor], prefix: str, keys: tuple[str, ...], copies: str,
+def spread_into_copies(state_dict: dict[str, Tensor], prefix: str, keys: Iterable[str], copies: str,
                        count: int) -> None:
     """Move a plain norm's keys (prefix.weight, ...) to each of `count` per-bit copies (prefix.copies.i.weight),
     in place; keys the state dict already holds per copy are kept."""
@@ -28,53 +31,55 @@ def spread_into_copies(state_dict: dict[str, Tensor], prefix: str, keys: tuple[s
             state_dict.setdefault(f"{prefix}{copies}.{index}.{name}", value)
 
 
-class SwitchLayerNorm(BitSwitchable, nn.Module):
-    """nn.LayerNorm with one (gain, shift) per bit-width, chosen by the current bit-width."""
+class SwitchNorm(BitSwitchable, nn.Module):
+    """One copy of `norm` (a LayerNorm, GroupNorm, RMSNorm or BatchNorm1d) per bit-width, chosen by the
+    current bit-width. The copies start as `norm` (its parameters and statistics)."""
 
-    def __init__(
-        self,
-        normalized_shape: int | tuple[int, ...],
-        eps: float = 1e-5,
-        elementwise_affine: bool = True,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        bits_list: Iterable[object] = (FULL_PRECISION,),
-    ) -> None:
+    def __init__(self, norm: nn.Module, *, bits_list: Iterable[object] = (FULL_PRECISION,)) -> None:
+        if not isinstance(norm, SWITCHABLE_NORMS):
+            raise TypeError(f"SwitchNorm takes one of {', '.join(t.__name__ for t in SWITCHABLE_NORMS)}; "
+                            f"got {type(norm).__name__} (BatchNorm2d has SwitchBatchNorm2d)")
         nn.Module.__init__(self)
         self._init_bits(bits_list)
-        self.norms = nn.ModuleList(
-            nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias, device=device, dtype=dtype)
-            for _ in self.bits_list)
+        self.norms = nn.ModuleList(copy.deepcopy(norm) for _ in self.bits_list)
 
     @property
-    def active(self) -> nn.LayerNorm:
-        """The LayerNorm this module runs at the current bit-width."""
-        return cast(nn.LayerNorm, self.norms[self.bits_index])
+    def active(self) -> nn.Module:
+        """The norm this module runs at the current bit-width."""
+        return self.norms[self.bits_index]
+
+    @property
+    def estimated_statistics(self) -> _BatchNorm | None:
+        """The active copy when it keeps running statistics (a BatchNorm1d): what BN calibration estimates."""
+        active = self.active
+        return active if isinstance(active, _BatchNorm) and active.track_running_stats else None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.active(x)
 
     def add_bits(self, bits: BitPair) -> None:
-        """Add bit-width `bits` with a LayerNorm copied from the nearest trained bit-width."""
-        source = cast(nn.LayerNorm, self.norms[nearest_bits(self.bits_list, bits)])
-        factory = {"device": source.weight.device, "dtype": source.weight.dtype} if source.weight is not None else {}
-        copy = nn.LayerNorm(source.normalized_shape, source.eps, source.elementwise_affine, source.bias is not None,
-                            **factory)
-        copy.load_state_dict(source.state_dict())
-        self.norms.append(copy)
+        """Add bit-width `bits` with a copy of the nearest trained bit-width's norm; running statistics (a
+        BatchNorm1d's) start fresh, to be estimated on data (`calibrate_bn`)."""
+        new = copy.deepcopy(self.norms[nearest_bits(self.bits_list, bits)])
+        if isinstance(new, _BatchNorm) and new.track_running_stats:
+            new.reset_running_stats()
+        self.norms.append(new)
         super().add_bits(bits)
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
-        """Spread a plain LayerNorm's keys (prefix.weight, prefix.bias) into every per-bit copy, in place."""
-        spread_into_copies(state_dict, prefix, _LN_STATE_KEYS, "norms", len(self.norms))
+        """Spread a plain norm's keys (prefix.weight, prefix.bias, ...) into every per-bit copy, in place."""
+        spread_into_copies(state_dict, prefix, self.norms[0].state_dict().keys(), "norms", len(self.norms))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
-        """Accept a plain LayerNorm's state (`adapt_state_dict`)."""
+        """Accept a plain norm's state (`adapt_state_dict`)."""
         self.adapt_state_dict(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
     def extra_repr(self) -> str:
-        return f"{tuple(self.active.normalized_shape)}, bits_list={[b[0] if b[0] == b[1] else b for b in self.bits_list]}"
+        return f"{self.norms[0]!r}, bits_list={[b[0] if b[0] == b[1] else b for b in self.bits_list]}"
+
+
+def has_state(norm: nn.Module) -> bool:
+    """True when a norm holds anything a per-bit copy could differ in (a gain, a shift, running statistics)."""
+    return bool(norm.state_dict())

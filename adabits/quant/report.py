@@ -17,7 +17,7 @@ from torch import nn
 from .attention import QMultiheadAttention
 from .bitwidth import FULL_PRECISION, bits_label
 from .layers import QuantLayer, SwitchBatchNorm2d
-from .norms import SwitchLayerNorm
+from .norms import SwitchNorm
 
 #: float by design: normalization layers scale and shift per channel, as SAT and AdaBits leave BN
 NORMALIZATION = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
@@ -77,7 +77,7 @@ def conversion_report(model: nn.Module, excluded: Iterable[str] = ()) -> Convers
     excluded = set(excluded)
     rows = []
     inside_float_attention = [f"{n}." for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    switchable_norms = [f"{n}." for n, m in model.named_modules() if isinstance(m, (SwitchBatchNorm2d, SwitchLayerNorm))]
+    switchable_norms = [f"{n}." for n, m in model.named_modules() if isinstance(m, (SwitchBatchNorm2d, SwitchNorm))]
     for name, module in model.named_modules():
         if any(name.startswith(prefix) for prefix in inside_float_attention + switchable_norms):
             continue  # out_proj of a float attention, the copies inside a switchable norm: part of its row
@@ -85,10 +85,11 @@ def conversion_report(model: nn.Module, excluded: Iterable[str] = ()) -> Convers
             rows.append(_quantized_row(name, module))
         elif isinstance(module, QMultiheadAttention):
             continue  # its four projections have rows of their own
-        elif isinstance(module, (SwitchBatchNorm2d, SwitchLayerNorm)):
+        elif isinstance(module, (SwitchBatchNorm2d, SwitchNorm)):
             shared = isinstance(module, SwitchBatchNorm2d) and module.shared
             labels = "shared" if shared else ", ".join(bits_label(b) for b in module.bits_list)
-            rows.append(LayerRow(name, type(module).__name__, False, f"normalization, one per bit-width: {labels}"))
+            kind = f"SwitchNorm({type(module.active).__name__})" if isinstance(module, SwitchNorm) else type(module).__name__
+            rows.append(LayerRow(name, kind, False, f"normalization, one per bit-width: {labels}"))
         elif isinstance(module, NORMALIZATION) and any(True for _ in module.parameters(recurse=False)):
             rows.append(LayerRow(name, type(module).__name__, False, "normalization, float by design"))
         elif isinstance(getattr(module, "float_by_design", None), str):  # a module that says why it stays float

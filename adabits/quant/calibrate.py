@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import BitWidthError, CalibrationError
-from .bitwidth import format_bits, parse_bits, switchable_modules, use_bits
+from .bitwidth import BitSwitchable, format_bits, parse_bits, switchable_modules, use_bits
 from .interpolation import interpolate_alpha
 from .layers import SwitchBatchNorm2d
 from .norms import SwitchNorm
@@ -27,7 +27,7 @@ from .norms import SwitchNorm
 __all__ = ["add_bits", "calibrate_bn", "interpolate_alpha", "recalibrate_bn"]
 
 
-def _estimated(modules: Sequence[nn.Module]) -> list[_BatchNorm]:
+def _estimated(modules: Sequence[BitSwitchable]) -> list[_BatchNorm]:
     """The active BNs of the switchable norms whose running statistics calibration estimates."""
     return [bn for m in modules if isinstance(m, (SwitchBatchNorm2d, SwitchNorm))
             and (bn := m.estimated_statistics) is not None]

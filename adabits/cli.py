@@ -120,7 +120,7 @@ COMMAND_KEYS: dict[str, dict[str, CommandKey]] = {
     "calibrate": {"bits": CommandKey(None, parse_bits_option), "num_batches": CommandKey(50, _positive_int("num_batches")),
                   "out": CommandKey(None, _out, raw=True), "from_start": FROM_START},
     "export": {"bits": CommandKey(None, parse_bits_option), "out": CommandKey(None, _out, raw=True),
-               "bias": CommandKey(None, _bias), "graph": CommandKey("integer", _graph),
+               "bias": CommandKey(None, _bias), "graph": CommandKey(None, _graph),
                "calibration_images": CommandKey(CALIBRATION_IMAGES, _positive_int("calibration_images")),
                "from_start": FROM_START},
 }

@@ -62,7 +62,7 @@ def test_calibrate_then_test_and_export_the_new_bit_width(trained, capsys, tmp_p
     (["calibrate"], "calibrate needs bits=B"),
     (["calibrate", "bits=8"], "bits=8 is already a bit-width of this model"),
     (["export", "--format", "onnx", "graph=mixed"], "ONNX export with graph=mixed needs bits=B"),
-    (["export", "--format", "onnx", "graph=fused"], "graph must be one of integer, mixed; got 'fused'"),
+    (["export", "--format", "onnx", "graph=fused"], "graph must be one of integer, mixed, qdq; got 'fused'"),
     (["export", "--format", "onnx", "bits=8", "bias=float"], "bias=... applies to --format onnx graph=mixed only"),
     (["export", "--format", "pte", "calibration_images=0"], "calibration_images must be"),
     (["export", "--format", "onnx", "bits=5"], "bits=5 is not a bit-width of this model; allowed: [8, 4]"),

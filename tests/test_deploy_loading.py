@@ -138,7 +138,7 @@ def test_bit_width_pairs_train_evaluate_report_calibrate_resume_and_export(tmp_p
     capsys.readouterr()
     pytest.importorskip("onnx")
     assert main(["export", "--format", "onnx", *with_cal, "bits=[4,8]"]) == 0
-    assert "(w4a8, all-integer)" in capsys.readouterr().out and (run / "model_w4a8.onnx").is_file()
+    assert "(w4a8): all-integer" in capsys.readouterr().out and (run / "model_w4a8.onnx").is_file()
     assert main(["export", "--format", "pte", *with_cal, "calibration_images=32"]) == 0
     assert "forward_w4a8" in capsys.readouterr().out and (run / "model.pte").is_file()
 

@@ -80,14 +80,26 @@ def test_each_bit_width_keeps_its_own_batchnorm1d_statistics_and_calibration_est
     torch.testing.assert_close(model.group.norms[2].weight, model.group.norms[1].weight)  # from the nearest: 4 bits
 
 
-def test_norms_without_state_or_with_switchbn_off_stay_float():
-    model = nn.Sequential(nn.Linear(4, 8), nn.GroupNorm(2, 8, affine=False), nn.BatchNorm1d(8), nn.Linear(8, 2))
+def test_a_norm_without_state_stays_float_and_switchbn_off_shares_one_copy():
+    model = nn.Sequential(nn.Linear(4, 8), nn.GroupNorm(2, 8, affine=False), nn.BatchNorm1d(8, affine=False),
+                          nn.Linear(8, 2))
     converted = adabits.quantize_model(model, bits_list=[8, 4])
     assert type(converted[1]) is nn.GroupNorm  # nothing a per-bit copy could differ in
-    assert isinstance(converted[2], SwitchNorm)  # affine or not, a BatchNorm1d keeps running statistics
+    assert isinstance(converted[2], SwitchNorm)  # without affine, a BatchNorm1d still keeps running statistics
     shared = adabits.quantize_model(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)),
                                     bits_list=[8, 4], config=adabits.QuantConfig(switchbn=False))
-    assert type(shared[1]) is nn.BatchNorm1d
+    assert shared[1].shared and len(shared[1].norms) == 1
+    adabits.calibrate_bn(shared.eval(), 5, [torch.randn(8, 4)], num_batches=1)
+    assert len(shared[1].norms) == 1  # the shared copy serves the new bit-width as it is
+
+
+def test_a_float_stage_checkpoint_loads_into_a_joint_model_with_shared_norms():
+    """The float model (bits [32]) writes its one copy as norms.0; a switchbn=false joint model reads it."""
+    float_model = adabits.quantize_model(_float_model(), bits_list=[32])
+    joint = adabits.quantize_model(GroupNormCNN(), bits_list=[8, 4], config=adabits.QuantConfig(switchbn=False))
+    missing, unexpected = adabits.load_fp_state_dict(joint, float_model.state_dict())
+    assert not unexpected and not [k for k in missing if "norms" in k]
+    torch.testing.assert_close(joint.batch.norms[0].running_var, float_model.batch.norms[0].running_var)
 
 
 def test_switchnorm_names_what_it_takes():

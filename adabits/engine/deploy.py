@@ -33,7 +33,8 @@ from .loading import SHAPE_KEY, TrainedModel, load_trained, run_dir, shape_recor
 from .report import eval_table, show_bits
 
 EXPORT_FORMATS = ("packed", "onnx", "pte")
-ONNX_GRAPHS = ("integer", "mixed")
+#: graph= of `export`: unset, the all-integer graph where it covers the model, else the quantize/dequantize one
+ONNX_GRAPHS = ("integer", "mixed", "qdq")
 #: training images the 8-bit grids of an integer graph are calibrated on (residual adds, float-fed inputs)
 CALIBRATION_IMAGES = 512
 
@@ -155,20 +156,27 @@ def _float_checkpoint_bytes(model: nn.Module) -> int:
 
 
 def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, bias: Any = None,
-           from_start: bool = False, graph: str = "integer", calibration_images: int = CALIBRATION_IMAGES) -> str:
+           from_start: bool = False, graph: str | None = None, calibration_images: int = CALIBRATION_IMAGES) -> str:
     """Write the trained model as one packed file (every bit-width), one `.pte` (a method per
     bit-width) or ONNX (a folder with a file per bit-width, or the file of `bits`).
 
-    `pte` and ONNX's default `graph=integer` are all-integer graphs (`export/integer_graph.py`),
-    calibrated on `calibration_images` training images; `graph=mixed` is the earlier ONNX form
-    (integer kernels only where a conv feeds quantized layers; `bias` chooses how it applies the
-    folded BN shift, see `export_onnx`), which reads no data and also exports 32 bits."""
+    `pte` and ONNX are by default all-integer graphs (`export/integer_graph.py`, `graph=integer`),
+    calibrated on `calibration_images` training images. A model whose ops that graph has no rule for
+    (a transformer) is written, saying so, as `graph=qdq` (`export/qdq.py`): its own ops traced by
+    torch.export, each quantized layer as quantize / dequantize ops on its own grids, no calibration.
+    `graph=mixed` is the earlier ONNX form (integer kernels only where a conv feeds quantized layers;
+    `bias` chooses how it applies the folded BN shift, see `export_onnx`), which reads no data and
+    also exports 32 bits."""
     from ..export.onnx import BIAS_MODES
 
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
-    if graph not in ONNX_GRAPHS:
+    if graph is not None and graph not in ONNX_GRAPHS:
         raise UserError(f"graph must be one of {', '.join(ONNX_GRAPHS)}; got {graph!r}")
+    if fmt == "packed" and graph is not None:
+        raise UserError("graph=... applies to --format onnx and pte only")
+    if fmt == "pte" and graph == "mixed":
+        raise UserError("graph=mixed is an ONNX form; a .pte takes graph=integer or graph=qdq")
     mixed = fmt == "onnx" and graph == "mixed"
     if bias is not None and not mixed:
         raise UserError("bias=... applies to --format onnx graph=mixed only")
@@ -188,7 +196,7 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
             assert chosen is not None
             text = _export_onnx(cfg, trained, chosen, out, bias)
         else:
-            text = _export_integer(cfg, trained, fmt, chosen, out, calibration_images)
+            text = _export_integer(cfg, trained, fmt, chosen, out, calibration_images, graph)
     except OSError as exc:
         raise UserError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     return _notes(trained) + text
@@ -207,29 +215,32 @@ def calibration_images(cfg: TrainConfig, count: int) -> torch.Tensor:
 
 
 def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bits | None, out: str | None,
-                    count: int) -> str:
-    from ..export.int8_layer import PAIR_PRODUCT_LIMIT
-    from ..export.integer_graph import integer_graph
-
+                    count: int, graph: str | None) -> str:
     integer_bits = [b for b in trained.bits_list if max(parse_bits(b)) <= 8]
     order = [bits] if bits is not None else integer_bits
     if not order or (bits is not None and bits not in integer_bits):
-        raise ExportError(f"an all-integer {fmt} export takes bit-widths <= 8; this model has "
+        raise ExportError(f"an integer {fmt} export takes bit-widths <= 8; this model has "
                           f"{show_bits(trained.bits_list)}" + (" (use --format onnx graph=mixed bits=32 for float)"
                                                                if fmt == "onnx" else ""))
     shape = trained.shape
     input_shape = (shape.in_chans, shape.image_size, shape.image_size)
-    images = calibration_images(cfg, count)
-    try:
-        # XNNPACK never saturates a pair of products; ONNX Runtime's kernels on CPUs without VNNI can
-        pair_limit = None if fmt == "pte" else PAIR_PRODUCT_LIMIT
-        graphs = [integer_graph(trained.model, b, input_shape, images, uint8_input=not cfg.normalize,
-                                pair_limit=pair_limit) for b in order]
-    except ValueError as exc:
-        raise ExportError(f"{fmt} export: {exc}") from None
-    notes = sorted({f"\nnote: at {bits_label(g.bits)}, 9-bit weight codes of {', '.join(g.requantized_weights)} "
-                    "were requantized to int8 (per channel)" for g in graphs if g.requantized_weights})
-    calibrated = f"8-bit grids calibrated on {len(images)} training images"
+    graphs: list[Any] = []
+    how, notes = "", []
+    if graph != "qdq":
+        try:
+            graphs, how, notes = _integer_graphs(cfg, trained, fmt, order, input_shape, count)
+        except ExportError as exc:
+            if graph == "integer":
+                raise
+            how = f"quantize/dequantize graph traced by torch.export; the all-integer graph does not cover this model ({exc})"
+    if not graphs:
+        from ..export.qdq import qdq_model
+
+        graphs = [qdq_model(trained.model, b, input_shape, uint8_input=not cfg.normalize, int8_weights=fmt == "onnx")
+                  for b in order]
+        how = how or "quantize/dequantize graph traced by torch.export"
+        notes = sorted({f"\nnote: at {bits_label(g.bits)}, the 9-bit weight codes of {', '.join(g.float_weights)} "
+                        "stay exact float weights" for g in graphs if g.float_weights})
     if fmt == "pte":
         from ..export.pte import export_pte
 
@@ -240,18 +251,38 @@ def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bit
             raise UserError("--format pte needs ExecuTorch: pip install 'adabits[pte]' && pip install --no-deps "
                             "executorch==1.5.1 torchao==0.18.0") from None
         return (f"wrote {target} ({target.stat().st_size:,} bytes): methods "
-                f"{', '.join(_method_names(graphs))}; {calibrated}" + "".join(notes))
-    from ..export.onnx_integer import export_integer_onnx, write_onnx_folder
+                f"{', '.join(_method_names(graphs))}; {how}" + "".join(notes))
+    from ..export.onnx_integer import write_onnx, write_onnx_folder
 
     try:
         if bits is not None:
-            target = Path(out) if out else run_dir(cfg) / f"model_{bits_tag(bits)}.onnx"
-            export_integer_onnx(graphs[0], target)
+            target = write_onnx(graphs[0], Path(out) if out else run_dir(cfg) / f"model_{bits_tag(bits)}.onnx")
         else:
             target = write_onnx_folder(graphs, Path(out) if out else run_dir(cfg) / "onnx")
     except ImportError:
-        raise UserError("ONNX export needs the onnx package: pip install 'adabits[onnx]'") from None
-    return f"wrote {target} ({', '.join(_bits_words(g.bits) for g in graphs)}, all-integer); {calibrated}" + "".join(notes)
+        raise UserError("ONNX export needs the onnx package (and onnxscript for graph=qdq): "
+                        "pip install 'adabits[onnx]'") from None
+    return f"wrote {target} ({', '.join(_bits_words(g.bits) for g in graphs)}): {how}" + "".join(notes)
+
+
+def _integer_graphs(cfg: TrainConfig, trained: TrainedModel, fmt: str, order: list[Bits],
+                    input_shape: tuple[int, int, int], count: int) -> tuple[list[Any], str, list[str]]:
+    """The all-integer graph of each bit-width in `order`, how they were made and the notes of what
+    they had to change; ExportError naming what the graph cannot express."""
+    from ..export.int8_layer import PAIR_PRODUCT_LIMIT
+    from ..export.integer_graph import integer_graph
+
+    images = calibration_images(cfg, count)
+    try:
+        # XNNPACK never saturates a pair of products; ONNX Runtime's kernels on CPUs without VNNI can
+        pair_limit = None if fmt == "pte" else PAIR_PRODUCT_LIMIT
+        graphs = [integer_graph(trained.model, b, input_shape, images, uint8_input=not cfg.normalize,
+                                pair_limit=pair_limit) for b in order]
+    except ValueError as exc:
+        raise ExportError(f"{fmt} export: {exc}") from None
+    notes = sorted({f"\nnote: at {bits_label(g.bits)}, 9-bit weight codes of {', '.join(g.requantized_weights)} "
+                    "were requantized to int8 (per channel)" for g in graphs if g.requantized_weights})
+    return graphs, f"all-integer, 8-bit grids calibrated on {len(images)} training images", notes
 
 
 def _method_names(graphs: list) -> list[str]:

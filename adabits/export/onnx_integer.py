@@ -43,6 +43,7 @@ from ..quant.grid import INT8_MAX, INT8_MIN, UINT8_MAX, Grid
 from .integer_graph import DEQUANTIZE, DEQUANTIZE_CHANNELS, IMAGE_GRID, QUANTIZE, IntegerGraph
 from .onnx import INPUT_NAME, OPSET, OUTPUT_NAME, optimized_op_counts
 from .onnx_graph import FLOAT, GraphBuilder, Value, save_checked
+from .qdq import QDQModel, export_qdq_onnx
 
 CONV = torch.ops.aten.conv2d.default
 LINEAR = torch.ops.aten.linear.default
@@ -288,9 +289,16 @@ def integer_op_report(path: str | Path) -> dict[str, int]:
     }
 
 
-def write_onnx_folder(graphs: Sequence[IntegerGraph], folder: str | Path) -> Path:
-    """One ONNX file per bit-width in `folder` and the manifest `adabits.runtime.load` reads
-    (`adabits_onnx.json`: bit-widths, file names, input shape, uint8 input), each written atomically."""
+def write_onnx(graph: IntegerGraph | QDQModel, path: str | Path) -> Path:
+    """One bit-width's ONNX file: an all-integer graph translated here, or a quantize/dequantize model
+    through torch.onnx."""
+    return export_qdq_onnx(graph, path) if isinstance(graph, QDQModel) else export_integer_onnx(graph, path)
+
+
+def write_onnx_folder(graphs: Sequence[IntegerGraph | QDQModel], folder: str | Path) -> Path:
+    """One ONNX file per bit-width in `folder` (an all-integer graph, or a quantize/dequantize model through
+    torch.onnx) and the manifest `adabits.runtime.load` reads (`adabits_onnx.json`: bit-widths, file names,
+    input shape, uint8 input), each written atomically."""
     from ..quant.bitwidth import bits_tag
     from ..runtime import ONNX_MANIFEST
 
@@ -301,7 +309,7 @@ def write_onnx_folder(graphs: Sequence[IntegerGraph], folder: str | Path) -> Pat
     files = {}
     for graph in graphs:
         name = f"model_{bits_tag(graph.bits)}.onnx"
-        export_integer_onnx(graph, folder / name)
+        write_onnx(graph, folder / name)
         files[str(graph.bits)] = name
     manifest = {"files": files, "input_shape": list(graphs[0].input_shape), "uint8_input": graphs[0].uint8_input}
     with atomic_write(folder / ONNX_MANIFEST) as f:

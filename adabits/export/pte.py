@@ -28,6 +28,7 @@ from ..atomic import atomic_write
 from ..errors import ExportError
 from ..quant.bitwidth import bits_tag
 from .integer_graph import IntegerGraph
+from .qdq import QDQModel
 
 if TYPE_CHECKING:
     from executorch.exir import EdgeProgramManager
@@ -117,9 +118,10 @@ def op_name(target: Any) -> str:
     return name.removeprefix("aten.")
 
 
-def integer_program(graphs: Sequence[IntegerGraph], max_batch: int = MAX_BATCH) -> EdgeProgramManager:
-    """The edge program of `graphs` (one method each) lowered to XNNPACK, before serialisation: its
-    graphs show what was delegated (`pte_delegation.delegated_op_counts`)."""
+def integer_program(graphs: Sequence[IntegerGraph | QDQModel], max_batch: int = MAX_BATCH) -> EdgeProgramManager:
+    """The edge program of `graphs` (one method each: all-integer graphs, or quantize/dequantize models for
+    what those cannot express) lowered to XNNPACK, before serialisation: its graphs show what was
+    delegated (`pte_delegation.delegated_op_counts`)."""
     if not graphs:
         raise ExportError("a .pte export needs at least one bit-width")
     shapes = {g.input_shape for g in graphs}
@@ -133,7 +135,7 @@ def integer_program(graphs: Sequence[IntegerGraph], max_batch: int = MAX_BATCH) 
     return lower_xnnpack(programs, constants)
 
 
-def export_pte(graphs: Sequence[IntegerGraph], path: str | Path, max_batch: int = MAX_BATCH) -> Path:
+def export_pte(graphs: Sequence[IntegerGraph | QDQModel], path: str | Path, max_batch: int = MAX_BATCH) -> Path:
     """Write one `.pte` holding a method per graph (one per bit-width), atomically."""
     program = to_pte(integer_program(graphs, max_batch))
     path = Path(path)

@@ -62,7 +62,7 @@ def _quantized_twin(module: nn.Module, bits_list: tuple, config: QuantConfig, op
             bits_list=bits_list, config=config, **options, **factory,
         )
     elif isinstance(module, SWITCHABLE_NORMS):
-        twin = SwitchNorm(module, bits_list=bits_list)
+        twin = SwitchNorm(module, bits_list=bits_list, shared=not config.switchbn)
     elif isinstance(module, nn.Linear):
         twin = QLinear(
             module.in_features, module.out_features, module.bias is not None,
@@ -109,7 +109,7 @@ def quantize_model(
 ) -> nn.Module:
     """Swap every Conv2d, Linear, BatchNorm2d, MultiheadAttention, LayerNorm, GroupNorm, RMSNorm and
     BatchNorm1d of `model` for its switchable quantized twin, in place (the norms other than
-    BatchNorm2d become one `SwitchNorm` copy per bit-width with `config.switchbn`).
+    BatchNorm2d become `SwitchNorm`: one copy per bit-width, or one shared without `config.switchbn`).
 
     `layer_options` maps module names to per-layer options (bitw_min, bita_min, weight_only, pact_fp,
     double_side; `quantize: False` keeps that layer in float). They override the first/last-layer
@@ -144,8 +144,8 @@ def quantize_model(
         layer = dict(options.get(name, {}))
         if not layer.pop("quantize", True):
             continue
-        if isinstance(module, SWITCHABLE_NORMS) and not (config.switchbn and has_state(module)):
-            continue  # switchbn off, or nothing per bit-width to switch: it stays the float norm
+        if isinstance(module, SWITCHABLE_NORMS) and not has_state(module):
+            continue  # nothing a per-bit copy could differ in: it stays the float norm
         if isinstance(module, (nn.BatchNorm2d, *SWITCHABLE_NORMS)):
             layer = {}
         else:
@@ -187,7 +187,7 @@ def spread_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
             state.setdefault(f"{name}.ranges" if name else "ranges", module.ranges.clone())
         if isinstance(module, SwitchBatchNorm2d) and not module.shared:
             copies, probe = "bn.", "running_mean"
-        elif isinstance(module, SwitchNorm) and len(module.norms) > 1:
+        elif isinstance(module, SwitchNorm) and not module.shared:
             copies, probe = "norms.", next(iter(module.norms[0].state_dict()))
         else:
             continue

@@ -5,7 +5,8 @@ LayerNorm (or RMSNorm), small-batch CNNs with GroupNorm, sequence and tabular mo
 `SwitchNorm` holds one copy of any of them per bit-width. A LayerNorm, GroupNorm or RMSNorm normalizes
 by the statistics of its own input, so what a per-bit copy learns is its own gain and shift, which
 rescale what the next quantized layer sees at that bit-width; a BatchNorm1d copy also keeps its own
-running statistics, as the per-bit BNs of a CNN do. A plain norm's state dict loads into every copy.
+running statistics, as the per-bit BNs of a CNN do. With `shared` (`switchbn: false`) one copy serves
+every bit-width, as in SwitchBatchNorm2d. A plain norm's state dict loads into every copy.
 """
 from __future__ import annotations
 
@@ -33,33 +34,39 @@ def spread_into_copies(state_dict: dict[str, Tensor], prefix: str, keys: Iterabl
 
 class SwitchNorm(BitSwitchable, nn.Module):
     """One copy of `norm` (a LayerNorm, GroupNorm, RMSNorm or BatchNorm1d) per bit-width, chosen by the
-    current bit-width. The copies start as `norm` (its parameters and statistics)."""
+    current bit-width, or one for all with `shared`. The copies start as `norm` (its parameters and statistics)."""
 
-    def __init__(self, norm: nn.Module, *, bits_list: Iterable[object] = (FULL_PRECISION,)) -> None:
+    def __init__(self, norm: nn.Module, *, bits_list: Iterable[object] = (FULL_PRECISION,), shared: bool = False) -> None:
         if not isinstance(norm, SWITCHABLE_NORMS):
             raise TypeError(f"SwitchNorm takes one of {', '.join(t.__name__ for t in SWITCHABLE_NORMS)}; "
                             f"got {type(norm).__name__} (BatchNorm2d has SwitchBatchNorm2d)")
         nn.Module.__init__(self)
         self._init_bits(bits_list)
-        self.norms = nn.ModuleList(copy.deepcopy(norm) for _ in self.bits_list)
+        self.shared = shared
+        self.norms = nn.ModuleList(copy.deepcopy(norm) for _ in range(1 if shared else len(self.bits_list)))
 
     @property
     def active(self) -> nn.Module:
         """The norm this module runs at the current bit-width."""
-        return self.norms[self.bits_index]
+        return self.norms[0 if self.shared else self.bits_index]
 
     @property
     def estimated_statistics(self) -> _BatchNorm | None:
-        """The active copy when it keeps running statistics (a BatchNorm1d): what BN calibration estimates."""
+        """The active copy when it keeps running statistics (a BatchNorm1d) of its own bit-width: what BN
+        calibration estimates (a shared copy is left alone: it serves the other bit-widths too)."""
         active = self.active
-        return active if isinstance(active, _BatchNorm) and active.track_running_stats else None
+        own = isinstance(active, _BatchNorm) and active.track_running_stats and not self.shared
+        return active if own else None  # type: ignore[return-value]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.active(x)
 
     def add_bits(self, bits: BitPair) -> None:
         """Add bit-width `bits` with a copy of the nearest trained bit-width's norm; running statistics (a
-        BatchNorm1d's) start fresh, to be estimated on data (`calibrate_bn`)."""
+        BatchNorm1d's) start fresh, to be estimated on data (`calibrate_bn`). A shared norm serves it as it is."""
+        if self.shared:
+            super().add_bits(bits)
+            return
         new = copy.deepcopy(self.norms[nearest_bits(self.bits_list, bits)])
         if isinstance(new, _BatchNorm) and new.track_running_stats:
             new.reset_running_stats()
@@ -77,7 +84,8 @@ class SwitchNorm(BitSwitchable, nn.Module):
                                       error_msgs)
 
     def extra_repr(self) -> str:
-        return f"{self.norms[0]!r}, bits_list={[b[0] if b[0] == b[1] else b for b in self.bits_list]}"
+        bits = [b[0] if b[0] == b[1] else b for b in self.bits_list]
+        return f"{self.norms[0]!r}, bits_list={bits}" + (", shared" if self.shared else "")
 
 
 def has_state(norm: nn.Module) -> bool:

@@ -86,7 +86,7 @@ def conversion_report(model: nn.Module, excluded: Iterable[str] = ()) -> Convers
         elif isinstance(module, QMultiheadAttention):
             continue  # its four projections have rows of their own
         elif isinstance(module, (SwitchBatchNorm2d, SwitchNorm)):
-            shared = isinstance(module, SwitchBatchNorm2d) and module.shared
+            shared = module.shared
             labels = "shared" if shared else ", ".join(bits_label(b) for b in module.bits_list)
             kind = f"SwitchNorm({type(module.active).__name__})" if isinstance(module, SwitchNorm) else type(module).__name__
             rows.append(LayerRow(name, kind, False, f"normalization, one per bit-width: {labels}"))

@@ -1,0 +1,184 @@
+"""One bit-width of any converted model as a plain PyTorch module of quantize / dequantize ops.
+
+The all-integer graph (integer_graph.py) rebuilds a CNN op by op from its torch.fx trace and knows
+the ops of the registered CNNs. A model that trace cannot hold, or whose ops it has no rule for (a
+transformer: attention, LayerNorm, GELU, token reshapes), is exported from this module instead,
+traced by `torch.export`: every quantized layer becomes a `QDQLayer` and everything else stays the
+model's own code, so the runtime computes what the model computes at that bit-width. A `QDQLayer`
+holds its layer's arithmetic in the form integer runtimes fuse into integer kernels:
+
+- its input quantized on the layer's own grid: clipped at the PACT level(s), then
+  `quantize_per_tensor` / `dequantize_per_tensor` (int8 codes, zero point -128). A two-sided
+  input's grid, -alpha + k * step, has no integer zero point; the layer reads x + alpha (codes k
+  with zero point 0) instead, and its bias takes -alpha * W 1, so the kernel still multiplies the
+  codes directly (a padded convolution, whose padding would then read -alpha, subtracts alpha after
+  dequantizing);
+- its weight as int8 codes with one scale per output channel (`dequantize_per_channel`), SAT's scale
+  folded in; weight codes that need 9 bits (`centered` / `original` at 8 bits) stay an exact float
+  weight, named in `QDQModel.float_weights`.
+
+Switchable norms become their copy of this bit-width. Values on a rounding tie can land one code
+apart from PyTorch's quantizer (x / step against x / alpha * levels in float32).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ExportError
+from ..quant.bitwidth import FULL_PRECISION, format_bits, parse_bits, set_bits
+from ..quant.layers import QuantLayer, SwitchBatchNorm2d
+from ..quant.norms import SwitchNorm
+from .int8_layer import fold_layer
+from .integer_graph import DEQUANTIZE, DEQUANTIZE_CHANNELS, QUANTIZE
+from .onnx import INPUT_NAME, OUTPUT_NAME
+from .onnx_graph import save_checked
+
+CODE_ZERO = -128  # int8 storage of codes 0..255
+
+
+class QDQLayer(nn.Module):
+    """A quantized conv / linear layer at one bit-width, written with quantize / dequantize ops."""
+
+    weight_codes: Tensor
+    weight_scale: Tensor
+    weight_zero: Tensor
+    float_weight: Tensor
+    bias: Tensor
+
+    def __init__(self, layer: QuantLayer, name: str, int8_weights: bool = True) -> None:
+        super().__init__()
+        self.conv = isinstance(layer, nn.Conv2d)
+        if self.conv:
+            assert isinstance(layer, nn.Conv2d)
+            if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+                raise ExportError(f"layer {name}: padding {layer.padding!r} / padding_mode {layer.padding_mode!r} "
+                                  "cannot be exported; use integer zero padding")
+            self.stride, self.padding = layer.stride, layer.padding
+            self.dilation, self.groups = layer.dilation, layer.groups
+        folded = fold_layer(layer, None)
+        self.int8_weight = int8_weights and folded.codes is not None and folded.fits_int8()
+        if self.int8_weight:
+            assert folded.codes is not None
+            self.register_buffer("weight_codes", torch.from_numpy(folded.codes.astype(np.int8)))
+            self.register_buffer("weight_scale", torch.from_numpy(folded.scale.astype(np.float32)))
+            self.register_buffer("weight_zero", torch.zeros(len(folded.scale), dtype=torch.int64))
+        else:
+            self.register_buffer("float_weight", torch.from_numpy(folded.float_weight().astype(np.float32)))
+        bias = folded.bias
+        self.quantizes_input = layer.quantizes_input
+        self.clips_input = layer.clips_input
+        self.low = self.high = self.step = self.shift_after = 0.0
+        if self.clips_input:
+            alpha = layer.current_alpha()
+            assert alpha is not None  # clips_input says there is one
+            level = float(alpha.detach().abs())
+            self.low, self.high = (-level if layer.double_side else 0.0), level
+        if self.quantizes_input:
+            _check_input(layer, name)
+            self.step = layer.input_scale()
+            if layer.double_side:  # the layer reads x + alpha: codes k on 0..levels
+                if self.conv and any(self.padding):  # the padding must still read 0, not -alpha
+                    self.shift_after = self.high
+                else:
+                    bias = bias - self.high * folded.float_weight().reshape(len(bias), -1).sum(axis=1)
+        self.register_buffer("bias", torch.from_numpy(np.asarray(bias, np.float32)))
+
+    def _input(self, x: Tensor) -> Tensor:
+        if not self.clips_input:
+            return x
+        x = x.clamp(self.low, self.high)
+        if not self.quantizes_input:
+            return x  # pact_fp: clipped, full precision
+        codes = QUANTIZE(x - self.low if self.low else x, self.step, CODE_ZERO, -128, 127, torch.int8)
+        x = DEQUANTIZE(codes, self.step, CODE_ZERO, -128, 127, torch.int8)
+        return x - self.shift_after if self.shift_after else x
+
+    @property
+    def weight(self) -> Tensor:
+        """The weight the layer multiplies with (the models read its dtype, `as_float_input`)."""
+        if not self.int8_weight:
+            return self.float_weight
+        return DEQUANTIZE_CHANNELS(self.weight_codes, self.weight_scale, self.weight_zero, 0, -128, 127, torch.int8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, weight = self._input(x), self.weight
+        if self.conv:
+            return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.linear(x, weight, self.bias)
+
+
+def _check_input(layer: QuantLayer, name: str) -> None:
+    """Raise ExportError naming the layer when its input codes are not QuantizeLinear's: a scheme that
+    floors or offsets them, more than 8 bits, or a clipping side not chosen yet."""
+    if not layer.act_scheme.quantize_linear_exact:
+        raise ExportError(f"layer {name}: act_quant_scheme {layer.act_quant_scheme!r} cannot be exported; "
+                          "QuantizeLinear rounds to integer codes, which is the 'original' scheme only")
+    if layer.input_max_code() > 255:
+        raise ExportError(f"layer {name}: {layer.act_bits}-bit activations do not fit 8-bit codes")
+    if layer.clipping_side.startswith("auto"):
+        raise ExportError(f"layer {name}: its clipping side is chosen from its first input (double_side: auto) "
+                          "and it has seen none; run the model on one batch before exporting")
+
+
+@dataclass
+class QDQModel:
+    """One bit-width of a model as a plain module (`module(images) -> logits`) and what it keeps in float.
+    `uint8_input`: the model reads raw 0..255 pixels (trained with `normalize: false`), given as float."""
+
+    module: nn.Module
+    bits: object
+    input_shape: tuple[int, ...]
+    uint8_input: bool
+    float_weights: list[str] = field(default_factory=list)
+
+
+def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, uint8_input: bool = True,
+              int8_weights: bool = True) -> QDQModel:
+    """A copy of `model` at `bits` (an integer bit-width of the model, at most 8) in eval mode, every quantized
+    layer a `QDQLayer` and every switchable norm the copy of `bits`; `model` is not changed.
+
+    `int8_weights=False` keeps every weight as its exact float value: XNNPACK runs a linear on quantized
+    inputs with int8 weights only when its output is quantized too, which a transformer's are not
+    (they feed LayerNorm, GELU, a residual sum), so a `.pte` takes float weights and delegates the layer."""
+    pair = parse_bits(bits)
+    if max(pair) > 8 or min(pair) >= FULL_PRECISION:
+        raise ExportError(f"a quantize/dequantize export takes bit-widths <= 8; got {format_bits(pair)}")
+    twin = copy.deepcopy(model).eval()
+    set_bits(twin, format_bits(pair))
+    float_weights = []
+    for name, module in list(twin.named_modules()):
+        if isinstance(module, QuantLayer):
+            layer = QDQLayer(module, name, int8_weights)
+            if not layer.int8_weight and module.weight_bits < FULL_PRECISION:
+                float_weights.append(name)
+            replacement: nn.Module = layer
+        elif isinstance(module, (SwitchBatchNorm2d, SwitchNorm)):
+            replacement = module.active
+        else:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(twin.get_submodule(parent) if parent else twin, child, replacement)
+    return QDQModel(twin, format_bits(pair), tuple(input_shape), uint8_input,
+                    float_weights if int8_weights else [])
+
+
+def export_qdq_onnx(qdq: QDQModel, path: str | Path) -> Path:
+    """Write `qdq` to `path` as ONNX through `torch.onnx.export` (torch.export, then onnxscript's
+    translation and optimizer): input `input` float32 (batch, C, H, W), batch dynamic; output `logits`."""
+    example = torch.zeros(2, *qdq.input_shape)
+    batch = {0: torch.export.Dim("batch", min=1, max=4096)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        program = torch.onnx.export(qdq.module, (example,), dynamo=True, verbose=False, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=(batch,))
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    return save_checked(program.model_proto, path)

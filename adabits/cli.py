@@ -36,6 +36,8 @@ examples:
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format pte [bits=B] [calibration_images=512] [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx [bits=B] [calibration_images=512] [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx graph=mixed bits=8 [bias=int32_fine|int32|float]
+  adabits export app:apps/fashion_mnist/q_vit_tiny_adabits.yml --format onnx|pte [graph=integer|qdq]
+    (unset: all-integer where that graph covers the model, else qdq, torch.export's trace of it; the output says which)
 bit-widths:
   bits=B or bits=[WEIGHT_BITS,ACT_BITS] (bits_list=[[4,8],8] in a config); 32 = full precision
 weights:
@@ -165,8 +167,9 @@ def _add_arguments(parser: argparse.ArgumentParser, name: str) -> argparse.Argum
     if name == "export":
         parser.add_argument("--format", choices=EXPORT_FORMATS, default="packed",
                             help="packed: one safetensors file for every bit-width; pte: one ExecuTorch program, a method "
-                                 "per bit-width; onnx: a folder with an all-integer graph per bit-width, or the "
-                                 "file of bits=B (may stand anywhere among the other arguments)")
+                                 "per bit-width; onnx: a folder with an all-integer graph per bit-width (a quantize/dequantize graph "
+                                 "where that has no rule: graph=qdq), or the file of bits=B (may stand anywhere among "
+                                 "the other arguments)")
     return parser
 
 

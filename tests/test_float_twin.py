@@ -68,3 +68,19 @@ def test_twin_of_a_converted_model():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(twin(x), model(x))
+
+
+def test_twin_of_a_transformer_equals_it_at_32_bits():
+    torch.manual_seed(0)
+    model = adabits.create_model("vit_tiny", bits_list=[32, 4], num_classes=5, image_size=8, patch_size=4, dim=16,
+                                 depth=1, heads=2, mlp_dim=32).eval()
+    with torch.no_grad():
+        for norm in model.modules():
+            if isinstance(norm, adabits.quant.SwitchNorm):
+                norm.norms[0].bias.fill_(0.2)  # the 32-bit copy's own shift
+    adabits.set_bits(model, 32)
+    twin = float_twin(model).eval()
+    assert not any(isinstance(m, (adabits.QuantLayer, adabits.quant.SwitchNorm)) for m in twin.modules())
+    x = torch.randint(0, 256, (4, 1, 8, 8)).float()
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .layers import QConv2d, QLinear, SwitchBatchNorm2d
+from .norms import SwitchNorm
 from .residual import Int8Observer
 
 
@@ -23,7 +24,7 @@ def plain_layer(layer: nn.Module) -> nn.Module:
 
     QConv2d -> nn.Conv2d and QLinear -> nn.Linear holding the effective weight (quantized,
     tanh-normalised, SAT-rescaled, as `quantized_weight()` gives it) and the bias; a
-    SwitchBatchNorm2d -> a copy of its active BatchNorm2d; an Int8Observer (quantize_residual) -> nn.Identity.
+    SwitchBatchNorm2d or SwitchNorm -> a copy of its active norm; an Int8Observer (quantize_residual) -> nn.Identity.
     Raises TypeError for anything else.
     """
     if isinstance(layer, QConv2d):
@@ -34,7 +35,7 @@ def plain_layer(layer: nn.Module) -> nn.Module:
             layer.padding_mode)
     elif isinstance(layer, QLinear):
         plain = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
-    elif isinstance(layer, SwitchBatchNorm2d):
+    elif isinstance(layer, (SwitchBatchNorm2d, SwitchNorm)):
         return copy.deepcopy(layer.active)
     elif isinstance(layer, Int8Observer):
         return nn.Identity()  # the twin's activations are float
@@ -48,13 +49,14 @@ def plain_layer(layer: nn.Module) -> nn.Module:
 
 
 def float_twin(model: nn.Module) -> nn.Module:
-    """A copy of `model` with every QConv2d, QLinear, SwitchBatchNorm2d and Int8Observer replaced by `plain_layer`.
+    """A copy of `model` with every QConv2d, QLinear, SwitchBatchNorm2d, SwitchNorm and Int8Observer replaced by
+    `plain_layer`.
 
     The architecture's own modules (blocks, pooling, the forward) are kept; the input model is not
     changed. The copy holds no quantized layer, so its state dict is an ordinary float one.
     """
     twin = copy.deepcopy(model)
-    swappable = (QConv2d, QLinear, SwitchBatchNorm2d, Int8Observer)
+    swappable = (QConv2d, QLinear, SwitchBatchNorm2d, SwitchNorm, Int8Observer)
     if isinstance(twin, swappable):
         return plain_layer(twin)
     for module in list(twin.modules()):

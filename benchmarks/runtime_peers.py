@@ -90,13 +90,15 @@ def _calibration_reader(input_name: str, calibration: torch.Tensor) -> Any:
     return BatchReader()
 
 
-def quantize_ort_int8(float_onnx_path: str | Path, calibration: torch.Tensor, path: str | Path) -> Path:
+def quantize_ort_int8(float_onnx_path: str | Path, calibration: torch.Tensor, path: str | Path,
+                      pre_process: bool = True) -> Path:
     """ONNX Runtime's own static int8 quantization of a float graph, written to `path`.
 
     QDQ format (QuantizeLinear/DequantizeLinear pairs around each op, which ORT's graph optimizer fuses
     into QLinearConv & co. when it builds a session), weights int8 symmetric per output channel,
     activations uint8 asymmetric per tensor with MinMax ranges from `calibration`: ORT's documented
-    recommendation for x86 CPUs."""
+    recommendation for x86 CPUs. `pre_process=False` skips ORT's `quant_pre_process`, whose symbolic
+    shape inference fails on a transformer's reshapes (ORT then quantizes the graph as exported)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -106,7 +108,10 @@ def quantize_ort_int8(float_onnx_path: str | Path, calibration: torch.Tensor, pa
         # quant_pre_process: symbolic shape inference, then ORT's basic graph optimizations (constant
         # folding, Conv+BN / redundant-node fusion), then ONNX shape inference again, so that the
         # quantizer sees every tensor's shape and quantizes the fused graph ORT will actually run
-        quant_pre_process(str(float_onnx_path), str(prepared))
+        if pre_process:
+            quant_pre_process(str(float_onnx_path), str(prepared))
+        else:
+            prepared = Path(float_onnx_path)
         session_input = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
         quantize_static(str(prepared), str(path), _calibration_reader(session_input, calibration),
                         quant_format=QuantFormat.QDQ, per_channel=True,
@@ -115,9 +120,9 @@ def quantize_ort_int8(float_onnx_path: str | Path, calibration: torch.Tensor, pa
 
 
 def ort_int8_peer(float_onnx_path: str | Path, calibration: torch.Tensor, path: str | Path,
-                  threads: int | None = None) -> onnxruntime.InferenceSession:
+                  threads: int | None = None, pre_process: bool = True) -> onnxruntime.InferenceSession:
     """The int8 peer in ONNX Runtime: `quantize_ort_int8` of the float graph, at `path`, in a CPU session."""
-    return cpu_session(quantize_ort_int8(float_onnx_path, calibration, path), threads)
+    return cpu_session(quantize_ort_int8(float_onnx_path, calibration, path, pre_process), threads)
 
 
 # ---------------------------------------------------------------------------------------------- ExecuTorch

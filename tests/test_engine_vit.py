@@ -14,6 +14,7 @@ from adabits.engine.config import TrainConfig
 from adabits.engine.deploy import export
 from adabits.engine.loading import load_trained
 from adabits.errors import ExportError
+from adabits.runtime import load
 from _engine_helpers import tiny_config
 
 VIT = {"model": "vit_tiny", "depth": None, "optimizer": "adamw", "lr": 0.003,
@@ -59,7 +60,7 @@ def test_the_trained_vit_deploys_to_onnx_and_pte_through_torch_export(joint_run,
     model = load_trained(cfg).model
     images = torch.randint(0, 256, (32, 1, 8, 8), generator=torch.Generator().manual_seed(3)).float()
     for path in (tmp_path / "onnx", tmp_path / "vit.pte"):
-        deployed = adabits.runtime.load(path)
+        deployed = load(path)
         for bits in (8, 4):
             with adabits.use_bits(model, bits), torch.no_grad():
                 expected = model(images).numpy()

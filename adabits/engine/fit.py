@@ -67,15 +67,11 @@ def per_bit_bn_counts(model: nn.Module, state: Mapping[str, torch.Tensor]) -> di
     """Switchable norms for which the checkpoint holds per-bit copies (more than one): name -> (held, model's)."""
     counts = {}
     for name, module in model.named_modules():
-        if isinstance(module, SwitchBatchNorm2d):
-            key, copies = "bn", len(module.bn)
-        elif isinstance(module, SwitchNorm):
-            key, copies = "norms", len(module.norms)
-        else:
-            continue
-        held = _per_bit_indices(state, f"{name}.{key}." if name else f"{key}.")
-        if len(held) > 1:
-            counts[name] = (len(held), copies)
+        if isinstance(module, (SwitchBatchNorm2d, SwitchNorm)):
+            key = module.copies_name
+            held = _per_bit_indices(state, f"{name}.{key}." if name else f"{key}.")
+            if len(held) > 1:
+                counts[name] = (len(held), len(module.copies))
     return counts
 
 

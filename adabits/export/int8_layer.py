@@ -67,14 +67,15 @@ class Int8Operands:
     bias_scale: np.ndarray  # float32 per output channel
 
 
-def check_integer_input(layer: QuantLayer, name: str) -> None:
+def check_integer_input(layer: QuantLayer, name: str, *, two_sided: bool = False) -> None:
     """Raise ExportError, naming the layer, when its input codes have no integer-kernel form: a scheme that
-    floors or offsets the codes, double_side (zero point (2^b - 1) / 2), or more than 8 bits."""
+    floors or offsets the codes, double_side (zero point (2^b - 1) / 2) unless the exporter shifts the
+    input by alpha (`two_sided`), or more than 8 bits."""
     if not layer.act_scheme.quantize_linear_exact:
         raise ExportError(f"layer {name}: act_quant_scheme {layer.act_quant_scheme!r} cannot be exported; "
                           "QuantizeLinear rounds to integer codes with an integer zero point, which is "
                           "the 'original' scheme only")
-    if layer.double_side:
+    if layer.double_side and not two_sided:
         raise ExportError(f"layer {name}: double_side activations need the zero point (2^b - 1) / 2, "
                           "which is not an integer; export supports single-sided PACT only")
     if layer.act_bits > 8:

@@ -36,7 +36,7 @@ from ..errors import ExportError
 from ..quant.bitwidth import FULL_PRECISION, format_bits, parse_bits, set_bits
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
 from ..quant.norms import SwitchNorm
-from .int8_layer import fold_layer
+from .int8_layer import check_integer_input, fold_layer
 from .integer_graph import DEQUANTIZE, DEQUANTIZE_CHANNELS, QUANTIZE
 from .onnx import INPUT_NAME, OUTPUT_NAME
 from .onnx_graph import save_checked
@@ -116,13 +116,9 @@ class QDQLayer(nn.Module):
 
 
 def _check_input(layer: QuantLayer, name: str) -> None:
-    """Raise ExportError naming the layer when its input codes are not QuantizeLinear's: a scheme that
-    floors or offsets them, more than 8 bits, or a clipping side not chosen yet."""
-    if not layer.act_scheme.quantize_linear_exact:
-        raise ExportError(f"layer {name}: act_quant_scheme {layer.act_quant_scheme!r} cannot be exported; "
-                          "QuantizeLinear rounds to integer codes, which is the 'original' scheme only")
-    if layer.input_max_code() > 255:
-        raise ExportError(f"layer {name}: {layer.act_bits}-bit activations do not fit 8-bit codes")
+    """Raise ExportError naming the layer when its input codes are not QuantizeLinear's
+    (`check_integer_input`, both sides allowed) or its clipping side is not chosen yet."""
+    check_integer_input(layer, name, two_sided=True)
     if layer.clipping_side.startswith("auto"):
         raise ExportError(f"layer {name}: its clipping side is chosen from its first input (double_side: auto) "
                           "and it has seen none; run the model on one batch before exporting")
@@ -157,7 +153,7 @@ def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, u
     for name, module in list(twin.named_modules()):
         if isinstance(module, QuantLayer):
             layer = QDQLayer(module, name, int8_weights)
-            if not layer.int8_weight and module.weight_bits < FULL_PRECISION:
+            if int8_weights and not layer.int8_weight and module.weight_bits < FULL_PRECISION:
                 float_weights.append(name)
             replacement: nn.Module = layer
         elif isinstance(module, (SwitchBatchNorm2d, SwitchNorm)):
@@ -166,8 +162,7 @@ def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, u
             continue
         parent, _, child = name.rpartition(".")
         setattr(twin.get_submodule(parent) if parent else twin, child, replacement)
-    return QDQModel(twin, format_bits(pair), tuple(input_shape), uint8_input,
-                    float_weights if int8_weights else [])
+    return QDQModel(twin, format_bits(pair), tuple(input_shape), uint8_input, float_weights)
 
 
 def export_qdq_onnx(qdq: QDQModel, path: str | Path) -> Path:

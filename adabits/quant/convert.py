@@ -185,12 +185,9 @@ def spread_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
     for name, module in model.named_modules():
         if isinstance(module, Int8Observer):
             state.setdefault(f"{name}.ranges" if name else "ranges", module.ranges.clone())
-        if isinstance(module, SwitchBatchNorm2d) and not module.shared:
-            copies, probe = "bn.", "running_mean"
-        elif isinstance(module, SwitchNorm) and not module.shared:
-            copies, probe = "norms.", next(iter(module.norms[0].state_dict()))
-        else:
+        if not isinstance(module, (SwitchBatchNorm2d, SwitchNorm)) or module.shared:
             continue
+        copies, probe = f"{module.copies_name}.", next(iter(module.copies[0].state_dict()))
         prefix = f"{name}.{copies}" if name else copies
         if f"{prefix}0.{probe}" in state and f"{prefix}1.{probe}" not in state:
             for key in [k for k in state if k.startswith(prefix + "0.")]:

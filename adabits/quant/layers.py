@@ -14,7 +14,7 @@ exporters, calibration and profiling read these methods; none of them re-derives
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal, Protocol, cast
+from typing import ClassVar, Literal, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -392,6 +392,9 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
     A plain BatchNorm2d state dict loads into every per-bit BN.
     """
 
+    #: the ModuleList of per-bit copies, as state-dict keys name it (`prefix.bn.0.weight`)
+    copies_name: ClassVar[str] = "bn"
+
     def __init__(
         self,
         num_features: int,
@@ -425,6 +428,11 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
     def active(self) -> nn.BatchNorm2d:
         """The BatchNorm2d this module runs at the current bit-width."""
         return self._bn(0 if self.shared else self.bits_index)
+
+    @property
+    def copies(self) -> nn.ModuleList:
+        """The per-bit BatchNorm2d copies (one when shared)."""
+        return self.bn
 
     @property
     def estimated_statistics(self) -> nn.BatchNorm2d | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from typing import ClassVar
 
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -36,6 +37,9 @@ class SwitchNorm(BitSwitchable, nn.Module):
     """One copy of `norm` (a LayerNorm, GroupNorm, RMSNorm or BatchNorm1d) per bit-width, chosen by the
     current bit-width, or one for all with `shared`. The copies start as `norm` (its parameters and statistics)."""
 
+    #: the ModuleList of per-bit copies, as state-dict keys name it (`prefix.norms.0.weight`)
+    copies_name: ClassVar[str] = "norms"
+
     def __init__(self, norm: nn.Module, *, bits_list: Iterable[object] = (FULL_PRECISION,), shared: bool = False) -> None:
         if not isinstance(norm, SWITCHABLE_NORMS):
             raise TypeError(f"SwitchNorm takes one of {', '.join(t.__name__ for t in SWITCHABLE_NORMS)}; "
@@ -51,12 +55,18 @@ class SwitchNorm(BitSwitchable, nn.Module):
         return self.norms[0 if self.shared else self.bits_index]
 
     @property
+    def copies(self) -> nn.ModuleList:
+        """The per-bit copies (one when shared)."""
+        return self.norms
+
+    @property
     def estimated_statistics(self) -> _BatchNorm | None:
         """The active copy when it keeps running statistics (a BatchNorm1d) of its own bit-width: what BN
         calibration estimates (a shared copy is left alone: it serves the other bit-widths too)."""
         active = self.active
-        own = isinstance(active, _BatchNorm) and active.track_running_stats and not self.shared
-        return active if own else None  # type: ignore[return-value]
+        if isinstance(active, _BatchNorm) and active.track_running_stats and not self.shared:
+            return active
+        return None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.active(x)

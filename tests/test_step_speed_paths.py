@@ -42,6 +42,22 @@ def test_compiled_pact_equals_the_eager_one_bit_for_bit(scheme, double_side):
         assert fused_ga == pytest.approx(eager_ga.item(), rel=1e-4)  # a sum in another order
 
 
+def test_compiled_pact_compiles_a_graph_per_layout_whatever_the_scheme_and_side():
+    """The first GPU run hit dynamo's recompile limit: a graph per (rounds, side, layout) outgrew it."""
+    torch._dynamo.reset()
+    x = torch.randn(4, 3, 5, 5) * 3
+    for layout in (torch.contiguous_format, torch.channels_last):
+        for scheme in ("original", "modified", "centered"):
+            for double_side in (False, True):
+                xs = x.contiguous(memory_format=layout).requires_grad_()
+                out = quantize_activation(xs, torch.tensor(2.0), 4, scheme, double_side, compiled=True)
+                assert out.is_contiguous(memory_format=layout)
+                assert torch.equal(out, quantize_activation(xs.detach(), torch.tensor(2.0), 4, scheme, double_side))
+                out.backward(torch.randn_like(out))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs <= 4, graphs  # forward and backward, once per layout (dynamo guards the flat view's base)
+
+
 def test_compiled_quantizers_train_only_and_match_the_eager_model():
     torch.manual_seed(0)
     model = adabits.create_model("resnet_cifar", depth=8, bits_list=[8, 4], num_classes=4, in_chans=1)

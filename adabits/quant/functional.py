@@ -133,12 +133,25 @@ _compiled_pact_forward = torch.compile(kernels.pact_forward, dynamic=True, fullg
 _compiled_pact_backward = torch.compile(kernels.pact_backward, dynamic=True, fullgraph=True)
 
 
+def _channels_last_order(tensors: tuple[Tensor, ...]) -> bool:
+    """True when same-shaped 4-D tensors are best read in NHWC order (one of them is channels-last)."""
+    return tensors[0].dim() == 4 and any(
+        t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in tensors)
+
+
 def _flat_alike(*tensors: Tensor) -> tuple[Tensor, ...]:
     """1-D views of same-shaped tensors in one common element order (views where the layout allows)."""
-    if tensors[0].dim() == 4 and any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-                                     for t in tensors):
+    if _channels_last_order(tensors):
         return tuple(t.permute(0, 2, 3, 1).reshape(-1) for t in tensors)
     return tuple(t.reshape(-1) for t in tensors)
+
+
+def _unflatten_like(flat: Tensor, *like: Tensor) -> Tensor:
+    """The inverse of `_flat_alike` for the first of `like`: `flat` back in its shape and memory layout."""
+    if _channels_last_order(like):
+        n, c, h, w = like[0].shape
+        return flat.view(n, h, w, c).permute(0, 3, 1, 2)
+    return flat.view(like[0].shape)
 
 
 class _PACTQuantize(torch.autograd.Function):
@@ -159,10 +172,12 @@ class _PACTQuantize(torch.autograd.Function):
         a = scheme.levels(bits)
         ctx.levels, ctx.compiled = a, compiled
         if compiled:  # one fused pass each way, saving only x (kernels.py)
-            levels, max_code, offset = torch.tensor([a, scheme.max_code(bits), scheme.offset], device=x.device).unbind()
-            ctx.kernel_args = (levels, max_code, offset, scheme.rounds, double_side)
+            ctx.kernel_args = kernels.scheme_tensors(a, scheme.max_code(bits), scheme.offset, scheme.rounds,
+                                                     double_side, x.device)
             ctx.save_for_backward(x, alpha)
-            return _compiled_pact_forward(x, alpha, levels, max_code, offset, scheme.rounds, double_side, x.dtype)
+            (flat,) = _flat_alike(x)
+            out = _compiled_pact_forward(flat, alpha, *ctx.kernel_args, x.dtype)
+            return _unflatten_like(out, x)
         if double_side:  # u = (x / alpha + 1) / 2 * a
             units = torch.mul(x, a / (2 * alpha)).add_(a / 2)
         else:  # u = x / alpha * a
@@ -178,8 +193,10 @@ class _PACTQuantize(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         if ctx.compiled:
             x, alpha = ctx.saved_tensors
-            fused_x, fused_alpha = _compiled_pact_backward(grad, x, alpha, *ctx.kernel_args)
-            return fused_x, fused_alpha if ctx.needs_input_grad[1] else None, None, None, None, None
+            grad_flat, x_flat = _flat_alike(grad, x)
+            fused_x, fused_alpha = _compiled_pact_backward(grad_flat, x_flat, alpha, *ctx.kernel_args)
+            return (_unflatten_like(fused_x, grad, x), fused_alpha if ctx.needs_input_grad[1] else None,
+                    None, None, None, None)
         x, alpha, units, out = ctx.saved_tensors
         grad_x = torch.ops.aten.hardtanh_backward(grad, units, 0.0, ctx.levels)
         grad_alpha = None

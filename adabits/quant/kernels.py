@@ -25,37 +25,49 @@ import torch
 from torch import Tensor
 
 
-def _pact_units(x: Tensor, alpha: Tensor, levels: Tensor, double_side: bool) -> Tensor:
-    """x in units of one quantization step: the clipping bounds become 0 and `levels`."""
-    return x * (levels / (2 * alpha)) + levels / 2 if double_side else x * (levels / alpha)
+def _pact_units(x: Tensor, alpha: Tensor, levels: Tensor, width: Tensor, shift: Tensor) -> Tensor:
+    """x in units of one quantization step: the clipping bounds become 0 and `levels`
+    (width 1, shift 0: one-sided; width 2, shift levels / 2: two-sided)."""
+    return x * (levels / (width * alpha)) + shift
 
 
-def _pact_values(units: Tensor, alpha: Tensor, levels: Tensor, max_code: Tensor, offset: Tensor, rounds: bool,
-                 double_side: bool) -> Tensor:
+def _pact_values(units: Tensor, alpha: Tensor, levels: Tensor, max_code: Tensor, offset: Tensor, rounds: Tensor,
+                 width: Tensor, two_sided: Tensor) -> Tensor:
     codes = torch.clamp(units, torch.zeros_like(max_code), max_code)
-    codes = (codes.round() if rounds else codes.floor()) + offset
-    return codes * (2 * alpha / levels) - alpha if double_side else codes * (alpha / levels)
+    codes = torch.where(rounds, codes.round(), codes.floor()) + offset
+    return codes * (width * alpha / levels) - alpha * two_sided
 
 
-def pact_forward(x: Tensor, alpha: Tensor, levels: Tensor, max_code: Tensor, offset: Tensor, rounds: bool,
-                 double_side: bool, out_dtype: torch.dtype) -> Tensor:
+def scheme_tensors(levels: float, max_code: int, offset: float, rounds: bool, double_side: bool,
+                   device: torch.device) -> tuple[Tensor, ...]:
+    """The scheme's numbers and flags as 0-d float32 tensors (levels, top code, offset, rounds, width, shift,
+    two-sided), so that one compiled graph per dtype and device serves every scheme, side and bit-width."""
+    width = 2.0 if double_side else 1.0
+    shift = levels / 2 if double_side else 0.0
+    return torch.tensor([levels, max_code, offset, float(rounds), width, shift, float(double_side)],
+                        device=device).unbind()
+
+
+def pact_forward(x: Tensor, alpha: Tensor, levels: Tensor, max_code: Tensor, offset: Tensor, rounds: Tensor,
+                 width: Tensor, shift: Tensor, two_sided: Tensor, out_dtype: torch.dtype) -> Tensor:
     """The PACT quantizer's output (functional._PACTQuantize's forward), computed in float32.
 
-    The scheme's numbers (levels, top code, offset) come as 0-d float32 tensors, so that one compiled
-    graph serves every bit-width; `rounds`, `double_side` and the dtype choose among a few graphs."""
+    Every number of the scheme comes as a 0-d float32 tensor (`scheme_tensors`), and x as a 1-D view in
+    memory order (functional passes one), so the graph depends only on the dtype, the device and the layout
+    of the view's base (dynamo guards it): a few graphs per process, whatever the schemes and sides (a graph
+    per scheme and side outgrew dynamo's limit of 8 recompiles in the first GPU run)."""
     x32 = x.float()
-    out = _pact_values(_pact_units(x32, alpha, levels, double_side), alpha, levels, max_code, offset, rounds,
-                       double_side)
-    return out.to(out_dtype)
+    units = _pact_units(x32, alpha, levels, width, shift)
+    return _pact_values(units, alpha, levels, max_code, offset, rounds > 0, width, two_sided).to(out_dtype)
 
 
 def pact_backward(grad: Tensor, x: Tensor, alpha: Tensor, levels: Tensor, max_code: Tensor, offset: Tensor,
-                  rounds: bool, double_side: bool) -> tuple[Tensor, Tensor]:
+                  rounds: Tensor, width: Tensor, shift: Tensor, two_sided: Tensor) -> tuple[Tensor, Tensor]:
     """(d loss / d x, d loss / d alpha) of `pact_forward` under the straight-through estimator."""
     x32 = x.float()
-    units = _pact_units(x32, alpha, levels, double_side)
+    units = _pact_units(x32, alpha, levels, width, shift)
     inside = (units > 0) & (units < levels)
-    out = _pact_values(units, alpha, levels, max_code, offset, rounds, double_side)
+    out = _pact_values(units, alpha, levels, max_code, offset, rounds > 0, width, two_sided)
     grad32 = grad.float()
     grad_x = torch.where(inside, grad32, 0.0)
     grad_alpha = (grad32 * (out - torch.where(inside, x32, 0.0))).sum() / alpha

@@ -175,16 +175,16 @@ def check_models(device: torch.device, names: list[str], bits_list: list[int]) -
                     cpu_logits, inputs = _layer_inputs(cpu_model, images)
                     with torch.no_grad():
                         row[f"logits_{mode}"] = relative_difference(cpu_logits, dev_model(images.to(device)))
-                        worst = 0.0
+                        worst, worst_layer = 0.0, ""
                         cpu_modules = dict(cpu_model.named_modules())
                         for layer, args in inputs.items():
                             if not all(isinstance(x, Tensor) and x.is_floating_point() for x in args):
                                 continue
                             cpu_out = cpu_modules[layer](*(x.clone() for x in args))
                             dev_out = dev_modules[layer](*(x.to(device, copy=True) for x in args))
-                            if isinstance(cpu_out, Tensor):
-                                worst = max(worst, relative_difference(cpu_out, dev_out))
-                    row[f"layer_{mode}"] = worst
+                            if isinstance(cpu_out, Tensor) and relative_difference(cpu_out, dev_out) > worst:
+                                worst, worst_layer = relative_difference(cpu_out, dev_out), layer
+                    row[f"layer_{mode}"], row[f"worst_layer_{mode}"] = worst, worst_layer
                 rows.append(row)
     return rows
 

@@ -3,12 +3,14 @@
 from .errors import AdabitsError, UserError
 from .models import create_model, list_models, register_model
 from .quant import (
+    CalibrationReport,
     QConv2d,
     QLinear,
     QMultiheadAttention,
     QuantConfig,
     QuantLayer,
     SwitchBatchNorm2d,
+    calibrate,
     calibrate_bn,
     compile_quantizers,
     conversion_report,
@@ -24,8 +26,8 @@ from .quant import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdabitsError", "QConv2d", "QLinear", "QMultiheadAttention", "QuantConfig", "QuantLayer", "SwitchBatchNorm2d",
-    "calibrate_bn", "compile_quantizers", "conversion_report", "create_model", "get_bits",
+    "AdabitsError", "CalibrationReport", "QConv2d", "QLinear", "QMultiheadAttention", "QuantConfig", "QuantLayer", "SwitchBatchNorm2d",
+    "calibrate", "calibrate_bn", "compile_quantizers", "conversion_report", "create_model", "get_bits",
     "get_bits_list", "list_models", "load_fp_state_dict", "quantize_model", "recalibrate_bn", "register_model",
     "set_bits", "use_bits", "UserError",
 ]

@@ -48,7 +48,7 @@ class QuantOptionError(UserError, ValueError):
 
 
 class CalibrationError(UserError, ValueError):
-    """BN calibration asked for no batches, or its loader gave none."""
+    """Calibration asked for no batches, or was given none or malformed ones."""
 
 
 class TrainingDiverged(UserError):

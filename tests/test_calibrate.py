@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import adabits
-from adabits.quant.calibrate import add_bits, interpolate_alpha
+from adabits.quant.bn_calibration import add_bits, interpolate_alpha
 
 
 def trained_like(bits_list=(8, 6, 4)) -> torch.nn.Module:

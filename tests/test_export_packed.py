@@ -12,7 +12,7 @@ import adabits
 from adabits.errors import PackedFormatError
 from adabits.export import load_packed, save_packed
 from adabits.export.packed import pack_codes, unpack_codes
-from adabits.quant.calibrate import calibrate_bn
+from adabits.quant.bn_calibration import calibrate_bn
 from adabits.quant.functional import quantize_codes
 
 

@@ -11,7 +11,7 @@ from torch import nn
 import adabits
 from adabits.models import remap_state_dict
 from adabits.quant.bitwidth import Bits
-from adabits.quant.calibrate import add_bits
+from adabits.quant.bn_calibration import add_bits
 from adabits.quant.convert import adapt_state_dict, spread_fp_state_dict
 
 from . import checkpoint, fit

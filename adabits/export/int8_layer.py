@@ -1,7 +1,7 @@
 """A quantized layer as integer-kernel operands: BN folded in, int8 weights, int32 bias on the finest grid.
 
-A quantized conv/linear layer at b bits computes w * x with w = m * step * sat (its signed integer
-codes m, `QuantLayer.signed_weight_codes`, and SAT scale, `QuantLayer.weight_sat_scale`) on
+A quantized conv/linear layer at b bits computes w * x with w = m * step * s[c] (its signed integer
+codes m, `QuantLayer.signed_weight_codes`, and per-channel scale s, `QuantLayer.weight_scale`) on
 activation codes k with x = k * scale (`QuantLayer.input_scale`), then its BN. Folding the BN gives, per output channel c,
 
     y[c] = (sum m k) * x_scale * w_scale[c] + bias[c],
@@ -101,8 +101,8 @@ def fold_layer(layer: QuantLayer, bn: nn.BatchNorm2d | None) -> FoldedLayer:
         bias = bn.bias.detach().double().numpy() + (bias - mean.double().numpy()) * gain
     if layer.weight_bits < FULL_PRECISION:
         codes, step = layer.signed_weight_codes()
-        sat = float(layer.weight_sat_scale())
-        return FoldedLayer(codes.cpu().numpy(), step * sat * gain, None, bias)
+        scale = layer.weight_scale().detach().double().cpu().numpy()  # SAT's (one) or the channel scales
+        return FoldedLayer(codes.cpu().numpy(), step * scale * gain, None, bias)
     weight = layer.quantized_weight().detach().double().numpy()
     return FoldedLayer(None, np.ones(out), weight * gain.reshape(-1, *([1] * (weight.ndim - 1))), bias)
 

@@ -3,7 +3,7 @@
 The graph is built node by node with `onnx.helper` from a torch.fx trace of the model (quantized
 layers and switchable BNs are leaves), because the QDQ form ONNX Runtime fuses is simple and
 fully determined by the quantizers, and no tracer could infer it. Every number comes from the
-layers' own contract (`QuantLayer.input_scale`, `signed_weight_codes`, `weight_sat_scale`,
+layers' own contract (`QuantLayer.input_scale`, `signed_weight_codes`, `weight_scale`,
 `SwitchBatchNorm2d.active`), so the graph computes what the layer computes:
 
 - a quantized layer's input: QuantizeLinear to uint8 with the layer's input scale and zero point 0

@@ -31,7 +31,7 @@ from ..atomic import atomic_write
 from ..errors import PackedFormatError
 from ..models import create_model
 from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits_list, parse_bits
-from ..quant.calibrate import add_bits
+from ..quant.bn_calibration import add_bits
 from ..quant.layers import QuantLayer
 from ..quant.schemes import QuantScheme
 
@@ -91,6 +91,8 @@ def save_packed(model: nn.Module, path: str | Path, *, model_name: str, model_kw
             tensors[f"{name}.weight"] = layer.weight.detach().float().clone()
         if layer.rescale:
             tensors[f"{name}.sat_scale"] = torch.stack([layer.weight_sat_scale(b).cpu() for b in per_entry])
+        if layer.per_channel:
+            tensors[f"{name}.channel_scale"] = layer.weight_channel_scale().detach().cpu().clone()
         weight_keys.add(f"{name}.weight")
         layout[name] = {"scheme": layer.weight_quant_scheme, "code_bits": code_bits, "weight_bits": per_entry,
                         "shape": shape}
@@ -121,8 +123,11 @@ class StoredCodes(nn.Module):
     moves them; the layer turns them into its weight with its own scheme.
     """
 
-    def __init__(self, scheme: QuantScheme, codes: Mapping[int, Tensor], sat_scales: Mapping[int, Tensor]) -> None:
+    def __init__(self, scheme: QuantScheme, codes: Mapping[int, Tensor], sat_scales: Mapping[int, Tensor],
+                 channel_scale: Tensor | None = None) -> None:
         super().__init__()
+        self.register_buffer("channel_scale_", None if channel_scale is None else channel_scale.float(),
+                             persistent=False)
         self.nested = scheme.nested
         self.code_bits = tuple(sorted(codes))
         self.sat_bits = tuple(sorted(sat_scales))
@@ -141,6 +146,12 @@ class StoredCodes(nn.Module):
         if bits not in self.sat_bits:
             raise PackedFormatError(f"no stored SAT scale for {bits} bits (stored: {list(self.sat_bits)})")
         return getattr(self, f"sat_{bits}")
+
+    def channel_scale(self) -> Tensor:
+        scale = self.channel_scale_
+        if not isinstance(scale, Tensor):
+            raise PackedFormatError("no stored channel scale: this layer's weight is not quantized per channel")
+        return scale
 
     def extra_repr(self) -> str:
         return f"code_bits={list(self.code_bits)}"
@@ -201,7 +212,13 @@ def _stored_codes(name: str, info: dict[str, Any], layer: QuantLayer, tensors: d
         raise PackedFormatError(f"{path}: layer {name} stores {0 if sat is None else sat.numel()} SAT scales, "
                                 f"expected {wanted} (one per weight bit-width when it rescales)")
     sat_scales = dict(zip(info["weight_bits"], sat.reshape(-1))) if sat is not None else {}
-    return StoredCodes(layer.weight_scheme, codes, sat_scales)
+    channel = tensors.pop(f"{name}.channel_scale", None)
+    channels = info["shape"][0] if info["shape"] else 0
+    if layer.per_channel != (channel is not None) or (channel is not None and channel.numel() != channels):
+        found = "none" if channel is None else f"{channel.numel()} values"
+        expected = f"{channels} (one per output channel)" if layer.per_channel else "none"
+        raise PackedFormatError(f"{path}: layer {name} stores channel scales: {found}; expected {expected}")
+    return StoredCodes(layer.weight_scheme, codes, sat_scales, channel)
 
 
 def _metadata(meta: dict[str, str], path: Path) -> tuple[str, dict[str, Any], list[Any], dict[str, Any]]:

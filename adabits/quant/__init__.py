@@ -5,7 +5,8 @@ or config files. `QuantLayer` and `SwitchBatchNorm2d` are the contract everythin
 """
 
 from .bitwidth import get_bits, get_bits_list, set_bits, use_bits
-from .calibrate import add_bits, calibrate_bn, recalibrate_bn
+from .bn_calibration import add_bits, calibrate_bn, recalibrate_bn
+from .calibration import CalibrationReport, calibrate
 from .config import QuantConfig
 from .convert import load_fp_state_dict, quantize_model
 from .attention import QMultiheadAttention
@@ -15,7 +16,7 @@ from .layers import QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d, compile_qua
 from .schemes import SCHEMES, QuantScheme, get_scheme
 
 __all__ = [
-    "SCHEMES", "ConversionReport", "QConv2d", "QLinear", "QMultiheadAttention", "QuantConfig", "QuantLayer", "QuantScheme", "SwitchBatchNorm2d", "SwitchNorm", "add_bits",
-    "calibrate_bn", "compile_quantizers", "conversion_report", "get_bits", "get_bits_list", "get_scheme", "load_fp_state_dict", "quantize_model",
+    "SCHEMES", "CalibrationReport", "ConversionReport", "QConv2d", "QLinear", "QMultiheadAttention", "QuantConfig", "QuantLayer", "QuantScheme", "SwitchBatchNorm2d", "SwitchNorm", "add_bits",
+    "calibrate", "calibrate_bn", "compile_quantizers", "conversion_report", "get_bits", "get_bits_list", "get_scheme", "load_fp_state_dict", "quantize_model",
     "recalibrate_bn", "set_bits", "use_bits",
 ]

@@ -56,12 +56,13 @@ def _chooser(name: str, levels: dict[str, float], first: bool) -> Callable[[nn.M
 
 
 @torch.no_grad()
-def init_clipping_levels(model: nn.Module, images: Tensor, bits_list: Iterable[object] | None = None) -> dict:
+def init_clipping_levels(model: nn.Module, images: Tensor, bits_list: Iterable[object] | None = None, *,
+                         choose_shared: bool = True) -> dict:
     """Set every quantized layer's alpha for each bit-width from one forward pass on `images`.
 
     Runs in eval mode (BN uses its running statistics, which nothing here changes) and restores
     the model's mode and bit-width. Layers with one shared alpha get the level chosen at the
-    first bit-width listed. Returns {bits: {layer name: alpha}} for logging.
+    first bit-width listed (none with `choose_shared=False`). Returns {bits: {layer name: alpha}} for logging.
     """
     modules = switchable_modules(model)
     if not modules:
@@ -75,7 +76,7 @@ def init_clipping_levels(model: nn.Module, images: Tensor, bits_list: Iterable[o
         for bits in order:
             levels: dict[str, float] = {}
             chosen[bits] = levels
-            first = bits == order[0]
+            first = choose_shared and bits == order[0]
 
             handles = [layer.register_forward_pre_hook(_chooser(name, levels, first)) for name, layer in layers.items()]
             try:

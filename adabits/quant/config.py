@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ..errors import QuantOptionError
 from .functional import RESCALE_TYPES, check_scheme
+
+#: "dorefa": tanh(W) / max|tanh(W)| (the seed's, for models trained with SAT's weights); "channel": W / s with
+#: one scale s per output channel, which keeps a pretrained float model's function (functional.channel_weight)
+WEIGHT_QUANTIZERS: tuple[str, ...] = ("dorefa", "channel")
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,7 @@ class QuantConfig:
     """
 
     weight_quant_scheme: str = "modified"
+    weight_quantizer: str = "dorefa"  # "channel": per-output-channel scales, for pretrained float models
     act_quant_scheme: str = "original"
     clamp: bool = True  # tanh/max normalisation of full-precision weights too
     rescale: bool = True  # SAT rescale of linear layers
@@ -33,11 +39,28 @@ class QuantConfig:
     def __post_init__(self) -> None:
         check_scheme(self.weight_quant_scheme)
         check_scheme(self.act_quant_scheme)
+        if self.weight_quantizer not in WEIGHT_QUANTIZERS:
+            raise QuantOptionError(f"unknown weight_quantizer {self.weight_quantizer!r}; "
+                                   f"allowed: {', '.join(WEIGHT_QUANTIZERS)}")
+        if self.weight_quantizer == "channel" and (self.clamp or self.rescale or self.rescale_conv):
+            raise QuantOptionError("weight_quantizer 'channel' keeps the float weight's scale: it needs clamp, rescale "
+                                   "and rescale_conv false (QuantConfig.pretrained() sets them)")
         if self.rescale_type not in RESCALE_TYPES:
             raise ValueError(f"unknown rescale_type {self.rescale_type!r}; allowed: {', '.join(RESCALE_TYPES)}")
         for f in fields(self):
             if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
                 raise ValueError(f"QuantConfig.{f.name} must be true or false, got {getattr(self, f.name)!r}")
+
+    @classmethod
+    def pretrained(cls, **changes: Any) -> "QuantConfig":
+        """The options for a float model trained without adabits (torchvision, timm, your own): weights
+        quantized per output channel on their own scale with the unbiased `centered` scheme (nested, so one
+        stored weight serves every bit-width), no tanh normalisation and no SAT rescale. With calibration
+        (`quantize_model(..., calibration=batches)`) the converted model computes nearly what the float one
+        did at every bit-width before any training."""
+        base = {"weight_quantizer": "channel", "weight_quant_scheme": "centered", "clamp": False, "rescale": False,
+                "rescale_conv": False}
+        return cls(**{**base, **changes})
 
     @classmethod
     def field_names(cls) -> frozenset[str]:

@@ -15,6 +15,7 @@ from .config import QuantConfig
 from .attention import QMultiheadAttention
 from .layers import AUTO_SIDE, ClippingSide, QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
 from .norms import SWITCHABLE_NORMS, SwitchNorm, has_state
+from .calibration import calibrate, calibration_inputs
 from .report import conversion_report
 from .residual import Int8Observer
 
@@ -106,6 +107,7 @@ def quantize_model(
     layer_options: Mapping[str, Mapping[str, Any]] | None = None,
     first_last_policy: bool = True,
     double_side: ClippingSide = AUTO_SIDE,
+    calibration: Iterable[object] | None = None,
 ) -> nn.Module:
     """Swap every Conv2d, Linear, BatchNorm2d, MultiheadAttention, LayerNorm, GroupNorm, RMSNorm and
     BatchNorm1d of `model` for its switchable quantized twin, in place (the norms other than
@@ -118,10 +120,17 @@ def quantize_model(
     it from the layer's first input (`QuantLayer.choose_side`: two-sided after LayerNorm or attention,
     one-sided after ReLU); `config.double_side=True` makes "auto" two-sided everywhere. Warns naming
     each layer that computes with a float weight and has no quantized twin (`conversion_report`).
+
+    `calibration` (an iterable of input batches, or a DataLoader) starts from a pretrained float model:
+    the config then defaults to `QuantConfig.pretrained()` (weights on their own per-channel scale), and
+    every bit-width is calibrated on the batches (`adabits.calibrate`: clipping levels and BN statistics
+    per bit-width, no training), so the model computes nearly what the float one did; the conversion
+    report then shows how far each layer's output moved. Without it, the seed's recipe is unchanged.
     Returns the model (a new module when `model` itself is a single layer).
     """
     bits = parse_bits_list(bits_list)
-    config = config or QuantConfig()
+    inputs = None if calibration is None else calibration_inputs(calibration)
+    config = config or (QuantConfig() if inputs is None else QuantConfig.pretrained())
     if config.quantize_residual:
         raise QuantOptionError("quantize_residual places 8-bit observers in the residual blocks of the registered "
                                "models (ResNets, MobileNet V2); quantize_model cannot find the residual stream of an "
@@ -152,7 +161,8 @@ def quantize_model(
             layer.setdefault("double_side", True if config.double_side and double_side == AUTO_SIDE else double_side)
         twin = _quantized_twin(module, bits, config, layer)
         if not name:
-            return twin
+            model = twin
+            break
         parent_name, _, child = name.rpartition(".")
         setattr(names[parent_name] if parent_name else model, child, twin)
     _without_fast_paths(model)
@@ -161,6 +171,8 @@ def quantize_model(
         warnings.warn(f"quantize_model: {name} ({type(names[name]).__name__}) computes with a float weight that has "
                       f"no quantized twin; exclude it with layer_options {{{name!r}: {{'quantize': False}}}} to keep "
                       "it in float on purpose, or replace it", stacklevel=2)
+    if inputs is not None:
+        calibrate(model, inputs)
     return model
 
 

@@ -29,7 +29,8 @@ RescaleType = Literal["constant", "stddev"]
 RESCALE_TYPES: tuple[str, ...] = ("constant", "stddev")
 
 __all__ = [
-    "FULL_PRECISION", "RESCALE_TYPES", "SCHEMES", "check_scheme", "clip_activation", "codes_to_unit",
+    "FULL_PRECISION", "RESCALE_TYPES", "SCHEMES", "channel_codes", "channel_max", "channel_unit", "channel_weight",
+    "check_scheme", "clip_activation", "codes_to_unit",
     "codes_to_weight", "normalize_weight", "quantize_activation", "quantize_codes", "quantize_unit",
     "quantize_weight", "sat_scale", "sat_weight", "weight_codes",
 ]
@@ -104,6 +105,44 @@ def codes_to_weight(codes: Tensor, bits: int, scheme: str | QuantScheme) -> Tens
     return 2 * get_scheme(scheme).values(codes.float(), bits) - 1
 
 
+def channel_max(weight: Tensor) -> Tensor:
+    """max |W| per output channel (dim 0), detached; never zero, so an all-zero channel quantizes to zeros."""
+    top = weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1)
+    return top.clamp_min(torch.finfo(top.dtype).tiny)
+
+
+def _broadcast(scale: Tensor, weight: Tensor) -> Tensor:
+    return scale.reshape(-1, *([1] * (weight.dim() - 1)))
+
+
+def channel_unit(weight: Tensor, scale: Tensor) -> Tensor:
+    """u = (clamp(W / s, -1, 1) + 1) / 2 in [0, 1] with one scale s per output channel: what the per-channel
+    weight quantizer rounds, with the gradient of the clamp (zero for a clipped weight)."""
+    s = _broadcast(scale, weight)
+    return (torch.maximum(torch.minimum(weight / s, torch.ones_like(s)), -torch.ones_like(s)) + 1) / 2
+
+
+def channel_weight(weight: Tensor, bits: int, scheme: str | QuantScheme, scale: Tensor) -> Tensor:
+    """The per-channel weight quantizer for pretrained weights: s * (2 q(u) - 1), `channel_unit`'s u.
+
+    Unlike DoReFa's tanh(W) / max|tanh(W)| it keeps W's own scale (s per output channel, e.g.
+    `channel_max`), so at high bit-widths the layer computes what the float layer computed and a float
+    model's BN statistics and later layers still fit. The codes are a scheme's codes of u, so the nested
+    schemes stay nested: the b-bit codes are the B-bit codes shifted right. At 32 bits, W itself.
+    """
+    if bits >= FULL_PRECISION:
+        return weight
+    w32, dtype = _in_float32(weight)
+    s = _broadcast(scale.float(), w32)
+    return (s * (2 * _UnitQuantizeSTE.apply(channel_unit(w32, scale.float()), bits, get_scheme(scheme)) - 1)).to(dtype)
+
+
+def channel_codes(weight: Tensor, bits: int, scheme: str | QuantScheme, scale: Tensor) -> Tensor:
+    """The integer codes k (int64) that `channel_weight(weight, bits, scheme, scale)` rounds the weight to."""
+    unit = channel_unit(weight.detach().float(), scale.detach().float())
+    return get_scheme(scheme).codes(unit, bits).to(torch.int64)
+
+
 def sat_scale(
     quantized_weight: Tensor, weight: Tensor, fan_out: int, rescale_type: str = "constant"
 ) -> Tensor:
@@ -172,11 +211,11 @@ class _PACTQuantize(torch.autograd.Function):
         a = scheme.levels(bits)
         ctx.levels, ctx.compiled = a, compiled
         if compiled:  # one fused pass each way, saving only x (kernels.py)
-            ctx.kernel_args = kernels.scheme_tensors(a, scheme.max_code(bits), scheme.offset, scheme.rounds,
-                                                     double_side, x.device)
+            args = kernels.scheme_tensors(a, scheme.max_code(bits), scheme.offset, scheme.rounds, double_side, x.device)
+            ctx.kernel_args = args
             ctx.save_for_backward(x, alpha)
             (flat,) = _flat_alike(x)
-            out = _compiled_pact_forward(flat, alpha, *ctx.kernel_args, x.dtype)
+            out = _compiled_pact_forward(flat, alpha, *args, x.dtype)
             return _unflatten_like(out, x)
         if double_side:  # u = (x / alpha + 1) / 2 * a
             units = torch.mul(x, a / (2 * alpha)).add_(a / 2)

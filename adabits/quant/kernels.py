@@ -38,14 +38,17 @@ def _pact_values(units: Tensor, alpha: Tensor, levels: Tensor, max_code: Tensor,
     return codes * (width * alpha / levels) - alpha * two_sided
 
 
+SchemeTensors = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
 def scheme_tensors(levels: float, max_code: int, offset: float, rounds: bool, double_side: bool,
-                   device: torch.device) -> tuple[Tensor, ...]:
+                   device: torch.device) -> SchemeTensors:
     """The scheme's numbers and flags as 0-d float32 tensors (levels, top code, offset, rounds, width, shift,
     two-sided), so that one compiled graph per dtype and device serves every scheme, side and bit-width."""
     width = 2.0 if double_side else 1.0
     shift = levels / 2 if double_side else 0.0
-    return torch.tensor([levels, max_code, offset, float(rounds), width, shift, float(double_side)],
-                        device=device).unbind()
+    values = torch.tensor([levels, max_code, offset, float(rounds), width, shift, float(double_side)], device=device)
+    return tuple(values.unbind())  # type: ignore[return-value]  # seven, as listed
 
 
 def pact_forward(x: Tensor, alpha: Tensor, levels: Tensor, max_code: Tensor, offset: Tensor, rounds: Tensor,

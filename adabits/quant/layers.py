@@ -24,6 +24,9 @@ from ..errors import QuantOptionError
 from .bitwidth import FULL_PRECISION, BitPair, BitSwitchable, nearest_bits
 from .config import QuantConfig
 from .functional import (
+    channel_codes,
+    channel_max,
+    channel_weight,
     codes_to_weight,
     compiled_sat_weight,
     quantize_activation,
@@ -57,6 +60,10 @@ class StoredWeight(Protocol):
         """The SAT scale the layer multiplies its weight by at `bits` (0-d)."""
         ...
 
+    def channel_scale(self) -> Tensor:
+        """The per-channel weight quantizer's scale, one per output channel (`weight_quantizer: channel`)."""
+        ...
+
 
 class QuantLayer(BitSwitchable, nn.Module):
     """Weight and input quantization shared by QConv2d and QLinear, and the methods readers use."""
@@ -64,6 +71,7 @@ class QuantLayer(BitSwitchable, nn.Module):
     weight: Tensor
     alpha: nn.Parameter | None
     clip_side: Tensor  # with `double_side: auto` only
+    weight_clip: Tensor  # with `weight_quantizer: channel` only: per output channel, the share of max|W| kept
     #: train with the compiled quantizers (kernels.py); evaluation and export always use the eager ones
     compiled_quantizers: bool = False
 
@@ -82,6 +90,9 @@ class QuantLayer(BitSwitchable, nn.Module):
         double_side: ClippingSide | None,
     ) -> None:
         self.weight_quant_scheme = config.weight_quant_scheme
+        self.weight_quantizer = config.weight_quantizer
+        if self.per_channel:  # 1: the scale is max|W| of the channel; calibration may clip (`calibration.py`)
+            self.register_buffer("weight_clip", torch.ones(self.weight.shape[0], device=self.weight.device))
         self.act_quant_scheme = config.act_quant_scheme
         self.clamp = config.clamp
         self.rescale = rescale
@@ -98,6 +109,8 @@ class QuantLayer(BitSwitchable, nn.Module):
         self.double_side = not self.auto_side and bool(side)
         self._side_known = not self.auto_side  # a Python flag: forward reads no tensor to know it
         self.stored_weight: StoredWeight | None = None
+        #: per bit-width, how far the output moved from the float layer's on calibration data (calibration.py)
+        self.output_drift: dict[object, float] = {}
         self._init_bits(bits_list)
         if self.pact_fp or not self.weight_only:
             count = len(self.bits_list) if config.switch_alpha else 1
@@ -212,11 +225,27 @@ class QuantLayer(BitSwitchable, nn.Module):
                                    compiled=self.compiled_quantizers and self.training)
 
     # ---------------------------------------------------------------- the weight
+    @property
+    def per_channel(self) -> bool:
+        """True when the weight is quantized on its own scale, one per output channel (`weight_quantizer: channel`)."""
+        return self.weight_quantizer == "channel"
+
+    def weight_channel_scale(self) -> Tensor:
+        """The per-channel weight quantizer's scale s (one per output channel, float32): the weight at b bits
+        is s * (2 q - 1). Only for a `per_channel` layer."""
+        if not self.per_channel:
+            raise ValueError("weight_channel_scale: this layer quantizes its weight with DoReFa's normalisation")
+        if self.stored_weight is not None:
+            return self.stored_weight.channel_scale()
+        return (self.weight_clip * channel_max(self.weight)).float()
+
     def weight_codes(self, bits: int | None = None) -> Tensor:
         """The weight's integer codes (int64) at `bits` (default: the current weight bits)."""
         bits = self.weight_bits if bits is None else bits
         if self.stored_weight is not None:
             return self.stored_weight.codes(bits)
+        if self.per_channel:
+            return channel_codes(self.weight, bits, self.weight_scheme, self.weight_channel_scale())
         return weight_codes(self.weight, bits, self.weight_scheme)
 
     def signed_weight_codes(self, bits: int | None = None) -> tuple[Tensor, float]:
@@ -234,6 +263,14 @@ class QuantLayer(BitSwitchable, nn.Module):
         quantized = quantize_weight(self.weight.detach(), bits, self.weight_scheme, self.clamp)
         return self._sat_of(quantized).reshape(()).float()
 
+    def weight_scale(self, bits: int | None = None) -> Tensor:
+        """Per output channel (float32), what the signed codes' step is multiplied by to give the weight forward
+        multiplies with: the SAT scale (DoReFa weights) or the channel scale (`per_channel`). Exporters read this."""
+        if self.per_channel:
+            return self.weight_channel_scale()
+        channels = self.out_channels if isinstance(self, nn.Conv2d) else cast(nn.Linear, self).out_features
+        return self.weight_sat_scale(bits).expand(channels).clone()
+
     def _sat_of(self, quantized: Tensor) -> Tensor:
         return sat_scale(quantized, self.weight, self.fan_out, self.rescale_type)
 
@@ -250,7 +287,11 @@ class QuantLayer(BitSwitchable, nn.Module):
         bits = self.weight_bits
         if self.stored_weight is not None and bits < FULL_PRECISION:
             weight = codes_to_weight(self.weight_codes(), bits, self.weight_scheme)
+            if self.per_channel:
+                return weight * self.weight_channel_scale().reshape(-1, *([1] * (weight.dim() - 1)))
             return weight * self.weight_sat_scale() if self.rescale else weight
+        if self.per_channel:
+            return channel_weight(self.weight, bits, self.weight_scheme, self.weight_channel_scale())
         if self.compiled_quantizers and self.training:
             # a view, not the Parameter: torch.compile gives parameters static shapes, one graph per layer
             weight = self.weight.view(self.weight.shape)
@@ -262,7 +303,10 @@ class QuantLayer(BitSwitchable, nn.Module):
     def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
         """Make a float or shared clipping level fit this layer, in place: one alpha of any shape (the
         original's 0-d or 1-element one) fills every per-bit alpha; a checkpoint with this layer's
-        weight but no alpha (a float model's) keeps the alpha's current value."""
+        weight but no alpha (a float model's) keeps the alpha's current value, and likewise the side
+        and the per-channel weight clipping."""
+        if self.per_channel and prefix + "weight" in state_dict:  # a float model's: no clipping chosen yet
+            state_dict.setdefault(prefix + "weight_clip", self.weight_clip.clone())
         key = prefix + "alpha"
         if self.alpha is None:
             return
@@ -290,7 +334,7 @@ class QuantLayer(BitSwitchable, nn.Module):
         parts.append(f"bits_list={[b[0] if b[0] == b[1] else b for b in self.bits_list]}")
         if self.bitw_min > 1 or self.bita_min > 1:
             parts.append(f"bitw_min={self.bitw_min}, bita_min={self.bita_min}")
-        for flag in ("weight_only", "pact_fp", "double_side", "rescale"):
+        for flag in ("weight_only", "pact_fp", "double_side", "rescale", "per_channel"):
             if getattr(self, flag):
                 parts.append(f"{flag}=True")
         return ", ".join(parts)

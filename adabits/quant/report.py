@@ -33,6 +33,7 @@ class LayerRow:
     weight_bits: str = ""
     act_bits: str = ""
     clipping: str = ""
+    drift: str = ""  # per bit-width, how far the output moved from the float layer's (after calibration)
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class ConversionReport:
         return [row.name for row in self.rows if row.float_path]
 
     def __str__(self) -> str:
-        header = ("layer", "type", "quantized", "weight bits", "input bits", "clipping", "note")
+        header = ("layer", "type", "quantized", "weight bits", "input bits", "clipping", "output drift", "note")
         lines = [(r.name or "(model)", r.kind, "yes" if r.quantized else "no", r.weight_bits, r.act_bits, r.clipping,
-                  r.why) for r in self.rows]
+                  r.drift, r.why) for r in self.rows]
         widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
         out = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *lines)]
         out.insert(1, "-+-".join("-" * w for w in widths))
@@ -61,8 +62,9 @@ def _bits(values: Iterable[int]) -> str:
 
 def _quantized_row(name: str, layer: QuantLayer) -> LayerRow:
     pairs = [layer.runs_at(bits) for bits in layer.bits_list]
+    drift = ", ".join(f"{bits}: {value:.1%}" for bits, value in layer.output_drift.items())
     return LayerRow(name, type(layer).__name__, True, "", weight_bits=_bits(w for w, _ in pairs),
-                    act_bits=_bits(a for _, a in pairs), clipping=layer.clipping_side)
+                    act_bits=_bits(a for _, a in pairs), clipping=layer.clipping_side, drift=drift)
 
 
 def _has_matrix_weight(module: nn.Module) -> bool:

@@ -34,9 +34,11 @@ import itertools
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from torch import Tensor, nn
 
 import adabits
 from adabits.analysis.accuracy import top1, top1_per_bits
+from adabits.atomic import atomic_write
 from adabits.data import TensorLoader, ToModelInput, build_splits
 from adabits.engine.config import TrainConfig
 
@@ -82,8 +85,8 @@ class ModelSpec:
     ort_pre_process: bool = True
 
     def recipe(self) -> dict[str, Any]:
-        """The recipe as JSON (the builder by its class name)."""
-        fields = {k: v for k, v in asdict(self).items() if k != "build"}
+        """How the float model is trained, as JSON (the builder by its class name): what a cached model must match."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ("build", "ort_pre_process")}
         return {"model": getattr(self.build, "__name__", repr(self.build)), **fields}
 
 
@@ -110,7 +113,7 @@ class Data:
     train: TensorLoader
     test: list[tuple[Tensor, Tensor]]
     calibration: Tensor
-    train_images: int = field(default=0)
+    train_images: int
 
     @property
     def test_images(self) -> int:
@@ -174,7 +177,8 @@ def float_model(name: str, spec: ModelSpec, data: Data, seed: int, cache_dir: Pa
                         warmup_steps=round(spec.warmup_epochs * len(data.train)))
     train = asdict(stats)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "recipe": recipe, "train": train}, path)
+    with atomic_write(path) as f:  # a run stopped while saving leaves no half file to be reused
+        torch.save({"model": model.state_dict(), "recipe": recipe, "train": train}, f)
     _log(f"{name}: trained in {stats.seconds} s, saved to {path}")
     return model.eval(), {**train, "cached": None}
 
@@ -309,17 +313,37 @@ def torch_ao_int8_top1(model: nn.Module, data: Data) -> float:
         return top1(convert_fx(prepared), data.test)
 
 
+def error_text(exc: BaseException, limit: int = 2000) -> str:
+    """`Type: message (at file:line)`, the line where it was raised: a bare assert says nothing otherwise."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}".strip()[:limit] + where
+
+
+@contextmanager
+def without_transformer_fast_path() -> Iterator[None]:
+    """Turn off the fused inference kernel of torch's transformer layers (`torch.backends.mha`, a process-wide
+    switch, restored on exit). In eval mode it replaces a whole encoder layer by one op that neither the ONNX
+    exporter nor a quantization library sees into; adabits' conversion turns it off on its own model alike."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
 def peer_row(label: str, bits: int, run: Callable[[], float], notes: str) -> dict[str, Any]:
     """A peer's row: its top-1 at `bits` and its seconds (calibration and evaluation), or the error that
     stopped it."""
     _log(f"  peer {label}")
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), without_transformer_fast_path():
             warnings.simplefilter("ignore", FutureWarning)  # the exporters' deprecation notices, many per call
             row: dict[str, Any] = {"top1": {str(bits): round(run(), 2)}}
     except Exception as exc:  # a peer library refusing a model is a result, not a failed benchmark
-        row = {"top1": {}, "error": f"{type(exc).__name__}: {exc}".strip()[:2000]}
+        row = {"top1": {}, "error": error_text(exc)}
     return {**row, "seconds": round(time.perf_counter() - start, 1), "notes": notes}
 
 

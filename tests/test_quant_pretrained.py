@@ -183,3 +183,20 @@ def test_a_bad_calibration_input_is_one_clear_error(batches):
     with pytest.raises(CalibrationError) as error:
         adabits.quantize_model(_cnn(), [8, 4], calibration=batches)
     assert "\n" not in str(error.value) and "calibration" in str(error.value)
+
+
+# ---------------------------------------------------------------- deployment of a calibrated pretrained model
+@pytest.mark.parametrize("bits", [4, 6])
+def test_the_integer_and_qdq_graphs_compute_what_the_calibrated_model_computes(pretrained, bits):
+    from adabits.export.integer_graph import integer_graph
+    from adabits.export.qdq import qdq_model
+
+    net, images = pretrained
+    model = adabits.quantize_model(copy.deepcopy(net), [8, 6, 4], calibration=[images[:256]]).eval()
+    with adabits.use_bits(model, bits), torch.no_grad():
+        expected = model(images[512:768])
+    graph = integer_graph(model, bits, (1, 12, 12), images[:256], uint8_input=False)
+    qdq = qdq_model(model, bits, (1, 12, 12), uint8_input=False)
+    with torch.no_grad():
+        for got in (graph.module(images[512:768]), qdq.module(images[512:768])):
+            assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.98

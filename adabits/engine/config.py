@@ -65,6 +65,13 @@ NOTE_IF_TRUE = {
 }
 
 
+#: what fp_pretrained_format: plain sets where the config is silent (adabits.QuantConfig.pretrained, calibration)
+PLAIN_START: dict[str, Any] = {"clamp": False, "rescale": False, "rescale_conv": False, "weight_quantizer": "channel",
+                               "weight_quant_scheme": "centered", "alpha_init": "calibrate"}
+#: of those, the keys whose other values would make the float network compute another function
+PLAIN_FUNCTION_KEYS = frozenset({"clamp", "rescale", "rescale_conv"})
+
+
 class TrainConfig(BaseModel):
     """Every key a training config may hold; defaults follow the original AdaBits code's recipe."""
 
@@ -84,6 +91,9 @@ class TrainConfig(BaseModel):
     # quantization (the fields of adabits.QuantConfig, same names and defaults)
     weight_only: bool = False
     weight_quant_scheme: Literal["original", "modified", "centered"] = "modified"
+    # "dorefa": tanh(W) / max|tanh(W)| (the seed's); "channel": per-channel scales that keep a pretrained
+    # float model's function (adabits.QuantConfig.pretrained)
+    weight_quantizer: Literal["dorefa", "channel"] = "dorefa"
     act_quant_scheme: Literal["original", "modified", "centered"] = "original"
     clamp: bool = True
     rescale: bool = True
@@ -97,9 +107,10 @@ class TrainConfig(BaseModel):
     # residual adds compute what an integer runtime computes: inputs and output on 8-bit grids
     # (adabits/quant/residual.py); the all-integer export then equals the model
     quantize_residual: bool = False
-    # PACT clipping levels at the start: "fixed" (8 conv / 10 linear, as the original) or "mse"
-    # (per bit-width, least quantization error on alpha_init_batches training batches)
-    alpha_init: Literal["fixed", "mse"] = "fixed"
+    # PACT clipping levels at the start: "fixed" (8 conv / 10 linear, as the original), "mse" (per
+    # bit-width, least quantization error on alpha_init_batches training batches) or "calibrate"
+    # (adabits.calibrate on those batches: weight clipping, clipping levels and BN statistics per bit-width)
+    alpha_init: Literal["fixed", "mse", "calibrate"] = "fixed"
     alpha_init_batches: int = Field(2, ge=1)
     normalize: bool = False
     bn_calib: bool = False
@@ -159,6 +170,10 @@ class TrainConfig(BaseModel):
     pretrained_dir: str | None = None
     pretrained_file: str | None = None
     fp_pretrained_file: str | None = None
+    # "adabits": a float model trained with SAT's weight transform (the seed's stage 1); "plain": a float
+    # state dict of an ordinary PyTorch model (torchvision, timm, your own). plain sets the keys of
+    # PLAIN_START that the config does not set itself, so the float network computes what the source did
+    fp_pretrained_format: Literal["adabits", "plain"] = "adabits"
     profiling: list[str] | None = None
     profiling_only: bool = False
     model_profiling_verbose: bool = False
@@ -272,6 +287,23 @@ class TrainConfig(BaseModel):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _plain_start(self) -> "TrainConfig":
+        """fp_pretrained_format: plain fills the keys of PLAIN_START the config leaves unset and refuses the ones
+        it sets otherwise where they would change the source model's function."""
+        if self.fp_pretrained_format != "plain":
+            return self
+        if not self.fp_pretrained_file:
+            raise ValueError("fp_pretrained_format: plain describes the file in fp_pretrained_file; set it")
+        for key, value in PLAIN_START.items():
+            if key not in self.model_fields_set:
+                object.__setattr__(self, key, value)
+            elif key in PLAIN_FUNCTION_KEYS and getattr(self, key) != value:
+                raise ValueError(f"fp_pretrained_format: plain loads a float model trained without SAT's weight "
+                                 f"transform; {key}: {getattr(self, key)} would change what it computes (set "
+                                 f"{key}: {str(value).lower()}, or leave it out)")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":

@@ -33,7 +33,7 @@ _INERT = "nothing in training (accepted for the original's configs)"
 RESUME_RULES: dict[str, tuple[str, str]] = {
     **{key: (FIXED, _MODEL) for key in (
         "model", "depth", "model_options", "num_classes", "in_chans", "image_size", "bits_list",
-        "adaptive_training", "weight_only", "weight_quant_scheme", "act_quant_scheme", "clamp", "rescale",
+        "adaptive_training", "weight_only", "weight_quant_scheme", "weight_quantizer", "act_quant_scheme", "clamp", "rescale",
         "rescale_conv", "rescale_type", "switchbn", "switch_alpha", "stats_sharing", "pact_fp", "double_side",
         "quantize_residual",
         "normalize", "sync_bn")},
@@ -47,7 +47,8 @@ RESUME_RULES: dict[str, tuple[str, str]] = {
     **{key: (FIXED, _OBJECTIVE) for key in (
         "joint_loss", "distill", "distill_weight", "distill_temperature", "sandwich_middle")},
     **{key: (FIXED, _START) for key in (
-        "alpha_init", "alpha_init_batches", "pretrained_dir", "pretrained_file", "fp_pretrained_file", "partial_load")},
+        "alpha_init", "alpha_init_batches", "pretrained_dir", "pretrained_file", "fp_pretrained_file",
+        "fp_pretrained_format", "partial_load")},
     "num_epochs": (MAY_CHANGE, "the run's length; schedules that depend on it follow the new length from here on"),
     "topk": (MAY_CHANGE, "which top-k errors are reported"),
     "eval_batch_size": (MAY_CHANGE, "the batching of evaluation only"),

@@ -147,6 +147,8 @@ class Trainer:
                     self.echo(note)
                 if cfg.alpha_init == "mse":
                     self._init_clipping_levels()
+                elif cfg.alpha_init == "calibrate":
+                    self._calibrate()
         self._wrap_model()
 
     def _on_main(self, decide: Callable[[], T]) -> T:
@@ -222,6 +224,12 @@ class Trainer:
         levels = init_clipping_levels(self.model, torch.cat(batches))
         summary = ", ".join(f"{bits}: {min(v.values()):.2f}-{max(v.values()):.2f}" for bits, v in levels.items() if v)
         self.echo(f"clipping levels chosen from {len(batches)} training batches (alpha range per bits: {summary})")
+
+    def _calibrate(self) -> None:
+        """Calibrate every bit-width on the first training batches (adabits.calibrate) before the first step."""
+        batches = [images for images, _ in itertools.islice(iter(self.loaders.train), self.cfg.alpha_init_batches)]
+        report = adabits.calibrate(self.model, batches)
+        self.echo(str(report))
 
     def _resume_path(self) -> Path | None:
         """`resume`, else the run folder's latest_checkpoint.pt; refused where the folder holds records but none."""

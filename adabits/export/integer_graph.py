@@ -370,6 +370,12 @@ class _Builder:
         out = self.call(F.max_pool2d, self.real(value), module.kernel_size, module.stride, module.padding)
         return self.quantize(out, value.grid) if value.grid is not None else _Value(out)
 
+    def flatten(self, node: fx.Node, start: object, end: object) -> _Value:
+        """A (N, C, 1, 1) pool output or an (N, C, H, W) map flattened from dimension 1 (torch.flatten, nn.Flatten)."""
+        if start != 1 or end != -1:
+            raise ExportError(f"{node.name}: flatten from dimension {start} to {end} has no export rule (only 1 to -1)")
+        return _Value(self.call(torch.ops.aten.flatten.using_ints, self.real(self._arg(node)), 1))
+
     def module(self, node: fx.Node, module: nn.Module) -> None:
         name = str(node.target)
         if isinstance(module, QuantLayer):
@@ -385,6 +391,8 @@ class _Builder:
             value = self.pool(node, keepdim=True)
         elif isinstance(module, nn.MaxPool2d):
             value = self.max_pool(node, module)
+        elif isinstance(module, nn.Flatten):
+            value = self.flatten(node, module.start_dim, module.end_dim)
         elif isinstance(module, SwitchBatchNorm2d):
             raise ExportError(f"{name}: a BatchNorm that does not follow a quantized layer cannot be folded "
                               "into an integer kernel")
@@ -401,11 +409,8 @@ class _Builder:
         elif target in (F.relu, torch.relu):
             self.values[node] = self.relu(node)
         elif target is torch.flatten or target == "flatten":
-            value = self._arg(node)
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            if start != 1:
-                raise ExportError(f"{node.name}: flatten from dimension {start} has no export rule (only 1)")
-            self.values[node] = _Value(self.call(torch.ops.aten.flatten.using_ints, self.real(value), 1))
+            self.values[node] = self.flatten(node, start, node.kwargs.get("end_dim", -1))
         elif target is F.adaptive_avg_pool2d and node.args[1] in (1, (1, 1)):
             self.values[node] = self.pool(node, keepdim=True)
         elif target == "mean" and list(node.args[1]) == [2, 3]:  # type: ignore[arg-type]

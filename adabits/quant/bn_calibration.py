@@ -27,7 +27,7 @@ from .norms import SwitchNorm
 __all__ = ["add_bits", "calibrate_bn", "interpolate_alpha", "recalibrate_bn"]
 
 
-def _estimated(modules: Sequence[BitSwitchable]) -> list[_BatchNorm]:
+def estimated_bns(modules: Sequence[BitSwitchable]) -> list[_BatchNorm]:
     """The active BNs of the switchable norms whose running statistics calibration estimates."""
     return [bn for m in modules if isinstance(m, (SwitchBatchNorm2d, SwitchNorm))
             and (bn := m.estimated_statistics) is not None]
@@ -49,7 +49,7 @@ def add_bits(model: nn.Module, bits: object) -> list[_BatchNorm]:
     for module in modules:
         module.add_bits(pair)
     with use_bits(model, format_bits(pair)):
-        return _estimated(modules)
+        return estimated_bns(modules)
 
 
 def calibrate_bn(model: nn.Module, bits: object, loader: Iterable, num_batches: int = 50) -> nn.Module:
@@ -82,7 +82,7 @@ def recalibrate_bn(model: nn.Module, bits: object, loader: Iterable, num_batches
         allowed = [format_bits(p) for p in modules[0].bits_list]
         raise BitWidthError(f"recalibrate_bn: bit-width {format_bits(pair)} is not one of the model's: {allowed}")
     with use_bits(model, format_bits(pair)):
-        bns = _estimated(modules)
+        bns = estimated_bns(modules)
     _estimate_bn_stats(model, bits, bns, loader, num_batches)
     return model
 

@@ -52,6 +52,7 @@ from adabits.analysis.accuracy import top1, top1_per_bits
 from adabits.atomic import atomic_write
 from adabits.data import TensorLoader, ToModelInput, build_splits
 from adabits.engine.config import TrainConfig
+from adabits.quant.convert import default_layer_policy
 
 from . import runtime_peers
 from ._results import BadInput, exit_on_bad_input, full_command, report
@@ -67,6 +68,8 @@ TRAIN_BATCH, EVAL_BATCH = 128, 1000
 CALIBRATION_CHUNK = 64
 #: Brevitas activation ranges: the percentiles its PTQ example (brevitas_examples ptq_evaluate) defaults to
 BREVITAS_PERCENTILE = 99.999
+#: the float layers a peer may leave unquantized (exact types: Brevitas's layers subclass them)
+FLOAT_LAYERS = (nn.Conv2d, nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear, nn.MultiheadAttention)
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,15 @@ def _logits_top1(logits: Callable[[Tensor], Any], test: list[tuple[Tensor, Tenso
     return 100.0 * correct / total
 
 
-def ort_int8_top1(model: nn.Module, data: Data, pre_process: bool) -> float:
+def float_layers(model: nn.Module) -> list[str]:
+    """The conv, linear and attention layers `model` still computes in float (an attention's out_proj counted
+    with it): what a peer left out of its quantization."""
+    names = [n for n, m in model.named_modules() if type(m) in FLOAT_LAYERS]
+    attention = [f"{n}." for n in names if isinstance(model.get_submodule(n), nn.MultiheadAttention)]
+    return [n for n in names if not any(n.startswith(prefix) for prefix in attention)]
+
+
+def ort_int8_top1(model: nn.Module, data: Data, pre_process: bool) -> dict[str, Any]:
     """ONNX Runtime's own static int8 quantization (QDQ, weights per channel) of the float model."""
     from adabits.export.onnx_session import session_logits
 
@@ -244,49 +255,47 @@ def ort_int8_top1(model: nn.Module, data: Data, pre_process: bool) -> float:
         float_onnx = runtime_peers.export_float_onnx(model, example, Path(tmp) / "float.onnx")
         session = runtime_peers.ort_int8_peer(float_onnx, data.calibration, Path(tmp) / "int8.onnx",
                                               pre_process=pre_process)
-        return _logits_top1(lambda x: session_logits(session, x), data.test)
+        return {"top1": _logits_top1(lambda x: session_logits(session, x), data.test)}
 
 
-def executorch_int8_top1(model: nn.Module, data: Data) -> float:
+def executorch_int8_top1(model: nn.Module, data: Data) -> dict[str, Any]:
     """ExecuTorch's own int8 PT2E quantization (XNNPACKQuantizer, weights per channel), lowered to XNNPACK."""
     example = data.calibration[:1].contiguous()
     program = runtime_peers.pte_int8_peer(model, example, data.calibration)
     runner = runtime_peers.PteRunner(program)
-    return _logits_top1(runner.run, data.test, chunk=runtime_peers.MAX_BATCH)
-
-
-def _edge_layers(model: nn.Module) -> tuple[str, str]:
-    """The first conv/linear and the last linear of `model`: the layers adabits' default policy keeps at 8 bits."""
-    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-              and not n.endswith("out_proj")]
-    linears = [n for n in layers if isinstance(model.get_submodule(n), nn.Linear) and not n.endswith("out_proj")]
-    return layers[0], (linears or layers)[-1]
+    return {"top1": _logits_top1(runner.run, data.test, chunk=runtime_peers.MAX_BATCH)}
 
 
 def brevitas_model(model: nn.Module, bits: int) -> nn.Module:
     """Brevitas's layerwise PTQ of a copy of `model`: every Conv2d, Linear and MultiheadAttention becomes
     its Brevitas twin with `bits`-bit weights (symmetric, per output channel, scale from max |w|) and
     `bits`-bit inputs (asymmetric per tensor, range from the 99.999th percentiles), the quantizers of
-    Brevitas's own PTQ example (`create_quant_maps`); the first conv and the classifier at 8 bits, as
-    adabits' default policy keeps them. BN, LayerNorm and residual adds stay float, as in adabits."""
+    Brevitas's own PTQ example (`create_quant_maps`). The first layer and the classifier follow adabits'
+    default policy (`default_layer_policy`): weights at 8 bits at least, the first layer's input too.
+    BN, LayerNorm and residual adds stay float, as in adabits."""
     from brevitas.graph.quantize import layerwise_quantize
     from brevitas_examples.imagenet_classification.ptq.ptq_common import create_quant_maps
 
-    def layer_map(width: int) -> dict:
+    def layer_map(weight_bits: int, input_bits: int) -> dict:
         return create_quant_maps(
-            dtype=torch.float32, bias_bit_width=32, weight_bit_width=width, weight_param_method="stats",
+            dtype=torch.float32, bias_bit_width=32, weight_bit_width=weight_bits, weight_param_method="stats",
             weight_scale_type="float_scale", weight_quant_type="sym", weight_quant_granularity="per_channel",
-            weight_narrow_range=False, weight_quant_format="int", act_quant_format="int", act_bit_width=width,
+            weight_narrow_range=False, weight_quant_format="int", act_quant_format="int", act_bit_width=input_bits,
             act_scale_type="float_scale", act_scale_computation_type="static", act_param_method="stats",
             act_quant_type="asym", act_quant_granularity="per_tensor", act_quant_percentile=BREVITAS_PERCENTILE)[1]
 
     quantized = copy.deepcopy(model).eval()
-    edges = list(_edge_layers(quantized))
-    quantized = layerwise_quantize(quantized, compute_layer_map=layer_map(bits), name_blacklist=edges)
-    return layerwise_quantize(quantized, compute_layer_map=layer_map(max(bits, 8)))  # the edges: still float
+    policy = default_layer_policy(quantized, BITS)
+    quantized = layerwise_quantize(quantized, compute_layer_map=layer_map(bits, bits), name_blacklist=list(policy))
+    # one pass per edge layer; a pass replaces only layers still float (Brevitas matches exact classes)
+    for name, options in policy.items():
+        widths = max(bits, options.get("bitw_min", bits)), max(bits, options.get("bita_min", bits))
+        quantized = layerwise_quantize(quantized, compute_layer_map=layer_map(*widths),
+                                       name_blacklist=[other for other in policy if other != name])
+    return quantized
 
 
-def brevitas_top1(model: nn.Module, data: Data, bits: int) -> float:
+def brevitas_top1(model: nn.Module, data: Data, bits: int) -> dict[str, Any]:
     """Top-1 of `brevitas_model` after Brevitas's calibration pass over the calibration images."""
     from brevitas.graph.calibrate import calibration_mode
 
@@ -294,12 +303,13 @@ def brevitas_top1(model: nn.Module, data: Data, bits: int) -> float:
     with torch.no_grad(), calibration_mode(quantized):
         for chunk in data.calibration.split(CALIBRATION_CHUNK):
             quantized(chunk)
-    return top1(quantized.eval(), data.test)
+    return {"top1": top1(quantized.eval(), data.test), "float_layers": float_layers(quantized)}
 
 
-def torch_ao_int8_top1(model: nn.Module, data: Data) -> float:
+def torch_ao_int8_top1(model: nn.Module, data: Data) -> dict[str, Any]:
     """torch.ao's FX post-training quantization (default x86 qconfig: int8 weights per channel, uint8
-    activations, BN folded), calibrated on the calibration images, converted to int8 kernels."""
+    activations, BN folded), calibrated on the calibration images, converted to int8 kernels. FX traces
+    torch.nn's own modules as leaves, so a whole nn.TransformerEncoderLayer stays float: `float_layers`."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -310,7 +320,8 @@ def torch_ao_int8_top1(model: nn.Module, data: Data) -> float:
         with torch.no_grad():
             for chunk in data.calibration.split(CALIBRATION_CHUNK):
                 prepared(chunk)
-        return top1(convert_fx(prepared), data.test)
+        int8 = convert_fx(prepared)
+        return {"top1": top1(int8, data.test), "float_layers": float_layers(int8)}
 
 
 def error_text(exc: BaseException, limit: int = 2000) -> str:
@@ -333,15 +344,16 @@ def without_transformer_fast_path() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(before)
 
 
-def peer_row(label: str, bits: int, run: Callable[[], float], notes: str) -> dict[str, Any]:
-    """A peer's row: its top-1 at `bits` and its seconds (calibration and evaluation), or the error that
-    stopped it."""
+def peer_row(label: str, bits: int, run: Callable[[], dict[str, Any]], notes: str) -> dict[str, Any]:
+    """A peer's row: its top-1 at `bits` (from `run`'s "top1", with what else it reports) and its seconds
+    (export, calibration and evaluation), or the error that stopped it."""
     _log(f"  peer {label}")
     start = time.perf_counter()
     try:
         with warnings.catch_warnings(), without_transformer_fast_path():
             warnings.simplefilter("ignore", FutureWarning)  # the exporters' deprecation notices, many per call
-            row: dict[str, Any] = {"top1": {str(bits): round(run(), 2)}}
+            measured = run()
+        row: dict[str, Any] = {**measured, "top1": {str(bits): round(measured["top1"], 2)}}
     except Exception as exc:  # a peer library refusing a model is a result, not a failed benchmark
         row = {"top1": {}, "error": error_text(exc)}
     return {**row, "seconds": round(time.perf_counter() - start, 1), "notes": notes}
@@ -369,7 +381,8 @@ def peer_rows(model: nn.Module, spec: ModelSpec, data: Data) -> dict[str, dict[s
             f"Brevitas w{bits}a{bits}", bits, lambda bits=bits: brevitas_top1(model, data, bits),
             f"brevitas {version('brevitas')} layerwise PTQ: {bits}-bit weights (per channel, max |w|) and inputs "
             f"(asymmetric per tensor, {BREVITAS_PERCENTILE} percentiles, calibration_mode on {n} images) of every "
-            "conv, linear and attention; first conv and classifier at 8 bits; norms and adds in float")
+            "conv, linear and attention; as adabits' policy, the first layer's weights and input and the "
+            "classifier's weights at 8 bits at least; norms and adds in float")
     rows["torch_ao_int8"] = peer_row("torch.ao FX int8", 8, lambda: torch_ao_int8_top1(model, data),
                                      f"torch {torch.__version__} prepare_fx/convert_fx, default x86 qconfig (int8 "
                                      f"weights per channel, uint8 activations, BN folded), {n} calibration images")

@@ -26,7 +26,9 @@ def test_the_paper_setups_have_configs() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(APPS).as_posix())
 def test_config_loads_and_builds_its_model(path: Path) -> None:
     cfg = load_config([f"app:{path}"]).config
-    if cfg.fp_pretrained_file:  # stage 2 starts from the best model of a stage-1 config of the same folder
+    if cfg.fp_pretrained_format == "plain":  # a public float model's weights, saved as the config's comment says
+        assert "torch.save" in path.read_text() and cfg.weight_quantizer == "channel" and not cfg.clamp
+    elif cfg.fp_pretrained_file:  # stage 2 starts from the best model of a stage-1 config of the same folder
         fp_run = Path(cfg.fp_pretrained_file)
         assert fp_run.name == "best_model.pt" and fp_run.parent.parent == Path(cfg.log_dir)
         stage1 = load_config([f"app:{path.parent / (fp_run.parent.name + '.yml')}"]).config

@@ -67,7 +67,7 @@ def test_the_adabits_stage_starts_from_the_calibrated_conversion(tmp_path, plain
 
 @pytest.mark.parametrize("key", ["clamp", "rescale"])
 def test_a_plain_start_refuses_the_sat_transform_by_name(tmp_path, key):
-    with pytest.raises(ConfigError, match=f"{key}: True would change"):
+    with pytest.raises(ConfigError, match=f"{key}: true would change"):
         tiny_config(tmp_path, fp_pretrained_file="x.pt", fp_pretrained_format="plain", **{key: True})
 
 

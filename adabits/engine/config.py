@@ -301,8 +301,8 @@ class TrainConfig(BaseModel):
                 object.__setattr__(self, key, value)
             elif key in PLAIN_FUNCTION_KEYS and getattr(self, key) != value:
                 raise ValueError(f"fp_pretrained_format: plain loads a float model trained without SAT's weight "
-                                 f"transform; {key}: {getattr(self, key)} would change what it computes (set "
-                                 f"{key}: {str(value).lower()}, or leave it out)")
+                                 f"transform; {key}: {str(getattr(self, key)).lower()} would change what it "
+                                 f"computes (set {key}: {str(value).lower()}, or leave it out)")
         return self
 
     @model_validator(mode="after")

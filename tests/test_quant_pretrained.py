@@ -129,13 +129,22 @@ def _per_bit_state(model: nn.Module, index: int) -> dict[str, torch.Tensor]:
 def test_calibrating_one_bit_width_leaves_the_others_untouched(pretrained):
     net, images = pretrained
     model = adabits.quantize_model(copy.deepcopy(net), [8, 6, 4], adabits.QuantConfig.pretrained())
+    model.eval()
+
+    def outputs() -> dict[int, torch.Tensor]:
+        with torch.no_grad():
+            return {bits: model(images[:64]) for bits in (8, 6, 4) if not adabits.set_bits(model, bits)}
+
     before = {index: _per_bit_state(model, index) for index in range(3)}
+    logits = outputs()
     adabits.calibrate(model, [images[:256]], bits=[6])
     after = {index: _per_bit_state(model, index) for index in range(3)}
     for index in (0, 2):
         for key, value in before[index].items():
             assert torch.equal(value, after[index][key]), key
     assert any(not torch.equal(v, after[1][k]) for k, v in before[1].items())
+    now = outputs()
+    assert torch.equal(now[8], logits[8]) and torch.equal(now[4], logits[4]) and not torch.equal(now[6], logits[6])
 
 
 def test_calibration_restores_mode_and_bit_width_and_reports(pretrained):
@@ -177,11 +186,20 @@ _BAD_BATCHES = st.one_of(
 )
 
 
+def _convert_calibrating(batches: object) -> None:
+    adabits.quantize_model(_cnn(), [8, 4], calibration=batches)
+
+
+def _calibrate_converted(batches: object) -> None:
+    adabits.calibrate(adabits.quantize_model(_cnn(), [8, 4], adabits.QuantConfig.pretrained()), batches)
+
+
+@pytest.mark.parametrize("entry", [_convert_calibrating, _calibrate_converted])
 @given(batches=_BAD_BATCHES)
 @settings(max_examples=30, deadline=None)
-def test_a_bad_calibration_input_is_one_clear_error(batches):
+def test_a_bad_calibration_input_is_one_clear_error(entry, batches):
     with pytest.raises(CalibrationError) as error:
-        adabits.quantize_model(_cnn(), [8, 4], calibration=batches)
+        entry(batches)
     assert "\n" not in str(error.value) and "calibration" in str(error.value)
 
 

@@ -213,7 +213,8 @@ def calibrate(model: nn.Module, batches: Iterable[object], *, bits: Iterable[Bit
     """Calibrate every bit-width of a converted model (or those in `bits`) on `batches`, with no training.
 
     `batches` yields input tensors or (inputs, labels) pairs (a DataLoader); `max_batches` caps how many
-    are read. `reference`, batch index -> float logits, lets the report say how many top-1 classes are kept.
+    are read. The per-channel weight clipping, which every bit-width shares, is chosen only when `bits` is
+    None, so calibrating some bit-widths leaves the others computing exactly what they did. `reference`, batch index -> float logits, lets the report say how many top-1 classes are kept.
     The model's mode and bit-width are restored. Each layer records its drift per bit-width
     (`QuantLayer.output_drift`), which `conversion_report` shows. Raises CalibrationError (one line) for
     an empty or malformed `batches`.
@@ -225,7 +226,8 @@ def calibrate(model: nn.Module, batches: Iterable[object], *, bits: Iterable[Bit
     inputs = _on(model, calibration_inputs(batches, max_batches))
     order = [format_bits(p) for p in modules[0].bits_list] if bits is None else list(bits)
     report = CalibrationReport(images=sum(x.shape[0] for x in inputs))
-    choose_weight_clipping(model)
+    if bits is None:  # one weight scale serves every bit-width: chosen only when all of them are calibrated
+        choose_weight_clipping(model)
     joined = torch.cat(inputs)[:CLIPPING_IMAGES]
     was_training = model.training
     try:

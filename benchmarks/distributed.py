@@ -6,7 +6,7 @@ interleaved round by round; the reported numbers are medians and ratios of media
 
 - `single_process`: one process, the whole global batch (rank 1 waits at a barrier meanwhile);
 - `adabits_ddp`: the trainer's path, 2 processes with half the batch each: per-bit backwards under
-  `no_sync`, then one coalesced all-reduce (adabits.engine.distributed.GradientAllReduce);
+  `no_sync`, then one coalesced all-reduce (adabits.joint.gradients.GradientAllReduce);
 - `ddp_per_backward`: plain DDP with `find_unused_parameters=True`, syncing in every backward.
 
 Communications are counted, not timed: calls of torch.distributed.all_reduce plus DDP's own bucket

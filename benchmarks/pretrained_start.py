@@ -20,7 +20,12 @@ involved; the state dict is cached in `--cache-dir` and reused), top-1 on the Fa
 - peers, post-training quantization of the same float model on the same calibration images:
   ONNX Runtime's `quantize_static` (int8 QDQ, weights per channel; `benchmarks/runtime_peers.py`),
   ExecuTorch's XNNPACK int8 PT2E flow (same module), Brevitas PTQ at 8 and 4 bits (`brevitas_model`),
-  torch.ao FX PTQ at 8 bits (x86 backend). A peer that cannot take a model records its error in its row.
+  torch.ao FX PTQ at 8 bits (x86 backend). A peer that cannot take a model records its error in its row;
+  the Brevitas and torch.ao rows list the conv/linear/attention layers they left in float (`float_layers`).
+
+Smoke-test size: `--models cnn --train-images 2048 --epochs 1 --steps 2 --calibration-images 64
+--test-images 500 --cache-dir DIR` (tests/test_benchmark_pretrained_start.py). `--threads 1` beside
+other work on a 2-core machine: two processes of two threads each slow both several times over.
 
 Every row sees the same inputs: the uint8 images scaled to [0, 1] and normalised with Fashion-MNIST's
 mean and std (`adabits.data.ToModelInput`). Reports each row per bit-width with its gap to the float
@@ -511,19 +516,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     names = parse_models(args.models)
     for option in ("steps", "calibration_images", "train_images", "test_images", "epochs", "threads"):
         value = getattr(args, option)
-        if value is not None and value < (0 if option == "steps" else 1):
-            raise BadInput(f"--{option.replace('_', '-')} must be positive, got {value}")
+        least = 0 if option == "steps" else 1
+        if value is not None and value < least:
+            raise BadInput(f"--{option.replace('_', '-')} must be at least {least}, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = {name: replace(MODELS[name], epochs=args.epochs) if args.epochs else MODELS[name] for name in names}
     data = load_data(args.seed, args.train_images, args.test_images, args.calibration_images)
+    models: dict[str, Any] = {}
     result = {"command": full_command("pretrained_start", args),
               "what": "float models trained in plain PyTorch, converted to one {8,6,5,4}-bit adabits model "
                       "(no calibration, calibrated, joint steps) against post-training quantization peers",
               "settings": {"bits": BITS, "steps": args.steps, "calibration_images": args.calibration_images,
                            "train_images": data.train_images, "test_images": data.test_images, "seed": args.seed,
                            "inputs": "uint8 / 255, normalised with Fashion-MNIST's mean and std"},
-              "models": {name: bench_model(name, spec, data, args) for name, spec in specs.items()}}
+              "models": models}
+    for name, spec in specs.items():
+        models[name] = bench_model(name, spec, data, args)
+        if args.out and len(models) < len(specs):
+            report(result, args.out, echo=False)  # a run stopped later keeps the models it finished
     text = markdown(result)
     full = report(result, args.out)
     print(text)

@@ -220,7 +220,7 @@ def test_a_type_error_of_a_model_constructor_is_not_a_config_error(monkeypatch, 
 
 
 def test_processes_that_disagree_on_gradients_raise_a_distributed_error() -> None:
-    from adabits.engine.distributed import GradientAllReduce
+    from adabits.joint.gradients import GradientAllReduce
 
     with pytest.raises(DistributedError, match="disagree"):
         GradientAllReduce._check(torch.tensor([1.0]), [True], 2)

@@ -34,7 +34,7 @@ def test_the_same_device_passes_every_check():
 
 def test_a_difference_beyond_tolerance_is_a_failure():
     result = {"quantizers": [{"quantizer": "pact", "bits": 4, "codes_differ": 0.01, "grad_x": 0.0}],
-              "models": [{"model": "resnet20", "bits": 4, "train": 0.0, "eval": 0.5}],
+              "models": [{"model": "resnet20", "bits": 4, "layer_train": 0.0, "layer_eval": 0.5, "logits_eval": 9.0}],
               "joint_step_host_reads": ["item"]}
     lines = gpu_check.failures(result, code_tolerance=1e-3, model_tolerance=2e-2, grad_tolerance=1e-3)
     assert len(lines) == 3 and "item" in lines[2]

@@ -15,8 +15,9 @@ import adabits
 from adabits import cli
 from adabits.engine import CheckpointError, ConfigError, Interrupted, Trainer, build_config
 from adabits.engine.build import build_model
-from adabits.engine.joint_objective import JointObjective, distillation_loss
-from adabits.engine.step_bits import StepBits, highest_first
+from adabits.joint import JointObjective, distillation_loss
+from adabits.joint import StepBits, highest_first
+from adabits.joint import step as joint_step_module
 from adabits.engine.teacher import TEACHER_KEY
 from _dist_helpers import FROZEN_BN_MODEL, run_processes
 from _engine_helpers import TINY, tiny_config
@@ -183,8 +184,8 @@ def test_without_sampling_every_bit_width_trains_in_the_configs_order_unless_a_t
 
 def test_the_trainer_trains_only_the_sampled_bit_widths_but_evaluates_all(tmp_path, monkeypatch):
     trained: list[Any] = []
-    original = adabits.set_bits
-    monkeypatch.setattr(adabits, "set_bits", lambda model, bits: (trained.append(bits), original(model, bits)))
+    original = joint_step_module.set_bits  # the trainer's steps go through adabits.joint_step
+    monkeypatch.setattr(joint_step_module, "set_bits", lambda model, bits: (trained.append(bits), original(model, bits)))
     trainer = Trainer(tiny_config(tmp_path, bits_list=[8, 6, 5, 4], sandwich_middle=1), echo=quiet).prepare()
     summaries = [trainer.train_one_epoch(epoch) for epoch in (0, 1)]
     steps = trainer.iters_per_epoch

@@ -34,7 +34,7 @@ from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingDiverged, UserError
 from .evaluation import evaluate
-from .joint_objective import JointObjective
+from ..joint.objective import IN_STEP_TEACHERS
 from .loading import (
     SHAPE_KEY,
     apply_weights,
@@ -45,7 +45,9 @@ from .loading import (
 )
 from .metrics import MeterSet
 from .optim import build_optimizer, build_scheduler
-from .step_bits import StepBits
+from ..joint.sampling import StepBits
+from ..joint.gradients import GradientAllReduce
+from ..joint.step import joint_step
 from .write_errors import reported
 
 Printer = Callable[[str], None]
@@ -125,9 +127,7 @@ class Trainer:
         if cfg.sync_bn and self.dist.enabled:
             self.model = distributed.convert_sync_bn(self.model, self.device)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.objective = JointObjective(self.criterion, cfg.distill, cfg.distill_weight, cfg.distill_temperature,
-                                        cfg.joint_loss)
-        self.step_bits = StepBits(self.bits, cfg.sandwich_middle, cfg.random_seed, self.objective.highest_first)
+        self.step_bits = StepBits(self.bits, cfg.sandwich_middle, cfg.random_seed, cfg.distill in IN_STEP_TEACHERS)
         self.teacher: teacher.FloatTeacher | None = None
         if cfg.distill == "float" and not cfg.test_only:
             self.teacher = teacher.build_float_teacher(cfg, self.shape.num_classes, self.shape.in_chans, self.device)
@@ -194,10 +194,10 @@ class Trainer:
     def _wrap_model(self) -> None:
         """The module the steps call: DDP around the model when distributed, compiled when asked."""
         wrapped: nn.Module = self.model
-        self.grad_sync: distributed.GradientAllReduce | None = None
+        self.grad_sync: GradientAllReduce | None = None
         if self.dist.enabled:
             wrapped = distributed.wrap(self.model, self.device)
-            self.grad_sync = distributed.GradientAllReduce(self.model.parameters())
+            self.grad_sync = GradientAllReduce(self.model.parameters())
         self.forward: nn.Module = torch.compile(wrapped) if self.cfg.compile else wrapped
 
     def _agreed_resume_path(self) -> Path | None:
@@ -355,29 +355,26 @@ class Trainer:
         """One joint optimizer step: forward + backward per bit-width, then one gradient all-reduce, then the update.
 
         `share` is this process's fraction of the global batch (the weight of its gradients in the sum);
-        `step` the step's index in the run, which chooses a sandwich sample's bit-widths (engine/step_bits.py).
-        The meters record each bit-width's label loss, whatever the objective (engine/joint_objective.py).
+        `step` the step's index in the run, which chooses a sandwich sample's bit-widths (joint/sampling.py).
+        The meters record each bit-width's label loss, whatever the objective (joint/objective.py).
         """
         self.optimizer.zero_grad(set_to_none=True)
-        trained = self.step_bits.at(step)
-        scale = self.objective.scale(len(trained))
         tutor: torch.Tensor | None = None
         if self.teacher is not None:
             with torch.no_grad(), precision.autocast(self.cfg.precision, self.device):
                 tutor = self.teacher.model(images).float()
-        with distributed.no_sync(self.forward):  # gradients meet once, below, not once per bit-width
-            for bits in trained:
-                adabits.set_bits(self.model, bits)
-                with precision.autocast(self.cfg.precision, self.device):
-                    logits = self.forward(images).float()
-                loss, label_loss = self.objective.bit_loss(logits, labels, tutor)
-                loss = loss * scale
-                (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
-                tutor = self.objective.next_teacher(tutor, logits)
-                if meters is not None:
-                    meters[bits].update(logits.detach(), labels, label_loss.detach())
-        if self.grad_sync is not None:
-            self.grad_sync(share)
+        cfg = self.cfg
+        results = joint_step(
+            self.forward, images, labels, self.criterion, bits=self.step_bits.at(step), joint_loss=cfg.joint_loss,
+            distill=cfg.distill, distill_weight=cfg.distill_weight, distill_temperature=cfg.distill_temperature,
+            teacher_logits=tutor, autocast=lambda: precision.autocast(cfg.precision, self.device),
+            grad_scaler=self.grad_scaler,
+            # the gradients meet once, after every bit-width's backward, weighted by this process's share
+            reduce_gradients=None if self.grad_sync is None else lambda: self.grad_sync(share),  # type: ignore[misc]
+        )
+        if meters is not None:
+            for bits, result in results.items():
+                meters[bits].update(result.logits, labels, result.label_loss)
         if self.grad_scaler is None:
             self.optimizer.step()
         else:

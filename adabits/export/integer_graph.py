@@ -373,7 +373,8 @@ class _Builder:
     def flatten(self, node: fx.Node, start: object, end: object) -> _Value:
         """A (N, C, 1, 1) pool output or an (N, C, H, W) map flattened from dimension 1 (torch.flatten, nn.Flatten)."""
         if start != 1 or end != -1:
-            raise ExportError(f"{node.name}: flatten from dimension {start} to {end} has no export rule (only 1 to -1)")
+            span = f"{start}" if end == -1 else f"{start} to {end}"
+            raise ExportError(f"{node.name}: flatten from dimension {span} has no export rule (only from 1 to the last)")
         return _Value(self.call(torch.ops.aten.flatten.using_ints, self.real(self._arg(node)), 1))
 
     def module(self, node: fx.Node, module: nn.Module) -> None:

@@ -9,10 +9,11 @@ the teacher's logits are detached, so no gradient flows into it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 Distill = Literal["none", "highest", "recursive", "float"]
 JointLoss = Literal["sum", "mean"]
@@ -32,7 +33,7 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> T
 class JointObjective:
     """Per-bit losses of one joint step and their combination; `teacher_for` says who teaches whom."""
 
-    def __init__(self, criterion: nn.Module, distill: Distill = "none", weight: float = 1.0,
+    def __init__(self, criterion: Callable[[Tensor, Tensor], Tensor], distill: Distill = "none", weight: float = 1.0,
                  temperature: float = 1.0, joint_loss: JointLoss = "sum") -> None:
         self.criterion = criterion
         self.distill = distill

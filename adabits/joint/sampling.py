@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from ..quant.bitwidth import Bits
-from .report import bits_order
+from ..quant.bitwidth import parse_bits
 
 #: the draw's own stream: the seed and the step mixed with a salt, so that it never starts where the data
 #: loaders' shuffles (seeded from random_seed and the epoch) start
@@ -24,7 +24,7 @@ _STEP_STRIDE = 1_000_003
 def highest_first(bits: Sequence[Bits]) -> list[Bits]:
     """`bits` ordered from the highest bit-width down, by (weight bits, activation bits); the config
     checks that the highest and the lowest have the most and the fewest bits of both kinds."""
-    return sorted(bits, key=bits_order, reverse=True)
+    return sorted(bits, key=parse_bits, reverse=True)
 
 
 class StepBits:

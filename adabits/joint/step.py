@@ -1,0 +1,105 @@
+"""The AdaBits joint step as one call any training loop can make: forward and backward at every bit-width.
+
+    for images, labels in loader:
+        optimizer.zero_grad()
+        losses = adabits.joint_step(model, images, labels)   # {8: 0.41, 6: 0.42, ...}
+        optimizer.step()
+
+Each bit-width's loss is backpropagated as soon as it is computed (one graph in memory at a time), so
+the gradients of all bit-widths add up in `.grad` and the caller's optimizer takes one step. Under
+DistributedDataParallel every backward runs under `no_sync` and the gradients then meet in one averaging
+all-reduce per step (`GradientAllReduce`), not one per bit-width, and DDP needs no
+`find_unused_parameters` for the other bit-widths' BN copies and clipping levels; a caller that reduces
+gradients itself (the YAML trainer weights each process by its share of the batch) passes `reduce_gradients`.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..quant.bitwidth import Bits, get_bits_list, set_bits
+from .gradients import GradientAllReduce
+from .objective import Distill, JointLoss, JointObjective
+from .sampling import highest_first
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class BitStep:
+    """One bit-width of a joint step: the loss it minimised (scaled into the step's loss), its label loss and
+    its logits, both detached."""
+
+    loss: Tensor
+    label_loss: Tensor
+    logits: Tensor
+
+    def __float__(self) -> float:
+        return float(self.label_loss)
+
+
+def _is_ddp(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "_orig_mod", model), nn.parallel.DistributedDataParallel)  # or compiled DDP
+
+
+def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
+    return getattr(model, "_orig_mod", model).no_sync() if _is_ddp(model) else contextlib.nullcontext()
+
+
+def joint_step(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn: LossFn = F.cross_entropy,
+    *,
+    bits: Sequence[Bits] | None = None,
+    joint_loss: JointLoss = "mean",
+    distill: Distill = "none",
+    distill_weight: float = 1.0,
+    distill_temperature: float = 1.0,
+    teacher_logits: Tensor | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    grad_scaler: torch.amp.GradScaler | None = None,
+    reduce_gradients: Callable[[], None] | None = None,
+) -> dict[Bits, BitStep]:
+    """Forward and backward of `model` (a converted model, or DDP / torch.compile around one) at each bit-width.
+
+    `bits` defaults to every bit-width of the model (a sandwich sample is `adabits.joint.StepBits(...).at(step)`).
+    `joint_loss` "mean" averages the per-bit losses (one lr for any number of bit-widths), "sum" adds them as
+    the seed did. `distill` "highest" / "recursive" teach each bit-width with the softened logits of the step's
+    highest / next higher one (the step then runs from the highest down), "float" with `teacher_logits`
+    (a frozen float model's logits on `inputs`). `autocast` is the context each forward runs in (e.g.
+    `lambda: torch.autocast("cuda", torch.bfloat16)`); logits are cast to float32 for the loss. With
+    `grad_scaler` each loss is scaled before its backward. Leaves the model at its last bit-width; the
+    caller zeroes gradients before and steps the optimizer after. Returns {bits: BitStep}, in step order.
+    """
+    objective = JointObjective(loss_fn, distill, distill_weight, distill_temperature, joint_loss)
+    if distill == "float" and teacher_logits is None:
+        raise ValueError("distill='float' teaches with a float model's logits: pass teacher_logits")
+    order = list(bits) if bits is not None else get_bits_list(model)
+    if objective.highest_first and bits is None:
+        order = highest_first(order)
+    scale = objective.scale(len(order))
+    tutor = teacher_logits.detach() if teacher_logits is not None else None
+    results: dict[Bits, BitStep] = {}
+    with _no_sync(model):  # the gradients meet once, below, not once per bit-width
+        for b in order:
+            set_bits(model, b)
+            with autocast():
+                logits = model(inputs).float()
+            loss, label_loss = objective.bit_loss(logits, targets, tutor)
+            loss = loss * scale
+            (loss if grad_scaler is None else grad_scaler.scale(loss)).backward()
+            tutor = objective.next_teacher(tutor, logits)
+            results[b] = BitStep(loss.detach(), label_loss.detach(), logits.detach())
+    if reduce_gradients is not None:
+        reduce_gradients()
+    elif _is_ddp(model):
+        GradientAllReduce(model.parameters())(1.0 / dist.get_world_size())
+    return results

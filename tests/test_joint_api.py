@@ -2,9 +2,6 @@
 options order and teach as documented, and under DDP the gradients meet in one all-reduce per step."""
 from __future__ import annotations
 
-import copy
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -12,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import adabits
+from _dist_helpers import CollectiveCounter, run_processes
 
 
 def _model(bits=(8, 6, 4)) -> nn.Module:
@@ -55,31 +53,38 @@ def test_in_step_distillation_runs_highest_first_and_float_needs_its_logits():
         adabits.joint_step(model, images, labels, distill="float")
 
 
-def test_under_ddp_the_gradients_meet_once_per_step(monkeypatch):
-    """One process of a Gloo group: DDP's own reducer never runs (every backward under no_sync), and one
-    all_reduce per bucket carries every bit-width's gradients."""
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(29_500 + os.getpid() % 1000))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        hook_calls, reduces = [], []
+def _ddp_rank(rank: int) -> dict:
+    """One rank of a 2-process Gloo group: a joint step on this rank's half of the batch under DDP."""
+    dist.init_process_group("gloo")
+    hook_calls = []
 
-        def counting(state, bucket):  # noqa: ANN001, ANN202 - a DDP communication hook
-            hook_calls.append(1)
-            future = torch.futures.Future()
-            future.set_result(bucket.buffer())
-            return future
+    def counting(state, bucket):  # noqa: ANN001, ANN202 - a DDP communication hook
+        hook_calls.append(1)
+        future = torch.futures.Future()
+        future.set_result(bucket.buffer())
+        return future
 
-        model = nn.parallel.DistributedDataParallel(_model())
-        model.register_comm_hook(None, counting)
-        reference = copy.deepcopy(model.module)
-        images, labels = _batch()
-        original = dist.all_reduce
-        monkeypatch.setattr(dist, "all_reduce", lambda *a, **k: (reduces.append(1), original(*a, **k))[1])
-        adabits.joint_step(model, images, labels)
-        assert hook_calls == [] and len(reduces) == 1  # one bucket: the whole model
-        adabits.joint_step(reference, images, labels)
-        for got, expected in zip(_grads(model.module), _grads(reference)):
-            torch.testing.assert_close(got, expected)
-    finally:
-        dist.destroy_process_group()
+    model = nn.parallel.DistributedDataParallel(_model())
+    model.register_comm_hook(None, counting)
+    counter = CollectiveCounter()
+    images, labels = _batch()
+    adabits.joint_step(model, images[rank * 4:(rank + 1) * 4], labels[rank * 4:(rank + 1) * 4])
+    counter.restore()
+    return {"hooks": len(hook_calls), "all_reduces": counter.calls, "grads": _grads(model.module)}
+
+
+def test_under_ddp_the_gradients_meet_once_per_step(tmp_path):
+    """DDP's own reducer never runs (every backward under no_sync); one all_reduce carries every bit-width's
+    gradients, and each rank ends with the mean of the two processes' gradients."""
+    results = run_processes(_ddp_rank, 2, tmp_path)
+    assert all("error" not in r for r in results), results
+    assert [r["hooks"] for r in results] == [0, 0] and [r["all_reduces"] for r in results] == [1, 1]
+    images, labels = _batch()
+    halves = []
+    for rank in (0, 1):  # each half alone in one process (BN's batch statistics are per process under DDP too)
+        alone = _model()
+        adabits.joint_step(alone, images[rank * 4:(rank + 1) * 4], labels[rank * 4:(rank + 1) * 4])
+        halves.append(_grads(alone))
+    for rank in results:
+        for got, first, second in zip(rank["grads"], *halves):
+            torch.testing.assert_close(got, (first + second) / 2)

@@ -28,7 +28,7 @@ from . import checkpoint
 from .build import model_kwargs, resolve_device
 from .config import TrainConfig
 from .errors import UserError
-from .evaluation import evaluate
+from ..analysis.evaluation import evaluate_meters as evaluate
 from .loading import SHAPE_KEY, TrainedModel, load_trained, run_dir, shape_record
 from .report import eval_table, show_bits
 
@@ -216,79 +216,39 @@ def calibration_images(cfg: TrainConfig, count: int) -> torch.Tensor:
 
 def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bits | None, out: str | None,
                     count: int, graph: str | None) -> str:
+    """The command's side of `adabits.export_model`: the run's shape, calibration images and default paths."""
+    from ..export.model_export import export_model
+
     integer_bits = [b for b in trained.bits_list if max(parse_bits(b)) <= 8]
-    order = [bits] if bits is not None else integer_bits
-    if not order or (bits is not None and bits not in integer_bits):
+    if not integer_bits or (bits is not None and bits not in integer_bits):
         raise ExportError(f"an integer {fmt} export takes bit-widths <= 8; this model has "
                           f"{show_bits(trained.bits_list)}" + (" (use --format onnx graph=mixed bits=32 for float)"
                                                                if fmt == "onnx" else ""))
     shape = trained.shape
-    input_shape = (shape.in_chans, shape.image_size, shape.image_size)
-    graphs: list[Any] = []
-    how, notes = "", []
-    if graph != "qdq":
-        try:
-            graphs, how, notes = _integer_graphs(cfg, trained, fmt, order, input_shape, count)
-        except ExportError as exc:
-            if graph == "integer":
-                raise
-            how = f"quantize/dequantize graph traced by torch.export; the all-integer graph does not cover this model ({exc})"
-    if not graphs:
-        from ..export.qdq import qdq_model
-
-        graphs = [qdq_model(trained.model, b, input_shape, uint8_input=not cfg.normalize, int8_weights=fmt == "onnx")
-                  for b in order]
-        how = how or "quantize/dequantize graph traced by torch.export"
-        notes = sorted({f"\nnote: at {bits_label(g.bits)}, the 9-bit weight codes of {', '.join(g.float_weights)} "
-                        "stay exact float weights" for g in graphs if g.float_weights})
-    if fmt == "pte":
-        from ..export.pte import export_pte
-
-        target = Path(out) if out else run_dir(cfg) / "model.pte"
-        try:
-            export_pte(graphs, target)
-        except ImportError:
-            raise UserError("--format pte needs ExecuTorch: pip install 'adabits[pte]' && pip install --no-deps "
-                            "executorch==1.5.1 torchao==0.18.0") from None
-        return (f"wrote {target} ({target.stat().st_size:,} bytes): methods "
-                f"{', '.join(_method_names(graphs))}; {how}" + "".join(notes))
-    from ..export.onnx_integer import write_onnx, write_onnx_folder
-
+    default = (run_dir(cfg) / "model.pte" if fmt == "pte" else
+               run_dir(cfg) / (f"model_{bits_tag(bits)}.onnx" if bits is not None else "onnx"))
+    images = calibration_images(cfg, count) if graph != "qdq" else None
     try:
-        if bits is not None:
-            target = write_onnx(graphs[0], Path(out) if out else run_dir(cfg) / f"model_{bits_tag(bits)}.onnx")
-        else:
-            target = write_onnx_folder(graphs, Path(out) if out else run_dir(cfg) / "onnx")
+        done = export_model(trained.model, Path(out) if out else default, format=fmt,  # type: ignore[arg-type]
+                      input_shape=(shape.in_chans, shape.image_size, shape.image_size), bits=bits,
+                      calibration=images, graph=graph or "auto", uint8_input=not cfg.normalize)
     except ImportError:
-        raise UserError("ONNX export needs the onnx package (and onnxscript for graph=qdq): "
-                        "pip install 'adabits[onnx]'") from None
-    return f"wrote {target} ({', '.join(_bits_words(g.bits) for g in graphs)}): {how}" + "".join(notes)
+        need = ("--format pte needs ExecuTorch: pip install 'adabits[pte]' && pip install --no-deps "
+                "executorch==1.5.1 torchao==0.18.0") if fmt == "pte" else (
+                "ONNX export needs the onnx package (and onnxscript for graph=qdq): pip install 'adabits[onnx]'")
+        raise UserError(need) from None
+    how = done.how.replace(" images", " training images", 1) if done.graph == "integer" else done.how
+    notes = "".join(f"\nnote: {note}" for note in done.notes)
+    if fmt == "pte":
+        return (f"wrote {done.path} ({done.path.stat().st_size:,} bytes): methods "
+                f"{', '.join(_method_names(done.bits))}; {how}" + notes)
+    return f"wrote {done.path} ({', '.join(_bits_words(b) for b in done.bits)}): {how}" + notes
 
 
-def _integer_graphs(cfg: TrainConfig, trained: TrainedModel, fmt: str, order: list[Bits],
-                    input_shape: tuple[int, int, int], count: int) -> tuple[list[Any], str, list[str]]:
-    """The all-integer graph of each bit-width in `order`, how they were made and the notes of what
-    they had to change; ExportError naming what the graph cannot express."""
-    from ..export.int8_layer import PAIR_PRODUCT_LIMIT
-    from ..export.integer_graph import integer_graph
-
-    images = calibration_images(cfg, count)
-    try:
-        # XNNPACK never saturates a pair of products; ONNX Runtime's kernels on CPUs without VNNI can
-        pair_limit = None if fmt == "pte" else PAIR_PRODUCT_LIMIT
-        graphs = [integer_graph(trained.model, b, input_shape, images, uint8_input=not cfg.normalize,
-                                pair_limit=pair_limit) for b in order]
-    except ValueError as exc:
-        raise ExportError(f"{fmt} export: {exc}") from None
-    notes = sorted({f"\nnote: at {bits_label(g.bits)}, 9-bit weight codes of {', '.join(g.requantized_weights)} "
-                    "were requantized to int8 (per channel)" for g in graphs if g.requantized_weights})
-    return graphs, f"all-integer, 8-bit grids calibrated on {len(images)} training images", notes
-
-
-def _method_names(graphs: list) -> list[str]:
+def _method_names(bits: list) -> list[str]:
     from ..export.pte import method_name
 
-    return [method_name(g.bits) for g in graphs]
+    return [method_name(b) for b in bits]
 
 
 def _export_packed(cfg: TrainConfig, trained: TrainedModel, out: str | None) -> str:

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import checkpoint
 from .errors import CheckpointError
-from .metrics import MeterSet
+from ..analysis.metrics import MeterSet
 
 POSITION_KEY = "position"
 

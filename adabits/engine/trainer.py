@@ -33,7 +33,7 @@ from . import backends, checkpoint, distributed, precision, report, resume_polic
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingDiverged, UserError
-from .evaluation import evaluate
+from ..analysis.evaluation import evaluate_meters as evaluate
 from ..joint.objective import IN_STEP_TEACHERS
 from .loading import (
     SHAPE_KEY,
@@ -43,7 +43,7 @@ from .loading import (
     shape_record,
     weights_source,
 )
-from .metrics import MeterSet
+from ..analysis.metrics import MeterSet
 from .optim import build_optimizer, build_scheduler
 from ..joint.sampling import StepBits
 from ..joint.gradients import GradientAllReduce

@@ -15,8 +15,8 @@ involved; the state dict is cached in `--cache-dir` and reused), top-1 on the Fa
   `--calibration-images` training images every peer calibrates on, at each bit-width, and the wall time
   of that call;
 - `joint_steps`: the calibrated model after `--steps` joint steps (per step one batch of 128 training
-  images, for each bit-width `set_bits`, cross-entropy / 4, backward; then one SGD step, momentum 0.9,
-  lr 0.005 decaying to 0 on a cosine, no weight decay);
+  images and `adabits.joint_step`, the mean of the per-bit cross-entropies; then one SGD step, momentum
+  0.9, lr 0.005 decaying to 0 on a cosine, no weight decay);
 - peers, post-training quantization of the same float model on the same calibration images:
   ONNX Runtime's `quantize_static` (int8 QDQ, weights per channel; `benchmarks/runtime_peers.py`),
   ExecuTorch's XNNPACK int8 PT2E flow (same module), Brevitas PTQ at 8 and 4 bits (`brevitas_model`),
@@ -209,19 +209,16 @@ def converted(model: nn.Module, channels_last: bool, **kwargs: Any) -> tuple[nn.
 
 
 def joint_steps(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], steps: int) -> float:
-    """`steps` joint steps of every bit-width in BITS, in place: per step one batch, for each bit-width the
-    cross-entropy over len(BITS) backward, then one SGD step (lr JOINT_LR on a cosine to 0 over `steps`).
+    """`steps` joint steps of every bit-width in BITS, in place: per step one batch, `adabits.joint_step` (the
+    mean of the per-bit cross-entropies), then one SGD step (lr JOINT_LR on a cosine to 0 over `steps`).
     Returns the seconds they took; the model is left in eval mode at the highest bit-width."""
     opt = torch.optim.SGD(model.parameters(), lr=JOINT_LR, momentum=JOINT_MOMENTUM, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_factor(step, steps))
-    criterion = nn.CrossEntropyLoss()
     model.train()
     start = time.perf_counter()
     for images, labels in itertools.islice(batches, steps):
         opt.zero_grad(set_to_none=True)
-        for bits in BITS:
-            adabits.set_bits(model, bits)
-            (criterion(model(images), labels) / len(BITS)).backward()
+        adabits.joint_step(model, images, labels, bits=BITS, joint_loss="mean")
         opt.step()
         schedule.step()
     adabits.set_bits(model, BITS[0])
@@ -481,8 +478,11 @@ def markdown(result: dict[str, Any]) -> str:
         for key, row in bench["rows"].items():
             cells = [_cell(row, c) for c in columns]
             if "error" in row:
-                cells[0] = "failed: " + row["error"].splitlines()[0][:100].replace("|", "/")
-            lines.append(f"| {row_title(key, steps)} | " + " | ".join(cells) + f" | {row.get('seconds', '')} |")
+                cells[0] = "failed: " + row["error"].splitlines()[0][:160].replace("|", "/")
+            title = row_title(key, steps)
+            if row.get("float_layers"):
+                title += f" ({len(row['float_layers'])} layers left float)"
+            lines.append(f"| {title} | " + " | ".join(cells) + f" | {row.get('seconds', '')} |")
         lines.append("")
     return "\n".join(lines)
 

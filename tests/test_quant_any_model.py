@@ -135,3 +135,24 @@ def test_a_layernorm_becomes_one_per_bit_width_and_takes_a_float_layernorm_state
     kept = adabits.quantize_model(nn.Sequential(nn.LayerNorm(16)), bits_list=[8, 4],
                                   config=adabits.QuantConfig(switchbn=False))
     assert isinstance(kept[0], adabits.quant.SwitchNorm) and kept[0].shared and len(kept[0].norms) == 1
+
+
+class WithTokens(nn.Module):
+    """A ViT's container: a class token and a position embedding, added to activations, never multiplied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, 8))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
+        return self.head(tokens[:, 0])
+
+
+def test_added_tokens_of_a_container_are_no_float_path():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = adabits.quantize_model(WithTokens(), bits_list=[8, 4])
+    assert adabits.conversion_report(model).float_paths == []

@@ -3,7 +3,7 @@
 `conversion_report(model)` reads the converted layers themselves (their bit-widths and clipping side
 come from `QuantLayer.runs_at` and `QuantLayer.clipping_side`), so it describes any model, converted by
 `quantize_model` or built quantized. A float path is a module that multiplies with a weight of two or
-more dimensions and is not quantized: `quantize_model` warns naming each one the user did not exclude.
+more dimensions and is not quantized (`_has_matrix_weight`): `quantize_model` warns naming each one the user did not exclude.
 A module whose weight is not multiplied (a position embedding, added) says so with a class attribute
 `float_by_design = "why"`, and gets a row with that reason instead of the warning.
 """
@@ -68,7 +68,11 @@ def _quantized_row(name: str, layer: QuantLayer) -> LayerRow:
 
 
 def _has_matrix_weight(module: nn.Module) -> bool:
-    return any(p.dim() >= 2 for p in module.parameters(recurse=False))
+    """A parameter of two or more dimensions that the module multiplies with: any such parameter of a leaf
+    module (nn.Embedding, nn.Conv1d), or one named `weight` of a container. A container's other tensors (a
+    ViT's class token and position embedding) are added to activations, not multiplied."""
+    leaf = next(module.children(), None) is None
+    return any(p.dim() >= 2 and (leaf or name.endswith("weight")) for name, p in module.named_parameters(recurse=False))
 
 
 def conversion_report(model: nn.Module, excluded: Iterable[str] = ()) -> ConversionReport:

@@ -18,8 +18,8 @@ from torch import nn
 
 from adabits.models.resnet_cifar import CifarResNet
 from adabits.quant.bitwidth import get_bits_list
-from adabits.quant.layers import QuantLayer, SwitchBatchNorm2d
-from adabits.quant.norms import SwitchNorm
+from adabits.quant.layers import QuantLayer
+from adabits.quant.norms import SwitchableNorm
 
 from .errors import CheckpointError
 from .report import show_bits
@@ -67,7 +67,7 @@ def per_bit_bn_counts(model: nn.Module, state: Mapping[str, torch.Tensor]) -> di
     """Switchable norms for which the checkpoint holds per-bit copies (more than one): name -> (held, model's)."""
     counts = {}
     for name, module in model.named_modules():
-        if isinstance(module, (SwitchBatchNorm2d, SwitchNorm)):
+        if isinstance(module, SwitchableNorm):
             key = module.copies_name
             held = _per_bit_indices(state, f"{name}.{key}." if name else f"{key}.")
             if len(held) > 1:

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from ..errors import ExportError
 from ..quant.bitwidth import FULL_PRECISION, format_bits, parse_bits, set_bits
-from ..quant.layers import QuantLayer, SwitchBatchNorm2d
-from ..quant.norms import SwitchNorm
+from ..quant.layers import QuantLayer
+from ..quant.norms import SwitchableNorm
 from .int8_layer import check_integer_input, fold_layer
 from .integer_graph import DEQUANTIZE, DEQUANTIZE_CHANNELS, QUANTIZE
 from .onnx import INPUT_NAME, OUTPUT_NAME
@@ -156,7 +156,7 @@ def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, u
             if int8_weights and not layer.int8_weight and module.weight_bits < FULL_PRECISION:
                 float_weights.append(name)
             replacement: nn.Module = layer
-        elif isinstance(module, (SwitchBatchNorm2d, SwitchNorm)):
+        elif isinstance(module, SwitchableNorm):
             replacement = module.active
         else:
             continue

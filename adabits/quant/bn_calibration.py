@@ -21,15 +21,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..errors import BitWidthError, CalibrationError
 from .bitwidth import BitSwitchable, format_bits, parse_bits, switchable_modules, use_bits
 from .interpolation import interpolate_alpha
-from .layers import SwitchBatchNorm2d
-from .norms import SwitchNorm
+from .norms import SwitchableNorm
 
 __all__ = ["add_bits", "calibrate_bn", "interpolate_alpha", "recalibrate_bn"]
 
 
 def estimated_bns(modules: Sequence[BitSwitchable]) -> list[_BatchNorm]:
     """The active BNs of the switchable norms whose running statistics calibration estimates."""
-    return [bn for m in modules if isinstance(m, (SwitchBatchNorm2d, SwitchNorm))
+    return [bn for m in modules if isinstance(m, SwitchableNorm)
             and (bn := m.estimated_statistics) is not None]
 
 

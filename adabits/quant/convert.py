@@ -14,7 +14,7 @@ from .bitwidth import max_bits, parse_bits_list
 from .config import QuantConfig
 from .attention import QMultiheadAttention
 from .layers import AUTO_SIDE, ClippingSide, QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
-from .norms import SWITCHABLE_NORMS, SwitchNorm, has_state
+from .norms import SWITCHABLE_NORMS, SwitchableNorm, SwitchNorm, has_state
 from .calibration import calibrate, calibration_inputs
 from .report import conversion_report
 from .residual import Int8Observer
@@ -183,7 +183,7 @@ def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
     before anything is loaded."""
     state = dict(state_dict)
     for name, module in model.named_modules():
-        if isinstance(module, (QuantLayer, SwitchBatchNorm2d, SwitchNorm, QMultiheadAttention)):
+        if isinstance(module, (QuantLayer, SwitchableNorm, QMultiheadAttention)):
             module.adapt_state_dict(state, f"{name}." if name else "")
     return state
 
@@ -197,7 +197,7 @@ def spread_fp_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
     for name, module in model.named_modules():
         if isinstance(module, Int8Observer):
             state.setdefault(f"{name}.ranges" if name else "ranges", module.ranges.clone())
-        if not isinstance(module, (SwitchBatchNorm2d, SwitchNorm)) or module.shared:
+        if not isinstance(module, SwitchableNorm) or module.shared:
             continue
         copies, probe = f"{module.copies_name}.", next(iter(module.copies[0].state_dict()))
         prefix = f"{name}.{copies}" if name else copies

@@ -13,8 +13,8 @@ import copy
 import torch
 from torch import nn
 
-from .layers import QConv2d, QLinear, SwitchBatchNorm2d
-from .norms import SwitchNorm
+from .layers import QConv2d, QLinear
+from .norms import SwitchableNorm
 from .residual import Int8Observer
 
 
@@ -35,7 +35,7 @@ def plain_layer(layer: nn.Module) -> nn.Module:
             layer.padding_mode)
     elif isinstance(layer, QLinear):
         plain = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
-    elif isinstance(layer, (SwitchBatchNorm2d, SwitchNorm)):
+    elif isinstance(layer, SwitchableNorm):
         return copy.deepcopy(layer.active)
     elif isinstance(layer, Int8Observer):
         return nn.Identity()  # the twin's activations are float
@@ -56,7 +56,7 @@ def float_twin(model: nn.Module) -> nn.Module:
     changed. The copy holds no quantized layer, so its state dict is an ordinary float one.
     """
     twin = copy.deepcopy(model)
-    swappable = (QConv2d, QLinear, SwitchBatchNorm2d, SwitchNorm, Int8Observer)
+    swappable = (QConv2d, QLinear, SwitchableNorm, Int8Observer)
     if isinstance(twin, swappable):
         return plain_layer(twin)
     for module in list(twin.modules()):

@@ -36,7 +36,7 @@ from .functional import (
     weight_codes,
 )
 from .interpolation import interpolate_alpha
-from .norms import spread_into_copies
+from .norms import SwitchableNorm
 from .schemes import QuantScheme, get_scheme
 
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
@@ -425,10 +425,7 @@ def compile_quantizers(model: nn.Module, enabled: bool = True) -> int:
     return len(layers)
 
 
-_BN_STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-class SwitchBatchNorm2d(BitSwitchable, nn.Module):
+class SwitchBatchNorm2d(SwitchableNorm):
     """One BatchNorm2d per bit-width, chosen by the current bit-width (AdaBits' switchable BN).
 
     With `stats_sharing` the per-bit BNs share one gamma/beta (the same Parameter objects) and keep
@@ -464,7 +461,7 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
                 bn.weight, bn.bias = self.bn[0].weight, self.bn[0].bias
 
     @property
-    def shared(self) -> bool:
+    def shared(self) -> bool:  # type: ignore[override]
         """True when one BatchNorm2d serves every bit-width (`switchbn=False`)."""
         return len(self.bn) == 1
 
@@ -473,22 +470,8 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
         """The BatchNorm2d this module runs at the current bit-width."""
         return self._bn(0 if self.shared else self.bits_index)
 
-    @property
-    def copies(self) -> nn.ModuleList:
-        """The per-bit BatchNorm2d copies (one when shared)."""
-        return self.bn
-
-    @property
-    def estimated_statistics(self) -> nn.BatchNorm2d | None:
-        """The active per-bit BN, whose running statistics BN calibration estimates; None when one BN
-        serves every bit-width (re-estimating it would change the others too)."""
-        return None if self.shared else self.active
-
     def _bn(self, index: int) -> nn.BatchNorm2d:
         return cast(nn.BatchNorm2d, self.bn[index])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.active(x)
 
     def add_bits(self, bits: BitPair) -> None:
         """Add bit-width `bits` with a BatchNorm2d of its own: gamma/beta copied from the nearest
@@ -506,18 +489,6 @@ class SwitchBatchNorm2d(BitSwitchable, nn.Module):
             bn.train(self.training)
             self.bn.append(bn)
         super().add_bits(bits)
-
-    def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
-        """Spread the keys of a plain BatchNorm2d (prefix.weight, ...; also the original's shared
-        gamma/beta under `stats_sharing`) into every per-bit BN, in place."""
-        spread_into_copies(state_dict, prefix, _BN_STATE_KEYS, "bn", len(self.bn))
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
-        """Accept a plain BatchNorm2d's state (`adapt_state_dict`)."""
-        self.adapt_state_dict(state_dict, prefix)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     def extra_repr(self) -> str:
         bits = [b[0] if b[0] == b[1] else b for b in self.bits_list]

@@ -33,7 +33,50 @@ def spread_into_copies(state_dict: dict[str, Tensor], prefix: str, keys: Iterabl
             state_dict.setdefault(f"{prefix}{copies}.{index}.{name}", value)
 
 
-class SwitchNorm(BitSwitchable, nn.Module):
+class SwitchableNorm(BitSwitchable, nn.Module):
+    """The base of the switchable norms (SwitchBatchNorm2d, SwitchNorm): per-bit copies of one norm, the active
+    one chosen by the current bit-width (or one copy for all when `shared`), and a plain norm's state dict
+    spread into every copy. Readers (calibration, export, the report, checkpoint fitting) use this interface."""
+
+    #: the ModuleList of per-bit copies, as state-dict keys name it (`prefix.<copies_name>.0.weight`)
+    copies_name: ClassVar[str]
+    shared: bool
+
+    @property
+    def copies(self) -> nn.ModuleList:
+        """The per-bit copies (one when shared)."""
+        return getattr(self, self.copies_name)
+
+    @property
+    def active(self) -> nn.Module:
+        """The norm this module runs at the current bit-width."""
+        return self.copies[0 if self.shared else self.bits_index]
+
+    @property
+    def estimated_statistics(self) -> _BatchNorm | None:
+        """The active copy when it keeps running statistics of its own bit-width: what BN calibration
+        estimates (a shared copy is left alone: it serves the other bit-widths too)."""
+        active = self.active
+        if isinstance(active, _BatchNorm) and active.track_running_stats and not self.shared:
+            return active
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.active(x)
+
+    def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
+        """Spread a plain norm's keys (prefix.weight, prefix.bias, ...) into every per-bit copy, in place."""
+        spread_into_copies(state_dict, prefix, self.copies[0].state_dict().keys(), self.copies_name,
+                           len(self.copies))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
+        """Accept a plain norm's state (`adapt_state_dict`)."""
+        self.adapt_state_dict(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+class SwitchNorm(SwitchableNorm):
     """One copy of `norm` (a LayerNorm, GroupNorm, RMSNorm or BatchNorm1d) per bit-width, chosen by the
     current bit-width, or one for all with `shared`. The copies start as `norm` (its parameters and statistics)."""
 
@@ -49,28 +92,6 @@ class SwitchNorm(BitSwitchable, nn.Module):
         self.shared = shared
         self.norms = nn.ModuleList(copy.deepcopy(norm) for _ in range(1 if shared else len(self.bits_list)))
 
-    @property
-    def active(self) -> nn.Module:
-        """The norm this module runs at the current bit-width."""
-        return self.norms[0 if self.shared else self.bits_index]
-
-    @property
-    def copies(self) -> nn.ModuleList:
-        """The per-bit copies (one when shared)."""
-        return self.norms
-
-    @property
-    def estimated_statistics(self) -> _BatchNorm | None:
-        """The active copy when it keeps running statistics (a BatchNorm1d) of its own bit-width: what BN
-        calibration estimates (a shared copy is left alone: it serves the other bit-widths too)."""
-        active = self.active
-        if isinstance(active, _BatchNorm) and active.track_running_stats and not self.shared:
-            return active
-        return None
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.active(x)
-
     def add_bits(self, bits: BitPair) -> None:
         """Add bit-width `bits` with a copy of the nearest trained bit-width's norm; running statistics (a
         BatchNorm1d's) start fresh, to be estimated on data (`calibrate_bn`). A shared norm serves it as it is."""
@@ -82,16 +103,6 @@ class SwitchNorm(BitSwitchable, nn.Module):
             new.reset_running_stats()
         self.norms.append(new)
         super().add_bits(bits)
-
-    def adapt_state_dict(self, state_dict: dict[str, Tensor], prefix: str) -> None:
-        """Spread a plain norm's keys (prefix.weight, prefix.bias, ...) into every per-bit copy, in place."""
-        spread_into_copies(state_dict, prefix, self.norms[0].state_dict().keys(), "norms", len(self.norms))
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override,no-untyped-def]
-        """Accept a plain norm's state (`adapt_state_dict`)."""
-        self.adapt_state_dict(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
 
     def extra_repr(self) -> str:
         bits = [b[0] if b[0] == b[1] else b for b in self.bits_list]

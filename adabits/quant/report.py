@@ -16,8 +16,8 @@ from torch import nn
 
 from .attention import QMultiheadAttention
 from .bitwidth import FULL_PRECISION, bits_label
-from .layers import QuantLayer, SwitchBatchNorm2d
-from .norms import SwitchNorm
+from .layers import QuantLayer
+from .norms import SwitchableNorm, SwitchNorm
 
 #: float by design: normalization layers scale and shift per channel, as SAT and AdaBits leave BN
 NORMALIZATION = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
@@ -83,7 +83,7 @@ def conversion_report(model: nn.Module, excluded: Iterable[str] = ()) -> Convers
     excluded = set(excluded)
     rows = []
     inside_float_attention = [f"{n}." for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    switchable_norms = [f"{n}." for n, m in model.named_modules() if isinstance(m, (SwitchBatchNorm2d, SwitchNorm))]
+    switchable_norms = [f"{n}." for n, m in model.named_modules() if isinstance(m, SwitchableNorm)]
     for name, module in model.named_modules():
         if any(name.startswith(prefix) for prefix in inside_float_attention + switchable_norms):
             continue  # out_proj of a float attention, the copies inside a switchable norm: part of its row
@@ -91,7 +91,7 @@ def conversion_report(model: nn.Module, excluded: Iterable[str] = ()) -> Convers
             rows.append(_quantized_row(name, module))
         elif isinstance(module, QMultiheadAttention):
             continue  # its four projections have rows of their own
-        elif isinstance(module, (SwitchBatchNorm2d, SwitchNorm)):
+        elif isinstance(module, SwitchableNorm):
             shared = module.shared
             labels = "shared" if shared else ", ".join(bits_label(b) for b in module.bits_list)
             kind = f"SwitchNorm({type(module.active).__name__})" if isinstance(module, SwitchNorm) else type(module).__name__

@@ -120,7 +120,7 @@ def test_in_chans_that_does_not_fit_the_data_is_refused_in_prepare(tmp_path, cap
 
 def test_a_cuda_device_this_machine_lacks_is_one_line(monkeypatch):
     from adabits.engine.build import resolve_device
-    from adabits.engine.errors import ConfigError
+    from adabits.errors import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -131,7 +131,7 @@ def test_a_cuda_device_this_machine_lacks_is_one_line(monkeypatch):
 
 def test_mps_without_mps_is_one_line(monkeypatch):
     from adabits.engine.build import resolve_device
-    from adabits.engine.errors import ConfigError
+    from adabits.errors import ConfigError
 
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="no MPS"):

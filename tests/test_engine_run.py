@@ -167,7 +167,7 @@ def test_pretrained_fp_and_test_only(tmp_path):
 
 def test_divergence_stops_with_a_clear_error(tmp_path):
     from adabits.engine import UserError
-    from adabits.engine.errors import TrainingDiverged
+    from adabits.errors import TrainingDiverged
 
     cfg = tiny_config(tmp_path, lr=1e30, lr_scheduler="constant", num_epochs=1)
     with pytest.raises(TrainingDiverged, match="diverged") as raised:

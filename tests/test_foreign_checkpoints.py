@@ -14,7 +14,7 @@ from adabits import QConv2d
 from adabits.cli import main
 from adabits.engine import build_config
 from adabits.engine.build import build_model, load_pretrained, load_weights_file
-from adabits.engine.errors import CheckpointError
+from adabits.errors import CheckpointError
 from _original_layouts import original_mobilenet_layout, original_resnet_cifar_layout, random_state_dict
 
 

@@ -20,7 +20,7 @@ import adabits
 from adabits import QConv2d, QLinear
 from adabits.engine import build_config
 from adabits.engine.build import load_pretrained
-from adabits.engine.errors import CheckpointError
+from adabits.errors import CheckpointError
 from adabits.models import remap_state_dict
 from _original_layouts import original_mobilenet_layout, random_state_dict
 

@@ -18,7 +18,7 @@ from adabits.cli import main
 from adabits.engine import CheckpointError, ConfigError, Trainer, load_trained
 from adabits.engine import checkpoint as ckpt_mod
 from adabits.engine.config import TrainConfig
-from adabits.engine.errors import RunFolderError
+from adabits.errors import RunFolderError
 from adabits.engine.resume_policy import FIXED, MAY_CHANGE, RESUME_RULES
 from adabits.engine.run_folder import RunLock, remove_stale_temps
 from adabits.engine.step_checkpoint import POSITION_KEY

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def configure(device: torch.device, cudnn_benchmark: bool) -> None:

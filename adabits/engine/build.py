@@ -16,7 +16,7 @@ from adabits.quant.convert import adapt_state_dict, spread_fp_state_dict
 
 from . import checkpoint, fit
 from .config import TrainConfig
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 from .report import show_bits
 
 

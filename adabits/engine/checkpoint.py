@@ -13,7 +13,7 @@ import torch
 from .. import integrity
 from ..atomic import atomic_write
 from ..quant.bitwidth import Bits, parse_bits_list
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .report import show_bits
 
 FORMAT = "adabits-checkpoint-v1"

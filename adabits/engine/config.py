@@ -27,7 +27,7 @@ from pydantic import (
 
 from ..data.recipes import DATA_LOADERS, TRANSFORMS
 from ..quant.bitwidth import Bits, format_bits, parse_bits, parse_bits_list
-from .errors import ConfigError
+from ..errors import ConfigError
 from ..joint.objective import IN_STEP_TEACHERS, Distill, JointLoss
 from .optim import OPTIMIZERS
 from .precision import Precision

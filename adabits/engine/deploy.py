@@ -27,7 +27,7 @@ from ..quant.bitwidth import FULL_PRECISION, Bits, bits_label, bits_tag, format_
 from . import checkpoint
 from .build import model_kwargs, resolve_device
 from .config import TrainConfig
-from .errors import UserError
+from ..errors import UserError
 from ..analysis.evaluation import evaluate_meters as evaluate
 from .loading import SHAPE_KEY, TrainedModel, load_trained, run_dir, shape_record
 from .report import eval_table, show_bits

@@ -21,7 +21,7 @@ from adabits.quant.bitwidth import get_bits_list
 from adabits.quant.layers import QuantLayer
 from adabits.quant.norms import SwitchableNorm
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .report import show_bits
 
 #: keys named in a message, of each kind

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MAY_CHANGE = "may change"
 FIXED = "fixed"

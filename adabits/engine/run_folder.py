@@ -17,7 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO
 
-from .errors import RunFolderError
+from ..errors import RunFolderError
 
 LOCK_NAME = ".lock"
 LATEST = "latest_checkpoint.pt"

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import checkpoint
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from ..analysis.metrics import MeterSet
 
 POSITION_KEY = "position"

@@ -21,7 +21,7 @@ from ..quant.config import QuantConfig
 from . import checkpoint
 from .build import build_model, load_fp_start
 from .config import TrainConfig
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 #: the checkpoint key of the teacher's digest
 TEACHER_KEY = "float_teacher"

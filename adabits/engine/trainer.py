@@ -32,7 +32,7 @@ from ..atomic import atomic_write
 from . import backends, checkpoint, distributed, precision, report, resume_policy, run_folder, step_checkpoint, teacher
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
-from .errors import CheckpointError, TrainingDiverged, UserError
+from ..errors import CheckpointError, TrainingDiverged, UserError
 from ..analysis.evaluation import evaluate_meters as evaluate
 from ..joint.objective import IN_STEP_TEACHERS
 from .loading import (

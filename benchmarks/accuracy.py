@@ -33,8 +33,8 @@ from adabits.data import build_loaders, fashion_mnist
 from adabits.data.idx import read_idx, write_idx
 from adabits.engine import load_config
 from adabits.engine.build import build_model
-from adabits.errors import TrainingDiverged
 from adabits.engine.trainer import Trainer
+from adabits.errors import TrainingDiverged
 
 from . import peers
 from ._jobs import JobsFailed, run_jobs

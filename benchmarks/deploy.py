@@ -37,10 +37,10 @@ import torch
 from torch import nn
 
 import adabits
-from adabits.data import BatchLoader, DataShape, build_loader
-from adabits.engine import Trainer, TrainConfig, build_config, load_trained
-from adabits.engine.build import model_kwargs
 from adabits.analysis.evaluation import evaluate_meters as evaluate
+from adabits.data import BatchLoader, DataShape, build_loader
+from adabits.engine import TrainConfig, Trainer, build_config, load_trained
+from adabits.engine.build import model_kwargs
 from adabits.export.onnx import export_onnx, optimized_op_counts
 from adabits.export.onnx_session import cpu_session, session_logits
 from adabits.export.packed import save_packed

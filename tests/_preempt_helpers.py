@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _engine_helpers import TINY
 from torch import Tensor, nn
 
 from adabits.engine import Trainer
 from adabits.models.registry import list_models, register_model
 from adabits.models.resnet_cifar import CifarResNet
-from _engine_helpers import TINY
 
 DROPOUT_MODEL = "resnet8_input_dropout_test"
 

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from _engine_helpers import tiny_args
 
 from adabits.cli import main
-from _engine_helpers import tiny_args
 
 ROOT = Path(__file__).parent.parent
 
@@ -102,7 +102,6 @@ def test_ctrl_c_stops_cleanly_and_names_the_last_checkpoint(tmp_path):
     import signal
 
     import torch
-
     from _engine_helpers import tiny_args
 
     cmd = [sys.executable, str(ROOT / "train.py"), *tiny_args(tmp_path, num_epochs=500)]

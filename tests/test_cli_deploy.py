@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _engine_helpers import tiny_args
 
 import adabits
 from adabits.cli import main
 from adabits.export import load_packed
-from _engine_helpers import tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
 

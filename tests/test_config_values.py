@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _engine_helpers import tiny_args
+from test_data import fake_fashion_mnist
 
 from adabits.cli import main
 from adabits.engine import load_config
-from _engine_helpers import tiny_args
-from test_data import fake_fashion_mnist
 
 # key=value overrides (several joined by '; ') on the tiny synthetic config -> a fragment of the one-line message
 REFUSED = [

@@ -7,8 +7,7 @@ import io
 import pytest
 import torch
 
-from adabits.data import DataError, TensorLoader, ToModelInput, build_loaders, random_crop_flip
-from adabits.data import fashion_mnist
+from adabits.data import DataError, TensorLoader, ToModelInput, build_loaders, fashion_mnist, random_crop_flip
 from adabits.data.idx import read_idx, write_idx
 from adabits.engine import TrainConfig
 

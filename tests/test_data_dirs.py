@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from adabits.data import DataError, build_loaders, fashion_mnist
-from adabits.engine import TrainConfig
 from test_data import fake_fashion_mnist
 from test_data_cifar import fake_cifar10
 from test_data_folders import fake_imagenet
+
+from adabits.data import DataError, build_loaders, fashion_mnist
+from adabits.engine import TrainConfig
 
 
 @pytest.fixture

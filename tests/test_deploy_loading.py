@@ -14,8 +14,8 @@ from adabits.cli import main, parse_args
 from adabits.data import DATASETS, DataShape, dataset_shape
 from adabits.engine import TrainConfig, build_config, load_trained
 from adabits.engine import trainer as trainer_module
-from adabits.errors import CheckpointError, ConfigError, DistributedError
 from adabits.engine.loading import SHAPE_KEY, model_shape
+from adabits.errors import CheckpointError, ConfigError, DistributedError
 from adabits.export import load_packed
 
 PAIRS = [[4, 8], [8, 8]]

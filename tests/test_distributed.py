@@ -11,10 +11,6 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-
-from adabits import cli
-from adabits.data import TensorLoader, ToModelInput
-from adabits.engine import ConfigError, Trainer, build_config
 from _dist_helpers import (
     FROZEN_BN_MODEL,
     CollectiveCounter,
@@ -24,6 +20,10 @@ from _dist_helpers import (
     torchrun_env,
 )
 from _engine_helpers import TINY, tiny_args, tiny_config
+
+from adabits import cli
+from adabits.data import TensorLoader, ToModelInput
+from adabits.engine import ConfigError, Trainer, build_config
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with Gloo is not available")

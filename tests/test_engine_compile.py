@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _engine_helpers import tiny_config
 
 import adabits
 from adabits.engine import Trainer
-from _engine_helpers import tiny_config
 
 
 @pytest.mark.slow

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _engine_helpers import tiny_config
 
 import adabits
 from adabits.engine import ConfigError, Trainer
 from adabits.engine.config import PLAIN_START
 from adabits.quant.float_twin import float_twin
-from _engine_helpers import tiny_config
 
 
 def quiet(_msg: str) -> None:

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 import yaml
+from _engine_helpers import tiny_config
 
 import adabits
 from adabits.engine import CheckpointError, Interrupted, Trainer
 from adabits.engine import checkpoint as ckpt_mod
 from adabits.engine.trainer import Trainer as TrainerClass
-from _engine_helpers import tiny_config
 
 
 def quiet(_msg: str) -> None:

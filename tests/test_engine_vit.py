@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _engine_helpers import tiny_config
 
 import adabits
 from adabits.engine import Trainer
@@ -15,7 +16,6 @@ from adabits.engine.deploy import export
 from adabits.engine.loading import load_trained
 from adabits.errors import ExportError
 from adabits.runtime import load
-from _engine_helpers import tiny_config
 
 VIT = {"model": "vit_tiny", "depth": None, "optimizer": "adamw", "lr": 0.003,
        "model_options": {"image_size": 8, "patch_size": 4, "dim": 16, "depth": 1, "heads": 2, "mlp_dim": 32}}

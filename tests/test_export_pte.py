@@ -8,12 +8,12 @@ import textwrap
 
 import pytest
 import torch
+from _integer_helpers import SHAPE, small_resnet
 
 from adabits.errors import ExportError
 from adabits.export.integer_graph import integer_graph
 from adabits.export.pte import export_pte, integer_program, method_name
 from adabits.export.pte_delegation import delegated_op_counts
-from _integer_helpers import SHAPE, small_resnet
 
 pytest.importorskip("executorch")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _original_layouts import original_mobilenet_layout, original_resnet_cifar_layout, random_state_dict
 from torch import nn
 
 import adabits
@@ -15,7 +16,6 @@ from adabits.cli import main
 from adabits.engine import build_config
 from adabits.engine.build import build_model, load_pretrained, load_weights_file
 from adabits.errors import CheckpointError
-from _original_layouts import original_mobilenet_layout, original_resnet_cifar_layout, random_state_dict
 
 
 def save_original(sd: dict[str, torch.Tensor], path: Path) -> Path:

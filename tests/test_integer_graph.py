@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _integer_helpers import SHAPE, small_resnet
 
 import adabits
 from adabits.errors import ExportError
-from adabits.quant.grid import Grid
 from adabits.export.integer_graph import QUANTIZE, integer_graph
+from adabits.quant.grid import Grid
 from adabits.quant.layers import QuantLayer
-from _integer_helpers import SHAPE, small_resnet
+
 
 def small_model(**options):
     return small_resnet(**options)

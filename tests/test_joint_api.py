@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from _dist_helpers import CollectiveCounter, run_processes
 from torch import nn
 
 import adabits
-from _dist_helpers import CollectiveCounter, run_processes
 
 
 def _model(bits=(8, 6, 4)) -> nn.Module:

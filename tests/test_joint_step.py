@@ -9,19 +9,18 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from _dist_helpers import FROZEN_BN_MODEL, run_processes
+from _engine_helpers import TINY, tiny_config
+from _preempt_helpers import StopAfter, assert_same_weights, no_plots, quiet, weights
 from torch import Tensor, nn
 
 import adabits
 from adabits import cli
 from adabits.engine import CheckpointError, ConfigError, Interrupted, Trainer, build_config
 from adabits.engine.build import build_model
-from adabits.joint import JointObjective, distillation_loss
-from adabits.joint import StepBits, highest_first
-from adabits.joint import step as joint_step_module
 from adabits.engine.teacher import TEACHER_KEY
-from _dist_helpers import FROZEN_BN_MODEL, run_processes
-from _engine_helpers import TINY, tiny_config
-from _preempt_helpers import StopAfter, assert_same_weights, no_plots, quiet, weights
+from adabits.joint import JointObjective, StepBits, distillation_loss, highest_first
+from adabits.joint import step as joint_step_module
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _original_layouts import original_mobilenet_layout, random_state_dict
 from torch import nn
 
 import adabits
@@ -22,7 +23,6 @@ from adabits.engine import build_config
 from adabits.engine.build import load_pretrained
 from adabits.errors import CheckpointError
 from adabits.models import remap_state_dict
-from _original_layouts import original_mobilenet_layout, random_state_dict
 
 IMAGENET_MODELS = ("mobilenet_v1", "mobilenet_v2", "resnet18", "resnet34", "resnet50")
 #: parameter counts of the standard float architectures at 1000 classes (torchvision's for the

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from test_export_packed import build
 
 from adabits import integrity
 from adabits.errors import PackedFormatError
 from adabits.export import load_packed, save_packed
-from test_export_packed import build
 
 Meta = dict[str, str]
 Tensors = dict[str, torch.Tensor]

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import adabits
+from adabits.errors import QuantOptionError
 from adabits.export import load_packed, save_packed
 from adabits.export.int8_layer import fold_layer
 from adabits.quant import SCHEMES, QuantLayer, SwitchBatchNorm2d, get_scheme
 from adabits.quant.functional import codes_to_weight, quantize_unit, quantize_weight
-from adabits.errors import QuantOptionError
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = torch.cat([torch.rand(20_000, generator=torch.Generator().manual_seed(0)),

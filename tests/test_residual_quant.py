@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _integer_helpers import SHAPE, small_resnet
 
 import adabits
 from adabits.export.integer_graph import integer_graph
 from adabits.quant.convert import load_fp_state_dict
-from adabits.quant.residual import Int8Observer, fake_quantize
 from adabits.quant.grid import Grid
-from _integer_helpers import SHAPE, small_resnet
-
+from adabits.quant.residual import Int8Observer, fake_quantize
 
 
 def test_off_the_models_hold_no_observer_state() -> None:

@@ -13,11 +13,6 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-
-from adabits import cli
-from adabits.data import TensorLoader, ToModelInput
-from adabits.engine import CheckpointError, ConfigError, Interrupted, Trainer, build_config
-from adabits.engine import step_checkpoint
 from _dist_helpers import kill_second_worker_when, run_processes
 from _engine_helpers import tiny_args
 from _preempt_helpers import (
@@ -30,6 +25,10 @@ from _preempt_helpers import (
     quiet,
     weights,
 )
+
+from adabits import cli
+from adabits.data import TensorLoader, ToModelInput
+from adabits.engine import CheckpointError, ConfigError, Interrupted, Trainer, build_config, step_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

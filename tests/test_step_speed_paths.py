@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _engine_helpers import tiny_config
+from _preempt_helpers import StopAfter, assert_same_weights, no_plots, quiet, weights
 
 import adabits
 from adabits.analysis.host_reads import HostReads
@@ -13,8 +15,6 @@ from adabits.engine.trainer import GRAD_SCALER_KEY
 from adabits.quant.functional import quantize_activation
 from adabits.quant.grid import Grid
 from adabits.quant.residual import Int8Observer, covering_on_device
-from _engine_helpers import tiny_config
-from _preempt_helpers import StopAfter, assert_same_weights, no_plots, quiet, weights
 
 
 @pytest.fixture(autouse=True)

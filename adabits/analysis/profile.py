@@ -25,7 +25,6 @@ from ..quant.bitwidth import FULL_PRECISION, bits_label, get_bits_list, use_bits
 from ..quant.layers import QuantLayer
 
 
-
 @dataclass
 class LayerCost:
     name: str

@@ -11,9 +11,9 @@ import shutil
 import urllib.request
 from pathlib import Path
 
+from ..atomic import atomic_write
 from .base import DataError, DataOptions, DataShape, ImageSplits, named_folder, register_dataset
 from .idx import read_idx
-from ..atomic import atomic_write
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DOWNLOAD_DIR = Path("data/fashion_mnist")

@@ -8,9 +8,9 @@ rather than a million Python strings, so forked loader workers do not copy them 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 import torch
 

@@ -14,9 +14,9 @@ from adabits.quant.bitwidth import Bits
 from adabits.quant.bn_calibration import add_bits
 from adabits.quant.convert import adapt_state_dict, spread_fp_state_dict
 
+from ..errors import CheckpointError, ConfigError
 from . import checkpoint, fit
 from .config import TrainConfig
-from ..errors import CheckpointError, ConfigError
 from .report import show_bits
 
 

@@ -12,8 +12,8 @@ import torch
 
 from .. import integrity
 from ..atomic import atomic_write
-from ..quant.bitwidth import Bits, parse_bits_list
 from ..errors import CheckpointError
+from ..quant.bitwidth import Bits, parse_bits_list
 from .report import show_bits
 
 FORMAT = "adabits-checkpoint-v1"

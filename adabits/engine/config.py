@@ -26,9 +26,9 @@ from pydantic import (
 )
 
 from ..data.recipes import DATA_LOADERS, TRANSFORMS
-from ..quant.bitwidth import Bits, format_bits, parse_bits, parse_bits_list
 from ..errors import ConfigError
 from ..joint.objective import IN_STEP_TEACHERS, Distill, JointLoss
+from ..quant.bitwidth import Bits, format_bits, parse_bits, parse_bits_list
 from .optim import OPTIMIZERS
 from .precision import Precision
 from .schedules import SCHEDULES

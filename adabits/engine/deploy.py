@@ -20,15 +20,14 @@ from torch import nn
 
 import adabits
 
+from ..analysis.evaluation import evaluate_meters as evaluate
 from ..analysis.profile import layer_table, profile_model, profile_table
 from ..data import BatchLoader, build_loader, build_loaders
-from ..errors import BitWidthError, ExportError
+from ..errors import BitWidthError, ExportError, UserError
 from ..quant.bitwidth import FULL_PRECISION, Bits, bits_label, bits_tag, format_bits, parse_bits
 from . import checkpoint
 from .build import model_kwargs, resolve_device
 from .config import TrainConfig
-from ..errors import UserError
-from ..analysis.evaluation import evaluate_meters as evaluate
 from .loading import SHAPE_KEY, TrainedModel, load_trained, run_dir, shape_record
 from .report import eval_table, show_bits
 

@@ -21,11 +21,11 @@ from torch import nn
 import adabits
 
 from ..data import DataShape, dataset_shape
+from ..errors import CheckpointError
 from ..quant.bitwidth import Bits
 from . import checkpoint, run_folder
 from .build import build_model, load_fp_start, load_weights_file, pretrained_path
 from .config import TrainConfig
-from ..errors import CheckpointError
 
 #: where the weights come from: pretrained_file, the run's own checkpoint, the fp start, or none at all
 WeightsKind = Literal["pretrained", "run", "start", "none"]

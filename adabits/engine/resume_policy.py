@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
 from ..errors import ConfigError
+from .config import TrainConfig
 
 MAY_CHANGE = "may change"
 FIXED = "fixed"

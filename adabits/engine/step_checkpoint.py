@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import checkpoint
-from ..errors import CheckpointError
 from ..analysis.metrics import MeterSet
+from ..errors import CheckpointError
+from . import checkpoint
 
 POSITION_KEY = "position"
 

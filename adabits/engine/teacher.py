@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from .. import integrity
+from ..errors import CheckpointError
 from ..quant.bitwidth import FULL_PRECISION
 from ..quant.config import QuantConfig
 from . import checkpoint
 from .build import build_model, load_fp_start
 from .config import TrainConfig
-from ..errors import CheckpointError
 
 #: the checkpoint key of the teacher's digest
 TEACHER_KEY = "float_teacher"

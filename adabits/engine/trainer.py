@@ -25,16 +25,20 @@ from tqdm import tqdm
 
 import adabits
 
+from ..analysis.evaluation import evaluate_meters as evaluate
+from ..analysis.metrics import MeterSet
+from ..atomic import atomic_write
 from ..data import DataShape, Loaders, build_loaders
+from ..errors import CheckpointError, TrainingDiverged, UserError
+from ..joint.gradients import GradientAllReduce
+from ..joint.objective import IN_STEP_TEACHERS
+from ..joint.sampling import StepBits
+from ..joint.step import joint_step
 from ..quant.bitwidth import Bits, bits_label
 from ..quant.clipping import init_clipping_levels
-from ..atomic import atomic_write
 from . import backends, checkpoint, distributed, precision, report, resume_policy, run_folder, step_checkpoint, teacher
 from .build import build_model, load_pretrained, resolve_device
 from .config import TrainConfig
-from ..errors import CheckpointError, TrainingDiverged, UserError
-from ..analysis.evaluation import evaluate_meters as evaluate
-from ..joint.objective import IN_STEP_TEACHERS
 from .loading import (
     SHAPE_KEY,
     apply_weights,
@@ -43,11 +47,7 @@ from .loading import (
     shape_record,
     weights_source,
 )
-from ..analysis.metrics import MeterSet
 from .optim import build_optimizer, build_scheduler
-from ..joint.sampling import StepBits
-from ..joint.gradients import GradientAllReduce
-from ..joint.step import joint_step
 from .write_errors import reported
 
 Printer = Callable[[str], None]

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.ao.quantization.fx._decomposed  # noqa: E402,F401  (registers the quantized_decomposed ops)
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,9 +46,9 @@ from torch import Tensor, nn
 from ..errors import ExportError
 from ..models.common import as_float_input
 from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, set_bits
+from ..quant.grid import INT8_MAX, INT8_MIN, Grid
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
 from ..quant.residual import Int8Observer
-from ..quant.grid import INT8_MAX, INT8_MIN, Grid
 from .int8_layer import (
     PAIR_PRODUCT_LIMIT,
     FoldedLayer,
@@ -57,8 +58,6 @@ from .int8_layer import (
     weight_multipliers,
 )
 from .trace import trace_quantized
-
-import torch.ao.quantization.fx._decomposed  # noqa: E402,F401  (registers the quantized_decomposed ops)
 
 QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
 DEQUANTIZE = torch.ops.quantized_decomposed.dequantize_per_tensor.default

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..quant.bitwidth import Bits
-from ..quant.bitwidth import parse_bits
+from ..quant.bitwidth import Bits, parse_bits
 
 #: the draw's own stream: the seed and the step mixed with a salt, so that it never starts where the data
 #: loaders' shuffles (seeded from random_seed and the epoch) start

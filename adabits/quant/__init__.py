@@ -4,15 +4,15 @@ Imports only torch (and adabits.errors, which imports nothing): it knows nothing
 or config files. `QuantLayer` and `SwitchBatchNorm2d` are the contract everything else reads.
 """
 
+from .attention import QMultiheadAttention
 from .bitwidth import get_bits, get_bits_list, set_bits, use_bits
 from .bn_calibration import add_bits, calibrate_bn, recalibrate_bn
 from .calibration import CalibrationReport, calibrate
 from .config import QuantConfig
 from .convert import load_fp_state_dict, quantize_model
-from .attention import QMultiheadAttention
+from .layers import QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d, compile_quantizers
 from .norms import SwitchNorm
 from .report import ConversionReport, conversion_report
-from .layers import QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d, compile_quantizers
 from .schemes import SCHEMES, QuantScheme, get_scheme
 
 __all__ = [

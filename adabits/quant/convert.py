@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from ..errors import QuantOptionError
-from .bitwidth import max_bits, parse_bits_list
-from .config import QuantConfig
 from .attention import QMultiheadAttention
+from .bitwidth import max_bits, parse_bits_list
+from .calibration import calibrate, calibration_inputs
+from .config import QuantConfig
 from .layers import AUTO_SIDE, ClippingSide, QConv2d, QLinear, QuantLayer, SwitchBatchNorm2d
 from .norms import SWITCHABLE_NORMS, SwitchableNorm, SwitchNorm, has_state
-from .calibration import calibrate, calibration_inputs
 from .report import conversion_report
 from .residual import Int8Observer
 

@@ -12,11 +12,11 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
-from ..quant.bitwidth import use_bits
+from ..quant.bitwidth import Bits, use_bits
 
 
 @torch.no_grad()
-def top1(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], bits: object | None = None) -> float:
+def top1(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], bits: Bits | None = None) -> float:
     """Top-1 accuracy in percent over every batch, the model in eval mode (its mode is restored after).
 
     `bits` runs a switchable model at that bit-width for the loop (see `adabits.use_bits`); None
@@ -37,8 +37,8 @@ def top1(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], bits: objec
     return 100.0 * correct / total
 
 
-def top1_per_bits(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], bits_list: Iterable[object],
-                  digits: int | None = 2) -> dict[object, float]:
+def top1_per_bits(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], bits_list: Iterable[Bits],
+                  digits: int | None = 2) -> dict[Bits, float]:
     """`top1` at each bit-width of `bits_list` (rounded to `digits`; None keeps every digit).
 
     `batches` is iterated once per bit-width, so it must be re-iterable (a loader or a list)."""

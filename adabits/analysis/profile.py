@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from ..quant.bitwidth import FULL_PRECISION, bits_label, get_bits_list, use_bits
+from ..quant.bitwidth import FULL_PRECISION, Bits, bits_label, get_bits_list, use_bits
 from ..quant.layers import QuantLayer
 
 
@@ -61,12 +62,12 @@ class BitsProfile:
 
 def _weight_cost(name: str, module: nn.Module, macs: int) -> LayerCost:
     """Cost of one conv or linear layer at the bits it currently runs at."""
-    quantized = isinstance(module, QuantLayer)
-    weight_bits = min(module.weight_bits, FULL_PRECISION) if quantized else FULL_PRECISION
-    act_bits = min(module.act_bits, FULL_PRECISION) if quantized else FULL_PRECISION
-    weights = module.weight.numel()
-    extras = module.bias.numel() if module.bias is not None else 0
-    if quantized and module.clips_input:
+    weight_bits = min(module.weight_bits, FULL_PRECISION) if isinstance(module, QuantLayer) else FULL_PRECISION
+    act_bits = min(module.act_bits, FULL_PRECISION) if isinstance(module, QuantLayer) else FULL_PRECISION
+    weights = cast(Tensor, module.weight).numel()
+    bias = module.bias
+    extras = bias.numel() if isinstance(bias, Tensor) else 0
+    if isinstance(module, QuantLayer) and module.clips_input:
         extras += 1  # the one clipping level this bit-width uses
     kind = "linear" if isinstance(module, nn.Linear) else "conv"
     return LayerCost(name, kind, macs, weights + extras, weight_bits, act_bits,
@@ -89,7 +90,7 @@ def _layer_cost(name: str, module: nn.Module, output: Tensor) -> LayerCost | Non
 
 
 @torch.no_grad()
-def profile_model(model: nn.Module, input_size: tuple[int, ...], bits: Iterable[object] | None = None,
+def profile_model(model: nn.Module, input_size: tuple[int, ...], bits: Iterable[Bits] | None = None,
                   device: torch.device | str | None = None) -> list[BitsProfile]:
     """Profile `model` at every bit-width of `bits` (default: its bits_list) on one input of
     `input_size` (C, H, W), batch 1. The model's mode and bit-width are restored afterwards."""

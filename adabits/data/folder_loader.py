@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from PIL import Image
@@ -96,7 +96,7 @@ class FolderLoader:
     DistributedSampler fits, and `set_epoch` is passed on to it.
     """
 
-    def __init__(self, dataset: FolderDataset, batch_size: int, to_input: ToModelInput, device: torch.device, *,
+    def __init__(self, dataset: FolderDataset, batch_size: int, to_input: ToModelInput, device: torch.device | str, *,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False, workers: int = 0,
                  sampler: IndexSampler | None = None, world_size: int = 1) -> None:
         if sampler is None:
@@ -131,7 +131,7 @@ class FolderLoader:
 
     @property
     def dataset(self) -> FolderDataset:
-        return self._loader.dataset
+        return cast(FolderDataset, self._loader.dataset)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)

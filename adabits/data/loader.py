@@ -113,14 +113,16 @@ class TensorLoader:
                                    self.images.device)
                 continue
             if augment and own_gen is None:  # draw for the whole global batch, keep this process's part
+                assert order is not None  # augmenting implies shuffling
                 idx = order[start_sample:start_sample + count]
                 images = random_crop_flip(self.images[idx], self.crop_padding, self.random_flip, gen)[part]
                 labels = self.labels[idx[part]]
             else:
                 sl = slice(start_sample + part.start, start_sample + part.stop)
-                idx = order[sl] if order is not None else sl
-                images, labels = self.images[idx], self.labels[idx]
+                rows = order[sl] if order is not None else sl
+                images, labels = self.images[rows], self.labels[rows]
                 if augment:
+                    assert own_gen is not None  # the branch above took augmenting without one
                     images = random_crop_flip(images, self.crop_padding, self.random_flip, own_gen)
             if labels.shape[0]:  # a global batch smaller than the world leaves some processes nothing
                 yield self.to_input(images), labels

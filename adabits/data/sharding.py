@@ -8,8 +8,9 @@ differ by at most one instead.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
+from typing import cast
 
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 
 class EvalShardSampler(Sampler[int]):
@@ -30,5 +31,5 @@ class EvalShardSampler(Sampler[int]):
 
 def train_sampler(dataset: Sized, rank: int, world_size: int, seed: int, drop_last: bool = False) -> DistributedSampler:
     """This process's shuffled part of every epoch; call `set_epoch(epoch)` before each epoch."""
-    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+    return DistributedSampler(cast(Dataset, dataset), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                               drop_last=drop_last)

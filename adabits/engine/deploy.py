@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from ..analysis.evaluation import evaluate_meters as evaluate
 from ..analysis.profile import layer_table, profile_model, profile_table
 from ..data import BatchLoader, build_loader, build_loaders
 from ..errors import BitWidthError, ExportError, UserError
+from ..export.model_export import Graph
 from ..quant.bitwidth import FULL_PRECISION, Bits, bits_label, bits_tag, format_bits, parse_bits
 from . import checkpoint
 from .build import model_kwargs, resolve_device
@@ -230,7 +231,7 @@ def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bit
     try:
         done = export_model(trained.model, Path(out) if out else default, format=fmt,  # type: ignore[arg-type]
                       input_shape=(shape.in_chans, shape.image_size, shape.image_size), bits=bits,
-                      calibration=images, graph=graph or "auto", uint8_input=not cfg.normalize)
+                      calibration=images, graph=cast(Graph, graph or "auto"), uint8_input=not cfg.normalize)
     except ImportError:
         need = ("--format pte needs ExecuTorch: pip install 'adabits[pte]' && pip install --no-deps "
                 "executorch==1.5.1 torchao==0.18.0") if fmt == "pte" else (

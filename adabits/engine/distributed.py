@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ContextManager
@@ -57,18 +58,18 @@ class DistEnv:
         return self.rank == 0
 
 
-def launched_by_torchrun(environ: dict[str, str] | None = None) -> bool:
+def launched_by_torchrun(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return all(key in env for key in TORCHRUN_VARS)
 
 
-def env_rank(environ: dict[str, str] | None = None) -> int:
+def env_rank(environ: Mapping[str, str] | None = None) -> int:
     """This process's rank from the torchrun environment (0 outside torchrun); for printing only."""
     env = os.environ if environ is None else environ
     return int(env.get("RANK", "0")) if launched_by_torchrun(env) else 0
 
 
-def detect(distributed: bool, environ: dict[str, str] | None = None) -> DistEnv:
+def detect(distributed: bool, environ: Mapping[str, str] | None = None) -> DistEnv:
     """DistEnv from the torchrun environment; `distributed: true` without it is an error that says how to launch."""
     env = os.environ if environ is None else environ
     if not launched_by_torchrun(env):
@@ -124,7 +125,7 @@ def resolve_backend(requested: str, device: torch.device) -> str:
     return backend
 
 
-def _attempt_store(environ: dict[str, str] | None = None) -> dist.Store | None:
+def _attempt_store(environ: Mapping[str, str] | None = None) -> dist.Store | None:
     """A store for this restart attempt only, where torchrun's agent shares one store across restarts.
 
     With `--max-restarts`, torchrun's c10d rendezvous keeps its TCPStore alive from one attempt to the
@@ -142,7 +143,7 @@ def _attempt_store(environ: dict[str, str] | None = None) -> dist.Store | None:
     return dist.PrefixStore(f"adabits/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def restart_note(environ: dict[str, str] | None = None) -> str | None:
+def restart_note(environ: Mapping[str, str] | None = None) -> str | None:
     """What to do so that `--max-restarts` works across nodes (None where nothing is needed)."""
     env = os.environ if environ is None else environ
     shared = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
@@ -160,8 +161,10 @@ def init_process_group(env: DistEnv, backend: str) -> None:
     if dist.is_initialized():
         return
     store = _attempt_store()
-    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
-                            **({"store": store} if store is not None else {}))
+    if store is None:
+        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+    else:
+        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, store=store)
 
 
 def destroy_process_group() -> None:
@@ -208,8 +211,9 @@ def wrap(model: nn.Module, device: torch.device) -> nn.parallel.DistributedDataP
     device_ids = [device.index] if device.type == "cuda" else None
     ddp = nn.parallel.DistributedDataParallel
     # buffers are synced at construction, not in every forward (the keyword was renamed in torch 2.13)
-    no_forward_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
-                              else {"broadcast_buffers": False})
+    no_forward_buffer_sync: dict[str, Any] = (
+        {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+        else {"broadcast_buffers": False})
     return ddp(model, device_ids=device_ids, **no_forward_buffer_sync)
 
 

@@ -1,7 +1,7 @@
 """Optimizers (a registry) with the original AdaBits code's weight-decay rule (docs/models.md), and the LR scheduler."""
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ def decay_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
     Depthwise means groups == in_channels > 1 (a module property: a first conv on grey images also
     has one input channel per filter, yet is a normal conv). BN, biases and PACT alphas are not decayed.
     """
-    decayed: dict[int, nn.Parameter] = {}
+    decayed: dict[int, torch.Tensor] = {}
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             depthwise = module.groups > 1 and module.groups == module.in_channels
@@ -24,7 +24,7 @@ def decay_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
         elif isinstance(module, nn.Linear):
             decayed[id(module.weight)] = module.weight
     rest = [p for p in model.parameters() if id(p) not in decayed]
-    return list(decayed.values()), rest
+    return [cast(nn.Parameter, p) for p in decayed.values()], rest
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

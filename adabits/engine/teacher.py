@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,14 +42,15 @@ def build_float_teacher(cfg: TrainConfig, num_classes: int, in_chans: int, devic
         raise ValueError("a float teacher needs fp_pretrained_file")
     path = Path(cfg.fp_pretrained_file)
     ckpt = checkpoint.read(path)
-    recorded = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    config = ckpt.get("config")
+    recorded: dict[str, Any] = config if isinstance(config, dict) else {}
     own = {key: recorded[key] for key in _MODEL_KEYS if key in recorded}
     float_cfg = cfg.model_copy(update={**own, "bits_list": [FULL_PRECISION], "quantize_residual": False})
     model = build_model(float_cfg, num_classes, in_chans)
     load_fp_start(model, path, ckpt)
     model.to(device).eval().requires_grad_(False)
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # nn.Module.to takes it
     digest = integrity.text_digest(integrity.digests(checkpoint.state_dict_of(ckpt)))
     return FloatTeacher(model, digest)
 

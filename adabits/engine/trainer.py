@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 import torch
 from torch import nn
@@ -120,7 +120,7 @@ class Trainer:
         self.model = build_model(cfg, self.shape.num_classes, self.shape.in_chans)
         self.model.to(self.device)
         if cfg.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # nn.Module.to takes it
         if cfg.compile_quantizers:
             adabits.compile_quantizers(self.model)
         self.grad_scaler = precision.grad_scaler(cfg.precision, self.device)
@@ -198,7 +198,7 @@ class Trainer:
         if self.dist.enabled:
             wrapped = distributed.wrap(self.model, self.device)
             self.grad_sync = GradientAllReduce(self.model.parameters())
-        self.forward: nn.Module = torch.compile(wrapped) if self.cfg.compile else wrapped
+        self.forward: nn.Module = cast(nn.Module, torch.compile(wrapped)) if self.cfg.compile else wrapped
 
     def _agreed_resume_path(self) -> Path | None:
         """The checkpoint to resume from, decided by rank 0 and the same on every rank (or its error, on every rank)."""

@@ -49,7 +49,8 @@ def _is_ddp(model: nn.Module) -> bool:
 
 
 def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
-    return getattr(model, "_orig_mod", model).no_sync() if _is_ddp(model) else contextlib.nullcontext()
+    inner = getattr(model, "_orig_mod", model)
+    return inner.no_sync() if isinstance(inner, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
 
 
 def joint_step(

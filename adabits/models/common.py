@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -120,5 +120,6 @@ class FeaturesPoolClassifier(nn.Module):
     classifier: nn.Sequential
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.features(as_float_input(x, self.features[0][0].weight))
+        stem = cast(nn.Sequential, self.features[0])
+        x = self.features(as_float_input(x, cast(Tensor, stem[0].weight)))
         return self.classifier(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))

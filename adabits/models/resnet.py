@@ -81,6 +81,11 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """7x7/2 stem, 3x3/2 max pool, four stages of widths 64-512 (the first stride 1, then 2), pool, fc."""
 
+    layer1: nn.Sequential  # the stages, set by name in __init__ (torchvision's names)
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(
         self,
         block: type[BasicBlock] | type[Bottleneck],

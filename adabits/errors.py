@@ -47,6 +47,14 @@ class QuantOptionError(UserError, ValueError):
     """A quantization option (scheme, rescale type) that is not one of its allowed values."""
 
 
+class ExportedFileError(UserError, ValueError):
+    """An exported model (a `.pte`, an ONNX folder or its manifest) that is missing, corrupt or not one adabits wrote."""
+
+
+class ModelInputError(UserError, ValueError):
+    """Inputs an exported model cannot run: another rank, shape or type, non-finite values, values it does not take."""
+
+
 class CalibrationError(UserError, ValueError):
     """Calibration asked for no batches, or was given none or malformed ones."""
 

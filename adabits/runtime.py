@@ -11,12 +11,16 @@ A `.pte` holds one method per bit-width (`adabits.export.pte`); an ONNX folder h
 bit-width and an `adabits_onnx.json` naming them (`adabits export --format onnx`). Every
 bit-width is loaded when the model is, so `run(bits=...)` only picks a loaded method or session.
 This module imports torch and the runtime it needs (executorch or onnxruntime), not the training
-code.
+code. A file that is not a whole adabits export is refused with `ExportedFileError` before a runtime
+parses it (a runtime handed random bytes may abort the process), and inputs a model cannot run (another
+shape, NaN, fractional or out-of-range pixels for a model of raw 0..255 pixels) with `ModelInputError`;
+a batch larger than a `.pte` planned memory for runs in chunks.
 """
 from __future__ import annotations
 
 import json
 import statistics
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,33 +29,73 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import ExportedFileError, ModelInputError
+
 ONNX_MANIFEST = "adabits_onnx.json"
+#: the batch a `.pte` plans its memory for when the file does not record its own (`max_batch` method)
+PTE_MAX_BATCH = 64
+#: a `.pte` starts with a flatbuffer offset, the identifier, and ExecuTorch's extended header: its magic, its
+#: length, the program's size, where the segments start and their size (little-endian)
+_PTE_HEADER = struct.Struct("<I4s4sIQQQ")
 
 
 class SwitchableModel:
     """One exported model, every bit-width loaded: `run(images, bits)` switches by choosing one."""
 
     def __init__(self, runners: dict[str, Callable[[Any], np.ndarray]], input_shape: tuple[int, ...],
-                 uint8_input: bool, source: Path) -> None:
+                 uint8_input: bool, source: Path, max_batch: int | None = None) -> None:
         self._runners = runners
         self._keys = {_key(bits): bits for bits in runners}
         self.input_shape = input_shape
         self.uint8_input = uint8_input
         self.source = source
+        self.max_batch = max_batch  # images per call the runtime planned for (None: any); run() splits larger ones
 
     @property
     def bits_list(self) -> list[str]:
         return list(self._runners)
 
     def run(self, images: torch.Tensor | np.ndarray, bits: object) -> np.ndarray:
-        """Logits (N x classes) of `images` at `bits` (8, '8', or '[4, 8]' as the model lists it)."""
+        """Logits (N x classes) of `images` at `bits` (8, '8', or '[4, 8]' as the model lists it).
+
+        `images` is N x C x H x W, of any real dtype: raw 0..255 pixels (whole numbers) for a model exported with
+        `uint8_input`, else the normalised floats it was trained on. ModelInputError names what does not fit."""
         listed = self._keys.get(_key(bits))
         if listed is None:
-            raise ValueError(f"bits={bits!r} is not a bit-width of {self.source}; it has {', '.join(self.bits_list)}")
-        shape = tuple(images.shape[1:])
-        if shape != self.input_shape:
-            raise ValueError(f"images of shape {shape} per sample; {self.source} takes {self.input_shape}")
-        return self._runners[listed](images)
+            raise ModelInputError(f"bits={bits!r} is not a bit-width of {self.source}; it has "
+                                  f"{', '.join(self.bits_list)}")
+        array = self._checked(images)
+        run = self._runners[listed]
+        if self.max_batch is None or len(array) <= self.max_batch:
+            return run(array)
+        return np.concatenate([run(array[i:i + self.max_batch]) for i in range(0, len(array), self.max_batch)])
+
+    def _checked(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """`images` as a float32 array, or ModelInputError naming the first thing the model cannot take."""
+        if isinstance(images, torch.Tensor):
+            images = images.detach().cpu().numpy()
+        try:
+            array = np.asarray(images)
+        except (TypeError, ValueError) as exc:
+            raise ModelInputError(f"images must be an array or tensor of N x {' x '.join(map(str, self.input_shape))} "
+                                  f"numbers; got {type(images).__name__} ({exc})") from None
+        if array.dtype.kind not in "uif":
+            raise ModelInputError(f"images must hold real numbers; got dtype {array.dtype}")
+        if array.ndim != 1 + len(self.input_shape) or tuple(array.shape[1:]) != self.input_shape:
+            raise ModelInputError(f"images of shape {tuple(array.shape)}; {self.source} takes N x "
+                                  f"{' x '.join(map(str, self.input_shape))}")
+        if array.shape[0] == 0:
+            raise ModelInputError("images hold no image (N = 0)")
+        array = array.astype(np.float32, copy=False)
+        if not np.isfinite(array).all():
+            raise ModelInputError(f"images hold {int((~np.isfinite(array)).sum())} values that are NaN or infinite")
+        if self.uint8_input:
+            low, high = float(array.min()), float(array.max())
+            if low < 0 or high > 255 or not np.array_equal(array, np.round(array)):
+                raise ModelInputError(f"{self.source} takes raw pixels, whole numbers from 0 to 255; got values from "
+                                      f"{low:g} to {high:g}" + ("" if np.array_equal(array, np.round(array)) else
+                                                                " with fractions (images scaled to [0, 1]?)"))
+        return array
 
     def measure_latency(self, batch: int = 1, repeats: int = 20) -> dict[str, float]:
         """Median milliseconds of one call per bit-width, on random images, rounds interleaved."""
@@ -79,18 +123,42 @@ def pick_bits(latency_ms: dict[str, float], budget_ms: float) -> str | None:
     return max(fitting, key=lambda b: [int(v) for v in b.strip("[]").split(",")]) if fitting else None
 
 
+def check_pte_header(path: Path) -> None:
+    """ExportedFileError unless `path` starts with ExecuTorch's identifier and extended header and is as long
+    as that header says: what keeps random or truncated bytes away from the runtime's parser."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(_PTE_HEADER.size)
+    if len(head) < _PTE_HEADER.size:
+        raise ExportedFileError(f"{path} is not an ExecuTorch program: {size} bytes, shorter than its header")
+    _, identifier, magic, length, program, segments, segment_size = _PTE_HEADER.unpack(head)
+    if identifier != b"ET12" or magic != b"eh00" or length < _PTE_HEADER.size - 8:
+        raise ExportedFileError(f"{path} is not an ExecuTorch program (no ET12 / eh00 header)")
+    expected = segments + segment_size if segment_size else program
+    if program > size or expected != size:
+        raise ExportedFileError(f"{path} is cut or padded: {size} bytes, its header says {expected}")
+
+
 def _pte(path: Path) -> SwitchableModel:
     from executorch.runtime import Runtime
 
-    program = Runtime.get().load_program(path)
-    missing = {"bits_list", "method_names", "input_shape", "uint8_input"} - set(program.method_names)
-    if missing:
-        raise ValueError(f"{path} is not an adabits .pte: it lacks the methods {', '.join(sorted(missing))}")
-    bits_list = [str(b) for b in program.load_method("bits_list").execute([])]
-    shape = tuple(int(v) for v in program.load_method("input_shape").execute([]))
-    uint8_input = bool(program.load_method("uint8_input").execute([])[0])
-    names = [str(n) for n in program.load_method("method_names").execute([])]
-    methods = {bits: program.load_method(name) for bits, name in zip(bits_list, names)}
+    check_pte_header(path)
+    try:
+        program = Runtime.get().load_program(path)
+        missing = {"bits_list", "method_names", "input_shape", "uint8_input"} - set(program.method_names)
+        if missing:
+            raise ExportedFileError(f"{path} is not an adabits .pte: it lacks the methods {', '.join(sorted(missing))}")
+        bits_list = [str(b) for b in program.load_method("bits_list").execute([])]
+        shape = tuple(int(v) for v in program.load_method("input_shape").execute([]))
+        uint8_input = bool(program.load_method("uint8_input").execute([])[0])
+        names = [str(n) for n in program.load_method("method_names").execute([])]
+        max_batch = (int(program.load_method("max_batch").execute([])[0]) if "max_batch" in program.method_names
+                     else PTE_MAX_BATCH)
+        methods = {bits: program.load_method(name) for bits, name in zip(bits_list, names)}
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        if isinstance(exc, ExportedFileError):
+            raise
+        raise ExportedFileError(f"{path}: ExecuTorch cannot load it ({str(exc).splitlines()[0][:200]})") from None
 
     def runner(method: Any) -> Callable[[Any], np.ndarray]:
         def run(images: Any) -> np.ndarray:
@@ -98,24 +166,26 @@ def _pte(path: Path) -> SwitchableModel:
             return method.execute([x])[0].numpy()
         return run
 
-    return SwitchableModel({bits: runner(m) for bits, m in methods.items()}, shape, uint8_input, path)
+    return SwitchableModel({bits: runner(m) for bits, m in methods.items()}, shape, uint8_input, path, max_batch)
 
 
 def _onnx_folder(folder: Path, threads: int | None) -> SwitchableModel:
     import onnxruntime as ort
 
-    manifest_path = folder / ONNX_MANIFEST
-    if not manifest_path.is_file():
-        raise ValueError(f"{folder} has no {ONNX_MANIFEST}; export it with `adabits export --format onnx`")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _manifest(folder)
     options = ort.SessionOptions()
     # one session per bit-width shares the cores: a session whose threads spin after its run would
     # hold them against the next call at another bit-width
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
-    sessions = {str(bits): ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
-                for bits, name in manifest["files"].items()}
+    sessions = {}
+    for bits, name in manifest["files"].items():
+        try:
+            sessions[str(bits)] = ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, NoSuchFile, ...)
+            raise ExportedFileError(f"{folder / name}: ONNX Runtime cannot load it "
+                                    f"({str(exc).splitlines()[0][:200]})") from None
 
     def runner(session: Any) -> Callable[[Any], np.ndarray]:
         feed = session.get_inputs()[0]
@@ -129,11 +199,34 @@ def _onnx_folder(folder: Path, threads: int | None) -> SwitchableModel:
                            bool(manifest["uint8_input"]), folder)
 
 
+def _manifest(folder: Path) -> dict[str, Any]:
+    """The folder's manifest, checked: files (bit-width -> a file in the folder), input shape, uint8 input."""
+    path = folder / ONNX_MANIFEST
+    if not path.is_file():
+        raise ExportedFileError(f"{folder} has no {ONNX_MANIFEST}; export it with `adabits export --format onnx`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ExportedFileError(f"{path} is not valid JSON ({exc})") from None
+    files, shape = (manifest.get("files"), manifest.get("input_shape")) if isinstance(manifest, dict) else (None, None)
+    if (not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values())
+            or not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)
+            or not isinstance(manifest.get("uint8_input"), bool)):
+        raise ExportedFileError(f"{path} does not describe an export: expected 'files' (bit-width -> file name), "
+                                "'input_shape' (positive integers) and 'uint8_input' (true or false)")
+    for name in files.values():
+        if Path(name).name != name or not (folder / name).is_file():
+            raise ExportedFileError(f"{path} names {name!r}, which is not a file of {folder}")
+    return manifest
+
+
 def load(path: str | Path, threads: int | None = None) -> SwitchableModel:
-    """A `.pte` file (ExecuTorch) or a folder of ONNX files (ONNX Runtime, `threads` per session)."""
+    """A `.pte` file (ExecuTorch) or a folder of ONNX files (ONNX Runtime, `threads` per session).
+
+    Raises ExportedFileError (one line naming the file) for anything that is not a whole adabits export."""
     path = Path(path)
     if path.is_dir():
         return _onnx_folder(path, threads)
     if path.suffix == ".pte" and path.is_file():
         return _pte(path)
-    raise ValueError(f"{path}: expected a .pte file or a folder of ONNX files with {ONNX_MANIFEST}")
+    raise ExportedFileError(f"{path}: expected a .pte file or a folder of ONNX files with {ONNX_MANIFEST}")

@@ -27,6 +27,7 @@ from torch import nn
 from ..atomic import atomic_write
 from ..errors import ExportError
 from ..quant.bitwidth import bits_tag
+from ..runtime import PTE_MAX_BATCH
 from .integer_graph import IntegerGraph
 from .qdq import QDQModel
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from executorch.exir import EdgeProgramManager
 
 #: the largest batch a program takes by default (ExecuTorch plans the memory of every tensor for it)
-MAX_BATCH = 64
+MAX_BATCH = PTE_MAX_BATCH
 
 
 def method_name(bits: object) -> str:
@@ -130,7 +131,7 @@ def integer_program(graphs: Sequence[IntegerGraph | QDQModel], max_batch: int = 
     (shape,) = shapes
     example = torch.zeros(2, *shape)
     constants = {"bits_list": [str(g.bits) for g in graphs], "method_names": [method_name(g.bits) for g in graphs],
-                 "input_shape": list(shape), "uint8_input": graphs[0].uint8_input}
+                 "input_shape": list(shape), "uint8_input": graphs[0].uint8_input, "max_batch": max_batch}
     programs = {method_name(g.bits): export_program(g.module, example, max_batch) for g in graphs}
     return lower_xnnpack(programs, constants)
 

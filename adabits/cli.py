@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -252,21 +254,43 @@ def _error_prefix() -> str:
     return f"error (rank {distributed.env_rank()}): " if torchrun else "error: "
 
 
+@contextmanager
+def _sigterm_interrupts(received: list[int]) -> Iterator[None]:
+    """SIGTERM (what a cluster scheduler sends before it kills a job) stops the run as Ctrl-C does, at once and
+    naming the last checkpoint; `received` records it, for the exit status 128 + 15."""
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread of the interpreter: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `adabits` console script and of `python train.py`; returns the exit status."""
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.keys:
         _list_keys()
         return 0
+    received: list[int] = []
     try:
-        return run(args.command, args.args, getattr(args, "format", "packed"))
+        with _sigterm_interrupts(received):
+            return run(args.command, args.args, getattr(args, "format", "packed"))
     except Interrupted as exc:
         if distributed.env_rank() == 0:  # Ctrl-C reaches every torchrun worker; one message is enough
-            print(f"\n{exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            print(f"\n{'terminated (SIGTERM): ' if received else ''}{exc}", file=sys.stderr)
+        return 128 + received[0] if received else EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("\ninterrupted before training started; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"\n{'terminated (SIGTERM)' if received else 'interrupted'} before training started; nothing was "
+              "written", file=sys.stderr)
+        return 128 + received[0] if received else EXIT_INTERRUPTED
     except UserError as exc:
         print(f"{_error_prefix()}{exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -98,7 +98,8 @@ def test_help_and_keys(capsys):
     assert "bits_list: [8, 6, 5, 4]" in capsys.readouterr().out
 
 
-def test_ctrl_c_stops_cleanly_and_names_the_last_checkpoint(tmp_path):
+@pytest.mark.parametrize(("signame", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_names_the_last_checkpoint(tmp_path, signame, status):
     import signal
 
     import torch
@@ -111,10 +112,11 @@ def test_ctrl_c_stops_cleanly_and_names_the_last_checkpoint(tmp_path):
         for line in proc.stdout:  # wait for the first finished epoch
             if line.startswith("epoch 2/500"):
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, signame))
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130
+    assert proc.returncode == status
     assert "Last checkpoint:" in err and "latest_checkpoint.pt" in err and "Traceback" not in err
+    assert ("terminated (SIGTERM)" in err) == (signame == "SIGTERM")
     assert torch.load(tmp_path / "tiny" / "latest_checkpoint.pt", weights_only=True)["epoch"] >= 2

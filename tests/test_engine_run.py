@@ -192,3 +192,12 @@ def test_tensorboard_key_writes_events_only_when_asked(tmp_path):
     assert not (tmp_path / "tiny" / "tensorboard").exists()
     Trainer(tiny_config(tmp_path, num_epochs=1, run_name="tb", tensorboard=True)).prepare().fit()
     assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_an_exploding_loss_that_stays_finite_is_divergence_too(tmp_path):
+    """lr 1e6 on a float network: the mean loss is about a million, a number, and the run must still stop."""
+    from adabits.errors import TrainingDiverged
+
+    cfg = tiny_config(tmp_path, bits_list=[32], lr=1e6, num_epochs=2)
+    with pytest.raises(TrainingDiverged, match=r"where guessing gives 1\.39"):
+        Trainer(cfg, echo=quiet).prepare().fit()

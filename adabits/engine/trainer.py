@@ -55,6 +55,10 @@ GRAD_SCALER_KEY = "grad_scaler"  # fp16's loss scale, in the checkpoint
 T = TypeVar("T")
 
 
+#: an epoch's mean loss above this many times chance's (ln of the class count) is a diverged run, not a slow one
+DIVERGED_LOSS_FACTOR = 100.0
+
+
 class Interrupted(UserError):
     """Ctrl-C during training; the message says which checkpoint is the last valid one."""
 
@@ -224,6 +228,19 @@ class Trainer:
         levels = init_clipping_levels(self.model, torch.cat(batches))
         summary = ", ".join(f"{bits}: {min(v.values()):.2f}-{max(v.values()):.2f}" for bits, v in levels.items() if v)
         self.echo(f"clipping levels chosen from {len(batches)} training batches (alpha range per bits: {summary})")
+
+    def _check_diverged(self, epoch: int, train: dict[Bits, dict[str, float]]) -> None:
+        """TrainingDiverged when an epoch's mean loss at some bit-width is not finite, or more than
+        DIVERGED_LOSS_FACTOR times the loss of guessing uniformly (ln of the class count): an exploding run whose
+        loss is still a number (lr 1e6 on the float ResNet-20: a mean loss of about 1e6) says so too."""
+        chance = math.log(self.shape.num_classes)
+        diverged = {b: m["loss"] for b, m in train.items()
+                    if not math.isfinite(m["loss"]) or m["loss"] > DIVERGED_LOSS_FACTOR * chance}
+        if diverged:
+            losses = ", ".join(f"{report.show_bits([b])}: {loss:.3g}" for b, loss in diverged.items())
+            raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: mean loss {losses}, where guessing gives "
+                                   f"{chance:.3g}; lower lr (now {self.cfg.lr}) or add warmup_epochs. Checkpoints "
+                                   f"kept in {self.run_dir} are from the epochs before.")
 
     def _calibrate(self) -> None:
         """Calibrate every bit-width on the first training batches (adabits.calibrate) before the first step."""
@@ -440,12 +457,7 @@ class Trainer:
                 t0 = time.time()
                 lr = self.start_lr(epoch)  # the lr the epoch starts with
                 train = self.train_one_epoch(epoch)
-                diverged = [b for b, m in train.items() if not math.isfinite(m["loss"])]
-                if diverged:
-                    raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss at bits "
-                                           f"{report.show_bits(diverged)} is not finite; lower lr (now {cfg.lr}) or "
-                                           f"add warmup_epochs. Checkpoints kept in {self.run_dir} are from the "
-                                           "epochs before.")
+                self._check_diverged(epoch, train)
                 val = self.evaluate()
                 seconds = time.time() - t0
                 mean_top1 = sum(v["top1_error"] for v in val.values()) / len(val)

@@ -54,19 +54,30 @@ def _flatten(data: dict[str, Any], origin: str) -> tuple[dict[str, Any], dict[st
     return merged, origins
 
 
+def _one_line(error: yaml.YAMLError) -> str:
+    """A YAML error's problem and where, on one line (PyYAML's message spans several with a caret drawing)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
+
+
 def read_yaml(path: Path, stack: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, str]]:
     """The flat mapping of a config file and, for each key, the file it came from."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                          "a config is a YAML text file") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
         data = yaml.load(text, Loader=_loader_for(path, stack + (path.resolve(),)))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_one_line(exc)}") from None
     if data is None:
         data = {}
     if isinstance(data, Included):

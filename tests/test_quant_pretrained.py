@@ -218,3 +218,17 @@ def test_the_integer_and_qdq_graphs_compute_what_the_calibrated_model_computes(p
     with torch.no_grad():
         for got in (graph.module(images[512:768]), qdq.module(images[512:768])):
             assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.98
+
+
+def test_a_gelu_output_keeps_its_negatives_when_that_matters():
+    """GELU's outputs reach -0.17: the first-input rule clips them (one-sided); calibration compares both sides'
+    quantization error at the layer's bit-widths and keeps them (two-sided), which costs a ViT's MLP layers far less."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 4))
+    inputs = torch.randn(512, 16)
+    rule = adabits.quantize_model(copy.deepcopy(net), [8, 6])
+    rule(inputs[:8])  # the first input decides: one-sided after GELU
+    assert rule[2].clipping_side == "one-sided (auto)"
+    calibrated = adabits.quantize_model(copy.deepcopy(net), [8, 6], calibration=[inputs])
+    assert calibrated[2].clipping_side == "two-sided (auto)"
+    assert calibrated[2].output_drift[8] < 0.02 and calibrated[2].output_drift[6] < 0.1, calibrated[2].output_drift

@@ -26,6 +26,11 @@ CANDIDATES = 100
 
 def mse_optimal_alpha(x: Tensor, bits: int, scheme: str = "original", double_side: bool = False) -> Tensor:
     """The clipping level (among CANDIDATES fractions of max|x|) with the least squared error."""
+    return mse_optimal(x, bits, scheme, double_side)[0]
+
+
+def mse_optimal(x: Tensor, bits: int, scheme: str = "original", double_side: bool = False) -> tuple[Tensor, Tensor]:
+    """(the clipping level among CANDIDATES fractions of max|x| with the least squared error, that error)."""
     values = x.detach().float().reshape(-1)
     if values.numel() > SAMPLE_SIZE:
         index = torch.randint(values.numel(), (SAMPLE_SIZE,), device=values.device,
@@ -37,7 +42,8 @@ def mse_optimal_alpha(x: Tensor, bits: int, scheme: str = "original", double_sid
     with torch.no_grad():  # the very quantizer forward runs, candidate by candidate
         errors = torch.stack([(quantize_activation(values, alpha, bits, scheme, double_side) - values).pow(2).mean()
                               for alpha in alphas])
-    return alphas[errors.argmin()]
+    best = errors.argmin()
+    return alphas[best], errors[best]
 
 
 def _chooser(name: str, levels: dict[str, float], first: bool) -> Callable[[nn.Module, tuple], None]:

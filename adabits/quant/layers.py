@@ -211,9 +211,14 @@ class QuantLayer(BitSwitchable, nn.Module):
         if self._side_known:
             return
         x = x.detach()
-        signed = bool((-x.min() > SIGNED_SHARE * x.max()).item())
-        self.double_side, self._side_known = signed, True
-        self.clip_side.fill_(2 if signed else 1)
+        self.set_side(bool((-x.min() > SIGNED_SHARE * x.max()).item()))
+
+    def set_side(self, two_sided: bool) -> None:
+        """Fix a `double_side: auto` layer's clipping side (saved with the model as `clip_side`)."""
+        if not self.auto_side:
+            raise ValueError("set_side: this layer's clipping side is configured, not chosen")
+        self.double_side, self._side_known = two_sided, True
+        self.clip_side.fill_(2 if two_sided else 1)
 
     def quantized_input(self, x: Tensor) -> Tensor:
         if not self._side_known:  # `double_side: auto` before its first input; a Python flag, no tensor read

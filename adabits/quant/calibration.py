@@ -1,21 +1,22 @@
 """Calibrate a converted model on data, with no training: what makes a pretrained float model usable at once.
 
-`calibrate(model, batches)` goes through every bit-width of the model and, for that bit-width alone:
-0. fixes the clipping side of each layer whose side is chosen from the data (`double_side: auto`) by the
-   quantization error of either side at the layer's bit-widths (`choose_clipping_sides`);
-1. chooses each per-channel weight's clipping (`choose_weight_clipping`: per output channel, the share of
-   max|W| with the least squared error at the model's lowest weight bit-width; one scale serves every
-   bit-width, so the nested codes stay nested);
-2. chooses each layer's PACT clipping level from its actual input, layer by layer in forward order
+`calibrate(model, batches)` first
+- fixes the clipping side of each layer whose side is chosen from the data (`double_side: auto`) by the
+  quantization error of either side at the layer's bit-widths (`choose_clipping_sides`);
+- chooses each per-channel weight's clipping (`choose_weight_clipping`: per output channel, the share of
+  max|W| with the least squared error at the layer's lowest weight bit-width; one scale serves every
+  bit-width, so the nested codes stay nested);
+then goes through every bit-width of the model and, for that bit-width alone:
+1. chooses each layer's PACT clipping level from its actual input, layer by layer in forward order
    (`clipping.init_clipping_levels`, least squared error);
-3. corrects the running statistics of that bit-width's own BatchNorm copies by the shift quantization
+2. corrects the running statistics of that bit-width's own BatchNorm copies by the shift quantization
    gives each channel: the batch statistics of every BN input are measured on the calibration batches
    twice, with every layer in float and with every layer quantized, and the copy's mean moves by their
    difference and its variance by their ratio (`correct_bn_statistics`). Re-estimating the statistics
    outright would replace what the float model learned on its whole training set with an estimate from a
    few batches: measured on a small ResNet, that alone moved its logits by 37 % at 16 bits;
-4. measures how far each quantized layer's output moved from what the same layer computes in float on
-   the same input (`LayerDrift`), which `conversion_report` shows per layer.
+3. measures how far each quantized layer's output moved from what the same layer computes in float on
+   the same input (`layer_drift`), which `conversion_report` shows per layer.
 Every other bit-width's clipping levels and BN copies are left as they were.
 """
 from __future__ import annotations
@@ -260,7 +261,8 @@ def calibrate(model: nn.Module, batches: Iterable[object], *, bits: Iterable[Bit
 
     `batches` yields input tensors or (inputs, labels) pairs (a DataLoader); `max_batches` caps how many
     are read. The per-channel weight clipping, which every bit-width shares, is chosen only when `bits` is
-    None, so calibrating some bit-widths leaves the others computing exactly what they did. `reference`, batch index -> float logits, lets the report say how many top-1 classes are kept.
+    None, so calibrating some bit-widths leaves the others computing exactly what they did. `reference`
+    (batch index -> the float model's logits) lets the report say how many top-1 classes are kept.
     The model's mode and bit-width are restored. Each layer records its drift per bit-width
     (`QuantLayer.output_drift`), which `conversion_report` shows. Raises CalibrationError (one line) for
     an empty or malformed `batches`.
@@ -294,5 +296,5 @@ def calibrate(model: nn.Module, batches: Iterable[object], *, bits: Iterable[Bit
         model.train(was_training)
     for name, layer in model.named_modules():
         if isinstance(layer, QuantLayer):
-            layer.output_drift = {b: drift[name] for b, drift in report.drift.items() if name in drift}
+            layer.output_drift.update({b: drift[name] for b, drift in report.drift.items() if name in drift})
     return report

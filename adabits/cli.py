@@ -254,23 +254,32 @@ def _error_prefix() -> str:
     return f"error (rank {distributed.env_rank()}): " if torchrun else "error: "
 
 
+#: what a cluster scheduler sends before it kills a job: SIGTERM, and SLURM's warning `--signal=USR1@seconds`
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 @contextmanager
-def _sigterm_interrupts(received: list[int]) -> Iterator[None]:
-    """SIGTERM (what a cluster scheduler sends before it kills a job) stops the run as Ctrl-C does, at once and
-    naming the last checkpoint; `received` records it, for the exit status 128 + 15."""
+def _scheduler_signals_interrupt(received: list[int]) -> Iterator[None]:
+    """STOP_SIGNALS stop the run as Ctrl-C does, at once and naming the last checkpoint; `received` records
+    the signal, for the exit status 128 + its number."""
     def stop(signum: int, _frame: object) -> None:
         received.append(signum)
         raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, stop)
+        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread of the interpreter: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped_by(received: list[int]) -> str:
+    return f"stopped by {signal.Signals(received[0]).name}: " if received else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,15 +290,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     received: list[int] = []
     try:
-        with _sigterm_interrupts(received):
+        with _scheduler_signals_interrupt(received):
             return run(args.command, args.args, getattr(args, "format", "packed"))
     except Interrupted as exc:
         if distributed.env_rank() == 0:  # Ctrl-C reaches every torchrun worker; one message is enough
-            print(f"\n{'terminated (SIGTERM): ' if received else ''}{exc}", file=sys.stderr)
+            print(f"\n{_stopped_by(received)}{exc}", file=sys.stderr)
         return 128 + received[0] if received else EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print(f"\n{'terminated (SIGTERM)' if received else 'interrupted'} before training started; nothing was "
-              "written", file=sys.stderr)
+        print(f"\n{_stopped_by(received) or 'interrupted: '}before training started; nothing was written",
+              file=sys.stderr)
         return 128 + received[0] if received else EXIT_INTERRUPTED
     except UserError as exc:
         print(f"{_error_prefix()}{exc}", file=sys.stderr)

@@ -98,7 +98,7 @@ def test_help_and_keys(capsys):
     assert "bits_list: [8, 6, 5, 4]" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("signame", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize(("signame", "status"), [("SIGINT", 130), ("SIGTERM", 143), ("SIGUSR1", 138)])
 def test_ctrl_c_or_sigterm_stops_cleanly_and_names_the_last_checkpoint(tmp_path, signame, status):
     import signal
 
@@ -118,5 +118,5 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_names_the_last_checkpoint(tmp_path,
         proc.kill()
     assert proc.returncode == status
     assert "Last checkpoint:" in err and "latest_checkpoint.pt" in err and "Traceback" not in err
-    assert ("terminated (SIGTERM)" in err) == (signame == "SIGTERM")
+    assert (f"stopped by {signame}" in err) == (signame != "SIGINT")
     assert torch.load(tmp_path / "tiny" / "latest_checkpoint.pt", weights_only=True)["epoch"] >= 2

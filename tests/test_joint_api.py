@@ -51,6 +51,8 @@ def test_in_step_distillation_runs_highest_first_and_float_needs_its_logits():
     assert list(adabits.joint_step(model, images, labels, bits=[6, 4])) == [6, 4]
     with pytest.raises(ValueError, match="teacher_logits"):
         adabits.joint_step(model, images, labels, distill="float")
+    with pytest.raises(ValueError, match="teacher_logits"):  # logits without distill='float' would teach silently
+        adabits.joint_step(model, images, labels, teacher_logits=torch.zeros(8, 3))
 
 
 def _ddp_rank(rank: int) -> dict:

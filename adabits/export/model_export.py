@@ -55,8 +55,8 @@ def _images(calibration: Tensor | Iterable[Any]) -> Tensor:
 
 
 def export_model(model: nn.Module, path: str | Path, *, format: Format, input_shape: Sequence[int],
-           bits: Bits | Sequence[Bits] | None = None, calibration: Tensor | Iterable[Any] | None = None,
-           graph: Graph = "auto", uint8_input: bool = False) -> Exported:
+                 bits: Bits | Sequence[Bits] | None = None, calibration: Tensor | Iterable[Any] | None = None,
+                 graph: Graph = "auto", uint8_input: bool = False) -> Exported:
     """Write `model` at `bits` (default: every bit-width of at most 8 bits) to `path`: one `.pte` with a method
     per bit-width, or ONNX (a folder with a file per bit-width and the manifest `adabits.runtime.load` reads;
     one file when `bits` is a single bit-width).

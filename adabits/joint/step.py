@@ -81,8 +81,9 @@ def joint_step(
     caller zeroes gradients before and steps the optimizer after. Returns {bits: BitStep}, in step order.
     """
     objective = JointObjective(loss_fn, distill, distill_weight, distill_temperature, joint_loss)
-    if distill == "float" and teacher_logits is None:
-        raise ValueError("distill='float' teaches with a float model's logits: pass teacher_logits")
+    if (distill == "float") != (teacher_logits is not None):
+        raise ValueError("distill='float' teaches with a float model's logits, and teacher_logits is for it alone: "
+                         f"got distill={distill!r} with{'out' if teacher_logits is None else ''} teacher_logits")
     order = list(bits) if bits is not None else get_bits_list(model)
     if objective.highest_first and bits is None:
         order = highest_first(order)

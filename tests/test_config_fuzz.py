@@ -30,8 +30,12 @@ EXAMPLES = {"default": 60, "long": 600}[os.environ.get("HYPOTHESIS_PROFILE", "de
 
 
 @pytest.fixture(autouse=True)
-def _no_plots(monkeypatch) -> None:
+def _no_plots_in_a_folder_of_its_own(monkeypatch, tmp_path_factory) -> None:
+    """Relative values (log_dir: x, run_name: '../x') resolve under a temporary folder, never the checkout."""
     no_plots(monkeypatch)
+    inner = tmp_path_factory.mktemp("cwd") / "inner"  # '../x' stays inside the temporary folder too
+    inner.mkdir()
+    monkeypatch.chdir(inner)
 
 
 @given(key=st.sampled_from(KEYS), value=st.sampled_from(EDGE_VALUES))

@@ -91,10 +91,11 @@ class SwitchableModel:
             raise ModelInputError(f"images hold {int((~np.isfinite(array)).sum())} values that are NaN or infinite")
         if self.uint8_input:
             low, high = float(array.min()), float(array.max())
-            if low < 0 or high > 255 or not np.array_equal(array, np.round(array)):
+            whole = np.array_equal(array, np.round(array))
+            if low < 0 or high > 255 or not whole:
                 raise ModelInputError(f"{self.source} takes raw pixels, whole numbers from 0 to 255; got values from "
-                                      f"{low:g} to {high:g}" + ("" if np.array_equal(array, np.round(array)) else
-                                                                " with fractions (images scaled to [0, 1]?)"))
+                                      f"{low:g} to {high:g}" + ("" if whole else " with fractions (images scaled to "
+                                                                                  "[0, 1]?)"))
         return array
 
     def measure_latency(self, batch: int = 1, repeats: int = 20) -> dict[str, float]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _damage import damaged as damage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_export_packed import build
@@ -18,20 +19,6 @@ from adabits.export import load_packed, save_packed
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def _damaged(original: bytes, data: st.DataObject) -> bytes:
-    how = data.draw(st.sampled_from(["random", "cut", "padded", "flipped", "empty"]))
-    if how == "random":
-        return data.draw(st.binary(min_size=1, max_size=2048))
-    if how == "cut":
-        return original[:data.draw(st.integers(1, len(original) - 1))]
-    if how == "padded":
-        return original + data.draw(st.binary(min_size=1, max_size=64))
-    if how == "flipped":
-        at = data.draw(st.integers(0, len(original) - 1))
-        return original[:at] + bytes([original[at] ^ data.draw(st.integers(1, 255))]) + original[at + 1:]
-    return b""
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +35,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def test_a_damaged_checkpoint_is_one_error_or_loads_the_same(files, tmp_path, data):
     """Read and loaded into its model as `pretrained_file` is: a byte that renames a key in both the state and its
     checksums (the pickle stores a string once) reads back consistent, and the strict load then refuses it."""
-    damaged = _damaged(files["checkpoint"].read_bytes(), data)
+    damaged = damage(files["checkpoint"].read_bytes(), data)
     path = tmp_path / "damaged.pt"
     path.write_bytes(damaged)
     model, _ = build("modified", bits_list=(8, 4))
@@ -64,7 +51,7 @@ def test_a_damaged_checkpoint_is_one_error_or_loads_the_same(files, tmp_path, da
 @given(data=st.data())
 @FUZZ
 def test_a_damaged_packed_file_is_one_error_or_loads_the_same(files, tmp_path, data):
-    damaged = _damaged(files["packed"].read_bytes(), data)
+    damaged = damage(files["packed"].read_bytes(), data)
     path = tmp_path / "damaged.safetensors"
     path.write_bytes(damaged)
     try:

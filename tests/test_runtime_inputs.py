@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _damage import damaged as damage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -86,21 +87,11 @@ def test_an_unknown_bit_width_is_one_error(exported, kind):
         load(exported[kind]).run(np.zeros((1, *SHAPE), np.float32), bits=5)
 
 
-def _damaged_pte(original: bytes, how: str, data: st.DataObject) -> bytes:
-    if how == "random":
-        return data.draw(st.binary(min_size=0, max_size=4096))
-    if how == "truncated":
-        return original[:data.draw(st.integers(0, len(original) - 1))]
-    if how == "padded":
-        return original + data.draw(st.binary(min_size=1, max_size=64))
-    cut = data.draw(st.integers(0, 39))  # a byte of the header flipped
-    return original[:cut] + bytes([original[cut] ^ 0xFF]) + original[cut + 1:]
-
-
-@given(data=st.data(), how=st.sampled_from(["random", "truncated", "padded", "header"]))
+@given(data=st.data())
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_a_damaged_pte_is_one_error_not_an_abort(exported, tmp_path, data, how):
-    damaged = _damaged_pte(exported["pte"].read_bytes(), how, data)
+def test_a_damaged_pte_is_one_error_not_an_abort(exported, tmp_path, data):
+    # a flip past the header reaches ExecuTorch's own parser, which may abort the process: flips stay in the header
+    damaged = damage(exported["pte"].read_bytes(), data, flip_within=40)
     path = tmp_path / "damaged.pte"
     path.write_bytes(damaged)
     try:

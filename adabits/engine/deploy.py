@@ -24,7 +24,7 @@ from ..analysis.evaluation import evaluate_meters as evaluate
 from ..analysis.profile import layer_table, profile_model, profile_table
 from ..data import BatchLoader, build_loader, build_loaders
 from ..errors import BitWidthError, ExportError, UserError
-from ..export.model_export import Graph
+from ..export.model_export import Format, Graph
 from ..quant.bitwidth import FULL_PRECISION, Bits, bits_label, bits_tag, format_bits, parse_bits
 from . import checkpoint
 from .build import model_kwargs, resolve_device
@@ -229,20 +229,20 @@ def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bit
                run_dir(cfg) / (f"model_{bits_tag(bits)}.onnx" if bits is not None else "onnx"))
     images = calibration_images(cfg, count) if graph != "qdq" else None
     try:
-        done = export_model(trained.model, Path(out) if out else default, format=fmt,  # type: ignore[arg-type]
-                      input_shape=(shape.in_chans, shape.image_size, shape.image_size), bits=bits,
-                      calibration=images, graph=cast(Graph, graph or "auto"), uint8_input=not cfg.normalize)
+        done = export_model(trained.model, Path(out) if out else default, format=cast(Format, fmt),
+                            input_shape=(shape.in_chans, shape.image_size, shape.image_size), bits=bits,
+                            calibration=images, graph=cast(Graph, graph or "auto"), uint8_input=not cfg.normalize,
+                            images_are="training images")
     except ImportError:
         need = ("--format pte needs ExecuTorch: pip install 'adabits[pte]' && pip install --no-deps "
                 "executorch==1.5.1 torchao==0.18.0") if fmt == "pte" else (
                 "ONNX export needs the onnx package (and onnxscript for graph=qdq): pip install 'adabits[onnx]'")
         raise UserError(need) from None
-    how = done.how.replace(" images", " training images", 1) if done.graph == "integer" else done.how
     notes = "".join(f"\nnote: {note}" for note in done.notes)
     if fmt == "pte":
         return (f"wrote {done.path} ({done.path.stat().st_size:,} bytes): methods "
-                f"{', '.join(_method_names(done.bits))}; {how}" + notes)
-    return f"wrote {done.path} ({', '.join(_bits_words(b) for b in done.bits)}): {how}" + notes
+                f"{', '.join(_method_names(done.bits))}; {done.how}" + notes)
+    return f"wrote {done.path} ({', '.join(_bits_words(b) for b in done.bits)}): {done.how}" + notes
 
 
 def _method_names(bits: list) -> list[str]:

@@ -23,9 +23,8 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -215,12 +214,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.parallel.DistributedDataP
         {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
         else {"broadcast_buffers": False})
     return ddp(model, device_ids=device_ids, **no_forward_buffer_sync)
-
-
-def no_sync(module: nn.Module) -> ContextManager[None]:
-    """`ddp.no_sync()` for a DDP module (or its torch.compile wrapper); nothing for a plain module."""
-    inner = getattr(module, "_orig_mod", module)
-    return inner.no_sync() if isinstance(inner, nn.parallel.DistributedDataParallel) else nullcontext()
 
 
 def average_buffers(model: nn.Module) -> None:

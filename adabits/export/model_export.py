@@ -56,14 +56,14 @@ def _images(calibration: Tensor | Iterable[Any]) -> Tensor:
 
 def export_model(model: nn.Module, path: str | Path, *, format: Format, input_shape: Sequence[int],
                  bits: Bits | Sequence[Bits] | None = None, calibration: Tensor | Iterable[Any] | None = None,
-                 graph: Graph = "auto", uint8_input: bool = False) -> Exported:
+                 graph: Graph = "auto", uint8_input: bool = False, images_are: str = "images") -> Exported:
     """Write `model` at `bits` (default: every bit-width of at most 8 bits) to `path`: one `.pte` with a method
     per bit-width, or ONNX (a folder with a file per bit-width and the manifest `adabits.runtime.load` reads;
     one file when `bits` is a single bit-width).
 
     `input_shape` is one input's shape (C, H, W). `calibration` (images, or batches of them) calibrates the
     all-integer graph's 8-bit grids; without it, `graph="auto"` writes the quantize/dequantize graph.
-    `uint8_input`: the model takes raw 0..255 pixels. Raises ExportError (one line) for what the chosen
+    `uint8_input`: the model takes raw 0..255 pixels; `images_are` names the calibration images in `how`. Raises ExportError (one line) for what the chosen
     graph cannot express, ImportError when the runtime's exporter is not installed.
     """
     if format not in FORMATS:
@@ -73,7 +73,7 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, input_sh
     order = _integer_bits(model, bits)
     shape = tuple(int(d) for d in input_shape)
     graphs: list[Any] = []
-    how, notes = "", []
+    how, notes, kind = "", [], "integer"
     if graph == "integer" and calibration is None:
         raise ExportError("graph='integer' calibrates its 8-bit grids on images: pass calibration=")
     if graph != "qdq" and calibration is not None:
@@ -85,7 +85,7 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, input_sh
         try:
             graphs = [integer_graph(model, b, shape, images, uint8_input=uint8_input,  # type: ignore[arg-type]
                                     pair_limit=pair_limit) for b in order]
-            how = f"all-integer, 8-bit grids calibrated on {len(images)} images"
+            how = f"all-integer, 8-bit grids calibrated on {len(images)} {images_are}"
             notes = sorted({f"at {bits_label(g.bits)}, the 9-bit weight codes of {', '.join(g.requantized_weights)} "
                             "were requantized to int8 (per channel)" for g in graphs if g.requantized_weights})
         except ValueError as exc:  # ExportError is one
@@ -95,7 +95,8 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, input_sh
     if not graphs:
         from .qdq import qdq_model
 
-        graphs = [qdq_model(model, b, shape, uint8_input=uint8_input, int8_weights=format == "onnx") for b in order]
+        graphs, kind = [qdq_model(model, b, shape, uint8_input=uint8_input, int8_weights=format == "onnx")
+                        for b in order], "qdq"
         how = "quantize/dequantize graph traced by torch.export" + (f"; {how}" if how else "")
         notes = sorted({f"at {bits_label(g.bits)}, the 9-bit weight codes of {', '.join(g.float_weights)} stay "
                         "exact float weights" for g in graphs if g.float_weights})
@@ -109,5 +110,4 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, input_sh
 
         single = bits is not None and len(order) == 1 and isinstance(bits, (int, tuple))
         target = write_onnx(graphs[0], target) if single else write_onnx_folder(graphs, target)
-    kind = "integer" if how.startswith("all-integer") else "qdq"
     return Exported(target, [g.bits for g in graphs], kind, how, notes)

@@ -25,12 +25,13 @@ from .quant import (
     set_bits,
     use_bits,
 )
+from .weights import LoadReport, load_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdabitsError", "CalibrationReport", "QConv2d", "QLinear", "QMultiheadAttention", "QuantConfig", "QuantLayer", "SwitchBatchNorm2d",
+    "AdabitsError", "CalibrationReport", "LoadReport", "QConv2d", "QLinear", "QMultiheadAttention", "QuantConfig", "QuantLayer", "SwitchBatchNorm2d",
     "calibrate", "calibrate_bn", "compile_quantizers", "conversion_report", "create_model", "evaluate", "export_model", "get_bits",
-    "get_bits_list", "joint_step", "list_models", "load_fp_state_dict", "quantize_model", "recalibrate_bn", "register_model",
+    "get_bits_list", "joint_step", "list_models", "load_fp_state_dict", "load_weights", "quantize_model", "recalibrate_bn", "register_model",
     "set_bits", "use_bits", "UserError",
 ]

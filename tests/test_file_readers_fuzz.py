@@ -12,10 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_export_packed import build
 
+import adabits
 from adabits.engine import checkpoint
-from adabits.engine.build import load_weights_file
 from adabits.errors import CheckpointError, PackedFormatError
 from adabits.export import load_packed, save_packed
+from adabits.weights import read_checkpoint
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -40,11 +41,11 @@ def test_a_damaged_checkpoint_is_one_error_or_loads_the_same(files, tmp_path, da
     path.write_bytes(damaged)
     model, _ = build("modified", bits_list=(8, 4))
     try:
-        load_weights_file(model, path)
+        adabits.load_weights(model, path)
     except CheckpointError as error:
         assert "\n" not in str(error) and str(path) in str(error)
         return
-    expected = checkpoint.read(files["checkpoint"])["model"]
+    expected = read_checkpoint(files["checkpoint"])["model"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
 
 

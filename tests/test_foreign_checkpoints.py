@@ -14,7 +14,7 @@ import adabits
 from adabits import QConv2d
 from adabits.cli import main
 from adabits.engine import build_config
-from adabits.engine.build import build_model, load_pretrained, load_weights_file
+from adabits.engine.build import build_model, load_pretrained
 from adabits.errors import CheckpointError
 
 
@@ -80,7 +80,7 @@ def test_original_switchable_mobilenet_is_a_strict_pretrained_file(version: int,
     sd = random_state_dict(original_mobilenet_layout(version, bits=4, alpha=(4,)))
     path = save_original(sd, tmp_path / "orig.pt")
     model = adabits.create_model(f"mobilenet_v{version}", bits_list=[8, 6, 5, 4], num_classes=10)
-    assert load_weights_file(model, path) == f"loaded weights from {path}"
+    assert str(adabits.load_weights(model, path)) == f"loaded weights from {path}"
     assert torch.equal(modules(model)[first_bn].bn[3].running_mean, sd["stage_0_layer_0.body.1.bn.3.running_mean"])
 
 

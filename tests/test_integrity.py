@@ -11,6 +11,7 @@ import torch
 from adabits import integrity
 from adabits.engine import checkpoint
 from adabits.errors import CheckpointError
+from adabits.weights import read_checkpoint
 
 
 def tensor_data_offset(path: Path, entry_suffix: str) -> tuple[int, int]:
@@ -47,7 +48,7 @@ def test_digest_covers_dtype_shape_and_bytes():
 
 def test_saved_checkpoint_reads_back_with_its_checksums(tmp_path):
     checkpoint.save_atomic(a_checkpoint(), tmp_path / "c.pt")
-    ckpt = checkpoint.read(tmp_path / "c.pt")
+    ckpt = read_checkpoint(tmp_path / "c.pt")
     assert set(ckpt[integrity.CHECKSUM_KEY]) == {"model", "optimizer"}
     assert "state.0.momentum_buffer" in ckpt[integrity.CHECKSUM_KEY]["optimizer"]
 
@@ -60,7 +61,7 @@ def test_flipped_byte_in_a_tensor_is_a_checksum_mismatch(tmp_path, entry):
     flip_byte(path, offset + size // 2)
     assert torch.load(path, weights_only=True)  # torch itself reads the changed bytes without complaint
     with pytest.raises(CheckpointError, match=r"c\.pt is corrupt \(checksum mismatch in (model|optimizer) \S+\)"):
-        checkpoint.read(path)
+        read_checkpoint(path)
 
 
 def test_flipped_optimizer_state_is_named(tmp_path):
@@ -74,7 +75,7 @@ def test_flipped_optimizer_state_is_named(tmp_path):
     offset, _ = tensor_data_offset(path, last.split("/", 1)[1])
     flip_byte(path, offset)
     with pytest.raises(CheckpointError, match=r"checksum mismatch in optimizer state\.\d\.momentum_buffer"):
-        checkpoint.read(path)
+        read_checkpoint(path)
 
 
 def test_old_checkpoint_without_checksums_loads_unchecked(tmp_path):
@@ -82,22 +83,22 @@ def test_old_checkpoint_without_checksums_loads_unchecked(tmp_path):
     torch.save(a_checkpoint(), path)
     offset, size = tensor_data_offset(path, "data/0")
     flip_byte(path, offset)
-    assert integrity.CHECKSUM_KEY not in checkpoint.read(path)
+    assert integrity.CHECKSUM_KEY not in read_checkpoint(path)
 
 
 def test_plain_state_dict_is_sealed_only_when_it_is_a_checkpoint(tmp_path):
     sd = {"w": torch.ones(2)}
     assert integrity.seal(sd) is sd
     checkpoint.save_atomic(sd, tmp_path / "sd.pt")
-    assert set(checkpoint.read(tmp_path / "sd.pt")) == {"w"}
+    assert set(read_checkpoint(tmp_path / "sd.pt")) == {"w"}
 
 
 def test_malformed_checksums_are_corrupt(tmp_path):
     torch.save({**a_checkpoint(), integrity.CHECKSUM_KEY: {"model": "abc"}}, tmp_path / "m.pt")
     with pytest.raises(CheckpointError, match="checksums are malformed"):
-        checkpoint.read(tmp_path / "m.pt")
+        read_checkpoint(tmp_path / "m.pt")
     sealed = integrity.seal(a_checkpoint())
     del sealed["model"]["0.bias"]
     torch.save(sealed, tmp_path / "k.pt")
     with pytest.raises(CheckpointError, match=r"checksum mismatch in model 0\.bias"):
-        checkpoint.read(tmp_path / "k.pt")
+        read_checkpoint(tmp_path / "k.pt")

@@ -12,6 +12,7 @@ from .. import integrity
 from ..atomic import atomic_write
 from ..errors import CheckpointError
 from ..quant.bitwidth import Bits, parse_bits_list
+from ..weights import read_checkpoint
 from .report import show_bits
 
 FORMAT = "adabits-checkpoint-v1"
@@ -45,25 +46,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def read(path: Path) -> dict[str, Any]:
-    """Load a file saved by torch.save (tensors and plain containers only); CheckpointError if unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch's unpickler meets damaged bytes with any error type (IndexError, TypeError...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or not written by torch.save): {first}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint or state dict")
-    integrity.verify(obj, path)
-    return obj
-
-
 def read_training_checkpoint(path: Path, model_name: str, bits_list: Sequence[Bits]) -> dict[str, Any]:
     """A checkpoint of ours, checked to belong to this model and bits_list."""
-    return check_training_checkpoint(read(path), path, model_name, bits_list)
+    return check_training_checkpoint(read_checkpoint(path), path, model_name, bits_list)
 
 
 def _same_bits(stored: Any, bits_list: Sequence[Bits]) -> bool:
@@ -110,22 +95,3 @@ def _check_fields(ckpt: dict[str, Any], path: Path, fields: dict[str, type | tup
             wanted = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
             raise CheckpointError(f"{path}: the field '{name}' is a {type(value).__name__}, not a {wanted}; "
                                   "the checkpoint is damaged or was not written by adabits")
-
-
-def state_dict_of(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model weights in a checkpoint of ours, a {'model': ...} dict, or a plain state dict."""
-    sd = obj.get("model", obj) if isinstance(obj.get("model"), dict) else obj.get("state_dict", obj)
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}  # DataParallel checkpoints of the original
-    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError("the file holds no model state dict (expected tensors by parameter name)")
-    return sd
-
-
-def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path) -> None:
-    """Strict load with a short, readable summary of what does not fit."""
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        summary = " ".join(lines[1:4])[:600]
-        raise CheckpointError(f"{path} does not fit this model: {summary}") from None

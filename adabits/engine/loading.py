@@ -23,8 +23,9 @@ import adabits
 from ..data import DataShape, dataset_shape
 from ..errors import CheckpointError
 from ..quant.bitwidth import Bits
+from ..weights import load_weights, read_checkpoint
 from . import checkpoint, run_folder
-from .build import build_model, load_fp_start, load_weights_file, pretrained_path
+from .build import build_model, load_start, pretrained_path
 from .config import TrainConfig
 
 #: where the weights come from: pretrained_file, the run's own checkpoint, the fp start, or none at all
@@ -118,12 +119,12 @@ def apply_weights(model: nn.Module, source: WeightsSource, cfg: TrainConfig,
     if source.kind == "none" or source.path is None:
         return None
     if source.kind == "start":
-        return load_fp_start(model, source.path, ckpt)
+        return load_start(model, source.path, ckpt, from_float=True)
     if source.kind == "pretrained":
-        return load_weights_file(model, source.path, ckpt)
-    ckpt = checkpoint.read(source.path) if ckpt is None else ckpt
+        return load_start(model, source.path, ckpt, from_float=False)
+    ckpt = read_checkpoint(source.path) if ckpt is None else ckpt
     checkpoint.check_training_checkpoint(ckpt, source.path, cfg.model, cfg.train_bits)
-    checkpoint.load_weights(model, ckpt["model"], source.path)
+    load_weights(model, ckpt["model"], name=str(source.path))
     return f"loaded {source.path} (epoch {ckpt['epoch']})"
 
 
@@ -150,7 +151,7 @@ def load_trained(cfg: TrainConfig, *, from_start: bool = False, require_weights:
     Reads no dataset when the config or the checkpoint gives the shape; never builds an optimizer.
     """
     source = weights_source(cfg, from_start=from_start, required=require_weights)
-    ckpt = checkpoint.read(source.path) if source.path is not None else None
+    ckpt = read_checkpoint(source.path) if source.path is not None else None
     shape = model_shape(cfg, ckpt)
     model = build_model(cfg, shape.num_classes, shape.in_chans)
     note = apply_weights(model, source, cfg, ckpt)

@@ -20,8 +20,8 @@ from .. import integrity
 from ..errors import CheckpointError
 from ..quant.bitwidth import FULL_PRECISION
 from ..quant.config import QuantConfig
-from . import checkpoint
-from .build import build_model, load_fp_start
+from ..weights import read_checkpoint, state_dict_of
+from .build import build_model, load_start
 from .config import TrainConfig
 
 #: the checkpoint key of the teacher's digest
@@ -41,17 +41,17 @@ def build_float_teacher(cfg: TrainConfig, num_classes: int, in_chans: int, devic
     if not cfg.fp_pretrained_file:
         raise ValueError("a float teacher needs fp_pretrained_file")
     path = Path(cfg.fp_pretrained_file)
-    ckpt = checkpoint.read(path)
+    ckpt = read_checkpoint(path)
     config = ckpt.get("config")
     recorded: dict[str, Any] = config if isinstance(config, dict) else {}
     own = {key: recorded[key] for key in _MODEL_KEYS if key in recorded}
     float_cfg = cfg.model_copy(update={**own, "bits_list": [FULL_PRECISION], "quantize_residual": False})
     model = build_model(float_cfg, num_classes, in_chans)
-    load_fp_start(model, path, ckpt)
+    load_start(model, path, ckpt, from_float=True)
     model.to(device).eval().requires_grad_(False)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # nn.Module.to takes it
-    digest = integrity.text_digest(integrity.digests(checkpoint.state_dict_of(ckpt)))
+    digest = integrity.text_digest(integrity.digests(state_dict_of(ckpt)))
     return FloatTeacher(model, digest)
 
 

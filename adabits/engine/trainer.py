@@ -263,7 +263,7 @@ class Trainer:
         checkpoint.check_resumable(ckpt, path)
         epochs_done = ckpt["epoch"]
         changes = resume_policy.check_resume(ckpt["config"], self.cfg, epochs_done, path)
-        checkpoint.load_weights(self.model, ckpt["model"], path)
+        adabits.load_weights(self.model, ckpt["model"], name=str(path))
         if self.teacher is not None:
             teacher.check_same(self.teacher, ckpt.get(teacher.TEACHER_KEY), self.cfg, path)
         try:

@@ -8,7 +8,9 @@
   clipping level it never used (the conv is weight-only, as ours, which has none): `head.0.alpha` is
   dropped. A CIFAR ResNet's blocks per stage are read from the checkpoint's own keys, so an original
   checkpoint of another depth becomes our layout of that depth (and then does not fit, naming it).
-- wrappers: `module.` (DataParallel) and `_orig_mod.` (torch.compile) prefixes are dropped.
+
+Wrapper prefixes (`module.`, `_orig_mod.`) are gone before this stage: `adabits.weights.files.state_dict_of`
+strips them (the "clean" stage of `adabits.load_weights`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from torch import nn
 
 from . import mobilenet_v1, mobilenet_v2
 
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 #: the original's first conv is weight-only: its clipping level was never used, and ours has none
 _ORIGINAL_UNUSED = frozenset({"head.0.alpha"})
 _ORIGINAL_BLOCK = re.compile(r"stage_(\d+)_layer_(\d+)\.body\.(\d+)\.(.+)")
@@ -36,16 +37,6 @@ _RESNET_BODY = {0: "conv1", 1: "bn1", 3: "conv2", 4: "bn2"}
 
 #: a renaming of one key; None drops it
 Rename = Callable[[str], str | None]
-
-
-def _strip_wrappers(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
 
 
 def _feature_index(repeats: list[int], stage: int, layer: int) -> int:
@@ -135,15 +126,14 @@ def _keep(key: str) -> str | None:
 
 def remap_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`state_dict` with its keys renamed to `model`'s names (see the module docstring for the layouts)."""
-    stripped = [(_strip_wrappers(key), key, value) for key, value in state_dict.items()]
     factory = KEY_MAPS.get(type(model).__name__)
-    rename = factory([key for key, _, _ in stripped]) if factory else _keep
+    rename = factory(list(state_dict)) if factory else _keep
     renamed: dict[str, torch.Tensor] = {}
-    for key, original, value in stripped:
+    for key, value in state_dict.items():
         new = rename(key)
         if new is None:
             continue
         if new in renamed:
-            raise ValueError(f"checkpoint keys collide after renaming: two keys become {new!r} (one is {original!r})")
+            raise ValueError(f"checkpoint keys collide after renaming: two keys become {new!r} (one is {key!r})")
         renamed[new] = value
     return renamed

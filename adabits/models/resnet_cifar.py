@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 from torch import Tensor, nn
 
 from ..quant.bitwidth import max_bits
 from ..quant.config import QuantConfig
 from .common import DEFAULT_CLASSIFIER_STD, LayerFactory, ResidualQuant, as_float_input, init_weights, stem_conv
 from .registry import register_model
+
+#: a block's key in a state dict: layers.<index>.
+_BLOCK = re.compile(r"layers\.(\d+)\.")
 
 
 class BasicBlock(nn.Module):
@@ -71,6 +77,14 @@ class CifarResNet(nn.Module):
         x = self.stem_quant(self.relu(self.bn1(self.conv1(as_float_input(x, self.conv1.weight)))))
         x = self.pool(self.layers(x)).flatten(1)
         return self.fc(x)
+
+    def layout_hint(self, state: Mapping[str, Tensor]) -> str | None:
+        """The depth a state dict of another CIFAR ResNet was written for (`adabits.load_weights` asks this when
+        it does not fit)."""
+        blocks = {int(m.group(1)) for m in map(_BLOCK.match, state) if m}
+        if blocks and len(blocks) % 3 == 0 and len(blocks) != len(self.layers):
+            return f"depth {2 * len(blocks) + 2} (this model has depth {2 * len(self.layers) + 2})"
+        return None
 
 
 @register_model

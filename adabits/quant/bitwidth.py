@@ -6,9 +6,10 @@ A bit-width is an int (weights and activations alike) or a pair (weight_bits, ac
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Union
+from typing import Literal, Union
 
 from torch import nn
 
@@ -42,18 +43,38 @@ def format_bits(pair: BitPair) -> Bits:
     return pair[0] if pair[0] == pair[1] else pair
 
 
-def bits_label(bits: object) -> str:
-    """`8-bit`, `FP32`, or `w4a8` when weights and activations differ (tables and plots)."""
+#: how `bits_text` writes a bit-width: as in a config or command (`4`, `[4, 8]`, also whole lists), a table or
+#: plot label (`4-bit`, `FP32`), a file-name tag (`4bit`), words (`4 bits`), a `.pte` method (`forward_4`);
+#: a (weight, activation) pair that differs is `w4a8` in all but the config style
+BitsStyle = Literal["config", "label", "tag", "words", "method"]
+
+
+def bits_text(bits: object, style: BitsStyle = "label") -> str:
+    """The one formatter of bit-widths for people and file names (see BitsStyle)."""
+    if style == "config":
+        def plain(value: object) -> object:
+            return [plain(x) for x in value] if isinstance(value, (list, tuple)) else value
+
+        try:
+            return json.dumps(plain(bits))
+        except (TypeError, ValueError):
+            return repr(bits)
     weight, act = parse_bits(bits)
     if weight != act:
-        return f"w{weight}a{act}"
-    return "FP32" if weight == FULL_PRECISION else f"{weight}-bit"
+        return f"forward_w{weight}a{act}" if style == "method" else f"w{weight}a{act}"
+    if style == "label":
+        return "FP32" if weight == FULL_PRECISION else f"{weight}-bit"
+    return {"tag": f"{weight}bit", "words": f"{weight} bits", "method": f"forward_{weight}"}[style]
+
+
+def bits_label(bits: object) -> str:
+    """`bits_text(bits, "label")`: `8-bit`, `FP32`, `w4a8` (tables and plots)."""
+    return bits_text(bits, "label")
 
 
 def bits_tag(bits: object) -> str:
-    """The same in a file name: `8bit`, `32bit`, `w4a8`."""
-    weight, act = parse_bits(bits)
-    return f"{weight}bit" if weight == act else f"w{weight}a{act}"
+    """`bits_text(bits, "tag")`: `8bit`, `32bit`, `w4a8` (file names)."""
+    return bits_text(bits, "tag")
 
 
 def parse_bits_list(bits_list: Iterable[object]) -> tuple[BitPair, ...]:

@@ -7,27 +7,24 @@ the checkpoint looks written for, when its keys tell), unless the user asked for
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from adabits.models.resnet_cifar import CifarResNet
-from adabits.quant.bitwidth import get_bits_list
-from adabits.quant.layers import QuantLayer
-from adabits.quant.norms import SwitchableNorm
-
 from ..errors import CheckpointError
-from .report import show_bits
+from ..quant.bitwidth import bits_text, get_bits_list
+from ..quant.layers import QuantLayer
+from ..quant.norms import SwitchableNorm
 
 #: keys named in a message, of each kind
 SHOWN = 3
 _FILLED_BY_TORCH = "num_batches_tracked"
-_BLOCK = re.compile(r"layers\.(\d+)\.")
+#: the method a model may define to say what a state dict of its family looks written for (e.g. another
+#: depth): `layout_hint(state) -> str | None`, asked when a checkpoint does not fit
+LAYOUT_HINT = "layout_hint"
 
 
 @dataclass(frozen=True)
@@ -75,22 +72,31 @@ def per_bit_bn_counts(model: nn.Module, state: Mapping[str, torch.Tensor]) -> di
     return counts
 
 
-def refuse_other_bit_count(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+class WeightsMismatch(CheckpointError):
+    """A state dict that fits only part of the model; `partial_possible`: some keys fit, so a partial load could
+    take them (callers that offer one say how: `partial=True`, or a config's partial_load)."""
+
+    def __init__(self, message: str, partial_possible: bool) -> None:
+        super().__init__(message)
+        self.partial_possible = partial_possible
+
+
+def refuse_other_bit_count(model: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
     """A float start spreads one BN into every bit-width; a switchable checkpoint of another bit count has no such BN."""
     for name, (held, have) in per_bit_bn_counts(model, state).items():
         if held != have:
             raise CheckpointError(
                 f"{path} holds {held} per-bit norms per layer (e.g. {name}: a switchable checkpoint of {held} bit-widths), "
-                f"this model has {have} (bits_list {show_bits(get_bits_list(model))}); fp_pretrained_file spreads "
-                "one float norm into every bit-width: load a switchable checkpoint as pretrained_file with the "
-                "bits_list it was written for, or add bit-widths to it with `adabits calibrate`")
+                f"this model has {have} (bits_list {bits_text(get_bits_list(model), 'config')}); a float start (from_float, "
+                "fp_pretrained_file) spreads one float norm into every bit-width: load a switchable checkpoint "
+                "as pretrained_file (not from_float) into a model of the bits_list it was written for, or add bit-widths to it with `adabits calibrate`")
 
 
-def refuse_misfit(model: nn.Module, fit: Fit, path: Path, hint: str | None, *, offer_partial: bool) -> None:
+def refuse_misfit(model: nn.Module, fit: Fit, path: str, hint: str | None) -> None:
     """The one line for a checkpoint that fits only part of the model, naming a few keys of each kind."""
     if fit.shares_nothing:
-        raise CheckpointError(f"{path} shares no parameter names with model {type(model).__name__}"
-                              + (f"; it looks written for {hint}" if hint else ""))
+        raise WeightsMismatch(f"{path} shares no parameter names with model {type(model).__name__}"
+                              + (f"; it looks written for {hint}" if hint else ""), partial_possible=False)
     parts = []
     if fit.mismatched:
         shapes = [f"{key}: checkpoint {_shape(a)}, model {_shape(b)}" for key, a, b in fit.mismatched]
@@ -99,10 +105,8 @@ def refuse_misfit(model: nn.Module, fit: Fit, path: Path, hint: str | None, *, o
         parts.append(f"{len(fit.missing)} model keys get no value ({_some(fit.missing)})")
     if fit.unexpected:
         parts.append(f"{len(fit.unexpected)} checkpoint keys are not in the model ({_some(fit.unexpected)})")
-    raise CheckpointError(
-        f"{path} does not fit model {type(model).__name__}: " + "; ".join(parts)
-        + (f"; the checkpoint looks written for {hint}" if hint else "")
-        + ("; set partial_load: true to load only the keys that fit" if offer_partial else ""))
+    raise WeightsMismatch(f"{path} does not fit model {type(model).__name__}: " + "; ".join(parts)
+                          + (f"; the checkpoint looks written for {hint}" if hint else ""), partial_possible=True)
 
 
 def partial_note(fit: Fit) -> str:
@@ -112,19 +116,18 @@ def partial_note(fit: Fit) -> str:
 
 def written_for(model: nn.Module, state: Mapping[str, torch.Tensor], ckpt: Mapping[str, Any]) -> str | None:
     """What the checkpoint looks written for where that differs from `model`: our checkpoints' record
-    of model and bits_list, else the bit count of its per-bit BNs and alphas, a CIFAR ResNet's depth."""
+    of model and bits_list, else the bit count of its per-bit BNs and alphas, and the model's own `layout_hint`."""
     parts = []
     if isinstance(ckpt.get("model_name"), str) and "bits_list" in ckpt:
-        parts.append(f"model {ckpt['model_name']} with bits_list {show_bits(ckpt['bits_list'])}")
+        parts.append(f"model {ckpt['model_name']} with bits_list {bits_text(ckpt['bits_list'], 'config')}")
     else:
         held = _bit_count(model, state)
         have = len(get_bits_list(model))
         if held is not None and held != have:
             parts.append(f"a bits_list of {held} bit-widths (this model has {have})")
-    if isinstance(model, CifarResNet):
-        blocks = {int(m.group(1)) for m in map(_BLOCK.match, state) if m}
-        if blocks and len(blocks) % 3 == 0 and len(blocks) != len(model.layers):
-            parts.append(f"depth {2 * len(blocks) + 2} (this model has depth {2 * len(model.layers) + 2})")
+    hint = getattr(model, LAYOUT_HINT, None)
+    if callable(hint) and (said := hint(state)):
+        parts.append(said)
     return ", ".join(parts) or None
 
 

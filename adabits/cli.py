@@ -20,6 +20,7 @@ from .engine import Interrupted, Trainer, deploy, distributed, load_config
 from .engine.config import TrainConfig
 from .engine.deploy import CALIBRATION_IMAGES, EXPORT_FORMATS, ONNX_GRAPHS, parse_bits_option
 from .engine.report import eval_table
+from .engine.session import StopRequest
 from .errors import ConfigError, UserError
 
 EXIT_USAGE = 2
@@ -205,7 +206,7 @@ def _list_keys() -> None:
         print(f"{name}: {info.default!r}")
 
 
-def run(command: str, args: list[str], export_format: str = "packed") -> int:
+def run(command: str, args: list[str], export_format: str = "packed", stop: StopRequest | None = None) -> int:
     """Load the config, then run the command; UserErrors propagate (main prints them).
 
     Only `train` (and `test` under torchrun, whose processes share the validation set) builds a
@@ -232,7 +233,7 @@ def run(command: str, args: list[str], export_format: str = "packed") -> int:
     if cfg.test_only and not distributed.detect(cfg.distributed).enabled:
         print(deploy.evaluate_trained(cfg, options.get("from_start", False)))
         return 0
-    trainer = Trainer(cfg, from_start=options.get("from_start", False))
+    trainer = Trainer(cfg, from_start=options.get("from_start", False), stop=stop)
     try:
         trainer.prepare()
         if cfg.test_only:
@@ -259,15 +260,17 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 @contextmanager
-def _scheduler_signals_interrupt(received: list[int]) -> Iterator[None]:
-    """STOP_SIGNALS stop the run as Ctrl-C does, at once and naming the last checkpoint; `received` records
-    the signal, for the exit status 128 + its number."""
-    def stop(signum: int, _frame: object) -> None:
-        received.append(signum)
-        raise KeyboardInterrupt
+def _scheduler_signals_stop(stop: StopRequest) -> Iterator[None]:
+    """STOP_SIGNALS ask a training loop to save the step under way and stop; before it runs (or at a second
+    signal) they stop the command at once, as Ctrl-C does. `stop.signal` is kept for the exit status 128 + it."""
+    def handle(signum: int, _frame: object) -> None:
+        first = stop.signal is None
+        stop.signal = signum
+        if not (first and stop.polled):
+            raise KeyboardInterrupt
 
     try:
-        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+        previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread of the interpreter: leave signals alone
         yield
         return
@@ -278,8 +281,8 @@ def _scheduler_signals_interrupt(received: list[int]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _stopped_by(received: list[int]) -> str:
-    return f"stopped by {signal.Signals(received[0]).name}: " if received else ""
+def _stopped_by(stop: StopRequest) -> str:
+    return f"stopped by {signal.Signals(stop.signal).name}: " if stop.signal is not None else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,18 +291,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.keys:
         _list_keys()
         return 0
-    received: list[int] = []
+    stop = StopRequest()
     try:
-        with _scheduler_signals_interrupt(received):
-            return run(args.command, args.args, getattr(args, "format", "packed"))
+        with _scheduler_signals_stop(stop):
+            return run(args.command, args.args, getattr(args, "format", "packed"), stop)
     except Interrupted as exc:
         if distributed.env_rank() == 0:  # Ctrl-C reaches every torchrun worker; one message is enough
-            print(f"\n{_stopped_by(received)}{exc}", file=sys.stderr)
-        return 128 + received[0] if received else EXIT_INTERRUPTED
+            print(f"\n{_stopped_by(stop)}{exc}", file=sys.stderr)
+        return 128 + stop.signal if stop.signal is not None else EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print(f"\n{_stopped_by(received) or 'interrupted: '}before training started; nothing was written",
+        print(f"\n{_stopped_by(stop) or 'interrupted: '}before training started; nothing was written",
               file=sys.stderr)
-        return 128 + received[0] if received else EXIT_INTERRUPTED
+        return 128 + stop.signal if stop.signal is not None else EXIT_INTERRUPTED
     except UserError as exc:
         print(f"{_error_prefix()}{exc}", file=sys.stderr)
         return EXIT_USAGE

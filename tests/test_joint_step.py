@@ -18,7 +18,7 @@ import adabits
 from adabits import cli
 from adabits.engine import CheckpointError, ConfigError, Interrupted, Trainer, build_config
 from adabits.engine.build import build_model
-from adabits.engine.teacher import TEACHER_KEY
+from adabits.engine.checkpoint import TEACHER_KEY
 from adabits.joint import JointObjective, StepBits, distillation_loss, highest_first
 from adabits.joint import step as joint_step_module
 

@@ -1,11 +1,13 @@
-"""RunWriter: metrics.jsonl always; TensorBoard events when the run asks for them, one note when it cannot."""
+"""RunRecords: metrics.jsonl always; TensorBoard events when the run asks for them, one note when it cannot."""
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from adabits.engine.report import RunWriter
+from adabits.engine import build_config
+from adabits.engine.report import metrics_lines
+from adabits.engine.run_records import RunRecords
 
 TRAIN = {8: {"loss": 0.5, "top1_error": 0.2}, 4: {"loss": 0.7, "top1_error": 0.3}}
 VAL = {8: {"loss": 0.6, "top1_error": 0.25}, 4: {"loss": 0.8, "top1_error": 0.35}}
@@ -13,9 +15,11 @@ VAL = {8: {"loss": 0.6, "top1_error": 0.25}, 4: {"loss": 0.8, "top1_error": 0.35
 
 def write_one_epoch(run_dir: Path, tensorboard: bool = False) -> list[str]:
     notes: list[str] = []
-    writer = RunWriter(run_dir, tensorboard, echo=notes.append)
-    writer.write_epoch(0, 0.1, 2.0, TRAIN, VAL)
-    writer.close()
+    records = RunRecords(run_dir, build_config({"tensorboard": tensorboard}), notes.append)
+    if tensorboard:
+        records.open_tensorboard(None)
+    records.append(0, 0.1, TRAIN, VAL, metrics_lines(0, 0.1, 2.0, TRAIN, VAL))
+    records.close()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["bits"], r["val_loss"], r["train_top1_error"]) for r in rows] == [(8, 0.6, 0.2), (4, 0.8, 0.3)]
     return notes

@@ -18,10 +18,10 @@ from _engine_helpers import tiny_args, tiny_config
 from adabits.cli import main
 from adabits.engine import CheckpointError, ConfigError, Trainer, load_trained
 from adabits.engine import checkpoint as ckpt_mod
+from adabits.engine.checkpoint import POSITION_KEY
 from adabits.engine.config import TrainConfig
 from adabits.engine.resume_policy import FIXED, MAY_CHANGE, RESUME_RULES
 from adabits.engine.run_folder import RunLock, remove_stale_temps
-from adabits.engine.step_checkpoint import POSITION_KEY
 from adabits.errors import RunFolderError
 from adabits.integrity import CHECKSUM_KEY
 

@@ -28,7 +28,8 @@ from _preempt_helpers import (
 
 from adabits import cli
 from adabits.data import TensorLoader, ToModelInput
-from adabits.engine import CheckpointError, ConfigError, Interrupted, Trainer, build_config, step_checkpoint
+from adabits.engine import CheckpointError, ConfigError, Interrupted, Trainer, build_config, checkpoint
+from adabits.engine.session import StopRequest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,6 +73,34 @@ def test_a_run_stopped_at_any_step_resumes_bitwise_identical(tmp_path, straight,
     assert metrics_rows(tmp_path / "tiny") == straight[1]
 
 
+@pytest.mark.parametrize(("signal_at", "saved_at"), [
+    (2, "at step 2 of epoch 1"),  # mid-epoch, before any step checkpoint: the stop writes one at the step under way
+    (6, "after epoch 1"),         # at an epoch's last step: that epoch's own checkpoint, then the stop
+    (9, "at step 3 of epoch 2"),  # mid-epoch, between step checkpoints
+])
+def test_a_scheduler_signal_saves_the_step_under_way_and_resumes_bitwise(tmp_path, straight, signal_at, saved_at):
+    """SIGTERM / SIGUSR1 (the CLI sets `StopRequest.signal`) write latest_checkpoint.pt at the current step."""
+    import signal
+
+    stop = StopRequest()
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted, match=f"saved and stopped: .*{saved_at}"):
+        original, done = Trainer.train_step, [0]
+
+        def train_step(trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+            original(trainer, *args, **kwargs)
+            done[0] += 1
+            if done[0] == signal_at:
+                stop.signal = signal.SIGTERM
+
+        patch.setattr(Trainer, "train_step", train_step)
+        Trainer(_config(tmp_path), echo=quiet, stop=stop).prepare().fit()
+    assert stop.polled
+    resumed = Trainer(_config(tmp_path), echo=quiet).prepare()
+    resumed.fit()
+    assert_same_weights(weights(resumed), straight[0])
+    assert metrics_rows(tmp_path / "tiny") == straight[1]
+
+
 def test_step_checkpoints_do_not_change_the_run(tmp_path, straight):
     trainer = Trainer(_config(tmp_path, checkpoint_every_steps=None), echo=quiet).prepare()
     trainer.fit()
@@ -84,7 +113,7 @@ def test_the_step_checkpoint_holds_the_position_and_is_the_latest(tmp_path, monk
     with pytest.raises(Interrupted):
         Trainer(_config(tmp_path), echo=quiet).prepare().fit()
     ckpt = torch.load(tmp_path / "tiny" / "latest_checkpoint.pt", weights_only=True)
-    position = ckpt[step_checkpoint.POSITION_KEY]
+    position = ckpt[checkpoint.POSITION_KEY]
     assert (ckpt["epoch"], position["epoch"], position["step"]) == (0, 0, 4)
     assert ckpt["scheduler"]["last_epoch"] == 4
     assert len(position["ranks"]) == 1 and position["ranks"][0]["meters"][:, 0].tolist() == [64.0, 64.0]
@@ -101,8 +130,8 @@ def _step_checkpoint(tmp_path: Path) -> Path:
 def test_a_mid_epoch_checkpoint_of_another_world_size_is_refused_in_one_line(tmp_path, capsys):
     path = _step_checkpoint(tmp_path)
     ckpt = torch.load(path, weights_only=True)
-    ranks = ckpt[step_checkpoint.POSITION_KEY]["ranks"]
-    ckpt[step_checkpoint.POSITION_KEY]["ranks"] = ranks * 2  # as if 2 processes had written it
+    ranks = ckpt[checkpoint.POSITION_KEY]["ranks"]
+    ckpt[checkpoint.POSITION_KEY]["ranks"] = ranks * 2  # as if 2 processes had written it
     torch.save(ckpt, path)
     assert cli.main(["train", *preempt_args(tmp_path)]) == cli.EXIT_USAGE
     err = capsys.readouterr().err.strip()
@@ -117,7 +146,7 @@ def test_a_mid_epoch_checkpoint_beyond_the_epoch_of_this_config_is_refused(tmp_p
         Trainer(_config(tmp_path, max_iters_per_epoch=3), echo=quiet).prepare()
     ckpt = torch.load(path, weights_only=True)  # and the position itself is checked against the epoch's length
     with pytest.raises(CheckpointError, match="at step 4 of epoch 1, but an epoch of this config has 3 steps"):
-        step_checkpoint.read(ckpt, path, 1, 3)
+        checkpoint.read_position(ckpt, path, 1, 3)
     assert path.is_file()
 
 
@@ -227,7 +256,7 @@ def test_two_processes_stopped_at_a_step_resume_bitwise_identical(tmp_path):
 
 def _position(path: Path) -> tuple[int, int] | None:
     try:
-        position = torch.load(path, weights_only=True).get(step_checkpoint.POSITION_KEY)
+        position = torch.load(path, weights_only=True).get(checkpoint.POSITION_KEY)
     except (OSError, RuntimeError, EOFError):
         return None
     return (position["epoch"], position["step"]) if position else None

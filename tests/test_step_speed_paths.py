@@ -11,7 +11,7 @@ from _preempt_helpers import StopAfter, assert_same_weights, no_plots, quiet, we
 import adabits
 from adabits.analysis.host_reads import HostReads
 from adabits.engine import Interrupted, Trainer
-from adabits.engine.trainer import GRAD_SCALER_KEY
+from adabits.engine.checkpoint import GRAD_SCALER_KEY
 from adabits.quant.functional import quantize_activation
 from adabits.quant.grid import Grid
 from adabits.quant.residual import Int8Observer, covering_on_device

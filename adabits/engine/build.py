@@ -1,19 +1,31 @@
-"""Building the pieces of a run from a config: device, model (through adabits.create_model), weights."""
+"""Building the pieces of a run from a config: device, model (through adabits.create_model), data, the start weights."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 import adabits
-from adabits.quant.bitwidth import Bits
 
-from ..errors import CheckpointError, ConfigError
+from ..data import DataShape, Loaders, build_loaders
+from ..errors import CheckpointError, ConfigError, UserError
+from ..joint.objective import IN_STEP_TEACHERS
+from ..joint.sampling import StepBits
+from ..quant.bitwidth import Bits
+from ..quant.clipping import init_clipping_levels
 from ..weights import WeightsMismatch, load_weights
+from . import distributed, precision
 from .config import TrainConfig
+from .distributed import DistEnv
+
+if TYPE_CHECKING:
+    from .teacher import FloatTeacher
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,3 +103,68 @@ def load_pretrained(model: nn.Module, cfg: TrainConfig) -> list[str]:
     if path is not None:
         notes.append(load_start(model, path, from_float=False, partial=cfg.partial_load))
     return notes
+
+
+@dataclass
+class RunParts:
+    """What a training (or distributed test) run is built from, before any weights are chosen for training."""
+
+    loaders: Loaders
+    shape: DataShape
+    model: nn.Module
+    criterion: nn.Module
+    step_bits: StepBits
+    grad_scaler: torch.amp.GradScaler | None
+    teacher: "FloatTeacher | None"
+    iters_per_epoch: int
+
+
+def build_parts(cfg: TrainConfig, device: torch.device, dist: DistEnv, echo: Callable[[str], None], *,
+                from_start: bool = False) -> RunParts:
+    """Data, model (on `device`, its trained weights loaded when test_only), loss, the step's bit-widths, fp16's
+    GradScaler and the float teacher, in the order that fails earliest on bad input."""
+    torch.manual_seed(cfg.random_seed + dist.rank if cfg.use_diff_seed else cfg.random_seed)
+    loaders = build_loaders(cfg, device, dist.rank, dist.world_size)
+    if cfg.num_classes is not None and cfg.num_classes < loaders.num_classes:
+        raise UserError(f"num_classes {cfg.num_classes} is smaller than the {loaders.num_classes} "
+                        f"classes of dataset {cfg.dataset}")
+    shape = DataShape(cfg.num_classes or loaders.num_classes, cfg.in_chans or loaders.in_chans, loaders.image_size)
+    model = build_model(cfg, shape.num_classes, shape.in_chans).to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # nn.Module.to takes it
+    if cfg.compile_quantizers:
+        adabits.compile_quantizers(model)
+    if cfg.sync_bn and dist.enabled:
+        model = distributed.convert_sync_bn(model, device)
+    teacher = None
+    if cfg.distill == "float" and not cfg.test_only:
+        from .teacher import build_float_teacher  # (the teacher is built with this module)
+
+        teacher = build_float_teacher(cfg, shape.num_classes, shape.in_chans, device)
+    iters = len(loaders.train) if not cfg.max_iters_per_epoch else min(len(loaders.train), cfg.max_iters_per_epoch)
+    if cfg.test_only:
+        from .loading import apply_weights, weights_source  # (loading builds models with this module)
+
+        source = weights_source(cfg, from_start=from_start)
+        for note in (source.note, apply_weights(model, source, cfg)):
+            if note:
+                echo(note)
+    return RunParts(loaders, shape, model, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                    StepBits(cfg.train_bits, cfg.sandwich_middle, cfg.random_seed, cfg.distill in IN_STEP_TEACHERS),
+                    precision.grad_scaler(cfg.precision, device), teacher, iters)
+
+
+def start_weights(model: nn.Module, cfg: TrainConfig, train: Iterable[Any], echo: Callable[[str], None]) -> None:
+    """A fresh run's start: fp_pretrained_file / pretrained_file, then the clipping levels chosen from the first
+    `alpha_init_batches` training batches (`alpha_init: mse`), or every bit-width calibrated on them (`calibrate`)."""
+    for note in load_pretrained(model, cfg):
+        echo(note)
+    if cfg.alpha_init not in ("mse", "calibrate"):
+        return
+    batches = [images for images, _ in itertools.islice(iter(train), cfg.alpha_init_batches)]
+    if cfg.alpha_init == "calibrate":
+        echo(str(adabits.calibrate(model, batches)))
+        return
+    levels = init_clipping_levels(model, torch.cat(batches))
+    summary = ", ".join(f"{bits}: {min(v.values()):.2f}-{max(v.values()):.2f}" for bits, v in levels.items() if v)
+    echo(f"clipping levels chosen from {len(batches)} training batches (alpha range per bits: {summary})")

@@ -203,6 +203,9 @@ class TrainConfig(BaseModel):
     # preemptible runs (docs/distributed.md): also write latest_checkpoint.pt every N optimizer steps,
     # with the position inside the epoch, so that a killed run resumes mid-epoch bitwise identical
     checkpoint_every_steps: int | None = Field(None, ge=1)
+    # a step whose loss or gradients are not finite (engine/divergence.py): stop the run naming the last good
+    # checkpoint, or skip the step (weights, optimizer and schedule as they were) and count it
+    nonfinite: Literal["stop", "skip"] = "stop"
 
     @field_validator("model")
     @classmethod

@@ -26,12 +26,11 @@ from ..quant.bitwidth import Bits
 from ..weights import load_weights, read_checkpoint
 from . import checkpoint, run_folder
 from .build import build_model, load_start, pretrained_path
+from .checkpoint import SHAPE_KEY
 from .config import TrainConfig
 
 #: where the weights come from: pretrained_file, the run's own checkpoint, the fp start, or none at all
 WeightsKind = Literal["pretrained", "run", "start", "none"]
-#: the checkpoint key holding the DataShape of the run (as a dict)
-SHAPE_KEY = "data_shape"
 
 
 def run_dir(cfg: TrainConfig) -> Path:

@@ -1,4 +1,5 @@
-"""What a run leaves for people: epoch tables, metrics.jsonl, TensorBoard, results.md, accuracy_vs_bits.png.
+"""How a run's numbers read: epoch tables, metrics.jsonl rows, results.md, accuracy_vs_bits.png (written by
+engine/run_records.py).
 
 Bit-widths are labelled `8-bit`, `FP32`, and `w4a8` for a pair (weight bits, activation bits), and
 ordered by (weight bits, activation bits) wherever they are sorted.
@@ -6,13 +7,11 @@ ordered by (weight bits, activation bits) wherever they are sorted.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write
 from ..quant.bitwidth import BitPair, Bits, bits_label, parse_bits
-from .run_folder import METRICS
 
 Metrics = dict[Bits, dict[str, float]]
 
@@ -140,43 +139,3 @@ def reconcile_metrics(path: Path, lines: list[str], epochs_done: int) -> str | N
     if not parts:
         parts.append("rewrote it from the checkpoint's record (it held cut-off or repeated rows)")
     return f"{path.name}: " + "; ".join(parts)
-
-
-class RunWriter:
-    """Appends metrics.jsonl rows and, when the run asks for it, mirrors them to TensorBoard.
-
-    TensorBoard is the optional `tensorboard` extra: asked for but not installed, the run goes on
-    without it after one note (through `echo`) that says how to get it. A resumed run passes
-    `purge_step` (the first epoch it trains), so TensorBoard hides the events of epochs trained again.
-    """
-
-    def __init__(self, run_dir: Path, tensorboard: bool = False, echo: Callable[[str], None] = print,
-                 purge_step: int | None = None) -> None:
-        self.run_dir = run_dir
-        self.jsonl = run_dir / METRICS
-        self.tb: Any = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                echo("note: tensorboard is not installed, so this run writes no TensorBoard events "
-                     "(pip install 'adabits[tensorboard]', or tensorboard=false)")
-            else:
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
-
-    def write_epoch(self, epoch: int, lr: float, seconds: float, train: Metrics, val: Metrics,
-                    lines: list[str] | None = None) -> None:
-        """Append the epoch's rows (`lines`, when already made by `metrics_lines`)."""
-        with self.jsonl.open("a") as f:
-            f.writelines(metrics_lines(epoch, lr, seconds, train, val) if lines is None else lines)
-        if self.tb is not None:
-            for phase, data in (("train", train), ("val", val)):
-                for b, metrics in data.items():
-                    for k, x in metrics.items():
-                        self.tb.add_scalar(f"{phase}_{k}/{bits_label(b)}", x, epoch + 1)
-            self.tb.add_scalar("lr", lr, epoch + 1)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()

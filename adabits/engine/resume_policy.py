@@ -55,7 +55,7 @@ RESUME_RULES: dict[str, tuple[str, str]] = {
     **{key: (MAY_CHANGE, _HOW) for key in (
         "device", "compile", "compile_quantizers", "precision", "cudnn_benchmark", "channels_last", "num_threads", "data_loader_workers", "distributed", "dist_backend")},
     **{key: (MAY_CHANGE, _SHOWN) for key in (
-        "log_every", "progress", "tensorboard", "test_only", "checkpoint_every_steps")},
+        "log_every", "progress", "tensorboard", "test_only", "checkpoint_every_steps", "nonfinite")},
     **{key: (MAY_CHANGE, _WHERE) for key in ("log_dir", "run_name", "resume", "dataset_dir", "download")},
     **{key: (MAY_CHANGE, _INERT) for key in (
         "bn_calib", "reset_parameters", "distributed_all_reduce", "profiling", "profiling_only",

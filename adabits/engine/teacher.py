@@ -17,15 +17,12 @@ import torch
 from torch import nn
 
 from .. import integrity
-from ..errors import CheckpointError
 from ..quant.bitwidth import FULL_PRECISION
 from ..quant.config import QuantConfig
 from ..weights import read_checkpoint, state_dict_of
 from .build import build_model, load_start
 from .config import TrainConfig
 
-#: the checkpoint key of the teacher's digest
-TEACHER_KEY = "float_teacher"
 #: the keys of the file's own config that decide what its float model computes
 _MODEL_KEYS = ("model", "depth", "model_options", "normalize", *(f.name for f in dataclasses.fields(QuantConfig)))
 
@@ -53,10 +50,3 @@ def build_float_teacher(cfg: TrainConfig, num_classes: int, in_chans: int, devic
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # nn.Module.to takes it
     digest = integrity.text_digest(integrity.digests(state_dict_of(ckpt)))
     return FloatTeacher(model, digest)
-
-
-def check_same(teacher: FloatTeacher, stored: object, cfg: TrainConfig, path: Path) -> None:
-    """Refuse to resume checkpoint `path` with a teacher file other than the one it was trained with."""
-    if teacher.digest != stored:
-        raise CheckpointError(f"{cfg.fp_pretrained_file} no longer holds the float teacher {path} was trained with "
-                              "(its weights differ); restore that file to resume, or start a new run")

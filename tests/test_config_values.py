@@ -30,7 +30,7 @@ REFUSED = [
     ("multistep_lr_milestones=[2,1]", "multistep_lr_milestones must be epochs from 0 up, in ascending order"),
     ("multistep_lr_milestones=[-1]", "multistep_lr_milestones must be epochs from 0 up, in ascending order"),
     ("run_name=../elsewhere", "run_name names a folder inside log_dir, got '../elsewhere'"),
-    ("model=resnet20; depth=8", "depth applies to model resnet_cifar only; resnet20 has a fixed depth"),
+    ("model=resnet20; depth=8", "depth is not an option of model resnet20, whose depth is fixed (remove depth, or use a model that takes one: resnet_cifar, vit_tiny)"),
     ("drop_last=true; batch_size=1000", "dataset synthetic has 96 training images, fewer than batch_size 1000 with "
                                        "drop_last: true"),
     ("model_options={width: 0}", "model_options width must be a positive finite number, got 0"),

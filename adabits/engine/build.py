@@ -48,14 +48,10 @@ def model_bits(cfg: TrainConfig) -> list[Bits]:
     return cfg.train_bits
 
 
-def quant_options(cfg: TrainConfig) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(adabits.QuantConfig)}
-
-
 def model_kwargs(cfg: TrainConfig, num_classes: int, in_chans: int) -> dict[str, Any]:
     """The keyword arguments of `adabits.create_model(cfg.model, **kwargs)` (stored by exports)."""
-    options: dict[str, Any] = {**quant_options(cfg), **cfg.model_options}
-    if cfg.depth is not None and cfg.model == "resnet_cifar":
+    options: dict[str, Any] = {**dataclasses.asdict(cfg.quant), **cfg.model_options}
+    if cfg.depth is not None:  # a model option the config names at the top level, as the original's configs do
         options["depth"] = cfg.depth
     return {"bits_list": model_bits(cfg), "num_classes": num_classes, "in_chans": in_chans, **options}
 

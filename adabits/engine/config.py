@@ -7,12 +7,13 @@ ConfigError with a message that names the key, where it came from and, if possib
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_type_hints
 
 import yaml
 from pydantic import (
@@ -21,6 +22,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -29,6 +31,7 @@ from ..data.recipes import DATA_LOADERS, TRANSFORMS
 from ..errors import ConfigError
 from ..joint.objective import IN_STEP_TEACHERS, Distill, JointLoss
 from ..quant.bitwidth import Bits, format_bits, parse_bits, parse_bits_list
+from ..quant.config import QuantConfig
 from .optim import OPTIMIZERS
 from .precision import Precision
 from .schedules import SCHEDULES
@@ -72,11 +75,27 @@ PLAIN_START: dict[str, Any] = {"clamp": False, "rescale": False, "rescale_conv":
 PLAIN_FUNCTION_KEYS = frozenset({"clamp", "rescale", "rescale_conv"})
 
 
-class TrainConfig(BaseModel):
+# allow_inf_nan: `.inf` and `.nan` are YAML floats that pass every bound check (lr > 0) and train nothing
+_STRICT = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True, allow_inf_nan=False)
+
+#: the quantization keys: adabits.QuantConfig's fields with their types and defaults, declared there alone (YAML
+#: stays flat: `clamp: false` at the top level, as in the original's configs)
+QuantKeys: type[BaseModel] = create_model(
+    "QuantKeys", __config__=_STRICT,
+    **{f.name: (hint, f.default) for f in dataclasses.fields(QuantConfig)
+       if (hint := get_type_hints(QuantConfig)[f.name])},  # type: ignore[call-overload]
+)
+
+
+class TrainConfig(QuantKeys):  # type: ignore[valid-type,misc]  # a class create_model made
     """Every key a training config may hold; defaults follow the original AdaBits code's recipe."""
 
-    # allow_inf_nan: `.inf` and `.nan` are YAML floats that pass every bound check (lr > 0) and train nothing
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True, allow_inf_nan=False)
+    model_config = _STRICT
+
+    @property
+    def quant(self) -> QuantConfig:
+        """The quantization options as the library takes them."""
+        return QuantConfig(**{name: getattr(self, name) for name in QuantConfig.field_names()})
 
     # model
     model: str = "resnet20"
@@ -88,25 +107,6 @@ class TrainConfig(BaseModel):
     topk: list[int] = [1, 5]
     bits_list: list[Bits] = [8, 6, 5, 4]  # an entry is B or [weight_bits, act_bits]; 32 = full precision
     adaptive_training: bool = True
-    # quantization (the fields of adabits.QuantConfig, same names and defaults)
-    weight_only: bool = False
-    weight_quant_scheme: Literal["original", "modified", "centered"] = "modified"
-    # "dorefa": tanh(W) / max|tanh(W)| (the seed's); "channel": per-channel scales that keep a pretrained
-    # float model's function (adabits.QuantConfig.pretrained)
-    weight_quantizer: Literal["dorefa", "channel"] = "dorefa"
-    act_quant_scheme: Literal["original", "modified", "centered"] = "original"
-    clamp: bool = True
-    rescale: bool = True
-    rescale_conv: bool = False
-    rescale_type: Literal["constant", "stddev"] = "constant"
-    switchbn: bool = True
-    switch_alpha: bool = True
-    stats_sharing: bool = False
-    pact_fp: bool = False
-    double_side: bool = False
-    # residual adds compute what an integer runtime computes: inputs and output on 8-bit grids
-    # (adabits/quant/residual.py); the all-integer export then equals the model
-    quantize_residual: bool = False
     # PACT clipping levels at the start: "fixed" (8 conv / 10 linear, as the original), "mse" (per
     # bit-width, least quantization error on alpha_init_batches training batches) or "calibrate"
     # (adabits.calibrate on those batches: weight clipping, clipping levels and BN statistics per bit-width)
@@ -313,9 +313,10 @@ class TrainConfig(BaseModel):
         if self.warmup_epochs > self.num_epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds num_epochs ({self.num_epochs})")
         self._consistent_joint_step()
-        if self.depth is not None and self.model != "resnet_cifar":
-            raise ValueError(f"depth applies to model resnet_cifar only; {self.model} has a fixed depth "
-                             "(remove depth, or use model resnet_cifar)")
+        if self.depth is not None and "depth" not in _model_options(self.model):
+            takes = ", ".join(name for name in _known_models() or [] if "depth" in _model_options(name))
+            raise ValueError(f"depth is not an option of model {self.model}, whose depth is fixed (remove depth, or "
+                             f"use a model that takes one: {takes})")
         return self
 
     def _consistent_joint_step(self) -> None:
@@ -382,6 +383,13 @@ def _known_models() -> list[str] | None:
         return list(adabits.list_models())
     except (ImportError, AttributeError):
         return None
+
+
+def _model_options(name: str) -> frozenset[str]:
+    """A registered model's own options (its constructor's), where a model-specific key is checked."""
+    from ..models.registry import model_options
+
+    return model_options(name)
 
 
 @dataclass

@@ -30,6 +30,13 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_options(name: str) -> frozenset[str]:
+    """The options a registered model's constructor takes besides bits_list and config (its own, not QuantConfig's)."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return frozenset(inspect.signature(_MODELS[name]).parameters) - {"bits_list", "config"}
+
+
 def create_model(
     name: str,
     bits_list: Iterable[object] = (32,),
@@ -42,15 +49,15 @@ def create_model(
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     fn = _MODELS[name]
-    quant_options, model_options = QuantConfig.split_options(options)
+    quant_options, own_options = QuantConfig.split_options(options)
     config = (config or QuantConfig()).updated(**quant_options)
-    accepted = set(inspect.signature(fn).parameters) - {"bits_list", "config"}
-    unknown = set(model_options) - accepted
+    accepted = model_options(name)
+    unknown = set(own_options) - accepted
     if unknown:
         allowed = sorted(accepted | QuantConfig.field_names())
         raise ValueError(f"model {name!r} has no option(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
     if num_classes is not None:
-        model_options["num_classes"] = num_classes
+        own_options["num_classes"] = num_classes
     if in_chans is not None:
-        model_options["in_chans"] = in_chans
-    return fn(bits_list=list(bits_list), config=config, **model_options)
+        own_options["in_chans"] = in_chans
+    return fn(bits_list=list(bits_list), config=config, **own_options)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..errors import QuantOptionError
 from .functional import RESCALE_TYPES, check_scheme
+from .schemes import SchemeName
 
 #: "dorefa": tanh(W) / max|tanh(W)| (the seed's, for models trained with SAT's weights); "channel": W / s with
 #: one scale s per output channel, which keeps a pretrained float model's function (functional.channel_weight)
-WEIGHT_QUANTIZERS: tuple[str, ...] = ("dorefa", "channel")
+WeightQuantizer = Literal["dorefa", "channel"]
+WEIGHT_QUANTIZERS: tuple[str, ...] = get_args(WeightQuantizer)
+#: SAT's rescale target: "constant" s0 = 1/sqrt(fan_out); "stddev" s0 = std(W)
+RescaleType = Literal["constant", "stddev"]
 
 
 @dataclass(frozen=True)
@@ -18,16 +22,17 @@ class QuantConfig:
     """How every quantized layer of a model quantizes (per-layer options may override some).
 
     Defaults are the original code's, except `switchbn` and `switch_alpha`, which the seed used
-    for all of its adaptive models (they are the AdaBits method).
+    for all of its adaptive models (they are the AdaBits method). These fields, their types and defaults are
+    also the quantization keys of a YAML config (engine/config.py generates them from here).
     """
 
-    weight_quant_scheme: str = "modified"
-    weight_quantizer: str = "dorefa"  # "channel": per-output-channel scales, for pretrained float models
-    act_quant_scheme: str = "original"
+    weight_quant_scheme: SchemeName = "modified"
+    weight_quantizer: WeightQuantizer = "dorefa"  # "channel": per-output-channel scales, for pretrained float models
+    act_quant_scheme: SchemeName = "original"
     clamp: bool = True  # tanh/max normalisation of full-precision weights too
     rescale: bool = True  # SAT rescale of linear layers
     rescale_conv: bool = False  # SAT rescale of convolutions
-    rescale_type: str = "constant"  # "constant": s0 = 1/sqrt(fan_out); "stddev": s0 = std(W)
+    rescale_type: RescaleType = "constant"  # "constant": s0 = 1/sqrt(fan_out); "stddev": s0 = std(W)
     switchbn: bool = True  # one BatchNorm per bit-width
     switch_alpha: bool = True  # one PACT clipping level per bit-width
     stats_sharing: bool = False  # switchable BN shares gamma/beta, keeps private statistics

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 import adabits
-from adabits.analysis.accuracy import top1_per_bits
+from adabits.analysis.evaluation import top1_per_bits
 from adabits.data import build_loaders, fashion_mnist
 from adabits.data.idx import read_idx, write_idx
 from adabits.engine import load_config

@@ -14,7 +14,7 @@ import itertools
 import torch
 
 import adabits
-from adabits.analysis.accuracy import top1_per_bits
+from adabits.analysis.evaluation import top1_per_bits
 from adabits.data import build_loaders
 from adabits.engine import load_config
 from adabits.engine.build import build_model

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 import adabits
-from adabits.analysis.accuracy import top1
+from adabits.analysis.evaluation import top1
 from adabits.data import Loaders, build_loaders
 from adabits.engine import load_config
 from adabits.engine.build import build_model, load_pretrained

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 import adabits
-from adabits.analysis.accuracy import top1, top1_per_bits
+from adabits.analysis.evaluation import top1, top1_per_bits
 from adabits.atomic import atomic_write
 from adabits.data import TensorLoader, ToModelInput, build_splits
 from adabits.engine.config import TrainConfig

@@ -22,7 +22,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from ..quant.bitwidth import FULL_PRECISION, Bits, bits_label, get_bits_list, use_bits
+from ..quant.bitwidth import FULL_PRECISION, Bits, bits_text, get_bits_list, use_bits
 from ..quant.layers import QuantLayer
 
 
@@ -141,7 +141,7 @@ def profile_table(profiles: list[BitsProfile]) -> str:
     cols = f"{'bits':>8} | {'MACs':>11} | {'params':>11} | {'BitOPs':>12} | {'size':>11} | {'vs float32':>10}"
     lines = [cols, "-" * len(cols)]
     for p in profiles:
-        label = bits_label(p.bits)
+        label = bits_text(p.bits)
         lines.append(f"{label:>8} | {_human(p.macs):>11} | {_human(p.params):>11} | {_human(p.bitops):>12} | "
                      f"{_human(p.size_bytes, 'B'):>11} | {p.size_bytes / p.float32_bytes:>9.3f}x")
     return "\n".join(lines)

@@ -25,12 +25,12 @@ from ..analysis.profile import layer_table, profile_model, profile_table
 from ..data import BatchLoader, build_loader, build_loaders
 from ..errors import BitWidthError, ExportError, UserError
 from ..export.model_export import Format, Graph
-from ..quant.bitwidth import FULL_PRECISION, Bits, bits_label, bits_tag, format_bits, parse_bits
+from ..quant.bitwidth import FULL_PRECISION, Bits, bits_text, format_bits, parse_bits
 from . import checkpoint
 from .build import model_kwargs, resolve_device
 from .config import TrainConfig
 from .loading import SHAPE_KEY, TrainedModel, load_trained, run_dir, shape_record
-from .report import eval_table, show_bits
+from .report import eval_table
 
 EXPORT_FORMATS = ("packed", "onnx", "pte")
 #: graph= of `export`: unset, the all-integer graph where it covers the model, else the quantize/dequantize one
@@ -44,14 +44,14 @@ def parse_bits_option(value: Any) -> Bits:
     try:
         return format_bits(parse_bits(value))
     except ValueError as exc:
-        raise BitWidthError(f"bits={show_bits(value)}: {exc}; write bits=B or bits=[WEIGHT_BITS,ACT_BITS]") from None
+        raise BitWidthError(f"bits={bits_text(value, 'config')}: {exc}; write bits=B or bits=[WEIGHT_BITS,ACT_BITS]") from None
 
 
 def _of_model(bits: Any, allowed: list[Bits]) -> Bits:
     """`bits`, checked to be one of the model's bit-widths."""
     bits = parse_bits_option(bits)
     if parse_bits(bits) not in [parse_bits(b) for b in allowed]:
-        raise BitWidthError(f"bits={show_bits(bits)} is not a bit-width of this model; allowed: {show_bits(allowed)}")
+        raise BitWidthError(f"bits={bits_text(bits, 'config')} is not a bit-width of this model; allowed: {bits_text(allowed, 'config')}")
     return bits
 
 
@@ -103,7 +103,7 @@ def profile(cfg: TrainConfig, bits: Any = None, verbose: bool = False, from_star
     text = (_notes(trained) + f"{cfg.model}, input {shape.in_chans}x{shape.image_size}x{shape.image_size}"
             f"{untrained}\n" + profile_table(profiles))
     if verbose:
-        text += "".join(f"\n\n{_bits_words(p.bits)}:\n{layer_table(p)}" for p in profiles)
+        text += "".join(f"\n\n{bits_text(p.bits, 'words')}:\n{layer_table(p)}" for p in profiles)
     return text
 
 
@@ -125,15 +125,15 @@ def calibrate(cfg: TrainConfig, bits: Any, num_batches: int = 50, out: str | Non
     trained = load_trained(cfg, from_start=from_start, device=device)
     model = trained.model
     if parse_bits(bits) in [parse_bits(b) for b in trained.bits_list]:
-        raise BitWidthError(f"bits={show_bits(bits)} is already a bit-width of this model "
-                            f"({show_bits(trained.bits_list)}); calibrate adds a new one")
+        raise BitWidthError(f"bits={bits_text(bits, 'config')} is already a bit-width of this model "
+                            f"({bits_text(trained.bits_list, 'config')}); calibrate adds a new one")
     _threads(cfg)
     loaders = build_loaders(cfg, device)  # training batches for the statistics, then the evaluation
     _fits(cfg, trained, loaders.num_classes)
     try:
         adabits.calibrate_bn(model, bits, loaders.train, num_batches=num_batches)
     except ValueError as exc:
-        raise UserError(f"calibrate {bits_label(bits)}: {exc}") from None
+        raise UserError(f"calibrate {bits_text(bits)}: {exc}") from None
     source = trained.source.path
     assert source is not None and trained.checkpoint is not None  # load_trained requires weights here
     ckpt = trained.checkpoint
@@ -143,9 +143,9 @@ def calibrate(cfg: TrainConfig, bits: Any, num_batches: int = 50, out: str | Non
                  calibration={"bits": bits, "num_batches": num_batches, "source": str(source)})
     state.pop("optimizer", None)  # the optimizer's state no longer matches the grown parameters
     state.pop("scheduler", None)
-    target = Path(out) if out else source.with_name(f"{source.stem}_calibrated_{bits_tag(bits)}.pt")
+    target = Path(out) if out else source.with_name(f"{source.stem}_calibrated_{bits_text(bits, 'tag')}.pt")
     _save(state, target)
-    return (_notes(trained) + f"calibrated {bits_label(bits)} on {num_batches} training batches; saved {target}\n"
+    return (_notes(trained) + f"calibrated {bits_text(bits)} on {num_batches} training batches; saved {target}\n"
             + _evaluate(cfg, model, loaders.val, device))
 
 
@@ -222,11 +222,11 @@ def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bit
     integer_bits = [b for b in trained.bits_list if max(parse_bits(b)) <= 8]
     if not integer_bits or (bits is not None and bits not in integer_bits):
         raise ExportError(f"an integer {fmt} export takes bit-widths <= 8; this model has "
-                          f"{show_bits(trained.bits_list)}" + (" (use --format onnx graph=mixed bits=32 for float)"
+                          f"{bits_text(trained.bits_list, 'config')}" + (" (use --format onnx graph=mixed bits=32 for float)"
                                                                if fmt == "onnx" else ""))
     shape = trained.shape
     default = (run_dir(cfg) / "model.pte" if fmt == "pte" else
-               run_dir(cfg) / (f"model_{bits_tag(bits)}.onnx" if bits is not None else "onnx"))
+               run_dir(cfg) / (f"model_{bits_text(bits, 'tag')}.onnx" if bits is not None else "onnx"))
     images = calibration_images(cfg, count) if graph != "qdq" else None
     try:
         done = export_model(trained.model, Path(out) if out else default, format=cast(Format, fmt),
@@ -242,7 +242,7 @@ def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bit
     if fmt == "pte":
         return (f"wrote {done.path} ({done.path.stat().st_size:,} bytes): methods "
                 f"{', '.join(_method_names(done.bits))}; {done.how}" + notes)
-    return f"wrote {done.path} ({', '.join(_bits_words(b) for b in done.bits)}): {done.how}" + notes
+    return f"wrote {done.path} ({', '.join(bits_text(b, 'words') for b in done.bits)}): {done.how}" + notes
 
 
 def _method_names(bits: list) -> list[str]:
@@ -263,7 +263,7 @@ def _export_packed(cfg: TrainConfig, trained: TrainedModel, out: str | None) -> 
         raise ExportError(f"packed export: {exc}") from None
     float_bytes = _float_checkpoint_bytes(model)
     top = max(parse_bits(b)[0] for b in trained.bits_list)
-    return (f"wrote {target}: {info['bytes']:,} bytes (bit-widths {show_bits(trained.bits_list)}, "
+    return (f"wrote {target}: {info['bytes']:,} bytes (bit-widths {bits_text(trained.bits_list, 'config')}, "
             f"weight schemes {info['schemes']})\n"
             f"float32 state dict: {float_bytes:,} bytes; {top}/{FULL_PRECISION} of it: "
             f"{float_bytes * top // FULL_PRECISION:,} bytes; "
@@ -277,7 +277,7 @@ def _export_onnx(cfg: TrainConfig, trained: TrainedModel, bits: Bits, out: str |
         integer_layer_count,
     )
 
-    target = Path(out) if out else run_dir(cfg) / f"model_{bits_tag(bits)}.onnx"
+    target = Path(out) if out else run_dir(cfg) / f"model_{bits_text(bits, 'tag')}.onnx"
     shape = trained.shape
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -287,15 +287,10 @@ def _export_onnx(cfg: TrainConfig, trained: TrainedModel, bits: Bits, out: str |
     except ImportError:
         raise UserError("ONNX export needs the onnx package: pip install 'adabits[onnx]'") from None
     except ValueError as exc:
-        raise ExportError(f"ONNX export at {bits_label(bits)}: {exc}") from None
+        raise ExportError(f"ONNX export at {bits_text(bits)}: {exc}") from None
     notes = "".join(f"\nnote: {w.message}" for w in caught if issubclass(w.category, FloatWeightsWarning))
     integer, layers = integer_layer_count(target)
-    return (f"wrote {target} ({target.stat().st_size:,} bytes, {_bits_words(bits)}, bias {bias}: "
+    return (f"wrote {target} ({target.stat().st_size:,} bytes, {bits_text(bits, 'words')}, bias {bias}: "
             f"{integer} of {layers} layers as integer kernels){notes}")
 
-
-def _bits_words(bits: object) -> str:
-    """`8 bits`, or `w4a8` for a pair (the export summary, profile headings)."""
-    weight, act = parse_bits(bits)
-    return f"{weight} bits" if weight == act else f"w{weight}a{act}"
 

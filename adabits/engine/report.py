@@ -11,20 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write
-from ..quant.bitwidth import BitPair, Bits, bits_label, parse_bits
+from ..quant.bitwidth import BitPair, Bits, bits_text, parse_bits
 
 Metrics = dict[Bits, dict[str, float]]
-
-
-def show_bits(value: Any) -> str:
-    """Bit-widths as the user writes them in a config or command: `4`, `[4, 8]`, `[[4, 8], 8]`."""
-    def plain(v: Any) -> Any:
-        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-    try:
-        return json.dumps(plain(value))
-    except (TypeError, ValueError):
-        return repr(value)
 
 
 def bits_order(bits: Bits) -> BitPair:
@@ -40,7 +29,7 @@ def epoch_table(epoch: int, num_epochs: int, lr: float, seconds: float,
     lines = [head, cols, "-" * len(cols)]
     for b, v in val.items():
         t = train.get(b, {})
-        lines.append(f"{bits_label(b):>6} | {t.get('loss', float('nan')):>10.4f} | "
+        lines.append(f"{bits_text(b):>6} | {t.get('loss', float('nan')):>10.4f} | "
                      f"{100 * t.get('top1_error', float('nan')):>13.2f}% | {v['loss']:>8.4f} | "
                      f"{100 * v['top1_error']:>11.2f}% | {100 * v.get('top5_error', float('nan')):>11.2f}%")
     return "\n".join(lines)
@@ -49,7 +38,7 @@ def epoch_table(epoch: int, num_epochs: int, lr: float, seconds: float,
 def eval_table(val: Metrics) -> str:
     lines = [f"{'bits':>6} | {'loss':>8} | {'top1 err':>9} | {'top5 err':>9} | {'top1 acc':>9}", "-" * 53]
     for b, v in val.items():
-        lines.append(f"{bits_label(b):>6} | {v['loss']:>8.4f} | {100 * v['top1_error']:>8.2f}% | "
+        lines.append(f"{bits_text(b):>6} | {v['loss']:>8.4f} | {100 * v['top1_error']:>8.2f}% | "
                      f"{100 * v.get('top5_error', float('nan')):>8.2f}% | {100 * (1 - v['top1_error']):>8.2f}%")
     return "\n".join(lines)
 
@@ -59,7 +48,7 @@ def results_markdown(title: str, epoch: int, val: Metrics) -> str:
     ks = sorted({key for v in val.values() for key in v if key.startswith("top")})
     header = "| bits | " + " | ".join(k.replace("_", " ") + " (%)" for k in ks) + " | top1 accuracy (%) |"
     sep = "|" + "---|" * (len(ks) + 2)
-    rows = [f"| {bits_label(b)} | " + " | ".join(f"{100 * v[k]:.2f}" for k in ks) + f" | {100 * (1 - v['top1_error']):.2f} |"
+    rows = [f"| {bits_text(b)} | " + " | ".join(f"{100 * v[k]:.2f}" for k in ks) + f" | {100 * (1 - v['top1_error']):.2f} |"
             for b, v in val.items()]
     mean = sum(v["top1_error"] for v in val.values()) / len(val)
     return "\n".join([f"# {title}", "", f"Best epoch {epoch + 1} (by mean top-1 error over bit-widths: {100 * mean:.2f}%).",
@@ -74,7 +63,7 @@ def plot_accuracy(path: Path, title: str, val: Metrics) -> None:
     import matplotlib.pyplot as plt
 
     bits = sorted(val, key=bits_order)
-    labels = [bits_label(b) for b in bits]
+    labels = [bits_text(b) for b in bits]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for key, marker in (("top1_error", "o"), ("top5_error", "s")):
         if all(key in val[b] for b in bits):
@@ -95,7 +84,7 @@ def metrics_lines(epoch: int, lr: float, seconds: float, train: Metrics, val: Me
     """The metrics.jsonl lines of one epoch (one per bit-width), as written and as checkpoints store them."""
     lines = []
     for b, v in val.items():
-        row: dict[str, Any] = {"epoch": epoch + 1, "bits": b, "bits_label": bits_label(b), "lr": lr,
+        row: dict[str, Any] = {"epoch": epoch + 1, "bits": b, "bits_label": bits_text(b), "lr": lr,
                                "time_s": round(seconds, 2)}
         row.update({f"train_{k}": x for k, x in train.get(b, {}).items()})
         row.update({f"val_{k}": x for k, x in v.items()})

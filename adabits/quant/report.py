@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .attention import QMultiheadAttention
-from .bitwidth import FULL_PRECISION, bits_label
+from .bitwidth import FULL_PRECISION, bits_text
 from .layers import QuantLayer
 from .norms import SwitchableNorm, SwitchNorm
 
@@ -93,7 +93,7 @@ def conversion_report(model: nn.Module, excluded: Iterable[str] = ()) -> Convers
             continue  # its four projections have rows of their own
         elif isinstance(module, SwitchableNorm):
             shared = module.shared
-            labels = "shared" if shared else ", ".join(bits_label(b) for b in module.bits_list)
+            labels = "shared" if shared else ", ".join(bits_text(b) for b in module.bits_list)
             kind = f"SwitchNorm({type(module.active).__name__})" if isinstance(module, SwitchNorm) else type(module).__name__
             rows.append(LayerRow(name, kind, False, f"normalization, one per bit-width: {labels}"))
         elif isinstance(module, NORMALIZATION) and any(True for _ in module.parameters(recurse=False)):

@@ -1,10 +1,10 @@
-"""adabits.analysis.accuracy: top-1 of any classifier over batches, at a chosen bit-width."""
+"""adabits.analysis.evaluation.top1: top-1 of any classifier over batches, at a chosen bit-width."""
 import pytest
 import torch
 from torch import nn
 
 import adabits
-from adabits.analysis.accuracy import top1, top1_per_bits
+from adabits.analysis.evaluation import top1, top1_per_bits
 
 
 class Echo(nn.Module):

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 import adabits
+import adabits.analysis.evaluation
 from adabits.data import ToModelInput, build_splits
 from adabits.engine import TrainConfig
 from adabits.runtime import load
@@ -41,33 +42,66 @@ def batches(images: torch.Tensor, labels: torch.Tensor, size: int, generator: to
         yield images[index], labels[index]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/plain_loop")
-    parser.add_argument("--train-images", type=int, default=60_000)
-    parser.add_argument("--test-images", type=int, default=10_000)
-    parser.add_argument("--float-epochs", type=int, default=1)
-    parser.add_argument("--joint-steps", type=int, default=200)
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
+def load_data(train_images: int, test_images: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fashion-MNIST as normalised tensors: (train images, train labels, test images, test labels)."""
     splits = build_splits(TrainConfig(dataset="fashion_mnist"))  # Debian's package, or one line saying how to get it
     to_input = ToModelInput(True, splits.mean, splits.std)
-    train_x, train_y = to_input(splits.train_images[:args.train_images]), splits.train_labels[:args.train_images]
-    test_x, test_y = to_input(splits.val_images[:args.test_images]), splits.val_labels[:args.test_images]
-    test = list(zip(test_x.split(500), test_y.split(500)))
+    return (to_input(splits.train_images[:train_images]), splits.train_labels[:train_images],
+            to_input(splits.val_images[:test_images]), splits.val_labels[:test_images])
 
-    # 1. your float model, trained your way
+
+def train_float(train_x: Tensor, train_y: Tensor, epochs: int, generator: torch.Generator) -> nn.Module:
+    """Your float model, trained your way (nothing of adabits)."""
     model = float_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(args.float_epochs):
+    for _ in range(epochs):
         for images, labels in batches(train_x, train_y, 128, generator):
             optimizer.zero_grad()
             F.cross_entropy(model(images), labels).backward()
             optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        float_top1 = 100 * sum(int((model(x).argmax(1) == y).sum()) for x, y in test) / len(test_y)
+    return model.eval()
+
+
+def top1(results: dict) -> dict:
+    return {bits: 100 * (1 - metrics["top1_error"]) for bits, metrics in results.items()}
+
+
+def deploy(model: nn.Module, train_x: Tensor, test_x: Tensor, out: Path) -> tuple[Path, str, dict]:
+    """One `.pte` for every bit-width, and how often it agrees with the PyTorch model at each (a `.pte` plans
+    memory for batches of up to 32)."""
+    out.mkdir(parents=True, exist_ok=True)
+    exported = adabits.export_model(model, out / "model.pte", format="pte", input_shape=(1, 28, 28),
+                                    calibration=train_x[:256])
+    deployed = load(exported.path)
+    agreement = {}
+    for bits in BITS:
+        with adabits.use_bits(model.eval(), bits), torch.no_grad():
+            expected = model(test_x[:256]).argmax(1)
+        served = torch.cat([torch.from_numpy(deployed.run(chunk, bits=bits)) for chunk in test_x[:256].split(32)])
+        agreement[bits] = float((served.argmax(1) == expected).float().mean())
+    return exported.path, exported.graph, agreement
+
+
+def arguments(argv: list[str] | None, out: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--train-images", type=int, default=60_000)
+    parser.add_argument("--test-images", type=int, default=10_000)
+    parser.add_argument("--float-epochs", type=int, default=1)
+    parser.add_argument("--joint-steps", type=int, default=200)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments(argv, "runs/plain_loop")
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    train_x, train_y, test_x, test_y = load_data(args.train_images, args.test_images)
+    test = list(zip(test_x.split(500), test_y.split(500)))
+
+    # 1. your float model, trained your way
+    model = train_float(train_x, train_y, args.float_epochs, generator)
+    float_top1 = adabits.analysis.evaluation.top1(model, test)
 
     # 2. one switchable model, calibrated at every bit-width before any training
     model = adabits.quantize_model(model, BITS, calibration=[train_x[:512]])
@@ -86,24 +120,11 @@ def main(argv: list[str] | None = None) -> dict:
             if steps == args.joint_steps:
                 break
 
-    # 4. every bit-width evaluated, one file exported
+    # 4. every bit-width evaluated, one file exported; 5. the deployed file, switched per call
     trained = adabits.evaluate(model, test, topk=(1,))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    exported = adabits.export_model(model, out / "model.pte", format="pte", input_shape=(1, 28, 28),
-                                    calibration=train_x[:256])
-
-    # 5. the deployed file, switched per call (a .pte plans memory for batches of up to 32)
-    deployed = load(exported.path)
-    agreement = {}
-    for bits in BITS:
-        with adabits.use_bits(model.eval(), bits), torch.no_grad():
-            expected = model(test_x[:256]).argmax(1)
-        served = torch.cat([torch.from_numpy(deployed.run(chunk, bits=bits)) for chunk in test_x[:256].split(32)])
-        agreement[bits] = float((served.argmax(1) == expected).float().mean())
-    result = {"float_top1": float_top1, "calibrated_top1": {b: 100 * (1 - m["top1_error"]) for b, m in calibrated.items()},
-              "trained_top1": {b: 100 * (1 - m["top1_error"]) for b, m in trained.items()},
-              "exported": str(exported.path), "graph": exported.graph, "runtime_agreement": agreement}
+    path, graph, agreement = deploy(model, train_x, test_x, Path(args.out))
+    result = {"float_top1": float_top1, "calibrated_top1": top1(calibrated), "trained_top1": top1(trained),
+              "exported": str(path), "graph": graph, "runtime_agreement": agreement}
     for key, value in result.items():
         print(f"{key}: {value}")
     return result

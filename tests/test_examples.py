@@ -1,4 +1,5 @@
-"""The examples run end to end: a plain PyTorch loop from a float model of one's own to a deployed file."""
+"""The examples run end to end: from a float model of one's own to a deployed file, in a plain PyTorch loop and
+under PyTorch Lightning."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,6 +8,11 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _examples_import_each_other(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # as when run as scripts from examples/
 
 
 def _example(name: str):
@@ -26,3 +32,17 @@ def test_the_plain_loop_trains_exports_and_switches(tmp_path):
         assert result["calibrated_top1"][bits] > result["float_top1"] - (1.0 if bits == 8 else 3.0), bits
         assert result["trained_top1"][bits] > result["float_top1"] - 3.0, bits
         assert result["runtime_agreement"][bits] >= 0.95, bits
+
+
+def test_the_lightning_loop_trains_every_bit_width_with_lightnings_trainer(tmp_path):
+    pytest.importorskip("executorch")
+    pytest.importorskip("lightning")
+    result = _example("lightning_loop").main(["--out", str(tmp_path), "--train-images", "4096", "--test-images",
+                                              "1000", "--joint-steps", "10"])
+    assert result["steps"] == 10  # Lightning's optimizer steps: one per joint step, not one per bit-width
+    assert result["graph"] == "integer" and Path(result["exported"]).is_file()
+    assert result["float_top1"] > 30
+    for bits in (8, 6, 5, 4):
+        assert result["trained_top1"][bits] > result["float_top1"] - 3.0, bits
+        assert result["runtime_agreement"][bits] >= 0.95, bits
+    assert not any(tmp_path.glob("lightning_logs"))  # no logger, no checkpoints: the example writes only its file

@@ -68,6 +68,7 @@ def joint_step(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     grad_scaler: torch.amp.GradScaler | None = None,
     reduce_gradients: Callable[[], None] | None = None,
+    backward: Callable[[Tensor], None] | None = None,
 ) -> dict[Bits, BitStep]:
     """Forward and backward of `model` (a converted model, or DDP / torch.compile around one) at each bit-width.
 
@@ -77,7 +78,9 @@ def joint_step(
     highest / next higher one (the step then runs from the highest down), "float" with `teacher_logits`
     (a frozen float model's logits on `inputs`). `autocast` is the context each forward runs in (e.g.
     `lambda: torch.autocast("cuda", torch.bfloat16)`); logits are cast to float32 for the loss. With
-    `grad_scaler` each loss is scaled before its backward. Leaves the model at its last bit-width; the
+    `grad_scaler` each loss is scaled before its backward. `backward` replaces `loss.backward()` for a trainer
+    that owns it (PyTorch Lightning's `self.manual_backward`, which applies its precision plugin's scaling and
+    its strategy's hooks). Leaves the model at its last bit-width; the
     caller zeroes gradients before and steps the optimizer after. Returns {bits: BitStep}, in step order.
     """
     objective = JointObjective(loss_fn, distill, distill_weight, distill_temperature, joint_loss)
@@ -97,7 +100,11 @@ def joint_step(
                 logits = model(inputs).float()
             loss, label_loss = objective.bit_loss(logits, targets, tutor)
             loss = loss * scale
-            (loss if grad_scaler is None else grad_scaler.scale(loss)).backward()
+            scaled = loss if grad_scaler is None else grad_scaler.scale(loss)
+            if backward is None:
+                scaled.backward()
+            else:
+                backward(scaled)
             tutor = objective.next_teacher(tutor, logits)
             results[b] = BitStep(loss.detach(), label_loss.detach(), logits.detach())
     if reduce_gradients is not None:

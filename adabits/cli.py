@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .analysis.search import COSTS
 from .engine import Interrupted, Trainer, deploy, distributed, load_config
 from .engine.config import TrainConfig
 from .engine.deploy import CALIBRATION_IMAGES, EXPORT_FORMATS, ONNX_GRAPHS, parse_bits_option
 from .engine.report import eval_table
+from .engine.search_command import run_search
 from .engine.session import StopRequest
 from .errors import ConfigError, UserError
 
@@ -39,6 +41,8 @@ examples:
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format pte [bits=B] [calibration_images=512] [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx [bits=B] [calibration_images=512] [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx graph=mixed bits=8 [bias=int32_fine|int32|float]
+  adabits search app:apps/fashion_mnist/q_resnet20_adabits.yml [cost=weight_bytes|bitops] [budget=N] [points=9]
+    (the accuracy-cost front over per-layer bit assignments; with a budget, the best one as search/assignment.json)
   adabits export app:apps/fashion_mnist/q_vit_tiny_adabits.yml --format onnx|pte [graph=integer|qdq]
     (unset: all-integer where that graph covers the model, else qdq, torch.export's trace of it; the output says which)
 bit-widths:
@@ -54,6 +58,7 @@ COMMANDS = {
     "profile": "MACs, parameters, BitOPs and model size per bit-width",
     "calibrate": "add a bit-width to a trained model by re-estimating its BN statistics",
     "export": "write the trained model as one packed file or one .pte (every bit-width), or as ONNX",
+    "search": "the accuracy-cost front over per-layer bit assignments of a trained model",
 }
 
 
@@ -92,6 +97,34 @@ def _out(value: Any) -> str:
     return text
 
 
+def _out_folder(value: Any) -> str:
+    """A folder to write into: not empty, not an existing file."""
+    text = "" if value is None else str(value)
+    if not text.strip():
+        raise ConfigError("out= needs a folder path, e.g. out=runs/search")
+    if Path(text).expanduser().is_file():
+        raise ConfigError(f"out={text} is a file; name a folder")
+    return text
+
+
+def _positive_number(key: str) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ConfigError(f"{key} must be a positive number, got {value!r}")
+        return float(value)
+
+    return parse
+
+
+def _choice(key: str, allowed: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+        return str(value)
+
+    return parse
+
+
 def _bias(value: Any) -> str:
     from .export.onnx import BIAS_MODES
 
@@ -128,6 +161,11 @@ COMMAND_KEYS: dict[str, dict[str, CommandKey]] = {
                "bias": CommandKey(None, _bias), "graph": CommandKey(None, _graph),
                "calibration_images": CommandKey(CALIBRATION_IMAGES, _positive_int("calibration_images")),
                "from_start": FROM_START},
+    "search": {"cost": CommandKey("weight_bytes", _choice("cost", COSTS)), "budget": CommandKey(None, _positive_number("budget")),
+               "points": CommandKey(9, _positive_int("points")),
+               "calibration_images": CommandKey(512, _positive_int("calibration_images")),
+               "held_out_images": CommandKey(None, _positive_int("held_out_images")),
+               "out": CommandKey(None, _out_folder, raw=True), "from_start": FROM_START},
 }
 
 
@@ -225,6 +263,10 @@ def run(command: str, args: list[str], export_format: str = "packed", stop: Stop
         return 0
     if command == "calibrate":
         print(deploy.calibrate(cfg, options["bits"], options["num_batches"], options["out"], options["from_start"]))
+        return 0
+    if command == "search":
+        print(run_search(cfg, options["cost"], options["budget"], options["points"], options["calibration_images"],
+                         options["held_out_images"], options["out"], options["from_start"]))
         return 0
     if command == "export":
         print(deploy.export(cfg, export_format, options["bits"], options["out"], options["bias"],

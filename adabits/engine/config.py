@@ -155,6 +155,9 @@ class TrainConfig(QuantKeys):  # type: ignore[valid-type,misc]  # a class create
     distill_weight: float = Field(1.0, ge=0, le=1)  # of the distillation loss; the label loss gets 1 - it
     distill_temperature: float = Field(1.0, gt=0)
     sandwich_middle: int | None = Field(None, ge=0)
+    # per step, this many per-layer assignments drawn at random (each layer at a bit-width of bits_list) trained
+    # after the uniform bit-widths, so that mixed assignments (adabits.set_bits(model, {layer: bits})) stay accurate
+    mixed_assignments: int = Field(0, ge=0, le=16)
     # run
     random_seed: int = 1995
     # distributed (docs/distributed.md): on under torchrun, or required by distributed: true

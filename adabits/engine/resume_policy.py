@@ -45,7 +45,7 @@ RESUME_RULES: dict[str, tuple[str, str]] = {
         "lr_scheduler", "multistep_lr_milestones", "multistep_lr_gamma", "exp_decaying_lr_gamma",
         "exp_decaying_period", "warmup_epochs", "warmup_start")},
     **{key: (FIXED, _OBJECTIVE) for key in (
-        "joint_loss", "distill", "distill_weight", "distill_temperature", "sandwich_middle")},
+        "joint_loss", "distill", "distill_weight", "distill_temperature", "sandwich_middle", "mixed_assignments")},
     **{key: (FIXED, _START) for key in (
         "alpha_init", "alpha_init_batches", "pretrained_dir", "pretrained_file", "fp_pretrained_file",
         "fp_pretrained_format", "partial_load")},

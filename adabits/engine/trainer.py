@@ -29,6 +29,7 @@ from ..analysis.evaluation import evaluate_meters
 from ..analysis.metrics import MeterSet
 from ..errors import UserError
 from ..joint.gradients import GradientAllReduce
+from ..joint.sampling import random_assignments
 from ..quant.bitwidth import Bits, bits_text
 from . import backends, checkpoint, distributed, divergence, precision, report, resume_policy, run_folder
 from .build import RunParts, build_parts, resolve_device, start_weights
@@ -196,8 +197,10 @@ class Trainer:
             self.forward, images, labels, self.criterion, bits=self.step_bits.at(step), joint_loss=cfg.joint_loss,
             distill=cfg.distill, distill_weight=cfg.distill_weight, distill_temperature=cfg.distill_temperature,
             teacher_logits=tutor, autocast=lambda: precision.autocast(cfg.precision, self.device),
-            grad_scaler=self.grad_scaler, reduce_gradients=None if grad_sync is None else lambda: grad_sync(share))
-        verdict = self.guard.verdict({b: r.label_loss for b, r in results.items()}, self.model.parameters())
+            grad_scaler=self.grad_scaler, reduce_gradients=None if grad_sync is None else lambda: grad_sync(share),
+            assignments=random_assignments(self.model, cfg.mixed_assignments, cfg.random_seed, step))
+        uniform = {b: r for b, r in results.items() if not isinstance(b, str)}  # the mixed ones have no meters
+        verdict = self.guard.verdict({b: r.label_loss for b, r in uniform.items()}, self.model.parameters())
         if buffers is not None and bool(verdict.any()):
             self.guard.skipped += 1
             with torch.no_grad():
@@ -206,7 +209,7 @@ class Trainer:
             return  # nothing learned from this batch: weights, buffers, optimizer, schedule and meters as they were
         self.guard.record(step, verdict)
         if meters is not None:
-            for bits, result in results.items():
+            for bits, result in uniform.items():
                 meters[bits].update(result.logits, labels, result.label_loss)
         if self.grad_scaler is None:
             self.optimizer.step()

@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
-from ..quant.bitwidth import Bits, parse_bits
+from ..quant.assignment import quantized_layers
+from ..quant.bitwidth import Bits, get_bits_list, parse_bits
 
 #: the draw's own stream: the seed and the step mixed with a salt, so that it never starts where the data
 #: loaders' shuffles (seeded from random_seed and the epoch) start
 _SALT = 0x53_41_4E_44  # "SAND"
+_MIXED_SALT = 0x4D_49_58_44  # "MIXD": the per-layer draws' stream, apart from the sandwich's
 _STEP_STRIDE = 1_000_003
 
 
@@ -54,3 +57,15 @@ class StepBits:
         inner = self.ordered[1:-1]
         drawn = sorted(torch.randperm(len(inner), generator=generator)[: self.middle].tolist())
         return [self.ordered[0], *(inner[i] for i in drawn), self.ordered[-1]]
+
+
+def random_assignments(model: nn.Module, count: int, seed: int, step: int) -> list[dict[str, Bits]]:
+    """`count` per-layer assignments for step `step`: each quantized layer at a bit-width of the model drawn
+    uniformly. Like the sandwich draw, it depends only on (seed, step), so every process draws the same and a
+    resumed run draws what the uninterrupted one drew."""
+    if count <= 0:
+        return []
+    layers, bits = list(quantized_layers(model)), get_bits_list(model)
+    generator = torch.Generator().manual_seed((seed * _STEP_STRIDE + step) ^ _MIXED_SALT)
+    draws = torch.randint(len(bits), (count, len(layers)), generator=generator).tolist()
+    return [{layer: bits[i] for layer, i in zip(layers, row)} for row in draws]

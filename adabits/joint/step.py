@@ -15,7 +15,7 @@ gradients itself (the YAML trainer weights each process by its share of the batc
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,7 +69,8 @@ def joint_step(
     grad_scaler: torch.amp.GradScaler | None = None,
     reduce_gradients: Callable[[], None] | None = None,
     backward: Callable[[Tensor], None] | None = None,
-) -> dict[Bits, BitStep]:
+    assignments: Sequence[Mapping[str, Bits]] = (),
+) -> dict[Bits | str, BitStep]:
     """Forward and backward of `model` (a converted model, or DDP / torch.compile around one) at each bit-width.
 
     `bits` defaults to every bit-width of the model (a sandwich sample is `adabits.joint.StepBits(...).at(step)`).
@@ -80,8 +81,11 @@ def joint_step(
     `lambda: torch.autocast("cuda", torch.bfloat16)`); logits are cast to float32 for the loss. With
     `grad_scaler` each loss is scaled before its backward. `backward` replaces `loss.backward()` for a trainer
     that owns it (PyTorch Lightning's `self.manual_backward`, which applies its precision plugin's scaling and
-    its strategy's hooks). Leaves the model at its last bit-width; the
-    caller zeroes gradients before and steps the optimizer after. Returns {bits: BitStep}, in step order.
+    its strategy's hooks). `assignments` adds per-layer assignments ({layer or pattern: bits}, e.g.
+    `adabits.joint.random_assignments`) after the uniform bit-widths, so that the model stays accurate under mixed
+    ones; a distilled step teaches them with its highest bit-width's logits. Leaves the model at its last
+    bit-width or assignment; the caller zeroes gradients before and steps the optimizer after. Returns
+    {bits: BitStep} in step order, the assignments under "mixed:0", "mixed:1", ...
     """
     objective = JointObjective(loss_fn, distill, distill_weight, distill_temperature, joint_loss)
     if (distill == "float") != (teacher_logits is not None):
@@ -90,12 +94,17 @@ def joint_step(
     order = list(bits) if bits is not None else get_bits_list(model)
     if objective.highest_first and bits is None:
         order = highest_first(order)
-    scale = objective.scale(len(order))
+    scale = objective.scale(len(order) + len(assignments))
     tutor = teacher_logits.detach() if teacher_logits is not None else None
-    results: dict[Bits, BitStep] = {}
+    results: dict[Bits | str, BitStep] = {}
+    highest: Tensor | None = None  # the mixed assignments' teacher, when the step distills in itself
+    steps: list[tuple[Bits | str, Bits | Mapping[str, Bits]]] = [
+        *((b, b) for b in order), *((f"mixed:{i}", a) for i, a in enumerate(assignments))]
     with _no_sync(model):  # the gradients meet once, below, not once per bit-width
-        for b in order:
-            set_bits(model, b)
+        for key, bits_now in steps:
+            if isinstance(key, str) and distill != "float":
+                tutor = highest
+            set_bits(model, bits_now)
             with autocast():
                 logits = model(inputs).float()
             loss, label_loss = objective.bit_loss(logits, targets, tutor)
@@ -106,7 +115,9 @@ def joint_step(
             else:
                 backward(scaled)
             tutor = objective.next_teacher(tutor, logits)
-            results[b] = BitStep(loss.detach(), label_loss.detach(), logits.detach())
+            if highest is None and objective.highest_first:
+                highest = logits.detach()
+            results[key] = BitStep(loss.detach(), label_loss.detach(), logits.detach())
     if reduce_gradients is not None:
         reduce_gradients()
     elif _is_ddp(model):

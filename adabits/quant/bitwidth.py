@@ -7,7 +7,7 @@ A bit-width is an int (weights and activations alike) or a pair (weight_bits, ac
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Literal, Union
 
@@ -138,11 +138,19 @@ def get_bits_list(model: nn.Module) -> list[Bits]:
     return [format_bits(p) for p in _require_switchable(model)[0].bits_list]
 
 
-def set_bits(model: nn.Module, bits: Bits) -> None:
-    """Switch every quantized layer and switchable BN of `model` to `bits`.
+def set_bits(model: nn.Module, bits: Bits | Mapping[str, Bits]) -> None:
+    """Switch every quantized layer and switchable BN of `model` to `bits`, or each layer to its bit-width in an
+    assignment {layer name or fnmatch pattern: bits} (adabits/quant/assignment.py).
 
     Validates before touching anything, so a refused bit-width leaves the model as it was.
     """
+    if isinstance(bits, Mapping):
+        from .assignment import module_bits, resolve  # (assignment reads the layers, which import this module)
+
+        _require_switchable(model)
+        for module, pair in module_bits(model, resolve(model, bits)):
+            module.switch_bits(pair)
+        return
     pair = parse_bits(bits)
     modules = _require_switchable(model)
     for module in modules:
@@ -156,14 +164,21 @@ def set_bits(model: nn.Module, bits: Bits) -> None:
         module.switch_bits(pair)
 
 
-def get_bits(model: nn.Module) -> Bits:
-    """The model's current bit-width (an int, or a pair when weights and activations differ)."""
-    return format_bits(_require_switchable(model)[0].bits)
+def get_bits(model: nn.Module) -> Bits | dict[str, Bits]:
+    """The model's current bit-width (an int, or a pair when weights and activations differ); under a mixed
+    assignment, every quantized layer's {name: bits} (which `set_bits` takes back)."""
+    modules = _require_switchable(model)
+    if len({module.bits for module in modules}) > 1:
+        from .assignment import current
+
+        return current(model)
+    return format_bits(modules[0].bits)
 
 
 @contextmanager
-def use_bits(model: nn.Module, bits: Bits) -> Iterator[nn.Module]:
-    """Run a block at `bits`; the previous bit-width is restored on exit, also after an exception."""
+def use_bits(model: nn.Module, bits: Bits | Mapping[str, Bits]) -> Iterator[nn.Module]:
+    """Run a block at `bits` (or an assignment); the previous bit-width(s) are restored on exit, also after an
+    exception."""
     previous = get_bits(model)
     set_bits(model, bits)
     try:

@@ -47,6 +47,7 @@ examples:
     (unset: all-integer where that graph covers the model, else qdq, torch.export's trace of it; the output says which)
 bit-widths:
   bits=B or bits=[WEIGHT_BITS,ACT_BITS] (bits_list=[[4,8],8] in a config); 32 = full precision
+  bits=@FILE (profile): a per-layer assignment {"assignment": {"layer or pattern": bits}}, as adabits search writes
 weights:
   test, calibrate and export use pretrained_file, else the run's best_model.pt; without either they stop.
   from_start=true uses the config's fp_pretrained_file (the untrained start of a stage-2 run) on purpose.
@@ -125,6 +126,15 @@ def _choice(key: str, allowed: tuple[str, ...]) -> Callable[[Any], str]:
     return parse
 
 
+def _bits_or_assignment(value: Any) -> Any:
+    """bits=B, bits=[W,A], or bits=@FILE: a per-layer assignment file (`adabits search` writes one)."""
+    if isinstance(value, str) and value.startswith("@"):
+        from .quant.assignment import read_assignment
+
+        return read_assignment(value[1:])
+    return parse_bits_option(value)
+
+
 def _bias(value: Any) -> str:
     from .export.onnx import BIAS_MODES
 
@@ -153,7 +163,7 @@ FROM_START = CommandKey(False, _flag("from_start"))
 COMMAND_KEYS: dict[str, dict[str, CommandKey]] = {
     "train": {},
     "test": {"from_start": FROM_START},
-    "profile": {"bits": CommandKey(None, parse_bits_option), "verbose": CommandKey(False, _flag("verbose")),
+    "profile": {"bits": CommandKey(None, _bits_or_assignment), "verbose": CommandKey(False, _flag("verbose")),
                 "from_start": FROM_START},
     "calibrate": {"bits": CommandKey(None, parse_bits_option), "num_batches": CommandKey(50, _positive_int("num_batches")),
                   "out": CommandKey(None, _out, raw=True), "from_start": FROM_START},
@@ -183,7 +193,7 @@ def split_command_keys(command: str, args: list[str]) -> tuple[list[str], dict[s
             rest.append(arg)
             continue
         spec = keys[key]
-        if spec.raw:
+        if spec.raw or text.startswith("@"):  # a path, or @FILE (YAML reserves the @)
             value: Any = text
         else:
             try:

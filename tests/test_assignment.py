@@ -148,3 +148,27 @@ def test_a_run_with_mixed_assignments_trains(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, bits_list=BITS, mixed_assignments=2, num_epochs=1), echo=quiet).prepare()
     best = trainer.fit()
     assert set(best["val"]) == set(BITS)  # the uniform bit-widths are what a run reports
+
+
+def test_the_report_and_the_profile_show_an_assignment(tmp_path, capsys):
+    from _engine_helpers import tiny_args
+
+    from adabits.cli import main
+
+    model = tiny()
+    adabits.set_bits(model, {"*": 2, "layers.0.*": 4})
+    report = str(adabits.conversion_report(model))
+    assert "bits now" in report.splitlines()[0]
+    assert next(line for line in report.splitlines() if line.startswith("layers.0.conv1")).count("4-bit") == 1
+    assert "bits now" not in str(adabits.conversion_report(tiny()))  # uniform: no column
+    path = write_assignment(tmp_path / "a.json", {"*": 2, "layers.0.*": 4})
+    args = tiny_args(tmp_path, bits_list=BITS)
+    assert main(["profile", *args, f"bits=@{path}"]) == 0
+    mixed = capsys.readouterr().out
+    assert main(["profile", *args, "bits=2"]) == 0
+    two = capsys.readouterr().out
+    size = [float(line.split("|")[4].split()[0]) for line in (mixed.splitlines()[-1], two.splitlines()[-1])]
+    assert mixed.splitlines()[-1].split("|")[0].strip() == "mixed" and size[0] > size[1]
+    (tmp_path / "bad.json").write_text('{"assignment": {"nope": 4}}')
+    assert main(["profile", *args, f"bits=@{tmp_path / 'bad.json'}"]) == 2
+    assert "'nope' matches no quantized layer" in capsys.readouterr().err

@@ -15,7 +15,7 @@ Counting rules (per bit-width):
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import cast
 
@@ -90,9 +90,9 @@ def _layer_cost(name: str, module: nn.Module, output: Tensor) -> LayerCost | Non
 
 
 @torch.no_grad()
-def profile_model(model: nn.Module, input_size: tuple[int, ...], bits: Iterable[Bits] | None = None,
+def profile_model(model: nn.Module, input_size: tuple[int, ...], bits: Iterable[Bits | Mapping[str, Bits]] | None = None,
                   device: torch.device | str | None = None) -> list[BitsProfile]:
-    """Profile `model` at every bit-width of `bits` (default: its bits_list) on one input of
+    """Profile `model` at every bit-width (or per-layer assignment) of `bits` (default: its bits_list) on one input of
     `input_size` (C, H, W), batch 1. The model's mode and bit-width are restored afterwards."""
     order = list(bits) if bits is not None else get_bits_list(model)
     if device is None:

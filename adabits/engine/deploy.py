@@ -96,7 +96,8 @@ def profile(cfg: TrainConfig, bits: Any = None, verbose: bool = False, from_star
     (its bit-widths are the config's), and the text says so. No data is read.
     """
     trained = load_trained(cfg, from_start=from_start, require_weights=False)
-    order = trained.bits_list if bits is None else [_of_model(bits, trained.bits_list)]
+    order = (trained.bits_list if bits is None else [bits] if isinstance(bits, dict)  # an assignment: set_bits checks it
+             else [_of_model(bits, trained.bits_list)])
     shape = trained.shape
     profiles = profile_model(trained.model, (shape.in_chans, shape.image_size, shape.image_size), order)
     untrained = "" if trained.source.path else " (no trained weights: the counts do not depend on them)"

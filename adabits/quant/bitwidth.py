@@ -50,7 +50,10 @@ BitsStyle = Literal["config", "label", "tag", "words", "method"]
 
 
 def bits_text(bits: object, style: BitsStyle = "label") -> str:
-    """The one formatter of bit-widths for people and file names (see BitsStyle)."""
+    """The one formatter of bit-widths for people and file names (see BitsStyle); a per-layer assignment is
+    `mixed` (its mapping, in the config style)."""
+    if isinstance(bits, Mapping) and style != "config":
+        return "mixed"
     if style == "config":
         def plain(value: object) -> object:
             return [plain(x) for x in value] if isinstance(value, (list, tuple)) else value

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .attention import QMultiheadAttention
-from .bitwidth import FULL_PRECISION, bits_text
+from .bitwidth import FULL_PRECISION, bits_text, format_bits
 from .layers import QuantLayer
 from .norms import SwitchableNorm, SwitchNorm
 
@@ -34,6 +34,7 @@ class LayerRow:
     act_bits: str = ""
     clipping: str = ""
     drift: str = ""  # per bit-width, how far the output moved from the float layer's (after calibration)
+    now: str = ""  # under a per-layer assignment, the bit-width the layer runs at now
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,13 @@ class ConversionReport:
         return [row.name for row in self.rows if row.float_path]
 
     def __str__(self) -> str:
-        header = ("layer", "type", "quantized", "weight bits", "input bits", "clipping", "output drift", "note")
-        lines = [(r.name or "(model)", r.kind, "yes" if r.quantized else "no", r.weight_bits, r.act_bits, r.clipping,
-                  r.drift, r.why) for r in self.rows]
+        header: tuple[str, ...] = ("layer", "type", "quantized", "weight bits", "input bits", "clipping",
+                                   "output drift", "note")
+        lines: list[tuple[str, ...]] = [(r.name or "(model)", r.kind, "yes" if r.quantized else "no", r.weight_bits,
+                                         r.act_bits, r.clipping, r.drift, r.why) for r in self.rows]
+        if any(r.now for r in self.rows):  # a per-layer assignment: what each layer runs at now
+            header = (*header[:5], "bits now", *header[5:])
+            lines = [(*line[:5], row.now, *line[5:]) for line, row in zip(lines, self.rows)]
         widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
         out = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *lines)]
         out.insert(1, "-+-".join("-" * w for w in widths))
@@ -60,11 +65,12 @@ def _bits(values: Iterable[int]) -> str:
     return ", ".join("float" if b >= FULL_PRECISION else str(b) for b in unique)
 
 
-def _quantized_row(name: str, layer: QuantLayer) -> LayerRow:
+def _quantized_row(name: str, layer: QuantLayer, mixed: bool) -> LayerRow:
     pairs = [layer.runs_at(bits) for bits in layer.bits_list]
     drift = ", ".join(f"{bits}: {value:.1%}" for bits, value in layer.output_drift.items())
     return LayerRow(name, type(layer).__name__, True, "", weight_bits=_bits(w for w, _ in pairs),
-                    act_bits=_bits(a for _, a in pairs), clipping=layer.clipping_side, drift=drift)
+                    act_bits=_bits(a for _, a in pairs), clipping=layer.clipping_side, drift=drift,
+                    now=bits_text(format_bits(layer.runs_at(layer.bits))) if mixed else "")
 
 
 def _has_matrix_weight(module: nn.Module) -> bool:
@@ -82,13 +88,14 @@ def conversion_report(model: nn.Module, excluded: Iterable[str] = ()) -> Convers
     """
     excluded = set(excluded)
     rows = []
+    mixed = len({m.bits for m in model.modules() if isinstance(m, QuantLayer)}) > 1
     inside_float_attention = [f"{n}." for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
     switchable_norms = [f"{n}." for n, m in model.named_modules() if isinstance(m, SwitchableNorm)]
     for name, module in model.named_modules():
         if any(name.startswith(prefix) for prefix in inside_float_attention + switchable_norms):
             continue  # out_proj of a float attention, the copies inside a switchable norm: part of its row
         if isinstance(module, QuantLayer):
-            rows.append(_quantized_row(name, module))
+            rows.append(_quantized_row(name, module, mixed))
         elif isinstance(module, QMultiheadAttention):
             continue  # its four projections have rows of their own
         elif isinstance(module, SwitchableNorm):

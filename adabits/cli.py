@@ -18,11 +18,12 @@ from typing import Any, NoReturn
 
 from .analysis.search import COSTS
 from .engine import Interrupted, Trainer, deploy, distributed, load_config
+from .engine.build import resolve_device
 from .engine.config import TrainConfig
 from .engine.deploy import CALIBRATION_IMAGES, EXPORT_FORMATS, ONNX_GRAPHS, parse_bits_option
-from .engine.report import eval_table
+from .engine.loading import run_dir
 from .engine.search_command import run_search
-from .engine.session import StopRequest
+from .engine.session import RunSession, StopRequest
 from .errors import ConfigError, UserError
 
 EXIT_USAGE = 2
@@ -282,17 +283,19 @@ def run(command: str, args: list[str], export_format: str = "packed", stop: Stop
         print(deploy.export(cfg, export_format, options["bits"], options["out"], options["bias"],
                             options["from_start"], options["graph"], options["calibration_images"]))
         return 0
-    if cfg.test_only and not distributed.detect(cfg.distributed).enabled:
-        print(deploy.evaluate_trained(cfg, options.get("from_start", False)))
+    if cfg.test_only:  # one path, one process or many (each evaluates its shard)
+        session = RunSession(cfg, run_dir(cfg), print, None)
+        try:
+            session.join(distributed.device_for(session.dist, resolve_device(cfg.device)))
+            text = deploy.evaluate_trained(cfg, options.get("from_start", False), session.dist)
+        finally:
+            session.close()
+        if main_process:
+            print(text)
         return 0
-    trainer = Trainer(cfg, from_start=options.get("from_start", False), stop=stop)
+    trainer = Trainer(cfg, stop=stop)
     try:
         trainer.prepare()
-        if cfg.test_only:
-            val = trainer.evaluate()
-            if main_process:
-                print(eval_table(val))
-            return 0
         trainer.fit()
     finally:
         trainer.close()

@@ -15,7 +15,7 @@ from adabits.data import DATASETS, DataShape, dataset_shape
 from adabits.engine import TrainConfig, build_config, load_trained
 from adabits.engine import trainer as trainer_module
 from adabits.engine.loading import SHAPE_KEY, model_shape
-from adabits.errors import CheckpointError, ConfigError, DistributedError
+from adabits.errors import CheckpointError, ConfigError, DistributedError, UserError
 from adabits.export import load_packed
 
 PAIRS = [[4, 8], [8, 8]]
@@ -233,31 +233,31 @@ def test_a_checkpoint_of_another_model_is_refused_by_load_trained(trained, tmp_p
 
 
 def test_test_builds_no_trainer_and_agrees_with_the_trainers_evaluation(trained, monkeypatch, capsys) -> None:
-    from adabits.engine import Trainer
+    """`adabits test` gives what training measured for the same checkpoint, and builds no Trainer."""
     from adabits.engine.report import eval_table
 
-    cfg = build_config({**TINY, "log_dir": str(trained), "run_name": "tiny", "weight_quant_scheme": "modified",
-                        "test_only": True})
-    expected = eval_table(Trainer(cfg, echo=lambda _m: None).prepare().evaluate())
+    best = torch.load(trained / "tiny" / "best_model.pt", weights_only=True)["best"]["val"]
 
     def refuse(*_a, **_k):
         raise AssertionError("adabits test built a Trainer")
 
     monkeypatch.setattr(trainer_module.Trainer, "__init__", refuse)
     assert main(["test", *args(trained)]) == 0
-    assert capsys.readouterr().out.endswith(expected + "\n")
+    assert capsys.readouterr().out.endswith(eval_table(best) + "\n")
 
 
-def test_the_trainers_test_only_run_makes_the_same_choice(stage2) -> None:
-    """A test_only Trainer (what `adabits test` uses under torchrun) asks weights_source too."""
+def test_a_trainer_refuses_test_only_and_test_makes_the_same_choice(stage2) -> None:
+    """`adabits test` is one path on one process or many (engine.deploy.evaluate_trained); it asks
+    weights_source; a Trainer trains and says so when given test_only."""
     from adabits.engine import Trainer
+    from adabits.engine.deploy import evaluate_trained_metrics
 
     log_dir, fp_arg = stage2
     cfg = build_config({**TINY, "log_dir": str(log_dir), "run_name": "tiny", "test_only": True,
                         "fp_pretrained_file": fp_arg.partition("=")[2]})
-    with pytest.raises(CheckpointError, match="from_start=true"):
+    with pytest.raises(UserError, match="run `adabits test"):
         Trainer(cfg, echo=lambda _m: None).prepare()
-    notes: list[str] = []
-    tester = Trainer(cfg, echo=notes.append, from_start=True).prepare()
-    assert notes[0].startswith("from_start=true") and not hasattr(tester, "optimizer")
-    assert set(tester.evaluate()) == {8, 4}
+    with pytest.raises(CheckpointError, match="from_start=true"):
+        evaluate_trained_metrics(cfg)
+    trained, val = evaluate_trained_metrics(cfg, from_start=True)
+    assert trained.notes[0].startswith("from_start=true") and set(val) == {8, 4}

@@ -58,9 +58,14 @@ def _train_one_epoch(raw: dict[str, Any]) -> dict[str, Any]:
     collectives = counter.calls
     counter.restore()
     val = trainer.evaluate_meters()
+    trainer._save_checkpoints(0, improved=True)  # best_model.pt, which `adabits test` evaluates below
+    from adabits.engine.deploy import evaluate_trained_metrics
+
+    _, tested = evaluate_trained_metrics(build_config({**raw, "test_only": True}), dist=trainer.dist)
     return {"state": {k: v.clone() for k, v in trainer.model.state_dict().items()},
             "steps": trainer.iters_per_epoch, "collectives": collectives, "ddp_syncs": len(ddp_syncs),
-            "val": {b: m.sums.tolist() for b, m in val.meters.items()}}
+            "val": {b: m.sums.tolist() for b, m in val.meters.items()}, "tested": tested,
+            "val_summary": val.summary()}
 
 
 def _scenarios(rank: int, raw: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +86,7 @@ def two_processes(tmp_path_factory) -> tuple[list[dict[str, Any]], dict[str, Any
     ranks = run_processes(_scenarios, 2, tmp / "out", raw)
     for r in ranks:
         assert "error" not in r, r.get("traceback")
-    return ranks, _train_one_epoch(raw)
+    return ranks, _train_one_epoch({**raw, "run_name": "single"})  # its own folder: the ranks saved theirs
 
 
 def test_two_processes_end_with_the_parameters_of_one_process(two_processes):
@@ -108,6 +113,15 @@ def test_validation_counts_101_samples_once_over_2_processes(two_processes):
             assert sums[0] == 101
             assert sums[2] == single["val"][bits][2]  # correct@1, as one process counts it
             assert sums[1] == pytest.approx(single["val"][bits][1], rel=1e-4)
+
+
+def test_adabits_test_on_2_processes_evaluates_every_sample_once(two_processes):
+    """`adabits test` under torchrun: each process its shard, the sums reduced: what training's evaluation says."""
+    ranks, single = two_processes
+    for r in (r["exact"] for r in ranks):
+        for bits, metrics in r["tested"].items():
+            assert metrics["top1_error"] == pytest.approx(r["val_summary"][bits]["top1_error"])
+            assert metrics["top1_error"] == pytest.approx(single["val_summary"][bits]["top1_error"], abs=1e-6)
 
 
 def test_mismatched_configs_between_ranks_are_named(two_processes):

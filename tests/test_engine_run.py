@@ -155,9 +155,10 @@ def test_pretrained_fp_and_test_only(tmp_path):
     torch.testing.assert_close(q.model.state_dict()["fc.weight"], fp.model.state_dict()["fc.weight"])
     q.fit()
     # the stage-2 config still names its float start: test_only must evaluate the trained run, not that
-    tester = Trainer(tiny_config(tmp_path, run_name="q", fp_pretrained_file=str(fp_file), test_only=True),
-                     echo=quiet).prepare()
-    val = tester.evaluate()
+    from adabits.engine.deploy import evaluate_trained_metrics
+
+    _, val = evaluate_trained_metrics(tiny_config(tmp_path, run_name="q", fp_pretrained_file=str(fp_file),
+                                                  test_only=True))
     best = torch.load(tmp_path / "q" / "best_model.pt", weights_only=True)["best"]["val"]
     for bits in (8, 4):
         assert val[bits]["top1_error"] == pytest.approx(best[bits]["top1_error"])

@@ -117,14 +117,15 @@ def _with_batches(train: BatchLoader, cfg: DataOptions) -> BatchLoader:
     return train
 
 
-def build_loader(cfg: DataOptions, split: Split, device: torch.device | str = "cpu") -> tuple[BatchLoader, DataShape]:
-    """One loader of one process (`test` needs the validation split, `calibrate` training batches) and
-    the dataset's shape; an in-memory dataset moves only that split to `device`."""
+def build_loader(cfg: DataOptions, split: Split, device: torch.device | str = "cpu", rank: int = 0,
+                 world_size: int = 1) -> tuple[BatchLoader, DataShape]:
+    """One loader (`test` needs the validation split, `calibrate` training batches), of process `rank` of
+    `world_size`, and the dataset's shape; an in-memory dataset moves only that split to `device`."""
     splits = build_splits(cfg)
     if isinstance(splits, FolderSplits):
-        train_loader, val_loader, size = folder_loaders(splits, cfg, device)
+        train_loader, val_loader, size = folder_loaders(splits, cfg, device, rank, world_size)
         return (train_loader if split == "train" else val_loader), DataShape(splits.num_classes, FOLDER_CHANNELS, size)
-    return (_memory_loader(splits, cfg, split, device),
+    return (_memory_loader(splits, cfg, split, device, rank, world_size),
             DataShape(splits.num_classes, splits.in_chans, splits.image_size))
 
 

@@ -115,10 +115,9 @@ class RunParts:
     iters_per_epoch: int
 
 
-def build_parts(cfg: TrainConfig, device: torch.device, dist: DistEnv, echo: Callable[[str], None], *,
-                from_start: bool = False) -> RunParts:
-    """Data, model (on `device`, its trained weights loaded when test_only), loss, the step's bit-widths, fp16's
-    GradScaler and the float teacher, in the order that fails earliest on bad input."""
+def build_parts(cfg: TrainConfig, device: torch.device, dist: DistEnv) -> RunParts:
+    """Data, model (on `device`), loss, the step's bit-widths, fp16's GradScaler and the float teacher of a
+    training run, in the order that fails earliest on bad input."""
     torch.manual_seed(cfg.random_seed + dist.rank if cfg.use_diff_seed else cfg.random_seed)
     loaders = build_loaders(cfg, device, dist.rank, dist.world_size)
     if cfg.num_classes is not None and cfg.num_classes < loaders.num_classes:
@@ -133,18 +132,11 @@ def build_parts(cfg: TrainConfig, device: torch.device, dist: DistEnv, echo: Cal
     if cfg.sync_bn and dist.enabled:
         model = distributed.convert_sync_bn(model, device)
     teacher = None
-    if cfg.distill == "float" and not cfg.test_only:
+    if cfg.distill == "float":
         from .teacher import build_float_teacher  # (the teacher is built with this module)
 
         teacher = build_float_teacher(cfg, shape.num_classes, shape.in_chans, device)
     iters = len(loaders.train) if not cfg.max_iters_per_epoch else min(len(loaders.train), cfg.max_iters_per_epoch)
-    if cfg.test_only:
-        from .loading import apply_weights, weights_source  # (loading builds models with this module)
-
-        source = weights_source(cfg, from_start=from_start)
-        for note in (source.note, apply_weights(model, source, cfg)):
-            if note:
-                echo(note)
     return RunParts(loaders, shape, model, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                     StepBits(cfg.train_bits, cfg.sandwich_middle, cfg.random_seed, cfg.distill in IN_STEP_TEACHERS),
                     precision.grad_scaler(cfg.precision, device), teacher, iters)

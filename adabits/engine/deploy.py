@@ -21,12 +21,13 @@ from torch import nn
 import adabits
 
 from ..analysis.evaluation import evaluate_meters as evaluate
+from ..analysis.metrics import MeterSet
 from ..analysis.profile import layer_table, profile_model, profile_table
 from ..data import BatchLoader, build_loader, build_loaders
 from ..errors import BitWidthError, ExportError, UserError
 from ..export.model_export import Format, Graph
 from ..quant.bitwidth import FULL_PRECISION, Bits, bits_text, format_bits, parse_bits
-from . import checkpoint
+from . import checkpoint, distributed
 from .build import model_kwargs, resolve_device
 from .config import TrainConfig
 from .loading import SHAPE_KEY, TrainedModel, load_trained, run_dir, shape_record
@@ -72,21 +73,33 @@ def _threads(cfg: TrainConfig) -> None:
         torch.set_num_threads(cfg.num_threads)
 
 
-def _evaluate(cfg: TrainConfig, model: nn.Module, val: BatchLoader, device: torch.device) -> str:
-    meters = evaluate(model, val, adabits.get_bits_list(model), cfg.topk, device=device,
-                      criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
-    return eval_table(meters.summary())
+def _meters(cfg: TrainConfig, model: nn.Module, val: BatchLoader, device: torch.device) -> MeterSet:
+    return evaluate(model, val, adabits.get_bits_list(model), cfg.topk, device=device,
+                    criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
 
 
-def evaluate_trained(cfg: TrainConfig, from_start: bool = False) -> str:
-    """Loss and top-k error of every bit-width (calibrated ones included) on the validation set."""
-    device = resolve_device(cfg.device)
+def evaluate_trained_metrics(cfg: TrainConfig, from_start: bool = False, dist: distributed.DistEnv | None = None
+                             ) -> tuple[TrainedModel, dict[Bits, dict[str, float]]]:
+    """The trained model and the loss and top-k errors of every bit-width (calibrated ones included) on the
+    validation set. Under torchrun (`dist`, the process group joined) each process evaluates its shard and the
+    sums meet in one all-reduce, so every sample counts once."""
+    dist = dist or distributed.DistEnv()
+    device = distributed.device_for(dist, resolve_device(cfg.device))
     trained = load_trained(cfg, from_start=from_start, device=device)
     _threads(cfg)
-    val, shape = build_loader(cfg, "val", device)
+    val, shape = build_loader(cfg, "val", device, dist.rank, dist.world_size)
     _fits(cfg, trained, shape.num_classes)
+    meters = _meters(cfg, trained.model, val, device)
+    if dist.enabled:
+        meters.reduce_(distributed.all_reduce_sum_)
+    return trained, meters.summary()
+
+
+def evaluate_trained(cfg: TrainConfig, from_start: bool = False, dist: distributed.DistEnv | None = None) -> str:
+    """`adabits test`: `evaluate_trained_metrics` as the notes of the weights chosen and a table."""
+    trained, metrics = evaluate_trained_metrics(cfg, from_start, dist)
     loaded = "".join(f"{n}\n" for n in trained.notes if n != trained.source.note)
-    return _notes(trained) + loaded + _evaluate(cfg, trained.model, val, device)
+    return _notes(trained) + loaded + eval_table(metrics)
 
 
 def profile(cfg: TrainConfig, bits: Any = None, verbose: bool = False, from_start: bool = False) -> str:
@@ -147,7 +160,7 @@ def calibrate(cfg: TrainConfig, bits: Any, num_batches: int = 50, out: str | Non
     target = Path(out) if out else source.with_name(f"{source.stem}_calibrated_{bits_text(bits, 'tag')}.pt")
     _save(state, target)
     return (_notes(trained) + f"calibrated {bits_text(bits)} on {num_batches} training batches; saved {target}\n"
-            + _evaluate(cfg, model, loaders.val, device))
+            + eval_table(_meters(cfg, model, loaders.val, device).summary()))
 
 
 def _float_checkpoint_bytes(model: nn.Module) -> int:

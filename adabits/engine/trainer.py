@@ -47,15 +47,14 @@ class Interrupted(UserError):
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, echo: Printer = print, dist_env: distributed.DistEnv | None = None,
-                 from_start: bool = False, stop: StopRequest | None = None) -> None:
+                 stop: StopRequest | None = None) -> None:
         """`dist_env` overrides what the torchrun environment says (e.g. DistEnv() for a single-process run);
-        `from_start` makes a test_only run evaluate the fp_pretrained_file start (see engine/loading.py);
-        `stop` is set by a scheduler's signal: the run saves the step under way and stops."""
+        `stop` is set by a scheduler's signal: the run saves the step under way and stops. (Evaluating a trained
+        model, `adabits test`, is `engine.deploy.evaluate_trained`, not a Trainer.)"""
         self.cfg = cfg
         self.run_dir = run_dir(cfg)
         self.session = RunSession(cfg, self.run_dir, echo, dist_env)
         self.dist, self.echo = self.session.dist, self.session.echo
-        self.from_start = from_start
         self.stop = stop
         self.bits = cfg.train_bits
         self.resumed: checkpoint.Resumed | None = None
@@ -82,24 +81,23 @@ class Trainer:
     def _build(self) -> None:
         """Data, model, optimizer and the state to start from (a checkpoint or the pretrained weights)."""
         cfg = self.cfg
-        parts: RunParts = build_parts(cfg, self.device, self.dist, self.echo, from_start=self.from_start)
+        if cfg.test_only:
+            raise UserError("test_only: true evaluates a trained model: run `adabits test app:...` (a Trainer trains)")
+        parts: RunParts = build_parts(cfg, self.device, self.dist)
         self.loaders, self.shape, self.model, self.teacher = parts.loaders, parts.shape, parts.model, parts.teacher
         self.criterion, self.step_bits, self.grad_scaler = parts.criterion, parts.step_bits, parts.grad_scaler
         self.iters_per_epoch = parts.iters_per_epoch
-        if cfg.test_only:  # evaluation only: the trained weights, with any calibrated bit-widths
-            self.bits = list(adabits.get_bits_list(self.model))
+        self.state = checkpoint.TrainingState(
+            self.model, build_optimizer(self.model, cfg), None, self.grad_scaler,
+            {"mean_top1_error": math.inf, "epoch": -1, "val": {}}, [],
+            self.teacher.digest if self.teacher is not None else None)
+        self.state.scheduler = build_scheduler(self.state.optimizer, cfg, self.iters_per_epoch)
+        self.optimizer, self.scheduler = self.state.optimizer, self.state.scheduler
+        resume = self.session.resume_path()
+        if resume is not None:
+            self._restore(resume)
         else:
-            self.state = checkpoint.TrainingState(
-                self.model, build_optimizer(self.model, cfg), None, self.grad_scaler,
-                {"mean_top1_error": math.inf, "epoch": -1, "val": {}}, [],
-                self.teacher.digest if self.teacher is not None else None)
-            self.state.scheduler = build_scheduler(self.state.optimizer, cfg, self.iters_per_epoch)
-            self.optimizer, self.scheduler = self.state.optimizer, self.state.scheduler
-            resume = self.session.resume_path()
-            if resume is not None:
-                self._restore(resume)
-            else:
-                start_weights(self.model, cfg, self.loaders.train, self.echo)
+            start_weights(self.model, cfg, self.loaders.train, self.echo)
         self.guard = divergence.NonFiniteGuard(self.bits, self.device, check_gradients=self.grad_scaler is None)
         self._wrap_model()
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import adabits
 import adabits.analysis.evaluation
+from adabits.runtime import load
 
 
 class JointFineTuning(L.LightningModule):
@@ -44,6 +45,17 @@ class JointFineTuning(L.LightningModule):
         return torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9)
 
 
+def served_bits(model: nn.Module, path: Path, images: Tensor) -> dict:
+    """For each bit-width asked of the deployed file, the PyTorch model's bit-width whose logits its logits are
+    nearest to: switching per call runs the bit-width asked for, not another."""
+    deployed, reference = load(path), {}
+    for bits in BITS:
+        with adabits.use_bits(model.eval(), bits), torch.no_grad():
+            reference[bits] = model(images)
+    served = {bits: torch.from_numpy(deployed.run(images, bits=bits)) for bits in BITS}
+    return {asked: min(BITS, key=lambda bits: float((served[asked] - reference[bits]).abs().max())) for asked in BITS}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv, "runs/lightning_loop")
     torch.manual_seed(0)
@@ -64,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     trained = adabits.evaluate(model, test, topk=(1,))  # 4. every bit-width, 5. one deployed file
     path, graph, agreement = deploy(model, train_x, test_x, Path(args.out))
     result = {"float_top1": float_top1, "trained_top1": top1(trained), "steps": trainer.global_step,
-              "exported": str(path), "graph": graph, "runtime_agreement": agreement}
+              "exported": str(path), "graph": graph, "runtime_agreement": agreement,
+              "runtime_bits": served_bits(model, path, test_x[:32])}
     for key, value in result.items():
         print(f"{key}: {value}")
     return result

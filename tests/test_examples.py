@@ -42,7 +42,8 @@ def test_the_lightning_loop_trains_every_bit_width_with_lightnings_trainer(tmp_p
     assert result["steps"] == 10  # Lightning's optimizer steps: one per joint step, not one per bit-width
     assert result["graph"] == "integer" and Path(result["exported"]).is_file()
     assert result["float_top1"] > 30
-    for bits in (8, 6, 5, 4):
-        assert result["trained_top1"][bits] > result["float_top1"] - 3.0, bits
+    for bits in (8, 6, 5, 4):  # the Trainer's 10 steps trained every bit-width: ~44% -> ~57% here (calibrated ~43%)
+        assert result["trained_top1"][bits] > result["float_top1"] + 5.0, bits
         assert result["runtime_agreement"][bits] >= 0.95, bits
+    assert result["runtime_bits"] == {8: 8, 6: 6, 5: 5, 4: 4}  # the file runs the bit-width each call asks for
     assert not any(tmp_path.glob("lightning_logs"))  # no logger, no checkpoints: the example writes only its file

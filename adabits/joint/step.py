@@ -69,6 +69,7 @@ def joint_step(
     grad_scaler: torch.amp.GradScaler | None = None,
     reduce_gradients: Callable[[], None] | None = None,
     backward: Callable[[Tensor], None] | None = None,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     assignments: Sequence[Mapping[str, Bits]] = (),
 ) -> dict[Bits | str, BitStep]:
     """Forward and backward of `model` (a converted model, or DDP / torch.compile around one) at each bit-width.
@@ -81,7 +82,11 @@ def joint_step(
     `lambda: torch.autocast("cuda", torch.bfloat16)`); logits are cast to float32 for the loss. With
     `grad_scaler` each loss is scaled before its backward. `backward` replaces `loss.backward()` for a trainer
     that owns it (PyTorch Lightning's `self.manual_backward`, which applies its precision plugin's scaling and
-    its strategy's hooks). `assignments` adds per-layer assignments ({layer or pattern: bits}, e.g.
+    its strategy's hooks; under its fp16 precision `manual_backward` scales the loss, so leave `grad_scaler` unset).
+    `no_sync` is the context the backwards run in so that the wrapper does not all-reduce each one, for a trainer
+    that wraps its own module in DDP rather than `model` (Lightning: `self.trainer.strategy.block_backward_sync`,
+    with `reduce_gradients=adabits.joint.GradientAllReduce(params)` bound to 1 / world size); by default the
+    model's own `no_sync` when it is DDP. `assignments` adds per-layer assignments ({layer or pattern: bits}, e.g.
     `adabits.joint.random_assignments`) after the uniform bit-widths, so that the model stays accurate under mixed
     ones; a distilled step teaches them with its highest bit-width's logits. Leaves the model at its last
     bit-width or assignment; the caller zeroes gradients before and steps the optimizer after. Returns
@@ -100,7 +105,7 @@ def joint_step(
     highest: Tensor | None = None  # the mixed assignments' teacher, when the step distills in itself
     steps: list[tuple[Bits | str, Bits | Mapping[str, Bits]]] = [
         *((b, b) for b in order), *((f"mixed:{i}", a) for i, a in enumerate(assignments))]
-    with _no_sync(model):  # the gradients meet once, below, not once per bit-width
+    with (_no_sync(model) if no_sync is None else no_sync()):  # the gradients meet once, below, not per bit-width
         for key, bits_now in steps:
             if isinstance(key, str) and distill != "float":
                 tutor = highest

@@ -58,7 +58,7 @@ def _train_one_epoch(raw: dict[str, Any]) -> dict[str, Any]:
     collectives = counter.calls
     counter.restore()
     val = trainer.evaluate_meters()
-    trainer._save_checkpoints(0, improved=True)  # best_model.pt, which `adabits test` evaluates below
+    trainer.checkpoints.epoch_end(0, improved=True, next_lr=0.0)  # best_model.pt, which `adabits test` evaluates below
     from adabits.engine.deploy import evaluate_trained_metrics
 
     _, tested = evaluate_trained_metrics(build_config({**raw, "test_only": True}), dist=trainer.dist)

@@ -72,6 +72,12 @@ class RunSession:
             raise error
         return result  # type: ignore[return-value]  # None only where decide() returned None
 
+    def on_any_rank(self, flag: bool, device: torch.device) -> bool:
+        """True on every process when `flag` is true on one (one all-reduce when distributed)."""
+        if not self.dist.enabled:
+            return flag
+        return bool(distributed.all_reduce_sum_(torch.tensor([float(flag)], device=device)).item() > 0)
+
     def resume_path(self) -> Path | None:
         """The checkpoint to resume from, decided by rank 0 and the same on every rank (or its error, on every rank):
         `resume`, else the run folder's latest_checkpoint.pt; refused where the folder holds records but none."""

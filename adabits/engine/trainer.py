@@ -31,14 +31,14 @@ from ..errors import UserError
 from ..joint.gradients import GradientAllReduce
 from ..joint.sampling import random_assignments
 from ..quant.bitwidth import Bits, bits_text
-from . import backends, checkpoint, distributed, divergence, precision, report, resume_policy, run_folder
+from . import backends, checkpoint, distributed, divergence, precision, report, resume_policy
 from .build import RunParts, build_parts, resolve_device, start_weights
+from .checkpointing import RunCheckpoints
 from .config import TrainConfig
 from .loading import run_dir, shape_record
 from .optim import build_optimizer, build_scheduler
 from .run_records import RunRecords
 from .session import Printer, RunSession, StopRequest
-from .write_errors import reported
 
 
 class Interrupted(UserError):
@@ -59,7 +59,6 @@ class Trainer:
         self.bits = cfg.train_bits
         self.resumed: checkpoint.Resumed | None = None
         self.position: checkpoint.Position | None = None  # where a resumed checkpoint stands in its epoch, until used
-        self.saved: tuple[Path, str] | None = None  # the last valid checkpoint and where it stands, for Ctrl-C
 
     # ---------------------------------------------------------------- setup (the lock is its one write)
     def prepare(self) -> "Trainer":
@@ -99,6 +98,12 @@ class Trainer:
         else:
             start_weights(self.model, cfg, self.loaders.train, self.echo)
         self.guard = divergence.NonFiniteGuard(self.bits, self.device, check_gradients=self.grad_scaler is None)
+        self.checkpoints = RunCheckpoints(
+            self.run_dir, self.dist.is_main, self.dist.enabled, self.model,
+            lambda epochs: self.state.record(cfg, self.bits, epochs, shape_record(self.shape)),
+            lambda last: self.guard.check(self.iters_per_epoch, last))
+        if self.resumed is not None:
+            self.checkpoints.last = (self.resumed.path, self.resumed.describe())
         self._wrap_model()
 
     def _restore(self, path: Path) -> None:
@@ -106,7 +111,6 @@ class Trainer:
         self.resumed = checkpoint.restore(self.state, ckpt, path, self.cfg, world_size=self.dist.world_size,
                                           iters_per_epoch=self.iters_per_epoch)
         self.position = self.resumed.position
-        self.saved = (path, self.resumed.describe())
         self.echo(f"resuming from {path} {self.resumed.describe()}")
         for change in self.resumed.changes:
             self.echo(f"note: resume: {change} ({resume_policy.RESUME_RULES[change.key][1]}; applied)")
@@ -147,10 +151,10 @@ class Trainer:
                 break
             self.train_step(images, labels, loader.share(step), meters, step=epoch * self.iters_per_epoch + step)
             if step + 1 < self.iters_per_epoch and (self._stop_requested() or self._step_checkpoint_due(epoch, step + 1)):
-                self._save_latest(epoch, step + 1, lr, meters)
+                self.checkpoints.latest(epoch, step + 1, lr, meters)
                 self._stop_if_requested()
             if (step + 1) % cfg.log_every == 0 or step + 1 == self.iters_per_epoch:
-                self._check_finite()
+                self.guard.check(self.iters_per_epoch, self.checkpoints.describe_last("none (no checkpoint was written yet)"))
                 bar.update(step + 1 - done)
                 done = step + 1
                 bar.set_postfix_str(_postfix(meters.summary()), refresh=False)
@@ -216,11 +220,6 @@ class Trainer:
             self.grad_scaler.update()
         self.scheduler.step()
 
-    def _check_finite(self) -> None:
-        """Stop, naming the first bad step, when a step's loss or gradients were not finite (a host read)."""
-        last = f"{self.saved[0]} ({self.saved[1]})" if self.saved else "none (no checkpoint was written yet)"
-        self.guard.check(self.iters_per_epoch, last)
-
     def _reduced(self, meters: MeterSet) -> MeterSet:
         """Sums of every process (samples, loss sums, correct counts), so the metrics cover the whole data."""
         if self.dist.enabled:
@@ -274,13 +273,13 @@ class Trainer:
                     state.best = {"mean_top1_error": mean_top1, "epoch": epoch, "val": val}
                 lines = report.metrics_lines(epoch, lr, seconds, train, val)
                 state.history.extend(lines)
-                self._save_checkpoints(epoch, improved)  # every rank: latest gathers each process's random states
+                self.checkpoints.epoch_end(epoch, improved, self.start_lr(epoch + 1))  # every rank takes part
                 if records is not None:
                     records.epoch(epoch, lr, seconds, train, val, lines, state.best, self.bits)
                 if epoch + 1 < cfg.num_epochs:
                     self._stop_if_requested()
         except KeyboardInterrupt:
-            where = f"{self.saved[0]} ({self.saved[1]})" if self.saved else "none yet (interrupted in the first epoch)"
+            where = self.checkpoints.describe_last("none yet (interrupted in the first epoch)")
             raise Interrupted(f"interrupted during epoch {epoch + 1}. Last checkpoint: {where}. "
                               "Run the same command again to resume.") from None
         finally:
@@ -293,48 +292,15 @@ class Trainer:
         return state.best
 
     def _stop_requested(self) -> bool:
-        """Whether a scheduler's signal asks to stop; every process answers the same (one all-reduce when distributed)."""
-        if self.stop is None:
-            return False
-        asked = self.stop.signal is not None
-        if not self.dist.enabled:
-            return asked
-        flag = torch.tensor([float(asked)], device=self.device)
-        return bool(distributed.all_reduce_sum_(flag).item() > 0)
+        """Whether a scheduler's signal asks to stop, the same answer on every process."""
+        return self.stop is not None and self.session.on_any_rank(self.stop.signal is not None, self.device)
 
     def _stop_if_requested(self) -> None:
         """After a checkpoint: stop, naming it, when a scheduler's signal asked to."""
         if self.stop is not None and self._stop_requested():
-            where = f"{self.saved[0]} holds the run {self.saved[1]}" if self.saved else "no checkpoint was written"
+            last = self.checkpoints.last
+            where = f"{last[0]} holds the run {last[1]}" if last else "no checkpoint was written"
             raise Interrupted(f"saved and stopped: {where}. Run the same command again to resume.")
-
-    def _save_latest(self, epoch: int, step: int, lr: float, meters: MeterSet | None,
-                     record: dict[str, Any] | None = None) -> None:
-        """latest_checkpoint.pt at `step` of epoch `epoch` (step 0: its start, after the epochs before it) with every
-        process's state; `lr` is the one the epoch started with, `record` the checkpoint dict when already built.
-        Every rank takes part (its state is gathered); rank 0 writes, atomically. Never the weights of a bad step."""
-        self._check_finite()
-        ranks = checkpoint.gather(checkpoint.rank_state(self.model, meters), self.dist.enabled)
-        latest = self.run_dir / run_folder.LATEST
-        if self.dist.is_main:
-            kept = f"{self.saved[0]} still holds the checkpoint {self.saved[1]}" if self.saved else "no checkpoint was written yet"
-            with reported(latest, kept):
-                base = self._record(epoch) if record is None else record
-                checkpoint.save_atomic({**base, **checkpoint.position_record(epoch, step, lr, ranks)}, latest)
-        self.saved = (latest, checkpoint.describe(epoch, step))
-
-    def _record(self, epochs_done: int) -> dict[str, Any]:
-        return self.state.record(self.cfg, self.bits, epochs_done, shape_record(self.shape))
-
-    def _save_checkpoints(self, epoch: int, improved: bool) -> None:
-        """best_model.pt (rank 0, when the epoch improved on it), then latest_checkpoint.pt (every rank takes
-        part, rank 0 writes); a refused write is one line."""
-        self._check_finite()
-        record = self._record(epoch + 1) if self.dist.is_main else None  # one state dict for both files
-        if improved and record is not None:
-            with reported(self.run_dir / run_folder.BEST, "the previous best_model.pt is unchanged"):
-                checkpoint.save_atomic(record, self.run_dir / run_folder.BEST)
-        self._save_latest(epoch + 1, 0, self.start_lr(epoch + 1), None, record)
 
 
 def _postfix(summary: dict[Bits, dict[str, float]]) -> str:

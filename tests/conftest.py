@@ -1,10 +1,16 @@
 """Fixtures shared by every test; plain helpers stay in the `_*_helpers.py` modules beside this file."""
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 import torch
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Hypothesis keeps a cache (`.hypothesis/`) in the current folder whatever a test's `database` says; the tests
+# write nothing into the checkout, so it goes to a temporary folder of this session
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="adabits-hypothesis-"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -5,6 +5,7 @@ uint8 tensors and batched by slicing; the data path then costs nothing next to t
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,16 @@ def register_dataset(*names: str, shape: ShapeRule | None = None) -> Callable[[D
 
 def list_datasets() -> list[str]:
     return sorted(DATASETS)
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """A path as a one-line message shows it: a file name may hold a line break or another control character."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in os.fspath(path))
+
+
+def described(exc: BaseException) -> str:
+    """A foreign error as one line, its type first: the messages of pickle, zlib and Pillow may span lines."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def named_folder(dataset_dir: str, title: str, hint: str, *, created_by_download: bool = False) -> Path:

@@ -11,6 +11,8 @@ import shutil
 import urllib.request
 from pathlib import Path
 
+import torch
+
 from ..atomic import atomic_write
 from .base import DataError, DataOptions, DataShape, ImageSplits, named_folder, register_dataset
 from .idx import read_idx
@@ -24,6 +26,8 @@ FILES = {
     "val_images": "t10k-images-idx3-ubyte",
     "val_labels": "t10k-labels-idx1-ubyte",
 }
+NUM_CLASSES = 10
+SIDE = 28
 MEAN = (0.2860,)
 STD = (0.3530,)
 
@@ -79,11 +83,10 @@ def missing_message(dataset_dir: str | None) -> str:
     if dataset_dir:
         return _incomplete_message(dataset_dir)
     return (
-        f"Fashion-MNIST not found in {SYSTEM_DIR} (dataset_dir is not set).\n"
-        "Get it one of these ways:\n"
-        "  sudo apt-get install dataset-fashion-mnist\n"
-        f"  or put the official files ({', '.join(s + '.gz' for s in FILES.values())}) into a folder and set dataset_dir\n"
-        f"  or run with download=true (fetches them into {DEFAULT_DOWNLOAD_DIR})"
+        f"Fashion-MNIST not found in {SYSTEM_DIR} (dataset_dir is not set); get it with "
+        "`sudo apt-get install dataset-fashion-mnist`, "
+        f"or put the official files ({', '.join(s + '.gz' for s in FILES.values())}) into a folder and set dataset_dir, "
+        f"or run with download=true (fetches them into {DEFAULT_DOWNLOAD_DIR})"
     )
 
 
@@ -113,21 +116,40 @@ def _located(opts: DataOptions) -> dict[str, Path]:
     return files
 
 
-@register_dataset("fashion_mnist", "FashionMNIST", "fashion-mnist", shape=DataShape(10, 1, 28))
+def _check_split(images: torch.Tensor, labels: torch.Tensor, images_path: Path, labels_path: Path) -> None:
+    """Refuse a pair of files that would train on something else than Fashion-MNIST: images not N x 28 x 28
+    (the registered shape, which a trained model is rebuilt with), no images, a count the labels do not
+    match, or a label outside 0..9 (it would crash the loss later, mid-run)."""
+    if images.ndim != 3 or tuple(images.shape[1:]) != (SIDE, SIDE):
+        raise DataError(f"{images_path} holds an array of shape {tuple(images.shape)}; Fashion-MNIST's images "
+                        f"are (N, {SIDE}, {SIDE})")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path} holds an array of shape {tuple(labels.shape)}; Fashion-MNIST's labels "
+                        "are (N,), one byte per image")
+    if images.shape[0] == 0:
+        raise DataError(f"{images_path} holds no images")
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} labels; "
+                        "they must be the files of one split")
+    top = int(labels.max())
+    if top >= NUM_CLASSES:
+        raise DataError(f"{labels_path} holds label {top}; Fashion-MNIST's labels are 0..{NUM_CLASSES - 1}")
+
+
+@register_dataset("fashion_mnist", "FashionMNIST", "fashion-mnist", shape=DataShape(NUM_CLASSES, 1, SIDE))
 def build_fashion_mnist(opts: DataOptions) -> ImageSplits:
     """Load the four files once into uint8 tensors of shape (N, 1, 28, 28)."""
     files = _located(opts)
     tensors = {key: read_idx(path) for key, path in files.items()}
     for split in ("train", "val"):
-        images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise DataError(f"Fashion-MNIST {split} files disagree: images {tuple(images.shape)}, labels {tuple(labels.shape)}")
+        _check_split(tensors[f"{split}_images"], tensors[f"{split}_labels"], files[f"{split}_images"],
+                     files[f"{split}_labels"])
     return ImageSplits(
         train_images=tensors["train_images"].unsqueeze(1).contiguous(),
         train_labels=tensors["train_labels"].long(),
         val_images=tensors["val_images"].unsqueeze(1).contiguous(),
         val_labels=tensors["val_labels"].long(),
-        num_classes=10,
+        num_classes=NUM_CLASSES,
         mean=MEAN,
         std=STD,
         crop_padding=2,

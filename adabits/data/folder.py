@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .base import DataError, DataOptions, DataShape, named_folder
+from .base import DataError, DataOptions, DataShape, named_folder, shown
 from .recipes import recipe_named
 
 #: folder datasets decode every image as RGB
@@ -26,7 +26,8 @@ class PathTable:
     """An immutable list of strings packed into one bytes object (cheap to share with forked workers)."""
 
     def __init__(self, paths: list[str]) -> None:
-        encoded = [p.encode() for p in paths]
+        # os.fsencode, not str.encode: a file name that is not UTF-8 comes from os.walk with surrogate escapes
+        encoded = [os.fsencode(p) for p in paths]
         self.blob = b"".join(encoded)
         lengths = torch.tensor([0] + [len(e) for e in encoded], dtype=torch.int64)
         self.offsets = lengths.cumsum(0)
@@ -35,7 +36,7 @@ class PathTable:
         return len(self.offsets) - 1
 
     def __getitem__(self, i: int) -> str:
-        return self.blob[int(self.offsets[i]):int(self.offsets[i + 1])].decode()
+        return os.fsdecode(self.blob[int(self.offsets[i]):int(self.offsets[i + 1])])
 
 
 @dataclass(frozen=True)
@@ -97,16 +98,74 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+def _unlistable(exc: OSError, layout: FolderLayout) -> DataError:
+    return DataError(f"{layout.title}: cannot read folder {shown(exc.filename or '?')}: {exc.strerror or exc}")
+
+
 def find_classes(split_dir: Path, layout: FolderLayout) -> list[str]:
     """Sorted class folder names; DataError naming the folder and the expected layout when there are none."""
     if not split_dir.is_dir():
         raise DataError(f"{layout.title}: missing folder {split_dir} (expected {layout.expected})")
-    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    try:
+        entries = list(os.scandir(split_dir))
+    except OSError as exc:
+        raise _unlistable(exc, layout) from None
+    classes = sorted(entry.name for entry in entries if entry.is_dir())
     if not classes:
-        loose = sum(1 for entry in os.scandir(split_dir) if entry.is_file() and _is_image(entry.name))
+        loose = sum(1 for entry in entries if entry.is_file() and _is_image(entry.name))
         found = f"{loose} image files but no class folders" if loose else "no class folders"
         raise DataError(f"{layout.title}: {split_dir} holds {found}; expected {layout.expected}")
     return classes
+
+
+def _folder_key(path: str, layout: FolderLayout) -> tuple[int, int]:
+    """What identifies a folder however it is reached (through links or not): its device and inode."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise _unlistable(exc, layout) from None
+    return info.st_dev, info.st_ino
+
+
+def _walked_through(root: str, key: tuple[int, int], keys: dict[str, tuple[int, int]]) -> str | None:
+    """The folder on the way down to `root` that is the same folder as `root`, if any."""
+    parent = os.path.dirname(root)
+    while parent in keys:
+        if keys[parent] == key:
+            return parent
+        parent = os.path.dirname(parent)
+    return None
+
+
+def _image_files(class_dir: Path, layout: FolderLayout) -> list[str]:
+    """The image files under class_dir, recursively, in torchvision's order (folders sorted by path, then names).
+
+    Links to folders are followed, as ImageFolder does, but one that leads back to a folder above it
+    is refused: os.walk would go round it until the path grows too long, taking in the images once
+    per turn (and, with two such links, for longer than any run). A folder that cannot be listed
+    stops the scan as well, where os.walk would skip it and its images without a word.
+    """
+    above: dict[tuple[int, int], str] = {}  # class_dir and every folder above it, by their real paths
+    real = os.path.realpath(class_dir)
+    while True:
+        above[_folder_key(real, layout)] = real
+        if os.path.dirname(real) == real:
+            break
+        real = os.path.dirname(real)
+
+    def unlistable(exc: OSError) -> None:
+        raise _unlistable(exc, layout)
+
+    keys: dict[str, tuple[int, int]] = {}  # the folders walked, by the path os.walk reached them at
+    walked: list[tuple[str, list[str]]] = []
+    for root, _, files in os.walk(class_dir, followlinks=True, onerror=unlistable):
+        key = keys[root] = _folder_key(root, layout)
+        if walked:  # below class_dir: it must be none of the folders above it, nor one walked through to reach it
+            seen = _walked_through(root, key, keys) or above.get(key)
+            if seen is not None:
+                raise DataError(f"{layout.title}: {shown(root)} is a link back to {shown(seen)}, a loop; remove the link")
+        walked.append((root, files))
+    return [os.path.join(root, name) for root, files in sorted(walked) for name in sorted(files) if _is_image(name)]
 
 
 def scan_split(split_dir: Path, classes: list[str], layout: FolderLayout) -> FolderSplit:
@@ -115,13 +174,10 @@ def scan_split(split_dir: Path, classes: list[str], layout: FolderLayout) -> Fol
     labels: list[int] = []
     for label, name in enumerate(classes):
         before = len(paths)
-        for root, _, files in sorted(os.walk(split_dir / name, followlinks=True)):
-            for fname in sorted(files):
-                if _is_image(fname):
-                    paths.append(os.path.join(root, fname))
-                    labels.append(label)
+        paths += _image_files(split_dir / name, layout)
+        labels += [label] * (len(paths) - before)
         if len(paths) == before:
-            raise DataError(f"{layout.title}: class folder {split_dir / name} holds no image files "
+            raise DataError(f"{layout.title}: class folder {shown(split_dir / name)} holds no image files "
                             f"({', '.join(IMG_EXTENSIONS)}); expected {layout.expected}")
     return FolderSplit(PathTable(paths), torch.tensor(labels, dtype=torch.int64))
 
@@ -130,8 +186,9 @@ def check_classes(train: list[str], val: list[str], root: Path, layout: FolderLa
     """The val classes must be the train classes, and their count the config's num_classes when it is set."""
     if val != train:
         missing, extra = sorted(set(train) - set(val)), sorted(set(val) - set(train))
-        detail = "; ".join(part for part in (f"missing in {layout.val}/: {', '.join(missing[:5])}" if missing else "",
-                                              f"not in {layout.train}/: {', '.join(extra[:5])}" if extra else "") if part)
+        detail = shown("; ".join(part for part in (f"missing in {layout.val}/: {', '.join(missing[:5])}" if missing else "",
+                                                    f"not in {layout.train}/: {', '.join(extra[:5])}" if extra else "")
+                                 if part))
         raise DataError(f"{layout.title} in {root}: {layout.val}/ has {len(val)} class folders and {layout.train}/ has "
                         f"{len(train)}; they must be the same classes ({detail})")
     if num_classes is not None and num_classes != len(train):

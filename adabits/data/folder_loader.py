@@ -13,18 +13,14 @@ from collections.abc import Iterator
 from typing import Protocol, cast
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from . import sharding
-from .base import DataError, DataOptions
+from .base import DataError, DataOptions, described, shown
 from .folder import FolderSplit, FolderSplits
 from .image_ops import ImageTransform, open_rgb
 from .recipes import names_with, recipe_named
 from .transforms import ToModelInput
-
-#: what Pillow raises for a missing, truncated or undecodable file
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class IndexSampler(Protocol):
@@ -82,11 +78,13 @@ class FolderDataset(Dataset):
         path = self.split.paths[i]
         rng = random.Random(f"{self.seed}:{epoch}:{i}")
         try:
-            return self.transform(open_rgb(path), rng), int(self.split.labels[i]), ""
-        except DECODE_ERRORS as exc:
-            # raised in the main process by FolderLoader, so the message reaches the user unwrapped
+            image = open_rgb(path)
+        except Exception as exc:  # Pillow's decoders meet damaged bytes with many error types (OSError, SyntaxError,
+            # struct.error, DecompressionBombError...); the message is raised in the main process by FolderLoader,
+            # so that it reaches the user unwrapped, with or without workers
             blank = torch.zeros(3, self.transform.size, self.transform.size, dtype=torch.uint8)
-            return blank, int(self.split.labels[i]), f"cannot read image {path}: {type(exc).__name__}: {exc}"
+            return blank, int(self.split.labels[i]), f"cannot read image {shown(path)}: {described(exc)}"
+        return self.transform(image, rng), int(self.split.labels[i]), ""
 
 
 class FolderLoader:

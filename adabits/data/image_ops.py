@@ -9,7 +9,9 @@ the loader seeds from (seed, epoch, sample index): a run is reproducible with an
 from __future__ import annotations
 
 import math
+import os
 import random
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +24,21 @@ from .recipes import TransformRecipe
 RATIO = (3 / 4, 4 / 3)
 
 
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
 def open_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file to 8-bit RGB (grey, palette and CMYK files included), as ImageFolder does."""
-    with open(path, "rb") as f:
+    """Decode an image file to 8-bit RGB (grey, palette and CMYK files included), as ImageFolder does.
+
+    Only a regular file is read: a FIFO or a device with an image's name (or a link to one) would block
+    the read forever, so it is opened without blocking and refused with OSError.
+    """
+    with open(path, "rb", opener=_open_nonblocking) as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+            raise OSError(f"it is {kind}, not a regular file")
         img = Image.open(f)
         return img.convert("RGB")
 

@@ -20,11 +20,19 @@ from .analysis.search import COSTS
 from .engine import Interrupted, Trainer, deploy, distributed, load_config
 from .engine.build import resolve_device
 from .engine.config import TrainConfig
-from .engine.deploy import CALIBRATION_IMAGES, EXPORT_FORMATS, ONNX_GRAPHS, parse_bits_option
+from .engine.deploy import (
+    BIAS_RETIRED,
+    CALIBRATION_IMAGES,
+    EXPORT_FORMATS,
+    MIXED_RETIRED,
+    ONNX_GRAPHS,
+    parse_bits_option,
+)
 from .engine.loading import run_dir
 from .engine.search_command import run_search
 from .engine.session import RunSession, StopRequest
 from .errors import ConfigError, UserError
+from .memory import keep_freed_memory
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -41,7 +49,9 @@ examples:
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format packed [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format pte [bits=B] [calibration_images=512] [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx [bits=B] [calibration_images=512] [out=PATH]
-  adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx graph=mixed bits=8 [bias=int32_fine|int32|float]
+  adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx graph=qdq [bits=B]
+    (each layer on its own grids, float bias: the model's arithmetic up to float rounding, to check a deployment)
+  adabits export app:apps/fashion_mnist/resnet20_fp.yml --format onnx|pte bits=32   (the float graph)
   adabits search app:apps/fashion_mnist/q_resnet20_adabits.yml [cost=weight_bytes|bitops] [budget=N] [points=9]
     (the accuracy-cost front over per-layer bit assignments; with a budget, the best one as search/assignment.json)
   adabits export app:apps/fashion_mnist/q_vit_tiny_adabits.yml --format onnx|pte [graph=integer|qdq]
@@ -136,15 +146,14 @@ def _bits_or_assignment(value: Any) -> Any:
     return parse_bits_option(value)
 
 
-def _bias(value: Any) -> str:
-    from .export.onnx import BIAS_MODES
-
-    if value not in BIAS_MODES:
-        raise ConfigError(f"bias must be one of {', '.join(BIAS_MODES)}; got {value!r}")
-    return str(value)
+def _bias(_value: Any) -> NoReturn:
+    """bias= chose a mode of the retired graph=mixed: one line saying what replaced it."""
+    raise ConfigError(BIAS_RETIRED)
 
 
 def _graph(value: Any) -> str:
+    if value == "mixed":
+        raise ConfigError(MIXED_RETIRED)
     if value not in ONNX_GRAPHS:
         raise ConfigError(f"graph must be one of {', '.join(ONNX_GRAPHS)}; got {value!r}")
     return str(value)
@@ -169,7 +178,7 @@ COMMAND_KEYS: dict[str, dict[str, CommandKey]] = {
     "calibrate": {"bits": CommandKey(None, parse_bits_option), "num_batches": CommandKey(50, _positive_int("num_batches")),
                   "out": CommandKey(None, _out, raw=True), "from_start": FROM_START},
     "export": {"bits": CommandKey(None, parse_bits_option), "out": CommandKey(None, _out, raw=True),
-               "bias": CommandKey(None, _bias), "graph": CommandKey(None, _graph),
+               "bias": CommandKey(None, _bias), "graph": CommandKey(None, _graph),  # bias=: retired, one line
                "calibration_images": CommandKey(CALIBRATION_IMAGES, _positive_int("calibration_images")),
                "from_start": FROM_START},
     "search": {"cost": CommandKey("weight_bytes", _choice("cost", COSTS)), "budget": CommandKey(None, _positive_number("budget")),
@@ -280,8 +289,8 @@ def run(command: str, args: list[str], export_format: str = "packed", stop: Stop
                          options["held_out_images"], options["out"], options["from_start"]))
         return 0
     if command == "export":
-        print(deploy.export(cfg, export_format, options["bits"], options["out"], options["bias"],
-                            options["from_start"], options["graph"], options["calibration_images"]))
+        print(deploy.export(cfg, export_format, options["bits"], options["out"], options["from_start"],
+                            options["graph"], options["calibration_images"]))
         return 0
     if cfg.test_only:  # one path, one process or many (each evaluates its shard)
         session = RunSession(cfg, run_dir(cfg), print, None)
@@ -342,6 +351,7 @@ def _stopped_by(stop: StopRequest) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `adabits` console script and of `python train.py`; returns the exit status."""
+    keep_freed_memory()  # before anything large is allocated: no page faults for reused memory (adabits/memory.py)
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.keys:
         _list_keys()

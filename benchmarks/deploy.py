@@ -1,19 +1,23 @@
-"""Deployment: integer ONNX Runtime latency vs float, export accuracy, calibrated bit-widths, packed size.
+"""Deployment: ONNX Runtime latency vs float, export accuracy, calibrated bit-widths, packed size.
 
 1. Model: ResNet-20 on Fashion-MNIST, `modified` weights (int8-exportable), bits [8, 6, 5, 4].
    Without --checkpoint it is made here: a float model trained for --fp-epochs, then --joint-steps
    of joint AdaBits fine-tuning from it (the main job's recipe, shortened).
-2. Accuracy on the 10,000 test images: the PyTorch fake-quant model vs its ONNX QDQ export in ONNX
-   Runtime at every bit-width (top-1 of each, and how often their top-1 agree).
+2. Accuracy on the 10,000 test images: the PyTorch fake-quant model vs its ONNX export in ONNX
+   Runtime at every bit-width (top-1 of each, and how often their top-1 agree), written by
+   `adabits.export_model` as `adabits export` writes it (--graph: the all-integer graph, calibrated
+   on 512 training images, or the quantize/dequantize one).
 3. Calibrated bit-widths (adabits.calibrate_bn, --calib-batches training batches): 7 and 3 bits,
    reported next to the trained ones.
 4. Packed file size vs the float32 state dict vs (highest bits / 32) of it.
-5. Latency, one process, variants interleaved round by round, medians: ORT int8 QDQ at 8 and 4 bits
-   (bias int32_fine, the default), at 4 bits also with bias int32 and bias float (float kernels on
-   the codes), ORT float32 (the same architecture exported at full precision), PyTorch eager float32;
-   batch 1
-   and 64; ResNet-20 on 1x28x28 and MobileNet V2 on 3x224x224 (when registered, random weights:
-   latency does not depend on the values).
+5. Latency, one process, variants interleaved round by round, medians: ORT all-integer graphs at 8
+   and 4 bits, the quantize/dequantize graph at 4 bits (float kernels on the codes, float bias), ORT
+   float32 (the same architecture exported at 32 bits), PyTorch eager float32; batch 1 and 64;
+   ResNet-20 on 1x28x28 and MobileNet V2 on 3x224x224 (when registered, random weights: latency does
+   not depend on the values).
+
+The results committed before issue 27 (`results/deploy_accuracy.json`, `results/deploy_latency.json`)
+were measured with the retired `graph=mixed` exporter and its `bias` modes (benchmarks/README.md).
 
     python -m benchmarks.deploy [--checkpoint PATH] [--skip ...] [--out benchmarks/results/deploy.json]
     (or in parts that each fit a short slot: --train-only --save-checkpoint PATH, then
@@ -41,14 +45,15 @@ from adabits.analysis.evaluation import evaluate_meters as evaluate
 from adabits.data import BatchLoader, DataShape, build_loader
 from adabits.engine import TrainConfig, Trainer, build_config, load_trained
 from adabits.engine.build import model_kwargs
-from adabits.export.onnx import export_onnx, optimized_op_counts
-from adabits.export.onnx_session import cpu_session, session_logits
+from adabits.engine.deploy import calibration_images
+from adabits.export.onnx_session import cpu_session, optimized_op_counts, session_logits
 from adabits.export.packed import save_packed
 
 from ._results import command, exit_on_bad_input, report, time_interleaved
 
 BITS = [8, 6, 5, 4]
 CALIBRATED = [7, 3]
+CALIBRATION_IMAGES = 512  # as `adabits export` calibrates the all-integer graph
 
 
 def _log(msg: str) -> None:
@@ -98,13 +103,16 @@ def load_checkpoint(work: Path, checkpoint: Path) -> Evaluated:
 
 @torch.no_grad()
 def accuracy_vs_onnx(loaded: Evaluated, work: Path, bits_list: list[int], threads: int,
-                     bias: str = "int32_fine") -> dict[str, Any]:
-    """Top-1 of the fake-quant model and of its ONNX export at each bit-width, and their agreement."""
+                     graph: str = "integer") -> dict[str, Any]:
+    """Top-1 of the fake-quant model and of its ONNX export (`graph`: "integer" or "qdq") at each bit-width,
+    and their agreement."""
     model, cfg, shape = loaded.model.eval(), loaded.cfg, loaded.shape
+    images = calibration_images(cfg, CALIBRATION_IMAGES) if graph == "integer" else None
     rows = {}
     for bits in bits_list:
-        path = export_onnx(model, work / f"{cfg.model}_{bits}bit.onnx", bits,
-                           (shape.in_chans, shape.image_size, shape.image_size), uint8_input=not cfg.normalize, bias=bias)
+        path = adabits.export_model(model, work / f"{cfg.model}_{bits}bit.onnx", format="onnx", bits=bits,
+                                    example=(shape.in_chans, shape.image_size, shape.image_size), calibration=images,
+                                    graph=graph, uint8_input=not cfg.normalize).path
         session = cpu_session(path, threads)
         hits_torch = hits_onnx = agree = total = 0
         worst = 0.0
@@ -162,16 +170,21 @@ def latency(name: str, input_shape: tuple[int, int, int], num_classes: int, batc
     quant = adabits.create_model(name, bits_list=[8, 4], num_classes=num_classes, in_chans=input_shape[0],
                                  weight_quant_scheme="modified", **options).eval()
     fp = adabits.create_model(name, bits_list=[32], num_classes=num_classes, in_chans=input_shape[0], **options).eval()
-    paths = {"ort_int8_8bit": export_onnx(quant, work / f"{name}_8.onnx", 8, input_shape),
-             "ort_int8_4bit": export_onnx(quant, work / f"{name}_4.onnx", 4, input_shape),
-             "ort_int8_4bit_int32_bias": export_onnx(quant, work / f"{name}_4_int32.onnx", 4, input_shape, bias="int32"),
-             "ort_float_bias_4bit": export_onnx(quant, work / f"{name}_4_float.onnx", 4, input_shape, bias="float"),
-             "ort_float32": export_onnx(fp, work / f"{name}_fp.onnx", 32, input_shape)}
+    calibration = torch.randint(0, 256, (64, *input_shape)).float()
+
+    def onnx(model: nn.Module, file: str, bits: int, graph: str = "integer") -> Path:
+        return adabits.export_model(model, work / file, format="onnx", bits=bits, example=input_shape,
+                                    calibration=calibration if graph == "integer" else None,
+                                    graph=graph, uint8_input=True).path
+
+    paths = {"ort_int8_8bit": onnx(quant, f"{name}_8.onnx", 8), "ort_int8_4bit": onnx(quant, f"{name}_4.onnx", 4),
+             "ort_qdq_4bit": onnx(quant, f"{name}_4_qdq.onnx", 4, "qdq"),
+             "ort_float32": onnx(fp, f"{name}_fp.onnx", 32, "qdq")}
     sessions = {k: cpu_session(p, threads) for k, p in paths.items()}
     out: dict[str, Any] = {"ort_integer_ops_8bit": dict(optimized_op_counts(paths["ort_int8_8bit"]))}
     for batch in batches:
         images = torch.randint(0, 256, (batch, *input_shape), dtype=torch.uint8)
-        feeds = {k: images.float().numpy() if k == "ort_float32" else images.numpy() for k in sessions}
+        feeds = {k: images.numpy() if k.startswith("ort_int8") else images.float().numpy() for k in sessions}
         x = images.float()
         variants: dict[str, Callable[[], object]] = {
             k: (lambda s=s, f=feeds[k]: s.run(None, {"input": f})) for k, s in sessions.items()}

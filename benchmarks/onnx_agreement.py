@@ -2,12 +2,14 @@
 
 Takes a training config (and overrides) whose run holds a trained `best_model.pt` and runs the
 deploy benchmark's comparison (`deploy.accuracy_vs_onnx`) on it: each requested bit-width is
-exported as `adabits export --format onnx` does, and ONNX Runtime's top-1 is compared with the
-fake-quant model's on the whole validation set.
+exported as `adabits export --format onnx [graph=...]` does, and ONNX Runtime's top-1 is compared
+with the fake-quant model's on the whole validation set.
 
     python -m benchmarks.onnx_agreement app:apps/fashion_mnist/q_resnet20_adabits.yml --bits 8 6 5 4 \
-        --bias int32_fine int32 float \
-        --out benchmarks/results/onnx_agreement_main_job_lr0.005.json
+        --graph integer qdq --out benchmarks/results/onnx_agreement_main_job.json
+
+(The committed `results/onnx_agreement_main_job_lr0.*.json` were measured with `--bias`, the modes of the
+retired `graph=mixed` exporter.)
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 
 from adabits.engine import load_config
-from adabits.export.onnx import BIAS_MODES
+from adabits.engine.deploy import ONNX_GRAPHS
 
 from ._results import command, exit_on_bad_input, report
 from .deploy import accuracy_vs_onnx, load_for_evaluation
@@ -29,13 +31,13 @@ def main() -> None:
     parser.add_argument("config", nargs="+", help="app:PATH.yml [key=value ...], as for `adabits test`")
     parser.add_argument("--bits", type=int, nargs="+", required=True)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--bias", nargs="+", default=["int32_fine"], choices=BIAS_MODES,
-                        help="export with each of these bias modes (adabits export ... bias=MODE)")
+    parser.add_argument("--graph", nargs="+", default=["integer"], choices=ONNX_GRAPHS,
+                        help="export each of these graph forms (adabits export ... graph=GRAPH)")
     parser.add_argument("--out", type=Path)
     opts = parser.parse_args()
     loaded = load_for_evaluation(load_config(opts.config).config)
     with tempfile.TemporaryDirectory() as tmp:
-        results = {bias: accuracy_vs_onnx(loaded, Path(tmp), opts.bits, opts.threads, bias) for bias in opts.bias}
+        results = {graph: accuracy_vs_onnx(loaded, Path(tmp), opts.bits, opts.threads, graph) for graph in opts.graph}
     report({"command": command("onnx_agreement"), "validation_images": loaded.val.num_samples, "results": results}, opts.out)
 
 

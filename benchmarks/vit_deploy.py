@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 import adabits
-from adabits.export.onnx import optimized_op_counts
 from adabits.export.onnx_integer import write_onnx_folder
+from adabits.export.onnx_session import optimized_op_counts
 from adabits.export.pte import export_pte
 from adabits.export.qdq import qdq_model
 from adabits.runtime import load

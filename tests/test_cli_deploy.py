@@ -61,9 +61,10 @@ def test_calibrate_then_test_and_export_the_new_bit_width(trained, capsys, tmp_p
 @pytest.mark.parametrize("extra, fragment", [
     (["calibrate"], "calibrate needs bits=B"),
     (["calibrate", "bits=8"], "bits=8 is already a bit-width of this model"),
-    (["export", "--format", "onnx", "graph=mixed"], "ONNX export with graph=mixed needs bits=B"),
-    (["export", "--format", "onnx", "graph=fused"], "graph must be one of integer, mixed, qdq; got 'fused'"),
-    (["export", "--format", "onnx", "bits=8", "bias=float"], "bias=... applies to --format onnx graph=mixed only"),
+    (["export", "--format", "onnx", "graph=mixed"], "graph=mixed was retired: use graph=integer"),
+    (["export", "--format", "onnx", "graph=fused"], "graph must be one of integer, qdq; got 'fused'"),
+    (["export", "--format", "onnx", "bits=8", "bias=float"], "bias= was retired with graph=mixed"),
+    (["export", "--format", "packed", "bits=8"], "graph= and bits= apply to --format onnx and pte"),
     (["export", "--format", "pte", "calibration_images=0"], "calibration_images must be"),
     (["export", "--format", "onnx", "bits=5"], "bits=5 is not a bit-width of this model; allowed: [8, 4]"),
     (["profile", "bits=3"], "bits=3 is not a bit-width of this model"),
@@ -77,30 +78,57 @@ def test_bad_deploy_arguments_exit_2(trained, capsys, extra, fragment) -> None:
 
 def test_onnx_export_names_the_layers_it_cannot_express(trained, capsys, tmp_path) -> None:
     pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
     log_dir = tmp_path / "centered"
     assert main(["train", *tiny_args(log_dir, num_epochs=1)]) == 0  # the tiny config's `centered` weights
     capsys.readouterr()
-    # 9-bit weight codes: the layers that would be integer kernels run as float ones, named in a note
-    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "graph=mixed", "bits=8"]) == 0
+    # 9-bit weight codes: the all-integer graph requantizes them to int8 (the first layer's stay exact) and the
+    # quantize/dequantize graph keeps them as exact float weights, each named in a note
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=8", "calibration_images=16"]) == 0
     out = capsys.readouterr().out
-    assert "8 bits, bias int32_fine: 0 of 10 layers as integer kernels" in out
-    assert "note: 3 layer(s) run as float kernels" in out
-    assert "layers.0.conv1" in out
-    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "graph=mixed", "bits=8", "bias=float"]) == 0
+    assert "(8 bits): all-integer" in out
+    assert "note: at 8-bit, the 9-bit weight codes of layers.0.conv1, " in out and "were requantized to int8" in out
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "graph=qdq", "bits=8",
+                 f"out={tmp_path / 'qdq8.onnx'}"]) == 0
     out = capsys.readouterr().out
-    assert "8 bits, bias float: 0 of 10 layers as integer kernels" in out and "note:" not in out
-    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "graph=mixed", "bits=4"]) == 0
-    assert "4 bits, bias int32_fine: 3 of 10 layers as integer kernels" in capsys.readouterr().out
-    # what the integer format cannot express at all is an error naming the layer
+    assert "(8 bits): quantize/dequantize graph" in out and "note: at 8-bit, the 9-bit weight codes of " in out
+    assert "layers.0.conv1" in out and "stay exact float weights" in out
+    # what neither graph can express is an error naming the layer
     log_dir = tmp_path / "act_modified"
     assert main(["train", *tiny_args(log_dir, num_epochs=1, act_quant_scheme="modified")]) == 0
     capsys.readouterr()
     assert main(["export", "--format", "onnx", *tiny_args(log_dir, act_quant_scheme="modified"), "bits=4"]) == 2
     assert "layer layers.0.conv1: act_quant_scheme 'modified' cannot be exported" in capsys.readouterr().err
-    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "graph=mixed", "bits=4", "bias=int16"]) == 2
-    assert "bias must be one of int32_fine, int32, float; got 'int16'" in capsys.readouterr().err
+    # the retired graph form and its bias modes are one line each, saying what to use instead
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir), "graph=mixed", "bits=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "graph=mixed was retired" in err and "graph=qdq" in err and "bits=32" in err
+    for bias in ("int16", "int32_fine", "float"):
+        assert main(["export", "--format", "onnx", *tiny_args(log_dir), "bits=4", f"bias={bias}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "bias= was retired with graph=mixed" in err and "graph=qdq" in err
     assert main(["export", "--format", "packed", *tiny_args(log_dir), "bias=float"]) == 2
-    assert "bias=... applies to --format onnx graph=mixed only" in capsys.readouterr().err
+    assert "bias= was retired with graph=mixed" in capsys.readouterr().err
+
+
+def test_float_model_exports_the_float_graph(capsys, tmp_path) -> None:
+    """bits=32 (what graph=mixed was kept for): the float model as ONNX, reading no calibration images."""
+    pytest.importorskip("onnxscript")
+    log_dir = tmp_path / "float"
+    assert main(["train", *tiny_args(log_dir, num_epochs=1, bits_list=[32])]) == 0
+    capsys.readouterr()
+    target = tmp_path / "fp.onnx"
+    assert main(["export", "--format", "onnx", *tiny_args(log_dir, bits_list=[32]), "bits=32", f"out={target}"]) == 0
+    assert "(32 bits): the float graph traced by torch.export" in capsys.readouterr().out
+    from adabits.engine import load_config, load_trained
+    from adabits.export.onnx_session import run_onnx
+
+    model = load_trained(load_config(tiny_args(log_dir, bits_list=[32]), require_app=False).config).model
+    images = torch.randint(0, 256, (4, 1, 8, 8)).float()
+    with torch.no_grad():
+        expected = model(images).numpy()
+    torch.testing.assert_close(torch.from_numpy(run_onnx(target, images)), torch.from_numpy(expected),
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_pte_and_onnx_exports_run_every_bit_width_in_their_runtimes(trained, capsys, tmp_path) -> None:

@@ -16,8 +16,8 @@ pytest.importorskip("onnxruntime")
 
 from adabits.errors import ExportError  # noqa: E402
 from adabits.export.integer_graph import DEQUANTIZE, QUANTIZE, IntegerGraph, integer_graph  # noqa: E402
-from adabits.export.onnx import optimized_op_counts, run_onnx  # noqa: E402
 from adabits.export.onnx_integer import export_integer_onnx, integer_op_report  # noqa: E402
+from adabits.export.onnx_session import optimized_op_counts, run_onnx  # noqa: E402
 from adabits.quant.grid import Grid  # noqa: E402
 from benchmarks import _machine  # noqa: E402
 

@@ -113,3 +113,60 @@ def test_load_packed_errors(tmp_path) -> None:
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(PackedFormatError, match="not a readable safetensors file"):
         load_packed(tmp_path / "junk.safetensors")
+
+
+def _own_net() -> torch.nn.Module:
+    """A plain PyTorch CNN of one's own (no registry name)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+
+def _converted(bits_list=(8, 4)) -> torch.nn.Module:
+    batches = [torch.randint(0, 256, (8, 1, 16, 16)).float() for _ in range(2)]
+    return adabits.quantize_model(_own_net(), bits_list, calibration=batches).eval()
+
+
+def test_a_model_of_ones_own_loads_into_the_model_built_the_same_way(tmp_path) -> None:
+    """No registry name: the file loads into a model one passes (grown to the calibrated bit-widths), and
+    every bit-width gives the fake-quant logits; without a model, one line says so."""
+    model = _converted()
+    calibrate_bn(model, 6, [torch.randint(0, 256, (8, 1, 16, 16)).float()], num_batches=1)
+    path = tmp_path / "own.safetensors"
+    done = adabits.export_model(model, path, format="packed")
+    assert done.graph == "packed" and done.bits == [8, 4, 6] and "load_packed(path, model=...)" in done.how
+    with pytest.raises(PackedFormatError, match=r"holds a model of one's own .* load_packed\(path, model=\.\.\.\)"):
+        load_packed(path)
+    fresh = _converted()
+    loaded = load_packed(path, model=fresh)
+    assert loaded is fresh and adabits.get_bits_list(loaded) == [8, 4, 6] and not loaded.training
+    assert_same_logits(model, loaded)
+    with pytest.raises(PackedFormatError, match=r"stores bit-widths \[8, 4, 6\]; the model given runs at \[8, 5\]"):
+        load_packed(path, model=_converted(bits_list=(8, 5)))
+    other = adabits.quantize_model(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(),
+                                                       torch.nn.Linear(4 * 14 * 14, 10)), [8, 4])
+    with pytest.raises(PackedFormatError, match="its layers do not match the model given"):
+        load_packed(path, model=other)
+
+
+def test_a_registered_models_file_also_loads_into_a_model_given(tmp_path) -> None:
+    model, kwargs = build("modified", bits_list=(8, 4))
+    path = tmp_path / "model.safetensors"
+    done = adabits.export_model(model, path, format="packed", model_name="resnet_cifar", model_kwargs=kwargs)
+    assert "load_packed(path) rebuilds resnet_cifar" in done.how
+    assert_same_logits(model, load_packed(path))
+    assert_same_logits(model, load_packed(path, model=adabits.create_model("resnet_cifar", **kwargs)))
+
+
+def test_packed_export_arguments(tmp_path) -> None:
+    model, kwargs = build("modified", bits_list=(8, 4))
+    path = tmp_path / "model.safetensors"
+    with pytest.raises(PackedFormatError, match="model_name and model_kwargs together"):
+        save_packed(model, path, model_name="resnet_cifar")
+    with pytest.raises(ValueError, match="a packed file holds every bit-width"):
+        adabits.export_model(model, path, format="packed", bits=4)
+    with pytest.raises(ValueError, match="graph= applies to pte and onnx"):
+        adabits.export_model(model, path, format="packed", graph="qdq")
+    assert not path.exists()

@@ -76,14 +76,29 @@ def test_a_layer_that_has_not_chosen_its_side_is_refused_by_name():
         qdq_model(model, 4, SHAPE)
 
 
-def test_bit_widths_above_8_are_refused():
-    with pytest.raises(ExportError, match="bit-widths <= 8"):
+def test_bit_widths_between_8_and_32_are_refused():
+    with pytest.raises(ExportError, match="bit-widths <= 8, or 32"):
+        qdq_model(_vit(), 16, SHAPE)
+    with pytest.raises(ValueError, match="allowed: 8, 4"):  # 32 is the float graph, of a model that has it
         qdq_model(_vit(), 32, SHAPE)
+
+
+def test_at_32_bits_the_qdq_model_is_the_float_model():
+    torch.manual_seed(0)
+    model = adabits.create_model("vit_tiny", bits_list=[32, 4], num_classes=5, **VIT).eval()
+    images = _images()
+    with adabits.use_bits(model, 32), torch.no_grad():
+        expected = model(images)
+    qdq = qdq_model(model, 32, SHAPE)
+    with torch.no_grad():
+        got = qdq.module(images)
+    assert qdq.float_weights == [] and not any(isinstance(m, adabits.QuantLayer) for m in qdq.module.modules())
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_onnx_runs_the_qdq_graph_with_integer_kernels_where_runtime_fuses_them(tmp_path):
     pytest.importorskip("onnxscript")
-    from adabits.export.onnx import optimized_op_counts, run_onnx
+    from adabits.export.onnx_session import optimized_op_counts, run_onnx
     from adabits.export.qdq import export_qdq_onnx
 
     model = _vit()

@@ -8,8 +8,7 @@ import torch
 from onnx import TensorProto, helper
 
 import adabits
-from adabits.export.onnx import export_onnx, run_onnx
-from adabits.export.onnx_session import cpu_session, session_logits
+from adabits.export.onnx_session import cpu_session, run_onnx, session_logits
 
 
 def doubling_graph(input_type: int) -> bytes:
@@ -42,7 +41,9 @@ def test_same_logits_as_run_onnx_on_an_export(tmp_path: Path):
     torch.manual_seed(0)
     model = adabits.create_model("resnet_cifar", depth=8, bits_list=[4], num_classes=10, in_chans=1,
                                  weight_quant_scheme="modified").eval()
-    path = export_onnx(model, tmp_path / "r8.onnx", 4, (1, 28, 28))
+    calibration = torch.randint(0, 256, (8, 1, 28, 28)).float()
+    path = adabits.export_model(model, tmp_path / "r8.onnx", format="onnx", bits=4, example=(1, 28, 28),
+                                calibration=calibration, uint8_input=True).path
     assert onnx.load(str(path)).graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
     images = torch.randint(0, 256, (4, 1, 28, 28)).float()
     np.testing.assert_array_equal(session_logits(cpu_session(path, threads=1), images), run_onnx(path, images, threads=1))

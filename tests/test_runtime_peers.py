@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 import adabits
-from adabits.export.onnx import optimized_op_counts
-from adabits.export.onnx_session import session_logits
+from adabits.export.onnx_session import optimized_op_counts, session_logits
 from adabits.export.pte_delegation import delegated_op_counts
 from adabits.quant.float_twin import float_twin
 from benchmarks import runtime_peers

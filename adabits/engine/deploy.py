@@ -5,13 +5,13 @@ None of them builds a Trainer. Each loads the model through `load_trained` (engi
 decision of which file holds the weights, the data shape from the config or the checkpoint) and
 reads only the data it needs: `test` the validation split, `calibrate` training batches for the BN
 statistics, the all-integer exports (`pte`, ONNX `graph=integer`) training images for their 8-bit grids,
-the packed and mixed ONNX exports and `profile` nothing. Library errors (ValueError from the quant / export
-layers) become UserErrors with one line for the CLI.
+the packed, `graph=qdq` and float (`bits=32`) exports and `profile` nothing. `export` is a thin mapping onto
+`adabits.export_model`. Library errors (ValueError from the quant / export layers) become UserErrors with
+one line for the CLI.
 """
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,8 +24,8 @@ from ..analysis.evaluation import evaluate_meters as evaluate
 from ..analysis.metrics import MeterSet
 from ..analysis.profile import layer_table, profile_model, profile_table
 from ..data import BatchLoader, build_loader, build_loaders
-from ..errors import BitWidthError, ExportError, UserError
-from ..export.model_export import Format, Graph
+from ..errors import BitWidthError, UserError
+from ..export.model_export import Exported, Format, Graph
 from ..quant.bitwidth import FULL_PRECISION, Bits, bits_text, format_bits, parse_bits
 from . import checkpoint, distributed
 from .build import model_kwargs, resolve_device
@@ -35,7 +35,13 @@ from .report import eval_table
 
 EXPORT_FORMATS = ("packed", "onnx", "pte")
 #: graph= of `export`: unset, the all-integer graph where it covers the model, else the quantize/dequantize one
-ONNX_GRAPHS = ("integer", "mixed", "qdq")
+ONNX_GRAPHS = ("integer", "qdq")
+#: the one line an old `graph=mixed` / `bias=` argument gets: the graph form they chose is retired
+MIXED_RETIRED = ("graph=mixed was retired: use graph=integer (every conv and residual add an integer kernel; the "
+                 "default where it covers the model), graph=qdq (each layer on its own grids with a float bias: the "
+                 "model's arithmetic up to float rounding, what bias=float checked) or bits=32 (the float graph)")
+BIAS_RETIRED = ("bias= was retired with graph=mixed: the all-integer graph (the default) sets its int32 bias grid "
+                "itself; for a float bias (the model's arithmetic up to float rounding) use graph=qdq")
 #: training images the 8-bit grids of an integer graph are calibrated on (residual adds, float-fed inputs)
 CALIBRATION_IMAGES = 512
 
@@ -169,51 +175,81 @@ def _float_checkpoint_bytes(model: nn.Module) -> int:
     return buffer.tell()
 
 
-def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, bias: Any = None,
-           from_start: bool = False, graph: str | None = None, calibration_images: int = CALIBRATION_IMAGES) -> str:
-    """Write the trained model as one packed file (every bit-width), one `.pte` (a method per
-    bit-width) or ONNX (a folder with a file per bit-width, or the file of `bits`).
+def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, from_start: bool = False,
+           graph: str | None = None, calibration_images: int = CALIBRATION_IMAGES) -> str:
+    """`adabits export`: the trained model through `adabits.export_model`, as one packed file (every
+    bit-width), one `.pte` (a method per bit-width) or ONNX (a folder with a file per bit-width, or the file
+    of `bits`; `bits=32`: the float graph).
 
-    `pte` and ONNX are by default all-integer graphs (`export/integer_graph.py`, `graph=integer`),
-    calibrated on `calibration_images` training images. A model whose ops that graph has no rule for
-    (a transformer) is written, saying so, as `graph=qdq` (`export/qdq.py`): its own ops traced by
-    torch.export, each quantized layer as quantize / dequantize ops on its own grids, no calibration.
-    `graph=mixed` is the earlier ONNX form (integer kernels only where a conv feeds quantized layers;
-    `bias` chooses how it applies the folded BN shift, see `export_onnx`), which reads no data and
-    also exports 32 bits."""
-    from ..export.onnx import BIAS_MODES
-
+    The command adds only what the run knows: its weights and input shape, the first `calibration_images`
+    training images for the all-integer graph's 8-bit grids (read only where that graph may be written),
+    default paths under the run folder, and the registry call that built the model (so that
+    `load_packed(path)` rebuilds it). Unset, `graph` is the library's "auto": the all-integer graph where its
+    rules cover the model, else `graph=qdq` (a transformer), and the output line says which."""
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+    if graph == "mixed":
+        raise UserError(MIXED_RETIRED)
     if graph is not None and graph not in ONNX_GRAPHS:
         raise UserError(f"graph must be one of {', '.join(ONNX_GRAPHS)}; got {graph!r}")
-    if fmt == "packed" and graph is not None:
-        raise UserError("graph=... applies to --format onnx and pte only")
-    if fmt == "pte" and graph == "mixed":
-        raise UserError("graph=mixed is an ONNX form; a .pte takes graph=integer or graph=qdq")
-    mixed = fmt == "onnx" and graph == "mixed"
-    if bias is not None and not mixed:
-        raise UserError("bias=... applies to --format onnx graph=mixed only")
-    bias = BIAS_MODES[0] if bias is None else bias
-    if bias not in BIAS_MODES:
-        raise UserError(f"bias must be one of {', '.join(BIAS_MODES)}; got {bias!r}")
-    if mixed and bits is None:
-        raise UserError("ONNX export with graph=mixed needs bits=B (one bit-width of the model; 32 exports float)")
+    if fmt == "packed" and (graph is not None or bits is not None):
+        raise UserError("graph= and bits= apply to --format onnx and pte; a packed file holds every bit-width")
     if calibration_images < 1:
         raise UserError(f"calibration_images must be at least 1, got {calibration_images}")
     trained = load_trained(cfg, from_start=from_start)
     chosen = None if bits is None else _of_model(bits, trained.bits_list)
+    shape = trained.shape
+    packed = fmt == "packed"
     try:
-        if fmt == "packed":
-            text = _export_packed(cfg, trained, out)
-        elif mixed:
-            assert chosen is not None
-            text = _export_onnx(cfg, trained, chosen, out, bias)
-        else:
-            text = _export_integer(cfg, trained, fmt, chosen, out, calibration_images, graph)
+        done = adabits.export_model(
+            trained.model, Path(out) if out else _default_path(cfg, fmt, chosen), format=cast(Format, fmt),
+            bits=chosen, example=(shape.in_chans, shape.image_size, shape.image_size),
+            calibration=_calibration(cfg, trained, fmt, chosen, graph, calibration_images),
+            graph=cast(Graph, graph or "auto"), uint8_input=not cfg.normalize, images_are="training images",
+            model_name=cfg.model if packed else None,
+            model_kwargs=model_kwargs(cfg, shape.num_classes, shape.in_chans) if packed else None)
+    except ImportError:
+        need = ("--format pte needs ExecuTorch: pip install 'adabits[pte]' && pip install --no-deps "
+                "executorch==1.5.1 torchao==0.18.0") if fmt == "pte" else (
+                "ONNX export needs the onnx package (and onnxscript for graph=qdq and bits=32): "
+                "pip install 'adabits[onnx]'")
+        raise UserError(need) from None
     except OSError as exc:
         raise UserError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
-    return _notes(trained) + text
+    return _notes(trained) + _exported_text(trained, fmt, done)
+
+
+def _default_path(cfg: TrainConfig, fmt: str, bits: Bits | None) -> Path:
+    if fmt == "packed":
+        return run_dir(cfg) / "model_packed.safetensors"
+    if fmt == "pte":
+        return run_dir(cfg) / "model.pte"
+    return run_dir(cfg) / (f"model_{bits_text(bits, 'tag')}.onnx" if bits is not None else "onnx")
+
+
+def _exported_text(trained: TrainedModel, fmt: str, done: Exported) -> str:
+    """The command's report of one `export_model` result."""
+    notes = "".join(f"\nnote: {note}" for note in done.notes)
+    if fmt == "packed":
+        float_bytes = _float_checkpoint_bytes(trained.model)
+        size = done.path.stat().st_size
+        top = max(parse_bits(b)[0] for b in trained.bits_list)
+        return (f"wrote {done.path} (bit-widths {bits_text(done.bits, 'config')}): {done.how}\n"
+                f"float32 state dict: {float_bytes:,} bytes; {top}/{FULL_PRECISION} of it: "
+                f"{float_bytes * top // FULL_PRECISION:,} bytes; packed / float32 = {size / float_bytes:.3f}")
+    if fmt == "pte":
+        return (f"wrote {done.path} ({done.path.stat().st_size:,} bytes): methods "
+                f"{', '.join(_method_names(done.bits))}; {done.how}" + notes)
+    return f"wrote {done.path} ({', '.join(bits_text(b, 'words') for b in done.bits)}): {done.how}" + notes
+
+
+def _calibration(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bits | None, graph: str | None,
+                 count: int) -> torch.Tensor | None:
+    """The training images the all-integer graph calibrates on, read only where that graph may be written."""
+    chosen = [bits] if bits is not None else trained.bits_list
+    if fmt == "packed" or graph == "qdq" or not any(max(parse_bits(b)) <= 8 for b in chosen):
+        return None
+    return calibration_images(cfg, count)
 
 
 def calibration_images(cfg: TrainConfig, count: int) -> torch.Tensor:
@@ -228,83 +264,7 @@ def calibration_images(cfg: TrainConfig, count: int) -> torch.Tensor:
     return torch.cat(batches)[:count]
 
 
-def _export_integer(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bits | None, out: str | None,
-                    count: int, graph: str | None) -> str:
-    """The command's side of `adabits.export_model`: the run's shape, calibration images and default paths."""
-    from ..export.model_export import export_model
-
-    integer_bits = [b for b in trained.bits_list if max(parse_bits(b)) <= 8]
-    if not integer_bits or (bits is not None and bits not in integer_bits):
-        raise ExportError(f"an integer {fmt} export takes bit-widths <= 8; this model has "
-                          f"{bits_text(trained.bits_list, 'config')}" + (" (use --format onnx graph=mixed bits=32 for float)"
-                                                               if fmt == "onnx" else ""))
-    shape = trained.shape
-    default = (run_dir(cfg) / "model.pte" if fmt == "pte" else
-               run_dir(cfg) / (f"model_{bits_text(bits, 'tag')}.onnx" if bits is not None else "onnx"))
-    images = calibration_images(cfg, count) if graph != "qdq" else None
-    try:
-        done = export_model(trained.model, Path(out) if out else default, format=cast(Format, fmt),
-                            input_shape=(shape.in_chans, shape.image_size, shape.image_size), bits=bits,
-                            calibration=images, graph=cast(Graph, graph or "auto"), uint8_input=not cfg.normalize,
-                            images_are="training images")
-    except ImportError:
-        need = ("--format pte needs ExecuTorch: pip install 'adabits[pte]' && pip install --no-deps "
-                "executorch==1.5.1 torchao==0.18.0") if fmt == "pte" else (
-                "ONNX export needs the onnx package (and onnxscript for graph=qdq): pip install 'adabits[onnx]'")
-        raise UserError(need) from None
-    notes = "".join(f"\nnote: {note}" for note in done.notes)
-    if fmt == "pte":
-        return (f"wrote {done.path} ({done.path.stat().st_size:,} bytes): methods "
-                f"{', '.join(_method_names(done.bits))}; {done.how}" + notes)
-    return f"wrote {done.path} ({', '.join(bits_text(b, 'words') for b in done.bits)}): {done.how}" + notes
-
-
 def _method_names(bits: list) -> list[str]:
     from ..export.pte import method_name
 
     return [method_name(b) for b in bits]
-
-
-def _export_packed(cfg: TrainConfig, trained: TrainedModel, out: str | None) -> str:
-    from ..export.packed import save_packed
-
-    model = trained.model
-    target = Path(out) if out else run_dir(cfg) / "model_packed.safetensors"
-    kwargs = model_kwargs(cfg, trained.shape.num_classes, trained.shape.in_chans)
-    try:
-        info = save_packed(model, target, model_name=cfg.model, model_kwargs=kwargs)
-    except ValueError as exc:
-        raise ExportError(f"packed export: {exc}") from None
-    float_bytes = _float_checkpoint_bytes(model)
-    top = max(parse_bits(b)[0] for b in trained.bits_list)
-    return (f"wrote {target}: {info['bytes']:,} bytes (bit-widths {bits_text(trained.bits_list, 'config')}, "
-            f"weight schemes {info['schemes']})\n"
-            f"float32 state dict: {float_bytes:,} bytes; {top}/{FULL_PRECISION} of it: "
-            f"{float_bytes * top // FULL_PRECISION:,} bytes; "
-            f"packed / float32 = {info['bytes'] / float_bytes:.3f}")
-
-
-def _export_onnx(cfg: TrainConfig, trained: TrainedModel, bits: Bits, out: str | None, bias: str) -> str:
-    from ..export.onnx import (  # onnx: on use
-        FloatWeightsWarning,
-        export_onnx,
-        integer_layer_count,
-    )
-
-    target = Path(out) if out else run_dir(cfg) / f"model_{bits_text(bits, 'tag')}.onnx"
-    shape = trained.shape
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", FloatWeightsWarning)
-            export_onnx(trained.model, target, bits, (shape.in_chans, shape.image_size, shape.image_size),
-                        uint8_input=not cfg.normalize, bias=bias)
-    except ImportError:
-        raise UserError("ONNX export needs the onnx package: pip install 'adabits[onnx]'") from None
-    except ValueError as exc:
-        raise ExportError(f"ONNX export at {bits_text(bits)}: {exc}") from None
-    notes = "".join(f"\nnote: {w.message}" for w in caught if issubclass(w.category, FloatWeightsWarning))
-    integer, layers = integer_layer_count(target)
-    return (f"wrote {target} ({target.stat().st_size:,} bytes, {bits_text(bits, 'words')}, bias {bias}: "
-            f"{integer} of {layers} layers as integer kernels){notes}")
-
-

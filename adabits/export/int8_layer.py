@@ -54,19 +54,6 @@ class FoldedLayer:
         return self.codes is not None and self.codes.min() >= -INT8_MAX - 1 and self.codes.max() <= INT8_MAX
 
 
-@dataclass
-class Int8Operands:
-    """What an integer kernel reads: input codes times `input_factor` at `input_scale`, int8
-    weights with per-channel scales, and the int32 bias with its per-channel scale."""
-
-    input_factor: int
-    input_scale: np.float32
-    weight: np.ndarray  # int8
-    weight_scale: np.ndarray  # float32 per output channel
-    bias: np.ndarray  # int32
-    bias_scale: np.ndarray  # float32 per output channel
-
-
 def check_integer_input(layer: QuantLayer, name: str, *, two_sided: bool = False) -> None:
     """Raise ExportError, naming the layer, when its input codes have no integer-kernel form: a scheme that
     floors or offsets the codes, double_side (zero point (2^b - 1) / 2) unless the exporter shifts the
@@ -137,18 +124,3 @@ def weight_multipliers(folded: FoldedLayer, input_scale: float, input_max: int,
         better = (c <= limit) & (error <= best_error)
         best, best_error = np.where(better, c, best), np.where(better, error, best_error)
     return best
-
-
-def int8_operands(folded: FoldedLayer, input_scale: float, levels: int, refine_input: bool = True) -> Int8Operands:
-    """The integer kernel's operands for a layer whose int8-sized codes read input codes 0..levels
-    (`refine_input`: also multiply the input codes, for a finer bias grid)."""
-    if folded.codes is None:
-        raise ValueError("int8_operands needs a layer with integer weight codes, not a float weight")
-    factor = input_factor(folded.codes, levels) if refine_input else 1
-    fine_scale = np.float32(np.float32(input_scale) / np.float32(factor))
-    multiplier = weight_multipliers(folded, float(fine_scale), levels * factor)
-    weight = (folded.codes * multiplier.reshape(-1, *([1] * (folded.codes.ndim - 1)))).astype(np.int8)
-    weight_scale = (folded.scale / multiplier).astype(np.float32)
-    bias_scale = (fine_scale * weight_scale).astype(np.float32)
-    bias = np.round(folded.bias / bias_scale.astype(np.float64)).astype(np.int32)
-    return Int8Operands(factor, fine_scale, weight, weight_scale, bias, bias_scale)

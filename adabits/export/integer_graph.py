@@ -28,23 +28,23 @@ What the int8 form cannot hold exactly:
   rounds it to that grid, made finer by multiplying each channel's codes by an integer where
   int8 allows (`int8_layer.weight_multipliers`).
 The classifier keeps float weights and a float output (its logits are not requantized).
+
+Which traced ops the graph takes is `op_rules.SOURCE_RULES` (its `integer` column names the `_Builder`
+method that writes each); any other op is refused by name.
 """
 from __future__ import annotations
 
-import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.ao.quantization.fx._decomposed  # noqa: E402,F401  (registers the quantized_decomposed ops)
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ExportError
-from ..models.common import as_float_input
 from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, set_bits
 from ..quant.grid import INT8_MAX, INT8_MIN, Grid
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
@@ -57,11 +57,9 @@ from .int8_layer import (
     input_factor,
     weight_multipliers,
 )
+from .op_rules import DEQUANTIZE, DEQUANTIZE_CHANNELS, QUANTIZE, node_rule
 from .trace import trace_quantized
 
-QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
-DEQUANTIZE = torch.ops.quantized_decomposed.dequantize_per_tensor.default
-DEQUANTIZE_CHANNELS = torch.ops.quantized_decomposed.dequantize_per_channel.default
 IMAGE_GRID = Grid.codes(1.0, 255)  # the raw uint8 image of a `normalize: false` model, read as codes
 CALIBRATION_BATCH = 128
 
@@ -101,14 +99,17 @@ class IntegerGraph:
         return self.module(images.float())
 
 
+def _integer_rule(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    rule = node_rule(node, modules)
+    return None if rule is None else rule.integer
+
+
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[str(node.target)], nn.ReLU)
-    return node.op == "call_function" and node.target in (F.relu, torch.relu)
+    return _integer_rule(node, modules) == "relu"
 
 
 def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    return node.op == "call_module" and isinstance(modules[str(node.target)], (nn.Identity, nn.Dropout))
+    return _integer_rule(node, modules) == "passthrough"
 
 
 class _Builder:
@@ -134,6 +135,12 @@ class _Builder:
         self.requantized_weights: list[str] = []
         self.float_layers: list[str] = []
         self.count = 0
+        #: the rules `op_rules.SOURCE_RULES` names in its `integer` column
+        self.rules: dict[str, Callable[[fx.Node, nn.Module | None], _Value]] = {
+            "quant_layer": self.quant_layer, "lone_norm": self.lone_norm, "observer": self.observer,
+            "passthrough": self.passthrough, "relu": self.relu, "add": self.add, "pool": self.pool,
+            "max_pool": self.max_pool, "flatten": self.flatten,
+        }
 
     # ------------------------------------------------------------------ graph pieces
     def const(self, tensor: Tensor, hint: str) -> fx.Node:
@@ -219,7 +226,7 @@ class _Builder:
             if isinstance(module, QuantLayer) and module.quantizes_input:
                 return _pact_grid(module, str(user.target))
             if (_is_relu(user, self.modules) or _is_passthrough(user, self.modules)
-                    or (user.op == "call_function" and user.target in (operator.add, torch.add))):
+                    or _integer_rule(user, self.modules) == "add"):
                 pending.extend(user.users)
         return None
 
@@ -276,7 +283,8 @@ class _Builder:
                              list(layer.padding), list(layer.dilation), layer.groups)
         return self.call(torch.ops.aten.linear.default, x, weight, bias)
 
-    def quant_layer(self, node: fx.Node, layer: QuantLayer) -> None:
+    def quant_layer(self, node: fx.Node, layer: nn.Module | None) -> _Value:
+        assert isinstance(layer, QuantLayer)
         name = str(node.target)
         chain = [node]
         bn_node = self._only_user(node)
@@ -295,6 +303,7 @@ class _Builder:
             out = self._integer_layer(name, layer, folded, source, chain)
         for member in chain:
             self.values[member] = out
+        return out
 
     def _float_layer(self, name: str, layer: QuantLayer, folded: FoldedLayer, source: _Value, relu: bool) -> _Value:
         """The classifier: its input codes in float, the exact folded weight in float, float logits."""
@@ -337,7 +346,7 @@ class _Builder:
         return self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{name}.output", end, step)
 
     # ------------------------------------------------------------------ other ops
-    def add(self, node: fx.Node) -> None:
+    def add(self, node: fx.Node, _module: nn.Module | None) -> _Value:
         a, b = self._arg(node, 0), self._arg(node, 1)
         out = self.call(torch.ops.aten.add.Tensor, self.real(a), self.real(b))
         chain = [node]
@@ -350,73 +359,75 @@ class _Builder:
         value = self.quantize(out, grid) if grid is not None else self.calibrated(out, f"{node.name}.output", chain[-1])
         for member in chain:
             self.values[member] = value
+        return value
 
-    def relu(self, node: fx.Node) -> _Value:
+    def relu(self, node: fx.Node, _module: nn.Module | None) -> _Value:
         value = self._arg(node)
         if value.grid is not None and value.grid.nonnegative:
             return value
         out = self.call(torch.relu, self.real(value))
         return self.quantize(out, value.grid) if value.grid is not None else _Value(out)
 
-    def pool(self, node: fx.Node, keepdim: bool) -> _Value:
+    def pool(self, node: fx.Node, module: nn.Module | None) -> _Value:
+        """A global average pool: nn.AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), or x.mean([2, 3])."""
+        if isinstance(module, nn.AdaptiveAvgPool2d):
+            is_global, keepdim = module.output_size in (1, (1, 1)), True
+        elif node.target == "mean":
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            keepdim = bool(node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
+            is_global = isinstance(dims, (list, tuple)) and list(dims) == [2, 3]
+        else:  # F.adaptive_avg_pool2d(x, output_size)
+            is_global, keepdim = len(node.args) > 1 and node.args[1] in (1, (1, 1)), True
+        if not is_global:
+            raise ExportError(f"{node.name}: only a global average pool (output size 1, or the mean over dims "
+                              "[2, 3]) has an integer export rule")
         out = self.call(torch.ops.aten.mean.dim, self.real(self._arg(node)), [2, 3], True)
         return _Value(out if keepdim else self.call(torch.ops.aten.flatten.using_ints, out, 1))
 
-    def max_pool(self, node: fx.Node, module: nn.MaxPool2d) -> _Value:
+    def max_pool(self, node: fx.Node, module: nn.Module | None) -> _Value:
         value = self._arg(node)
+        assert isinstance(module, nn.MaxPool2d)  # the table's only max pool
         if module.ceil_mode or module.dilation not in (1, (1, 1)):
             raise ExportError(f"{node.target}: MaxPool2d with ceil_mode or dilation has no integer export rule")
         out = self.call(F.max_pool2d, self.real(value), module.kernel_size, module.stride, module.padding)
         return self.quantize(out, value.grid) if value.grid is not None else _Value(out)
 
-    def flatten(self, node: fx.Node, start: object, end: object) -> _Value:
+    def flatten(self, node: fx.Node, module: nn.Module | None) -> _Value:
         """A (N, C, 1, 1) pool output or an (N, C, H, W) map flattened from dimension 1 (torch.flatten, nn.Flatten)."""
+        start: object
+        end: object
+        if isinstance(module, nn.Flatten):
+            start, end = module.start_dim, module.end_dim
+        else:
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.kwargs.get("end_dim", -1)
         if start != 1 or end != -1:
             span = f"{start}" if end == -1 else f"{start} to {end}"
             raise ExportError(f"{node.name}: flatten from dimension {span} has no export rule (only from 1 to the last)")
         return _Value(self.call(torch.ops.aten.flatten.using_ints, self.real(self._arg(node)), 1))
 
-    def module(self, node: fx.Node, module: nn.Module) -> None:
-        name = str(node.target)
-        if isinstance(module, QuantLayer):
-            self.quant_layer(node, module)
-            return
-        if isinstance(module, (nn.Identity, nn.Dropout)):
-            value = self._arg(node)
-        elif isinstance(module, Int8Observer):
-            value = self.on_grid(self._arg(node), _observer_grid(module, name))
-        elif isinstance(module, nn.ReLU):
-            value = self.relu(node)
-        elif isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
-            value = self.pool(node, keepdim=True)
-        elif isinstance(module, nn.MaxPool2d):
-            value = self.max_pool(node, module)
-        elif isinstance(module, nn.Flatten):
-            value = self.flatten(node, module.start_dim, module.end_dim)
-        elif isinstance(module, SwitchBatchNorm2d):
-            raise ExportError(f"{name}: a BatchNorm that does not follow a quantized layer cannot be folded "
-                              "into an integer kernel")
-        else:
-            raise ExportError(f"module {name} ({type(module).__name__}) has no integer export rule")
-        self.values[node] = value
+    def passthrough(self, node: fx.Node, _module: nn.Module | None) -> _Value:
+        """Identity, Dropout (eval) and `as_float_input` (a dtype cast the graph's float input makes moot)."""
+        return self._arg(node)
 
-    def function(self, node: fx.Node) -> None:
-        target = node.target
-        if target is as_float_input:
-            self.values[node] = self._arg(node)
-        elif target in (operator.add, torch.add):
-            self.add(node)
-        elif target in (F.relu, torch.relu):
-            self.values[node] = self.relu(node)
-        elif target is torch.flatten or target == "flatten":
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            self.values[node] = self.flatten(node, start, node.kwargs.get("end_dim", -1))
-        elif target is F.adaptive_avg_pool2d and node.args[1] in (1, (1, 1)):
-            self.values[node] = self.pool(node, keepdim=True)
-        elif target == "mean" and list(node.args[1]) == [2, 3]:  # type: ignore[arg-type]
-            self.values[node] = self.pool(node, keepdim=bool(node.kwargs.get("keepdim", False)))
-        else:
-            raise ExportError(f"operation {node.name} ({target}) has no integer export rule")
+    def observer(self, node: fx.Node, module: nn.Module | None) -> _Value:
+        assert isinstance(module, Int8Observer)
+        return self.on_grid(self._arg(node), _observer_grid(module, str(node.target)))
+
+    def lone_norm(self, node: fx.Node, _module: nn.Module | None) -> _Value:
+        raise ExportError(f"{node.target}: a BatchNorm that does not follow a quantized layer cannot be folded "
+                          "into an integer kernel")
+
+    def write(self, node: fx.Node) -> None:
+        """Write one traced node with the rule `op_rules.SOURCE_RULES` names for it."""
+        module = self.modules[str(node.target)] if node.op == "call_module" else None
+        rule = node_rule(node, self.modules)
+        method = self.rules.get(rule.integer) if rule is not None and rule.integer is not None else None
+        if method is None:
+            what = (f"module {node.target} ({type(module).__name__})" if module is not None
+                    else f"operation {node.name} ({node.target})")
+            raise ExportError(f"{what} has no integer export rule")
+        self.values[node] = method(node, module)
 
     def build(self) -> fx.GraphModule:
         for node in self.source.nodes:
@@ -425,10 +436,8 @@ class _Builder:
             if node.op == "placeholder":
                 x = self.graph.placeholder("images")
                 self.values[node] = self.quantize(x, IMAGE_GRID) if self.uint8_input else _Value(x)
-            elif node.op == "call_module":
-                self.module(node, self.modules[str(node.target)])
-            elif node.op in ("call_function", "call_method"):
-                self.function(node)
+            elif node.op in ("call_module", "call_function", "call_method"):
+                self.write(node)
             elif node.op == "output":
                 self.graph.output(self.real(self._arg(node)))
         return fx.GraphModule(self.root, self.graph)

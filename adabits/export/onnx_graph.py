@@ -1,4 +1,5 @@
-"""A small ONNX graph builder: nodes and initializers with unique names, for the exporter's emitters."""
+"""A small ONNX graph builder: nodes and initializers with unique names, and the names and opset every
+exported graph shares (the all-integer translation, `onnx_integer.py`; torch.onnx, `qdq.py`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,6 +11,9 @@ import numpy as np
 from ..atomic import atomic_write
 
 FLOAT = 1  # onnx.TensorProto.FLOAT (onnx is imported lazily: it is an optional dependency)
+OPSET = 13
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
 
 
 @dataclass

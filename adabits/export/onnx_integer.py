@@ -23,7 +23,7 @@ Runtime (CPU) runs the graph with integer kernels and computes what `IntegerGrap
   stays float alone, as the classifier's does; the Cast form holds whatever follows);
 - scales and zero points are 0-d initializers: ONNX Runtime fuses QLinearAdd only from those.
 
-Only these nodes are translated; anything else raises ExportError naming the node.
+Only the ops of `op_rules.INTEGER_GRAPH_RULES` are translated; anything else raises ExportError naming the node.
 """
 from __future__ import annotations
 
@@ -35,21 +35,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 
 from ..atomic import atomic_write
 from ..errors import ExportError
 from ..quant.grid import INT8_MAX, INT8_MIN, UINT8_MAX, Grid
-from .integer_graph import DEQUANTIZE, DEQUANTIZE_CHANNELS, IMAGE_GRID, QUANTIZE, IntegerGraph
-from .onnx import INPUT_NAME, OPSET, OUTPUT_NAME, optimized_op_counts
-from .onnx_graph import FLOAT, GraphBuilder, Value, save_checked
+from .integer_graph import IMAGE_GRID, IntegerGraph
+from .onnx_graph import FLOAT, INPUT_NAME, OPSET, OUTPUT_NAME, GraphBuilder, Value, save_checked
+from .onnx_session import optimized_op_counts
+from .op_rules import CONV, DEQUANTIZE, DEQUANTIZE_CHANNELS, INTEGER_GRAPH_RULES, LINEAR, QUANTIZE
 from .qdq import QDQModel, export_qdq_onnx
 
-CONV = torch.ops.aten.conv2d.default
-LINEAR = torch.ops.aten.linear.default
-ADD = torch.ops.aten.add.Tensor
-MEAN = torch.ops.aten.mean.dim
-FLATTEN = torch.ops.aten.flatten.using_ints
 INT32_MAX = 2**31 - 1
 
 
@@ -70,11 +65,13 @@ class _Translator:
         self.input_shape = graph.input_shape
         self.g = GraphBuilder()
         self.values: dict[fx.Node, Value] = {}
-        self.rules: dict[Any, Callable[[fx.Node], Value]] = {
-            QUANTIZE: self.quantize, DEQUANTIZE: self.dequantize, DEQUANTIZE_CHANNELS: self.dequantize_channels,
-            CONV: self.conv, LINEAR: self.linear, ADD: self.add, torch.relu: self.relu, MEAN: self.mean,
-            FLATTEN: self.flatten, F.max_pool2d: self.max_pool,
+        writers: dict[str, Callable[[fx.Node], Value]] = {
+            "quantize": self.quantize, "dequantize": self.dequantize, "dequantize_channels": self.dequantize_channels,
+            "conv": self.conv, "linear": self.linear, "add": self.add, "relu": self.relu, "mean": self.mean,
+            "flatten": self.flatten, "max_pool": self.max_pool,
         }
+        #: the table's ops (`op_rules.INTEGER_GRAPH_RULES`), each with the method that writes it
+        self.rules = {target: writers[name] for target, name in INTEGER_GRAPH_RULES.items()}
 
     # ------------------------------------------------------------------ reading the fx graph
     def constant(self, node: Any) -> np.ndarray:

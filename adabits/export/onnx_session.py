@@ -1,4 +1,5 @@
-"""ONNX Runtime on the CPU: one way to open a session and one way to get logits from it.
+"""ONNX Runtime on the CPU: one way to open a session, one way to get logits from it, and the ops its
+optimizer leaves (which show what it fused into integer kernels).
 
 Sessions do not spin their idle threads by default: a spinning ONNX Runtime pool keeps the cores
 busy after each run and slows whatever runs next on them (PyTorch in the same process, timed side
@@ -6,6 +7,7 @@ by side, or other processes).
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +44,23 @@ def session_logits(session: Any, images: torch.Tensor | np.ndarray) -> np.ndarra
                          f"{', '.join(_NUMPY_TYPES)}")
     array = np.ascontiguousarray(array.astype(dtype, copy=False))
     return session.run([session.get_outputs()[0].name], {graph_input.name: array})[0]
+
+
+def run_onnx(path: str | Path, images: torch.Tensor | np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Logits of an exported file on `images` (cast to the graph's input type: uint8 or float32)."""
+    return session_logits(cpu_session(path, threads), images)
+
+
+def optimized_op_counts(path: str | Path) -> Counter:
+    """The op types ONNX Runtime (CPU) runs after its graph optimizations, counted (shows the fusions)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)

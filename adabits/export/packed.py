@@ -10,7 +10,10 @@ tensors, and the SAT scale of every (layer, bit-width) is stored as computed by 
 
 `load_packed(path)` rebuilds the model from the file's metadata with `adabits.create_model` and
 gives the fake-quant model's logits at every stored bit-width (bit-exact: the same float operations
-turn the same codes into the same weights).
+turn the same codes into the same weights). Any converted model is stored too (`adabits.quantize_model`,
+a model of one's own): without a registry name the file holds no recipe to rebuild it, and
+`load_packed(path, model=...)` loads it into the model built the same way (which also works for a
+registered model's file).
 """
 from __future__ import annotations
 
@@ -67,14 +70,23 @@ def stored_code_bits(scheme: QuantScheme, weight_bits: list[int]) -> list[int]:
 
 
 @torch.no_grad()
-def save_packed(model: nn.Module, path: str | Path, *, model_name: str, model_kwargs: Mapping[str, Any]) -> dict:
-    """Write `model` (a switchable model built by `create_model(model_name, **model_kwargs)`, plus
-    any calibrated bit-widths) to `path`, atomically. Returns a summary of what was stored."""
+def save_packed(model: nn.Module, path: str | Path, *, model_name: str | None = None,
+                model_kwargs: Mapping[str, Any] | None = None) -> dict:
+    """Write `model` (any converted model, with its calibrated bit-widths) to `path`, atomically. Returns a
+    summary of what was stored.
+
+    `model_name` and `model_kwargs`: the `create_model(model_name, **model_kwargs)` call that built it, stored
+    so that `load_packed(path)` rebuilds it; without them the file loads into a model one passes."""
     layers = _quant_layers(model)
     if not layers:
-        raise PackedFormatError("save_packed needs a model with quantized layers (adabits.create_model)")
-    built_bits = [parse_bits(b) for b in model_kwargs.get("bits_list", ())]
+        raise PackedFormatError("save_packed needs a model with quantized layers (adabits.create_model or "
+                                "adabits.quantize_model)")
+    if (model_name is None) != (model_kwargs is None):
+        raise PackedFormatError("save_packed takes model_name and model_kwargs together (the create_model call "
+                                "that built the model), or neither")
+    model_kwargs = model_kwargs or {}
     all_bits = [parse_bits(b) for b in get_bits_list(model)]
+    built_bits = [parse_bits(b) for b in model_kwargs.get("bits_list", ())] if model_name else all_bits
     if all_bits[: len(built_bits)] != built_bits:
         raise PackedFormatError(f"model_kwargs bits_list {model_kwargs.get('bits_list')} is not the start of the "
                          f"model's bits_list {get_bits_list(model)}")
@@ -102,7 +114,7 @@ def save_packed(model: nn.Module, path: str | Path, *, model_name: str, model_kw
     built = dict(model_kwargs)
     metadata = {
         "format": FORMAT,
-        "model_name": model_name,
+        "model_name": model_name or "",  # none: a model of one's own, loaded with load_packed(path, model=...)
         "model_kwargs": json.dumps(built),
         "bits_list": json.dumps([format_bits(p) for p in all_bits]),
         "calibrated_bits": json.dumps([format_bits(p) for p in all_bits[len(built_bits):]]),
@@ -234,25 +246,50 @@ def _metadata(meta: dict[str, str], path: Path) -> tuple[str, dict[str, Any], li
     return parsed
 
 
-def load_packed(path: str | Path) -> nn.Module:
-    """Rebuild the model stored by `save_packed`; it runs at every stored bit-width, in eval mode.
+def _model_for(path: Path, meta: dict[str, str], model_name: str, model_kwargs: dict[str, Any],
+               calibrated: list[Any], model: nn.Module | None) -> nn.Module:
+    """The model the file's weights go into: `model`, grown to the file's bit-widths, or the one its recipe builds."""
+    if model is None and not model_name:
+        raise PackedFormatError(f"{path} holds a model of one's own (no registry name to rebuild it from): "
+                                "load it into the model built the same way, load_packed(path, model=...)")
+    try:
+        if model is None:
+            model = create_model(model_name, **model_kwargs)
+            for bits in calibrated:
+                add_bits(model, bits)
+            return model
+        stored = [parse_bits(b) for b in json.loads(meta.get("bits_list", "[]"))]
+        has = [parse_bits(b) for b in get_bits_list(model)]
+        if has != stored[: len(has)]:
+            raise PackedFormatError(f"{path} stores bit-widths {[format_bits(b) for b in stored]}; the model given "
+                                    f"runs at {[format_bits(b) for b in has]}, not the start of them")
+        for bits in stored[len(has):]:  # bit-widths calibrated after the model was built
+            add_bits(model, format_bits(bits))
+        return model
+    except PackedFormatError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise PackedFormatError(f"{path}: its metadata does not build a model ({exc})") from None
 
-    The checksums in the metadata are verified first (`adabits.integrity.verify_packed`; a file
-    written before they were stored is not checked), then every layer's layout against the model.
+
+def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """The model stored by `save_packed`, in eval mode; it runs at every stored bit-width.
+
+    Without `model` it is rebuilt from the file's registry name and arguments; with `model` (built as the
+    stored one was: same layers, schemes and bit-widths, or their start) the file's weights replace its own,
+    in place, and it is returned. The checksums in the metadata are verified first
+    (`adabits.integrity.verify_packed`; a file written before they were stored is not checked), then every
+    layer's layout against the model.
     """
     path = Path(path)
     tensors, meta = _read(path)
     integrity.verify_packed(tensors, meta, path)
     model_name, model_kwargs, calibrated, layout = _metadata(meta, path)
-    try:
-        model = create_model(model_name, **model_kwargs)
-        for bits in calibrated:
-            add_bits(model, bits)
-    except (ValueError, TypeError) as exc:
-        raise PackedFormatError(f"{path}: its metadata does not build a model ({exc})") from None
+    described = "the model given" if model is not None else f"model {model_name}"
+    model = _model_for(path, meta, model_name, model_kwargs, calibrated, model)
     layers = _quant_layers(model)
     if set(layers) != set(layout):
-        raise PackedFormatError(f"{path}: its layers do not match model {model_name} "
+        raise PackedFormatError(f"{path}: its layers do not match {described} "
                                 f"(missing: {sorted(set(layers) - set(layout))[:5]}, extra: {sorted(set(layout) - set(layers))[:5]})")
     for name, layer in layers.items():
         stored = _stored_codes(name, _check_layout(name, layout[name], layer, path), layer, tensors, path)
@@ -260,9 +297,9 @@ def load_packed(path: str | Path) -> nn.Module:
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:
-        raise PackedFormatError(f"{path} does not fit model {model_name}: {str(exc).splitlines()[-1].strip()}") from None
+        raise PackedFormatError(f"{path} does not fit {described}: {str(exc).splitlines()[-1].strip()}") from None
     missing = [k for k in missing if not (k.endswith(".weight") and k[: -len(".weight")] in layers)]
     if missing or unexpected:
-        raise PackedFormatError(f"{path} does not fit model {model_name}: missing {missing[:5]}, "
+        raise PackedFormatError(f"{path} does not fit {described}: missing {missing[:5]}, "
                                 f"unexpected {unexpected[:5]}")
     return model.eval()

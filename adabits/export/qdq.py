@@ -15,10 +15,18 @@ holds its layer's arithmetic in the form integer runtimes fuse into integer kern
   dequantizing);
 - its weight as int8 codes with one scale per output channel (`dequantize_per_channel`), SAT's scale
   folded in; weight codes that need 9 bits (`centered` / `original` at 8 bits) stay an exact float
-  weight, named in `QDQModel.float_weights`.
+  weight, named in `QDQModel.float_weights`. Such a layer reads its input codes through a cast and a
+  scale rather than a dequantize: behind a dequantize, ONNX Runtime's WeightBiasQuantization would
+  round its float weight to int8 per tensor (it did: 1% of the logits).
 
-Switchable norms become their copy of this bit-width. Values on a rounding tie can land one code
-apart from PyTorch's quantizer (x / step against x / alpha * levels in float32).
+Switchable norms become their copy of this bit-width (the modules replaced are the `qdq` column of
+`op_rules.SOURCE_RULES`). Values on a rounding tie can land one code apart from PyTorch's quantizer
+(x / step against x / alpha * levels in float32).
+
+In ONNX Runtime this graph keeps the model's arithmetic up to float rounding: each layer multiplies
+its dequantized codes by its dequantized weight with the exact float bias, and the BN stays a float op
+after it (what the retired `graph=mixed bias=float` was kept for). At 32 bits (`bits=32`) nothing is
+quantized: the graph is the float model, its PACT clips (`pact_fp`) included.
 """
 from __future__ import annotations
 
@@ -37,11 +45,12 @@ from ..quant.bitwidth import FULL_PRECISION, format_bits, parse_bits, set_bits
 from ..quant.layers import QuantLayer
 from ..quant.norms import SwitchableNorm
 from .int8_layer import check_integer_input, fold_layer
-from .integer_graph import DEQUANTIZE, DEQUANTIZE_CHANNELS, QUANTIZE
-from .onnx import INPUT_NAME, OUTPUT_NAME
-from .onnx_graph import save_checked
+from .onnx_graph import INPUT_NAME, OUTPUT_NAME, save_checked
+from .op_rules import DEQUANTIZE, DEQUANTIZE_CHANNELS, QUANTIZE, module_rule
 
 CODE_ZERO = -128  # int8 storage of codes 0..255
+#: the rules of the `qdq` column of `op_rules.SOURCE_RULES`: a `QDQLayer`, or a switchable norm's active copy
+QDQ_RULES = ("layer", "active")
 
 
 class QDQLayer(nn.Module):
@@ -65,6 +74,9 @@ class QDQLayer(nn.Module):
             self.dilation, self.groups = layer.dilation, layer.groups
         folded = fold_layer(layer, None)
         self.int8_weight = int8_weights and folded.codes is not None and folded.fits_int8()
+        # a float weight where int8 ones are written (ONNX): the input codes are read by a cast, not a
+        # dequantize, which ONNX Runtime's WeightBiasQuantization would take as leave to round the weight to int8
+        self.cast_codes = int8_weights and not self.int8_weight
         if self.int8_weight:
             assert folded.codes is not None
             self.register_buffer("weight_codes", torch.from_numpy(folded.codes.astype(np.int8)))
@@ -98,7 +110,10 @@ class QDQLayer(nn.Module):
         if not self.quantizes_input:
             return x  # pact_fp: clipped, full precision
         codes = QUANTIZE(x - self.low if self.low else x, self.step, CODE_ZERO, -128, 127, torch.int8)
-        x = DEQUANTIZE(codes, self.step, CODE_ZERO, -128, 127, torch.int8)
+        if self.cast_codes:  # what DEQUANTIZE computes, in float32
+            x = (codes.to(torch.float32) - CODE_ZERO) * self.step
+        else:
+            x = DEQUANTIZE(codes, self.step, CODE_ZERO, -128, 127, torch.int8)
         return x - self.shift_after if self.shift_after else x
 
     @property
@@ -138,28 +153,32 @@ class QDQModel:
 
 def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, uint8_input: bool = True,
               int8_weights: bool = True) -> QDQModel:
-    """A copy of `model` at `bits` (an integer bit-width of the model, at most 8) in eval mode, every quantized
-    layer a `QDQLayer` and every switchable norm the copy of `bits`; `model` is not changed.
+    """A copy of `model` at `bits` (a bit-width of the model: weight and activation bits each at most 8, or
+    32) in eval mode, every quantized layer a `QDQLayer` and every switchable norm the copy of `bits`;
+    `model` is not changed. At bits 32 this is the float model as plain modules.
 
     `int8_weights=False` keeps every weight as its exact float value: XNNPACK runs a linear on quantized
     inputs with int8 weights only when its output is quantized too, which a transformer's are not
     (they feed LayerNorm, GELU, a residual sum), so a `.pte` takes float weights and delegates the layer."""
     pair = parse_bits(bits)
-    if max(pair) > 8 or min(pair) >= FULL_PRECISION:
-        raise ExportError(f"a quantize/dequantize export takes bit-widths <= 8; got {format_bits(pair)}")
+    if not all(b <= 8 or b >= FULL_PRECISION for b in pair):
+        raise ExportError(f"a quantize/dequantize export takes bit-widths <= 8, or 32 (float); got {format_bits(pair)}")
     twin = copy.deepcopy(model).eval()
     set_bits(twin, format_bits(pair))
     float_weights = []
     for name, module in list(twin.named_modules()):
-        if isinstance(module, QuantLayer):
+        rule = module_rule(module)
+        if rule is None or rule.qdq is None:
+            continue
+        if rule.qdq == "layer":
+            assert isinstance(module, QuantLayer)
             layer = QDQLayer(module, name, int8_weights)
             if int8_weights and not layer.int8_weight and module.weight_bits < FULL_PRECISION:
                 float_weights.append(name)
             replacement: nn.Module = layer
-        elif isinstance(module, SwitchableNorm):
+        else:  # "active": a switchable norm's copy of this bit-width
+            assert rule.qdq == "active" and isinstance(module, SwitchableNorm)
             replacement = module.active
-        else:
-            continue
         parent, _, child = name.rpartition(".")
         setattr(twin.get_submodule(parent) if parent else twin, child, replacement)
     return QDQModel(twin, format_bits(pair), tuple(input_shape), uint8_input, float_weights)

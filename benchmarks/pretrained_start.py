@@ -24,7 +24,7 @@ involved; the state dict is cached in `--cache-dir` and reused), top-1 on the Fa
   the Brevitas and torch.ao rows list the conv/linear/attention layers they left in float (`float_layers`).
 
 Smoke-test size: `--models cnn --train-images 2048 --epochs 1 --steps 2 --calibration-images 64
---test-images 500 --cache-dir DIR` (tests/test_benchmark_pretrained_start.py). `--threads 1` beside
+--test-images 500 --cache-dir DIR` (tests/benchmarks/test_benchmark_pretrained_start.py). `--threads 1` beside
 other work on a 2-core machine: two processes of two threads each slow both several times over.
 
 Every row sees the same inputs: the uint8 images scaled to [0, 1] and normalised with Fashion-MNIST's

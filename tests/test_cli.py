@@ -66,7 +66,7 @@ def test_missing_dataset_exits_2(tmp_path, monkeypatch, capsys):
 
 
 def test_original_config_notes_and_cifar_error(tmp_path):
-    proc = run_train_py(f"app:{ROOT / 'tests/data/original_q_resnet_cifar.yml'}", f"log_dir={tmp_path / 'out'}",
+    proc = run_train_py(f"app:{ROOT / 'tests/fixtures/original_q_resnet_cifar.yml'}", f"log_dir={tmp_path / 'out'}",
                         f"dataset_dir={tmp_path / 'nodata'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "note: ignoring num_gpus_per_job" in proc.stderr

@@ -1,6 +1,6 @@
 """Every file reader on damaged bytes: a checkpoint and a packed model that are cut, padded, flipped anywhere or
 replaced by random bytes are one CheckpointError / PackedFormatError naming the file, never another exception
-and never a model that loads silently changed. (The runtime's readers: tests/test_runtime_inputs.py.)"""
+and never a model that loads silently changed. (The runtime's readers: tests/runtime/test_runtime_inputs.py.)"""
 from __future__ import annotations
 
 from pathlib import Path

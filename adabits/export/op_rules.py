@@ -13,7 +13,7 @@ Two tables, one per vocabulary:
   rule (a method of `onnx_integer._Translator`) that writes each in ONNX. The `.pte` needs no table:
   ExecuTorch lowers these ops itself.
 
-A builder reads its column and maps rule names to its own methods; `tests/test_export_model.py` checks
+A builder reads its column and maps rule names to its own methods; `tests/export/test_export_model.py` checks
 that every rule named here is one a builder has, so a rule is added here and in the builder together.
 """
 from __future__ import annotations

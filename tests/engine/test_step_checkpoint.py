@@ -31,7 +31,7 @@ from adabits.data import TensorLoader, ToModelInput
 from adabits.engine import CheckpointError, ConfigError, Interrupted, Trainer, build_config, checkpoint
 from adabits.engine.session import StopRequest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(log_dir: Path, **changes: Any):

@@ -11,7 +11,7 @@ from adabits.engine import load_config
 from adabits.engine.build import build_model
 from benchmarks import peers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "apps/fashion_mnist/q_resnet20_adabits.yml"
 
 

@@ -25,7 +25,7 @@ from adabits.engine.run_folder import RunLock, remove_stale_temps
 from adabits.errors import RunFolderError
 from adabits.integrity import CHECKSUM_KEY
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def quiet(_msg: str) -> None:

@@ -20,7 +20,7 @@ from adabits.export.int8_layer import fold_layer
 from adabits.quant import SCHEMES, QuantLayer, SwitchBatchNorm2d, get_scheme
 from adabits.quant.functional import codes_to_weight, quantize_unit, quantize_weight
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = torch.cat([torch.rand(20_000, generator=torch.Generator().manual_seed(0)),
                   torch.tensor([0.0, 1.0, 0.5, 1 - 2**-24])])
 

@@ -27,7 +27,7 @@ from adabits.engine import ConfigError, Trainer, build_config
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with Gloo is not available")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # joint training over 3 bit-widths; 64 samples / global batch 16 = 4 steps; 101 validation samples
 EXACT: dict[str, Any] = {**TINY, "model": FROZEN_BN_MODEL, "bits_list": [8, 6, 4], "synthetic_train_size": 64,

@@ -9,8 +9,8 @@ import pytest
 import adabits
 from adabits.engine import ConfigError, TrainConfig, load_config
 
-DATA = Path(__file__).parent / "data"
-APPS = Path(__file__).parent.parent / "apps"
+DATA = Path(__file__).parents[1] / "fixtures"
+APPS = Path(__file__).parents[2] / "apps"
 
 
 def write(path: Path, text: str) -> Path:

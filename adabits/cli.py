@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +51,8 @@ examples:
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format pte [bits=B] [calibration_images=512] [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx [bits=B] [calibration_images=512] [out=PATH]
   adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format onnx graph=qdq [bits=B]
+  adabits export app:apps/fashion_mnist/q_resnet20_adabits.yml --format pte|onnx assignments=@runs/.../assignment.json
+    (a per-layer assignment of `adabits search`, one more method beside every bit-width, named by the file)
     (each layer on its own grids, float bias: the model's arithmetic up to float rounding, to check a deployment)
   adabits export app:apps/fashion_mnist/resnet20_fp.yml --format onnx|pte bits=32   (the float graph)
   adabits search app:apps/fashion_mnist/q_resnet20_adabits.yml [cost=weight_bytes|bitops] [budget=N] [points=9]
@@ -146,6 +149,23 @@ def _bits_or_assignment(value: Any) -> Any:
     return parse_bits_option(value)
 
 
+def _assignment_files(value: Any) -> dict[str, dict[str, Any]]:
+    """assignments=@FILE[,@FILE...]: per-layer assignment files, each exported under its file's stem."""
+    from .quant.assignment import read_assignment
+
+    named: dict[str, dict[str, Any]] = {}
+    for item in str(value).split(","):
+        if not item.startswith("@"):
+            raise ConfigError(f"assignments= takes @FILE[,@FILE...] (files `adabits search` writes); got {item!r}")
+        path = Path(item[1:])
+        name = re.sub(r"\W", "_", path.stem)
+        name = name if name[:1].isalpha() else f"a_{name}"
+        if name in named:
+            raise ConfigError(f"assignments=: two files named {path.stem!r}; each is exported under its file's name")
+        named[name] = read_assignment(path)
+    return named
+
+
 def _bias(_value: Any) -> NoReturn:
     """bias= chose a mode of the retired graph=mixed: one line saying what replaced it."""
     raise ConfigError(BIAS_RETIRED)
@@ -178,6 +198,7 @@ COMMAND_KEYS: dict[str, dict[str, CommandKey]] = {
     "calibrate": {"bits": CommandKey(None, parse_bits_option), "num_batches": CommandKey(50, _positive_int("num_batches")),
                   "out": CommandKey(None, _out, raw=True), "from_start": FROM_START},
     "export": {"bits": CommandKey(None, parse_bits_option), "out": CommandKey(None, _out, raw=True),
+               "assignments": CommandKey(None, _assignment_files, raw=True),
                "bias": CommandKey(None, _bias), "graph": CommandKey(None, _graph),  # bias=: retired, one line
                "calibration_images": CommandKey(CALIBRATION_IMAGES, _positive_int("calibration_images")),
                "from_start": FROM_START},
@@ -290,7 +311,7 @@ def run(command: str, args: list[str], export_format: str = "packed", stop: Stop
         return 0
     if command == "export":
         print(deploy.export(cfg, export_format, options["bits"], options["out"], options["from_start"],
-                            options["graph"], options["calibration_images"]))
+                            options["graph"], options["calibration_images"], options["assignments"]))
         return 0
     if cfg.test_only:  # one path, one process or many (each evaluates its shard)
         session = RunSession(cfg, run_dir(cfg), print, None)

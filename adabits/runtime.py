@@ -5,10 +5,12 @@
     model.bits_list                                     # ['8', '6', '5', '4']
     logits = model.run(images, bits=4)                  # images: N x C x H x W, raw 0..255 pixels
     latency = model.measure_latency(batch=1)            # {'8': 0.41, ...} milliseconds
-    bits = pick_bits(latency, budget_ms=0.3)            # the most bits whose latency fits
+    bits = pick_bits(latency, budget_ms=0.3, weight_bits=model.weight_bits)  # the most bits whose latency fits
 
 A `.pte` holds one method per bit-width (`adabits.export.pte`); an ONNX folder holds one file per
-bit-width and an `adabits_onnx.json` naming them (`adabits export --format onnx`). Every
+bit-width and an `adabits_onnx.json` naming them (`adabits export --format onnx`). A per-layer assignment
+exported by name (`export_model(..., assignments={"fast": {...}})`) is one more method, run as
+`model.run(images, bits="fast")`; `weight_bits` gives every method's bits per weight, which ranks them. Every
 bit-width is loaded when the model is, so `run(bits=...)` only picks a loaded method or session.
 This module imports torch and the runtime it needs (executorch or onnxruntime), not the training
 code. A file that is not a whole adabits export is refused with `ExportedFileError` before a runtime
@@ -43,8 +45,10 @@ class SwitchableModel:
     """One exported model, every bit-width loaded: `run(images, bits)` switches by choosing one."""
 
     def __init__(self, runners: dict[str, Callable[[Any], np.ndarray]], input_shape: tuple[int, ...],
-                 uint8_input: bool, source: Path, max_batch: int | None = None) -> None:
+                 uint8_input: bool, source: Path, max_batch: int | None = None,
+                 weight_bits: dict[str, float] | None = None) -> None:
         self._runners = runners
+        self._weight_bits = weight_bits or {}
         self._keys = {_key(bits): bits for bits in runners}
         self.input_shape = input_shape
         self.uint8_input = uint8_input
@@ -53,10 +57,17 @@ class SwitchableModel:
 
     @property
     def bits_list(self) -> list[str]:
+        """Every method: bit-widths ('8', '[4, 8]') and the names of exported assignments."""
         return list(self._runners)
 
+    @property
+    def weight_bits(self) -> dict[str, float]:
+        """Bits per weight of each method (recorded at export; a bit-width's own weight bits in older files)."""
+        return {bits: self._weight_bits.get(bits, _weight_bits_of(bits)) for bits in self.bits_list}
+
     def run(self, images: torch.Tensor | np.ndarray, bits: object) -> np.ndarray:
-        """Logits (N x classes) of `images` at `bits` (8, '8', or '[4, 8]' as the model lists it).
+        """Logits (N x classes) of `images` at `bits` (8, '8', or '[4, 8]' as the model lists it, or the name of
+        an exported assignment).
 
         `images` is N x C x H x W, of any real dtype: raw 0..255 pixels (whole numbers) for a model exported with
         `uint8_input`, else the normalised floats it was trained on. ModelInputError names what does not fit."""
@@ -118,10 +129,36 @@ def _key(bits: object) -> str:
     return text.replace(" ", "")
 
 
-def pick_bits(latency_ms: dict[str, float], budget_ms: float) -> str | None:
-    """The bit-width with the most weight bits whose latency fits `budget_ms` (None when none fits)."""
+def pick_bits(latency_ms: dict[str, float], budget_ms: float, weight_bits: dict[str, float] | None = None) -> str | None:
+    """The method with the most bits per weight whose latency fits `budget_ms` (None when none fits).
+
+    A bit-width ranks by its own bits (then its activation bits); an exported assignment by its entry in
+    `weight_bits` (`SwitchableModel.weight_bits`), without which it cannot be ranked (ModelInputError)."""
+    def rank(bits: str) -> tuple[float, ...]:
+        if weight_bits and bits in weight_bits:
+            return (weight_bits[bits], *_bit_pair(bits, default=(0, 0))[1:])
+        return tuple(float(b) for b in _bit_pair(bits))
+
     fitting = [bits for bits, ms in latency_ms.items() if ms <= budget_ms]
-    return max(fitting, key=lambda b: [int(v) for v in b.strip("[]").split(",")]) if fitting else None
+    return max(fitting, key=rank) if fitting else None
+
+
+def _bit_pair(bits: str, default: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(weight, activation) bits of a method named by its bit-width: '8' or '[4, 8]'."""
+    try:
+        values = [int(v) for v in bits.strip("[]").split(",")]
+    except ValueError:
+        if default is not None:
+            return default
+        raise ModelInputError(f"{bits!r} is an exported assignment: pass weight_bits=model.weight_bits to rank it "
+                              "beside the bit-widths") from None
+    return (values[0], values[-1])
+
+
+def _weight_bits_of(bits: str) -> float:
+    """A bit-width method's bits per weight; nan for an assignment whose file does not record it."""
+    weight, _ = _bit_pair(bits, default=(-1, -1))
+    return float(weight) if weight >= 0 else float("nan")
 
 
 def check_pte_header(path: Path) -> None:
@@ -156,6 +193,8 @@ def _pte(path: Path) -> SwitchableModel:
         max_batch = (int(program.load_method("max_batch").execute([])[0]) if "max_batch" in program.method_names
                      else PTE_MAX_BATCH)
         methods = {bits: program.load_method(name) for bits, name in zip(bits_list, names)}
+        weight_bits = ({bits: float(b) for bits, b in zip(bits_list, program.load_method("weight_bits").execute([]))}
+                       if "weight_bits" in program.method_names else None)
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         if isinstance(exc, ExportedFileError):
             raise
@@ -167,7 +206,8 @@ def _pte(path: Path) -> SwitchableModel:
             return method.execute([x])[0].numpy()
         return run
 
-    return SwitchableModel({bits: runner(m) for bits, m in methods.items()}, shape, uint8_input, path, max_batch)
+    return SwitchableModel({bits: runner(m) for bits, m in methods.items()}, shape, uint8_input, path, max_batch,
+                           weight_bits)
 
 
 def _onnx_folder(folder: Path, threads: int | None) -> SwitchableModel:
@@ -197,7 +237,7 @@ def _onnx_folder(folder: Path, threads: int | None) -> SwitchableModel:
         return run
 
     return SwitchableModel({bits: runner(s) for bits, s in sessions.items()}, tuple(manifest["input_shape"]),
-                           bool(manifest["uint8_input"]), folder)
+                           bool(manifest["uint8_input"]), folder, weight_bits=manifest.get("weight_bits"))
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
@@ -215,6 +255,10 @@ def _manifest(folder: Path) -> dict[str, Any]:
             or not isinstance(manifest.get("uint8_input"), bool)):
         raise ExportedFileError(f"{path} does not describe an export: expected 'files' (bit-width -> file name), "
                                 "'input_shape' (positive integers) and 'uint8_input' (true or false)")
+    weight_bits = manifest.get("weight_bits", {})
+    if (not isinstance(weight_bits, dict) or set(weight_bits) - set(files)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in weight_bits.values())):
+        raise ExportedFileError(f"{path}: 'weight_bits' maps the files' keys to numbers (bits per weight)")
     for name in files.values():
         if Path(name).name != name or not (folder / name).is_file():
             raise ExportedFileError(f"{path} names {name!r}, which is not a file of {folder}")

@@ -64,7 +64,9 @@ def test_calibrate_then_test_and_export_the_new_bit_width(trained, capsys, tmp_p
     (["export", "--format", "onnx", "graph=mixed"], "graph=mixed was retired: use graph=integer"),
     (["export", "--format", "onnx", "graph=fused"], "graph must be one of integer, qdq; got 'fused'"),
     (["export", "--format", "onnx", "bits=8", "bias=float"], "bias= was retired with graph=mixed"),
-    (["export", "--format", "packed", "bits=8"], "graph= and bits= apply to --format onnx and pte"),
+    (["export", "--format", "packed", "bits=8"], "graph=, bits= and assignments= apply to --format onnx and pte"),
+    (["export", "--format", "onnx", "assignments=front.json"], "assignments= takes @FILE[,@FILE...]"),
+    (["export", "--format", "onnx", "assignments=@/nonexistent/front.json"], "/nonexistent/front.json: not a readable"),
     (["export", "--format", "pte", "calibration_images=0"], "calibration_images must be"),
     (["export", "--format", "onnx", "bits=5"], "bits=5 is not a bit-width of this model; allowed: [8, 4]"),
     (["profile", "bits=3"], "bits=3 is not a bit-width of this model"),
@@ -171,3 +173,26 @@ def test_pte_and_onnx_exports_run_every_bit_width_in_their_runtimes(trained, cap
     spec.loader.exec_module(example)
     served = example.serve(str(pte), [0.0, 1e6])
     assert served[0][1] in ("8", "4") and served[1][1] == "8"  # nothing fits: the fastest; everything fits: 8 bits
+
+
+def test_export_writes_a_searched_assignment_as_one_more_method(trained, capsys, tmp_path) -> None:
+    """`assignments=@FILE` (the file `adabits search` writes) adds a method named by the file, which the
+    runtime runs beside the uniform bit-widths."""
+    pytest.importorskip("onnxruntime")
+    from adabits.engine import load_config, load_trained
+    from adabits.quant.assignment import quantized_layers, write_assignment
+    from adabits.runtime import load
+
+    model = load_trained(load_config(args(trained), require_app=False).config).model
+    second = list(quantized_layers(model))[1]
+    chosen = write_assignment(tmp_path / "front-3.json", {"*": 4, second: 8})
+    folder = tmp_path / "onnx"
+    assert main(["export", "--format", "onnx", *args(trained, f"out={folder}", f"assignments=@{chosen}",
+                                                      "calibration_images=64")]) == 0
+    assert "assignment front_3" in capsys.readouterr().out
+    runtime = load(folder, threads=1)
+    assert runtime.bits_list == ["8", "4", "front_3"] and 4 < runtime.weight_bits["front_3"] < 8
+    images = torch.randint(0, 256, (32, 1, 8, 8), generator=torch.Generator().manual_seed(1)).float()
+    with adabits.use_bits(model, {"*": 4, second: 8}), torch.no_grad():
+        expected = model(images).argmax(1).numpy()
+    assert (runtime.run(images, bits="front_3").argmax(1) == expected).mean() >= 0.85

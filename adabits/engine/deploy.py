@@ -12,6 +12,7 @@ one line for the CLI.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,6 +27,7 @@ from ..analysis.profile import layer_table, profile_model, profile_table
 from ..data import BatchLoader, build_loader, build_loaders
 from ..errors import BitWidthError, UserError
 from ..export.model_export import Exported, Format, Graph
+from ..quant.assignment import layer_pairs
 from ..quant.bitwidth import FULL_PRECISION, Bits, bits_text, format_bits, parse_bits
 from . import checkpoint, distributed
 from .build import model_kwargs, resolve_device
@@ -176,7 +178,8 @@ def _float_checkpoint_bytes(model: nn.Module) -> int:
 
 
 def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, from_start: bool = False,
-           graph: str | None = None, calibration_images: int = CALIBRATION_IMAGES) -> str:
+           graph: str | None = None, calibration_images: int = CALIBRATION_IMAGES,
+           assignments: Mapping[str, Mapping[str, Bits]] | None = None) -> str:
     """`adabits export`: the trained model through `adabits.export_model`, as one packed file (every
     bit-width), one `.pte` (a method per bit-width) or ONNX (a folder with a file per bit-width, or the file
     of `bits`; `bits=32`: the float graph).
@@ -184,7 +187,8 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
     The command adds only what the run knows: its weights and input shape, the first `calibration_images`
     training images for the all-integer graph's 8-bit grids (read only where that graph may be written),
     default paths under the run folder, and the registry call that built the model (so that
-    `load_packed(path)` rebuilds it). Unset, `graph` is the library's "auto": the all-integer graph where its
+    `load_packed(path)` rebuilds it). `assignments` (name -> per-layer assignment, `assignments=@FILE`) adds a
+    method per assignment to a `.pte` or ONNX folder. Unset, `graph` is the library's "auto": the all-integer graph where its
     rules cover the model, else `graph=qdq` (a transformer), and the output line says which."""
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
@@ -192,8 +196,9 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
         raise UserError(MIXED_RETIRED)
     if graph is not None and graph not in ONNX_GRAPHS:
         raise UserError(f"graph must be one of {', '.join(ONNX_GRAPHS)}; got {graph!r}")
-    if fmt == "packed" and (graph is not None or bits is not None):
-        raise UserError("graph= and bits= apply to --format onnx and pte; a packed file holds every bit-width")
+    if fmt == "packed" and (graph is not None or bits is not None or assignments):
+        raise UserError("graph=, bits= and assignments= apply to --format onnx and pte; a packed file holds every "
+                        "bit-width (load_packed, then set_bits(model, assignment))")
     if calibration_images < 1:
         raise UserError(f"calibration_images must be at least 1, got {calibration_images}")
     trained = load_trained(cfg, from_start=from_start)
@@ -203,8 +208,8 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
     try:
         done = adabits.export_model(
             trained.model, Path(out) if out else _default_path(cfg, fmt, chosen), format=cast(Format, fmt),
-            bits=chosen, example=(shape.in_chans, shape.image_size, shape.image_size),
-            calibration=_calibration(cfg, trained, fmt, chosen, graph, calibration_images),
+            bits=chosen, assignments=assignments, example=(shape.in_chans, shape.image_size, shape.image_size),
+            calibration=_calibration(cfg, trained, fmt, chosen, graph, calibration_images, assignments),
             graph=cast(Graph, graph or "auto"), uint8_input=not cfg.normalize, images_are="training images",
             model_name=cfg.model if packed else None,
             model_kwargs=model_kwargs(cfg, shape.num_classes, shape.in_chans) if packed else None)
@@ -244,10 +249,12 @@ def _exported_text(trained: TrainedModel, fmt: str, done: Exported) -> str:
 
 
 def _calibration(cfg: TrainConfig, trained: TrainedModel, fmt: str, bits: Bits | None, graph: str | None,
-                 count: int) -> torch.Tensor | None:
+                 count: int, assignments: Mapping[str, Mapping[str, Bits]] | None = None) -> torch.Tensor | None:
     """The training images the all-integer graph calibrates on, read only where that graph may be written."""
-    chosen = [bits] if bits is not None else trained.bits_list
-    if fmt == "packed" or graph == "qdq" or not any(max(parse_bits(b)) <= 8 for b in chosen):
+    chosen = [parse_bits(bits)] if bits is not None else [parse_bits(b) for b in trained.bits_list]
+    for layers in (assignments or {}).values():
+        chosen += layer_pairs(trained.model, layers)
+    if fmt == "packed" or graph == "qdq" or not any(max(pair) <= 8 for pair in chosen):
         return None
     return calibration_images(cfg, count)
 
@@ -264,7 +271,7 @@ def calibration_images(cfg: TrainConfig, count: int) -> torch.Tensor:
     return torch.cat(batches)[:count]
 
 
-def _method_names(bits: list) -> list[str]:
+def _method_names(bits: Sequence[Any]) -> list[str]:
     from ..export.pte import method_name
 
     return [method_name(b) for b in bits]

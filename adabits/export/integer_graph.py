@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ExportError
-from ..quant.bitwidth import FULL_PRECISION, format_bits, get_bits, parse_bits, set_bits
+from ..quant.assignment import layer_pairs
+from ..quant.bitwidth import FULL_PRECISION, NamedAssignment, format_bits, get_bits, set_bits
 from ..quant.grid import INT8_MAX, INT8_MIN, Grid
 from ..quant.layers import QuantLayer, SwitchBatchNorm2d
 from ..quant.residual import Int8Observer
@@ -465,7 +466,8 @@ def _batches(images: Tensor) -> Iterable[Tensor]:
 def integer_graph(model: nn.Module, bits: object, input_shape: tuple[int, int, int], calibration: Tensor,
                   *, uint8_input: bool = True, align_grids: bool = True,
                   pair_limit: int | None = PAIR_PRODUCT_LIMIT) -> IntegerGraph:
-    """`model` at `bits` as an all-integer graph, its 8-bit grids calibrated on `calibration` images.
+    """`model` at `bits` (a bit-width, or a NamedAssignment: each layer at its own) as an all-integer graph, its
+    8-bit grids calibrated on `calibration` images.
 
     `pair_limit` bounds |input code| x |weight code| of each product: ONNX Runtime's u8s8 kernels on
     x86 CPUs without VNNI add pairs of products in int16 with saturation (int8_layer.py). XNNPACK
@@ -475,13 +477,15 @@ def integer_graph(model: nn.Module, bits: object, input_shape: tuple[int, int, i
     `uint8_input`, the models trained with `normalize: false`). The model's bit-width and mode are
     restored. Raises ExportError (a ValueError) for what an integer graph cannot express.
     """
-    weight_bits, act_bits = pair = parse_bits(bits)
-    if max(weight_bits, act_bits) > 8:
-        raise ExportError(f"an integer graph takes bits <= 8 (int8 kernels), got {format_bits(pair)}")
+    pairs = layer_pairs(model, bits)  # type: ignore[arg-type]
+    wide = [p for p in pairs if max(p) > 8]
+    if wide:
+        raise ExportError(f"an integer graph takes bits <= 8 (int8 kernels), got {format_bits(wide[0])}")
     if len(calibration) == 0:
         raise ExportError("an integer graph needs calibration images for its 8-bit grids; got none")
+    setting = bits if isinstance(bits, NamedAssignment) else format_bits(pairs[0])
     previous, was_training = get_bits(model), model.training
-    set_bits(model, format_bits(pair))
+    set_bits(model, setting)
     model.eval()
     try:
         source = trace_quantized(model)
@@ -495,5 +499,5 @@ def integer_graph(model: nn.Module, bits: object, input_shape: tuple[int, int, i
     finally:
         set_bits(model, previous)
         model.train(was_training)
-    return IntegerGraph(module, format_bits(pair), tuple(input_shape), uint8_input,  # type: ignore[arg-type]
+    return IntegerGraph(module, setting, tuple(input_shape), uint8_input,  # type: ignore[arg-type]
                         builder.requantized_weights, builder.float_layers)

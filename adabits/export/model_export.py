@@ -25,13 +25,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import BitWidthError, ExportError
-from ..quant.bitwidth import FULL_PRECISION, Bits, bits_text, get_bits_list, parse_bits
+from ..quant.assignment import layer_pairs, mean_weight_bits
+from ..quant.bitwidth import (
+    FULL_PRECISION,
+    BitPair,
+    Bits,
+    NamedAssignment,
+    bits_text,
+    format_bits,
+    get_bits_list,
+    parse_bits,
+    use_bits,
+)
 from ..quant.calibration import calibration_inputs
 from .int8_layer import PAIR_PRODUCT_LIMIT
 
@@ -52,18 +63,22 @@ class Exported:
     change (9-bit weight codes kept as float or requantized, per layer)."""
 
     path: Path
-    bits: list[Bits]
+    bits: Sequence[Target]
     graph: str
     how: str
     notes: list[str] = field(default_factory=list)
 
 
-def _integer(pair: tuple[int, int]) -> bool:
-    """Weights and activations both at most 8 bits: int8 kernels take it."""
-    return max(pair) <= 8
+#: what export writes one graph of: a bit-width of the model, or a named per-layer assignment
+Target = Union[Bits, NamedAssignment]
 
 
-def _exportable(pair: tuple[int, int]) -> bool:
+def _integer(pairs: Sequence[BitPair]) -> bool:
+    """Weights and activations of every layer at most 8 bits: int8 kernels take it."""
+    return all(max(pair) <= 8 for pair in pairs)
+
+
+def _exportable(pair: BitPair) -> bool:
     """Weight and activation bits each at most 8 (int8 codes) or 32 (float)."""
     return all(b <= 8 or b >= FULL_PRECISION for b in pair)
 
@@ -74,7 +89,7 @@ def _chosen_bits(model: nn.Module, bits: Bits | Sequence[Bits] | None) -> list[B
     own = get_bits_list(model)
     exportable = [b for b in own if _exportable(parse_bits(b))]
     if bits is None:
-        chosen = [b for b in exportable if _integer(parse_bits(b))] or exportable
+        chosen = [b for b in exportable if _integer([parse_bits(b)])] or exportable
         if not chosen:
             raise ExportError(f"export takes bit-widths of at most 8 bits, or 32 (the float graph); this model has "
                               f"{bits_text(own, 'config')}")
@@ -88,9 +103,19 @@ def _chosen_bits(model: nn.Module, bits: Bits | Sequence[Bits] | None) -> list[B
         if pair not in [parse_bits(o) for o in own]:
             raise BitWidthError(f"bits={bits_text(b, 'config')} is not a bit-width of this model; allowed: "
                                 f"{', '.join(bits_text(o, 'config') for o in own)}")
-    if not chosen:
-        raise ExportError("bits= is an empty list; leave it out for every bit-width of at most 8 bits")
     return chosen
+
+
+def _named(model: nn.Module, assignments: Mapping[str, Mapping[str, Bits]] | None) -> list[NamedAssignment]:
+    """Each assignment under its name, checked against the model (every layer at a bit-width it has, each at
+    most 8 bits or 32)."""
+    named = [NamedAssignment(name, layers) for name, layers in (assignments or {}).items()]
+    for assignment in named:
+        for pair in layer_pairs(model, assignment):
+            if not _exportable(pair):
+                raise ExportError(f"assignment {assignment.name}: export takes bits <= 8 (int8 codes) or 32 (float) "
+                                  f"per layer; got {bits_text(format_bits(pair), 'config')}")
+    return named
 
 
 def _input_shape(example: Tensor | Sequence[int] | None, input_shape: Sequence[int] | None) -> tuple[int, ...]:
@@ -127,7 +152,7 @@ def _packed(model: nn.Module, path: Path, bits: object, graph: str, model_name: 
     return Exported(path, get_bits_list(model), "packed", how)
 
 
-def _integer_graphs(model: nn.Module, order: list[Bits], shape: tuple[int, ...], calibration: Tensor | Iterable[Any],
+def _integer_graphs(model: nn.Module, order: list[Target], shape: tuple[int, ...], calibration: Tensor | Iterable[Any],
                     format: str, uint8_input: bool, images_are: str) -> tuple[list[Any], str, list[str]]:
     """The all-integer graph of each bit-width; ExportError (a ValueError) where its rules do not cover the model."""
     from .integer_graph import integer_graph
@@ -142,7 +167,7 @@ def _integer_graphs(model: nn.Module, order: list[Bits], shape: tuple[int, ...],
     return graphs, f"all-integer, 8-bit grids calibrated on {len(images)} {images_are}", notes
 
 
-def _qdq_graphs(model: nn.Module, order: list[Bits], shape: tuple[int, ...], format: str,
+def _qdq_graphs(model: nn.Module, order: list[Target], shape: tuple[int, ...], format: str,
                 uint8_input: bool) -> tuple[list[Any], list[str]]:
     """The quantize/dequantize graph of each bit-width (the float graph at 32 bits)."""
     from .qdq import qdq_model
@@ -153,12 +178,12 @@ def _qdq_graphs(model: nn.Module, order: list[Bits], shape: tuple[int, ...], for
     return graphs, notes
 
 
-def _graphs(model: nn.Module, order: list[Bits], shape: tuple[int, ...], calibration: Tensor | Iterable[Any] | None,
-            format: str, graph: str, uint8_input: bool, images_are: str) -> tuple[dict[Bits, Any], list[str], list[str]]:
+def _graphs(model: nn.Module, order: list[Target], shape: tuple[int, ...], calibration: Tensor | Iterable[Any] | None,
+            format: str, graph: str, uint8_input: bool, images_are: str) -> tuple[dict[Target, Any], list[str], list[str]]:
     """The graph of each bit-width (all-integer where asked for or where it covers the model and images are
     given; else quantize/dequantize, the float graph at 32 bits), what was written and why, and the notes."""
-    integer = [b for b in order if _integer(parse_bits(b))]
-    written: dict[Bits, Any] = {}
+    integer = [b for b in order if _integer(layer_pairs(model, b))]
+    written: dict[Target, Any] = {}
     hows, notes = [], []
     if integer and graph != "qdq" and calibration is not None:
         try:
@@ -176,7 +201,7 @@ def _graphs(model: nn.Module, order: list[Bits], shape: tuple[int, ...], calibra
         graphs, qdq_notes = _qdq_graphs(model, rest, shape, format, uint8_input)
         written.update(zip(rest, graphs))
         notes += qdq_notes
-        floats = [b for b in rest if _float(b)]
+        floats = [b for b in rest if _float(layer_pairs(model, b))]
         if len(floats) < len(rest):
             hows.insert(0, "quantize/dequantize graph traced by torch.export")
         if floats:
@@ -186,7 +211,7 @@ def _graphs(model: nn.Module, order: list[Bits], shape: tuple[int, ...], calibra
 
 
 def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bits | Sequence[Bits] | None = None,
-                 example: Tensor | Sequence[int] | None = None, calibration: Tensor | Iterable[Any] | None = None,
+                 assignments: Mapping[str, Mapping[str, Bits]] | None = None, example: Tensor | Sequence[int] | None = None, calibration: Tensor | Iterable[Any] | None = None,
                  graph: Graph = "auto", uint8_input: bool = False, model_name: str | None = None,
                  model_kwargs: Mapping[str, Any] | None = None, input_shape: Sequence[int] | None = None,
                  images_are: str = "images") -> Exported:
@@ -194,7 +219,10 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
     and the manifest `adabits.runtime.load` reads; one file when `bits` is a single bit-width); or one packed
     safetensors file of every bit-width (`format="packed"`).
 
-    pte / onnx: `bits` defaults to every bit-width of at most 8 bits; 32 writes the float graph. `example` is
+    pte / onnx: `bits` defaults to every bit-width of at most 8 bits (`bits=[]`: none); 32 writes the float
+    graph. `assignments` {name: {layer or pattern: bits}} adds a graph per named per-layer assignment, each
+    layer at its own bit-width (`adabits.set_bits`): the method `forward_mixed_<name>`, the file
+    `model_mixed_<name>.onnx`, the key `<name>` of `adabits.runtime`. `example` is
     a batch of inputs as the model takes them, or one input's shape without the batch (`input_shape` is its
     earlier name). `calibration` (images, or batches of them) calibrates the all-integer graph's 8-bit grids;
     without it, `graph="auto"` writes the quantize/dequantize graph. `uint8_input`: the model takes raw 0..255
@@ -215,30 +243,43 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
     if format == "packed":
         return _packed(model, target, bits, graph, model_name, model_kwargs)
     shape = _input_shape(example, input_shape)
-    order = _chosen_bits(model, bits)
-    if graph == "integer" and (calibration is None or not all(_integer(parse_bits(b)) for b in order)):
+    named = _named(model, assignments)
+    none_uniform = bits is not None and not isinstance(bits, (int, tuple)) and not list(bits)
+    order: list[Target] = [*([] if none_uniform else _chosen_bits(model, bits)), *named]
+    if not order:
+        raise ExportError("bits= is an empty list and no assignments= are given: nothing to export")
+    if graph == "integer" and (calibration is None or not all(_integer(layer_pairs(model, b)) for b in order)):
         raise ExportError("graph='integer' calibrates its 8-bit grids on images (pass calibration=) and takes "
                           "bit-widths of at most 8 bits (32 is the float graph: graph='auto' or 'qdq')")
     written, hows, notes = _graphs(model, order, shape, calibration, format, graph, uint8_input, images_are)
-    kinds = [_kind(b, written[b]) for b in order]
+    kinds = [_kind(layer_pairs(model, b), written[b]) for b in order]
     graphs = [written[b] for b in order]
+    weight_bits = [_weight_bits(model, b) for b in order]
     if format == "pte":
         from .pte import export_pte
 
-        export_pte(graphs, target)
+        export_pte(graphs, target, weight_bits=weight_bits)
     else:
         from .onnx_integer import write_onnx, write_onnx_folder
 
-        single = bits is not None and len(order) == 1 and isinstance(bits, (int, tuple))
-        target = write_onnx(graphs[0], target) if single else write_onnx_folder(graphs, target)
+        single = isinstance(bits, (int, tuple)) and not named
+        target = write_onnx(graphs[0], target) if single else write_onnx_folder(graphs, target, weight_bits)
     return Exported(target, [g.bits for g in graphs], "+".join(dict.fromkeys(kinds)), "; ".join(hows), sorted(set(notes)))
 
 
-def _float(bits: Bits) -> bool:
-    return min(parse_bits(bits)) >= FULL_PRECISION
+def _weight_bits(model: nn.Module, target: Target) -> float:
+    """Bits per weight of `target` (what the runtime ranks methods by)."""
+    with use_bits(model, target):
+        return round(mean_weight_bits(model), 4)
 
 
-def _kind(bits: Bits, graph: Any) -> str:
+
+
+def _float(pairs: Sequence[BitPair]) -> bool:
+    return all(min(pair) >= FULL_PRECISION for pair in pairs)
+
+
+def _kind(pairs: Sequence[BitPair], graph: Any) -> str:
     from .integer_graph import IntegerGraph
 
-    return "integer" if isinstance(graph, IntegerGraph) else "float" if _float(bits) else "qdq"
+    return "integer" if isinstance(graph, IntegerGraph) else "float" if _float(pairs) else "qdq"

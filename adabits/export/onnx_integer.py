@@ -292,10 +292,11 @@ def write_onnx(graph: IntegerGraph | QDQModel, path: str | Path) -> Path:
     return export_qdq_onnx(graph, path) if isinstance(graph, QDQModel) else export_integer_onnx(graph, path)
 
 
-def write_onnx_folder(graphs: Sequence[IntegerGraph | QDQModel], folder: str | Path) -> Path:
+def write_onnx_folder(graphs: Sequence[IntegerGraph | QDQModel], folder: str | Path,
+                      weight_bits: Sequence[float] | None = None) -> Path:
     """One ONNX file per bit-width in `folder` (an all-integer graph, or a quantize/dequantize model through
     torch.onnx) and the manifest `adabits.runtime.load` reads (`adabits_onnx.json`: bit-widths, file names,
-    input shape, uint8 input), each written atomically."""
+    input shape, uint8 input; `weight_bits`, each file's bits per weight), each written atomically."""
     from ..quant.bitwidth import bits_tag
     from ..runtime import ONNX_MANIFEST
 
@@ -308,7 +309,10 @@ def write_onnx_folder(graphs: Sequence[IntegerGraph | QDQModel], folder: str | P
         name = f"model_{bits_tag(graph.bits)}.onnx"
         write_onnx(graph, folder / name)
         files[str(graph.bits)] = name
-    manifest = {"files": files, "input_shape": list(graphs[0].input_shape), "uint8_input": graphs[0].uint8_input}
+    manifest: dict[str, object] = {"files": files, "input_shape": list(graphs[0].input_shape),
+                                    "uint8_input": graphs[0].uint8_input}
+    if weight_bits is not None:
+        manifest["weight_bits"] = {str(graph.bits): b for graph, b in zip(graphs, weight_bits)}
     with atomic_write(folder / ONNX_MANIFEST) as f:
         f.write(json.dumps(manifest, indent=2).encode())
     return folder

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..atomic import atomic_write
 from ..errors import ExportError
-from ..quant.bitwidth import bits_tag
+from ..quant.bitwidth import bits_text
 from ..runtime import PTE_MAX_BATCH
 from .integer_graph import IntegerGraph
 from .qdq import QDQModel
@@ -39,9 +39,8 @@ MAX_BATCH = PTE_MAX_BATCH
 
 
 def method_name(bits: object) -> str:
-    """The program method of one bit-width: `forward_8`, `forward_w4a8`."""
-    tag = bits_tag(bits)
-    return f"forward_{tag[:-3]}" if tag.endswith("bit") else f"forward_{tag}"
+    """The program method of one bit-width or named assignment: `forward_8`, `forward_w4a8`, `forward_mixed_fast`."""
+    return bits_text(bits, "method")
 
 
 @contextlib.contextmanager
@@ -119,7 +118,8 @@ def op_name(target: Any) -> str:
     return name.removeprefix("aten.")
 
 
-def integer_program(graphs: Sequence[IntegerGraph | QDQModel], max_batch: int = MAX_BATCH) -> EdgeProgramManager:
+def integer_program(graphs: Sequence[IntegerGraph | QDQModel], max_batch: int = MAX_BATCH,
+                    weight_bits: Sequence[float] | None = None) -> EdgeProgramManager:
     """The edge program of `graphs` (one method each: all-integer graphs, or quantize/dequantize models for
     what those cannot express) lowered to XNNPACK, before serialisation: its graphs show what was
     delegated (`pte_delegation.delegated_op_counts`)."""
@@ -132,13 +132,17 @@ def integer_program(graphs: Sequence[IntegerGraph | QDQModel], max_batch: int = 
     example = torch.zeros(2, *shape)
     constants = {"bits_list": [str(g.bits) for g in graphs], "method_names": [method_name(g.bits) for g in graphs],
                  "input_shape": list(shape), "uint8_input": graphs[0].uint8_input, "max_batch": max_batch}
+    if weight_bits is not None:  # bits per weight of each method, as text (what the runtime ranks them by)
+        constants["weight_bits"] = [str(b) for b in weight_bits]
     programs = {method_name(g.bits): export_program(g.module, example, max_batch) for g in graphs}
     return lower_xnnpack(programs, constants)
 
 
-def export_pte(graphs: Sequence[IntegerGraph | QDQModel], path: str | Path, max_batch: int = MAX_BATCH) -> Path:
-    """Write one `.pte` holding a method per graph (one per bit-width), atomically."""
-    program = to_pte(integer_program(graphs, max_batch))
+def export_pte(graphs: Sequence[IntegerGraph | QDQModel], path: str | Path, max_batch: int = MAX_BATCH,
+               weight_bits: Sequence[float] | None = None) -> Path:
+    """Write one `.pte` holding a method per graph (one per bit-width or named assignment), atomically;
+    `weight_bits`: each method's bits per weight, recorded for the runtime."""
+    program = to_pte(integer_program(graphs, max_batch, weight_bits))
     path = Path(path)
     with atomic_write(path) as f:
         f.write(program)

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ExportError
-from ..quant.bitwidth import FULL_PRECISION, format_bits, parse_bits, set_bits
+from ..quant.assignment import layer_pairs
+from ..quant.bitwidth import FULL_PRECISION, NamedAssignment, format_bits, set_bits
 from ..quant.layers import QuantLayer
 from ..quant.norms import SwitchableNorm
 from .int8_layer import check_integer_input, fold_layer
@@ -154,17 +155,19 @@ class QDQModel:
 def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, uint8_input: bool = True,
               int8_weights: bool = True) -> QDQModel:
     """A copy of `model` at `bits` (a bit-width of the model: weight and activation bits each at most 8, or
-    32) in eval mode, every quantized layer a `QDQLayer` and every switchable norm the copy of `bits`;
+    32; or a NamedAssignment, each layer at its own) in eval mode, every quantized layer a `QDQLayer` and every switchable norm the copy of `bits`;
     `model` is not changed. At bits 32 this is the float model as plain modules.
 
     `int8_weights=False` keeps every weight as its exact float value: XNNPACK runs a linear on quantized
     inputs with int8 weights only when its output is quantized too, which a transformer's are not
     (they feed LayerNorm, GELU, a residual sum), so a `.pte` takes float weights and delegates the layer."""
-    pair = parse_bits(bits)
-    if not all(b <= 8 or b >= FULL_PRECISION for b in pair):
-        raise ExportError(f"a quantize/dequantize export takes bit-widths <= 8, or 32 (float); got {format_bits(pair)}")
+    pairs = layer_pairs(model, bits)  # type: ignore[arg-type]
+    for pair in pairs:
+        if not all(b <= 8 or b >= FULL_PRECISION for b in pair):
+            raise ExportError(f"a quantize/dequantize export takes bit-widths <= 8, or 32 (float); got {format_bits(pair)}")
+    key = bits if isinstance(bits, NamedAssignment) else format_bits(pairs[0])
     twin = copy.deepcopy(model).eval()
-    set_bits(twin, format_bits(pair))
+    set_bits(twin, key)  # type: ignore[arg-type]
     float_weights = []
     for name, module in list(twin.named_modules()):
         rule = module_rule(module)
@@ -181,7 +184,7 @@ def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, u
             replacement = module.active
         parent, _, child = name.rpartition(".")
         setattr(twin.get_submodule(parent) if parent else twin, child, replacement)
-    return QDQModel(twin, format_bits(pair), tuple(input_shape), uint8_input, float_weights)
+    return QDQModel(twin, key, tuple(input_shape), uint8_input, float_weights)
 
 
 def export_qdq_onnx(qdq: QDQModel, path: str | Path) -> Path:

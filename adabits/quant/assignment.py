@@ -23,8 +23,18 @@ from pathlib import Path
 
 from torch import nn
 
+from ..atomic import atomic_write
 from ..errors import BitWidthError
-from .bitwidth import BitPair, Bits, BitSwitchable, format_bits, parse_bits, switchable_modules
+from .bitwidth import (
+    FULL_PRECISION,
+    BitPair,
+    Bits,
+    BitSwitchable,
+    NamedAssignment,
+    format_bits,
+    parse_bits,
+    switchable_modules,
+)
 from .layers import QuantLayer
 
 #: an assignment as a user writes it: pattern -> bit-width
@@ -90,6 +100,24 @@ def module_bits(model: nn.Module, layer_bits: Mapping[str, BitPair]) -> list[tup
     return pairs
 
 
+def layer_pairs(model: nn.Module, bits: Bits | Assignment | NamedAssignment) -> list[BitPair]:
+    """The distinct bit-widths the quantized layers run at under `bits` (one bit-width, an assignment or a
+    NamedAssignment), in layer order; an assignment is checked against the model (`resolve`)."""
+    if isinstance(bits, NamedAssignment):
+        bits = bits.layers
+    if isinstance(bits, Mapping):
+        return list(dict.fromkeys(resolve(model, bits).values()))
+    return [parse_bits(bits)]
+
+
+def mean_weight_bits(model: nn.Module) -> float:
+    """Bits per weight of the quantized layers as they are set now (32 for a float one), weighted by their
+    sizes: one number that ranks a mixed assignment beside the uniform bit-widths (`adabits.runtime.pick_bits`)."""
+    sizes = [(layer.weight.numel(), layer.weight_bits) for layer in quantized_layers(model).values()]
+    total = sum(n for n, _ in sizes)
+    return sum(n * b for n, b in sizes) / total if total else float(FULL_PRECISION)
+
+
 def current(model: nn.Module) -> dict[str, Bits]:
     """Every quantized layer's bit-width now (the assignment `get_bits` returns for a mixed model)."""
     return {name: format_bits(layer.bits) for name, layer in quantized_layers(model).items()}
@@ -103,7 +131,8 @@ def write_assignment(path: str | PathLike[str], assignment: Assignment) -> Path:
     """A JSON file {"assignment": {pattern: bits}} that `read_assignment` and `bits=@FILE` read."""
     target = Path(path)
     plain = {str(k): (list(v) if isinstance(v, tuple) else v) for k, v in assignment.items()}
-    target.write_text(json.dumps({"assignment": plain}, indent=1) + "\n")
+    with atomic_write(target, "w") as f:
+        f.write(json.dumps({"assignment": plain}, indent=1) + "\n")
     return target
 
 

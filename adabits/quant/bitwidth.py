@@ -7,8 +7,10 @@ A bit-width is an int (weights and activations alike) or a pair (weight_bits, ac
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal, Union
 
 from torch import nn
@@ -18,6 +20,27 @@ from ..errors import BitWidthError
 Bits = Union[int, tuple[int, int]]
 BitPair = tuple[int, int]
 FULL_PRECISION = 32  # the one definition of "full precision" in the package
+#: what an exported assignment's name may be: it names a `.pte` method and a file, and never reads as a bit-width
+ASSIGNMENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed as itself: its layers are a dict
+class NamedAssignment:
+    """A per-layer assignment {layer or pattern: bits} under a name, as an export writes it beside the uniform
+    bit-widths: the `.pte` method `forward_mixed_<name>`, the ONNX file `model_mixed_<name>.onnx`, the key
+    `<name>` of `adabits.runtime`. `set_bits` takes it like the assignment itself."""
+
+    name: str
+    layers: Mapping[str, Bits]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not ASSIGNMENT_NAME.fullmatch(self.name):
+            raise BitWidthError(f"an assignment's name is a letter, then up to 63 letters, digits or _; got {self.name!r}")
+        if not isinstance(self.layers, Mapping):
+            raise BitWidthError(f"assignment {self.name}: expected {{layer or pattern: bits}}, got {self.layers!r}")
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def _check_one(value: object, what: str) -> int:
@@ -52,6 +75,9 @@ BitsStyle = Literal["config", "label", "tag", "words", "method"]
 def bits_text(bits: object, style: BitsStyle = "label") -> str:
     """The one formatter of bit-widths for people and file names (see BitsStyle); a per-layer assignment is
     `mixed` (its mapping, in the config style)."""
+    if isinstance(bits, NamedAssignment):
+        return {"config": bits.name, "label": bits.name, "tag": f"mixed_{bits.name}",
+                "words": f"assignment {bits.name}", "method": f"forward_mixed_{bits.name}"}[style]
     if isinstance(bits, Mapping) and style != "config":
         return "mixed"
     if style == "config":
@@ -141,12 +167,14 @@ def get_bits_list(model: nn.Module) -> list[Bits]:
     return [format_bits(p) for p in _require_switchable(model)[0].bits_list]
 
 
-def set_bits(model: nn.Module, bits: Bits | Mapping[str, Bits]) -> None:
+def set_bits(model: nn.Module, bits: Bits | Mapping[str, Bits] | NamedAssignment) -> None:
     """Switch every quantized layer and switchable BN of `model` to `bits`, or each layer to its bit-width in an
-    assignment {layer name or fnmatch pattern: bits} (adabits/quant/assignment.py).
+    assignment {layer name or fnmatch pattern: bits} (adabits/quant/assignment.py; also a NamedAssignment).
 
     Validates before touching anything, so a refused bit-width leaves the model as it was.
     """
+    if isinstance(bits, NamedAssignment):
+        bits = bits.layers
     if isinstance(bits, Mapping):
         from .assignment import module_bits, resolve  # (assignment reads the layers, which import this module)
 
@@ -179,7 +207,7 @@ def get_bits(model: nn.Module) -> Bits | dict[str, Bits]:
 
 
 @contextmanager
-def use_bits(model: nn.Module, bits: Bits | Mapping[str, Bits]) -> Iterator[nn.Module]:
+def use_bits(model: nn.Module, bits: Bits | Mapping[str, Bits] | NamedAssignment) -> Iterator[nn.Module]:
     """Run a block at `bits` (or an assignment); the previous bit-width(s) are restored on exit, also after an
     exception."""
     previous = get_bits(model)

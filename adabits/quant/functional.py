@@ -85,13 +85,69 @@ def _weight_unit(weight: Tensor) -> Tensor:
     return (normalize_weight(weight) + 1) / 2
 
 
+def _reference_quantize_weight(weight: Tensor, bits: int, scheme: QuantScheme) -> Tensor:
+    """`quantize_weight` below full precision as composite autograd operations (what torch.compile traces)."""
+    w32, dtype = _in_float32(weight)
+    return (2 * _UnitQuantizeSTE.apply(_weight_unit(w32), bits, scheme) - 1).to(dtype)
+
+
+class _QuantizedWeight(torch.autograd.Function):
+    """DoReFa's weight quantizer, 2 q(u) - 1 with u = (tanh(W) / max|tanh(W)| + 1) / 2, times SAT's scale
+    s = s0 / std(w_q) when given s0: one autograd node instead of a dozen.
+
+    A weight is small; what the composite form costs is one dispatch and one autograd node per
+    operation, forward and backward. Here the forward runs the composite's float operations in the
+    same order (in place after the first), so the values are the same bit for bit, and saves tanh(W),
+    its maximum and the scale. The backward is the composite's gradient: the straight-through estimator
+    passes d/du, the SAT scale is a constant, and the maximum's gradient goes to the elements that
+    reach it (shared evenly, like torch.max's):
+      dL/dt = s g / m - [|t| = m] sign(t) sum(s g t) / (m^2 count),   dL/dW = dL/dt (1 - t^2).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, bits: int, scheme: QuantScheme,  # type: ignore[override]
+                target: float | Tensor | None) -> Tensor:
+        t = torch.tanh(weight)
+        low, high = torch.aminmax(t)
+        top = torch.maximum(high, low.neg())  # max |tanh(W)|, exactly
+        a = scheme.levels(bits)
+        units = torch.div(t, top).add_(1).div_(2).mul_(a)
+        units.clamp_(0.0, float(scheme.max_code(bits)))
+        codes = units.round_() if scheme.rounds else units.floor_()
+        values = codes.add_(scheme.offset).div_(a) if scheme.offset else codes.div_(a)
+        out = values.mul_(2).sub_(1)
+        scale = None if target is None else target / out.std()
+        if scale is not None:
+            out.mul_(scale)
+        ctx.save_for_backward(t, top, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        t, top, scale = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        g = grad if scale is None else grad * scale
+        grad_t = g / top
+        at_top = t.abs() == top
+        share = torch.dot(g.reshape(-1), t.reshape(-1)).neg_().div_(top * top).div_(at_top.sum())
+        grad_t.add_(torch.where(at_top, t.sign().mul_(share), 0.0))
+        return torch.ops.aten.tanh_backward(grad_t, t), None, None, None
+
+
+def _fused_weight(weight: Tensor) -> bool:
+    """The one-node weight quantizer serves float32 and float64 weights (others take the composite form)."""
+    return weight.dtype in (torch.float32, torch.float64)
+
+
 def quantize_weight(weight: Tensor, bits: int, scheme: str | QuantScheme = "modified", clamp: bool = True) -> Tensor:
     """Quantized weight 2 q(u) - 1 with u = (normalised W + 1) / 2; at 32 bits the (optionally) normalised W."""
     resolved = get_scheme(scheme)
     if bits >= FULL_PRECISION:
         return normalize_weight(weight) if clamp else weight
-    w32, dtype = _in_float32(weight)
-    return (2 * _UnitQuantizeSTE.apply(_weight_unit(w32), bits, resolved) - 1).to(dtype)
+    if _fused_weight(weight):
+        return _QuantizedWeight.apply(weight, bits, resolved, None)
+    return _reference_quantize_weight(weight, bits, resolved)
 
 
 def weight_codes(weight: Tensor, bits: int, scheme: str | QuantScheme) -> Tensor:
@@ -150,24 +206,62 @@ def sat_scale(
 
     It keeps the variance of a layer's output what it was in float (SAT, arXiv:1912.10207).
     """
+    return _sat_target(weight, fan_out, rescale_type) / quantized_weight.detach().std()
+
+
+def _sat_target(weight: Tensor, fan_out: int, rescale_type: str) -> float | Tensor:
+    """SAT's s0: 1/sqrt(fan_out) ("constant") or std(W) ("stddev"), never differentiated."""
     if rescale_type == "constant":
-        target: Tensor | float = 1.0 / math.sqrt(fan_out)
-    elif rescale_type == "stddev":
-        target = weight.detach().std()
+        return 1.0 / math.sqrt(fan_out)
+    if rescale_type == "stddev":
+        return weight.detach().std()
+    raise QuantOptionError(f"unknown rescale_type {rescale_type!r}; allowed: {', '.join(RESCALE_TYPES)}")
+
+
+def _composite_sat_weight(weight: Tensor, bits: int, scheme: str | QuantScheme, clamp: bool, rescale: bool,
+                          fan_out: int, rescale_type: str = "constant") -> Tensor:
+    """`sat_weight` as composite autograd operations: what `compiled_sat_weight` compiles."""
+    resolved = get_scheme(scheme)
+    if bits >= FULL_PRECISION:
+        quantized = normalize_weight(weight) if clamp else weight
     else:
-        raise QuantOptionError(f"unknown rescale_type {rescale_type!r}; allowed: {', '.join(RESCALE_TYPES)}")
-    return target / quantized_weight.detach().std()
+        quantized = _reference_quantize_weight(weight, bits, resolved)
+    return quantized * sat_scale(quantized, weight, fan_out, rescale_type) if rescale else quantized
 
 
 def sat_weight(weight: Tensor, bits: int, scheme: str | QuantScheme, clamp: bool, rescale: bool, fan_out: int,
                rescale_type: str = "constant") -> Tensor:
-    """The weight a quantized layer multiplies with: `quantize_weight`, times SAT's scale when `rescale`."""
-    quantized = quantize_weight(weight, bits, scheme, clamp)
-    return quantized * sat_scale(quantized, weight, fan_out, rescale_type) if rescale else quantized
+    """The weight a quantized layer multiplies with: `quantize_weight`, times SAT's scale when `rescale`.
+
+    Below full precision it is one autograd node (`_QuantizedWeight`), with the composite form's values."""
+    if bits < FULL_PRECISION and _fused_weight(weight):
+        target = _sat_target(weight, fan_out, rescale_type) if rescale else None
+        return _QuantizedWeight.apply(weight, bits, get_scheme(scheme), target)
+    return _composite_sat_weight(weight, bits, scheme, clamp, rescale, fan_out, rescale_type)
 
 
-#: `sat_weight` as one compiled graph (forward and backward); not bit-exact (kernels.py says why)
-compiled_sat_weight = torch.compile(sat_weight, dynamic=True, fullgraph=True)
+_compiled_flat_sat_weight = torch.compile(_composite_sat_weight, dynamic=True, fullgraph=True)
+
+
+def compiled_sat_weight(weight: Tensor, bits: int, scheme: str | QuantScheme, clamp: bool, rescale: bool,
+                        fan_out: int, rescale_type: str = "constant") -> Tensor:
+    """`sat_weight` as one compiled graph (forward and backward); not bit-exact (kernels.py says why).
+
+    Every operation of the weight quantizer is elementwise or a reduction over the whole weight, so the
+    graph takes the weight as a 1-D view, and autocast is off inside (it computes in float32 anyway): the
+    same few graphs serve every layer's shape, fp32 and autocast (with the weights' own shapes they outgrew
+    dynamo's limit of 8 recompiles in benchmarks.quant_overhead --bf16). The 1-D view follows the weight's
+    memory order and the result keeps its layout: a channels-last conv given a contiguous weight would reorder
+    it on every call (measured: the compiled-quantizer step 1.39x the float one instead of 1.2x)."""
+    nhwc = weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+    ordered = weight.permute(0, 2, 3, 1) if nhwc else weight
+    flat = ordered.reshape(-1).clone()  # a copy (a weight is small): dynamo would guard a view's base's shape
+    with torch.autocast(weight.device.type, enabled=False):
+        out = _compiled_flat_sat_weight(flat, bits, scheme, clamp, rescale, fan_out, rescale_type)
+    shaped = out.view(ordered.shape)
+    return shaped.permute(0, 3, 1, 2) if nhwc else shaped
+
+
 _compiled_pact_forward = torch.compile(kernels.pact_forward, dynamic=True, fullgraph=True)
 _compiled_pact_backward = torch.compile(kernels.pact_backward, dynamic=True, fullgraph=True)
 
@@ -194,56 +288,94 @@ def _unflatten_like(flat: Tensor, *like: Tensor) -> Tensor:
 
 
 class _PACTQuantize(torch.autograd.Function):
-    """Clip to [0, alpha] (or [-alpha, alpha]), quantize, rescale: one autograd node.
+    """Clip to [0, alpha] (or [-alpha, alpha]), quantize, rescale: one autograd node, eager.
 
-    Written by hand because this runs on every activation of every quantized layer and the
-    composite form makes about twice as many passes over the tensor in eager mode. The work is
-    done on u = x in units of one quantization step, so the clipping bounds are the constants
-    0 and a and every pass but the first runs in place. Gradients are the composite's under
-    the straight-through estimator:
-      d out / d x     = 1 inside the clipping range, 0 outside;
-      d out / d alpha = (out - x * inside) / alpha.
+    Written by hand because this runs on every activation of every quantized layer and the composite
+    form makes about twice as many passes over the tensor. The work is done on u = x in units of one
+    quantization step, so the clipping bounds are the constants 0 and a: forward allocates u, and every
+    later pass (clamp, round, rescale) runs in place on it, so u becomes the output; it saves x (which
+    the layer before keeps alive anyway) and the output, no copy. It takes alpha itself (any one-element
+    tensor): |alpha|, its dtype and shape and the sign in its gradient are handled here, not by three
+    more nodes each way. Gradients, under the straight-through estimator, are the composite's:
+      d out / d x     = 1 inside the clipping range, 0 outside (hardtanh's backward on x: one pass);
+      d out / d alpha = (out - x * inside) / |alpha|, times sign(alpha),
+    the second as two dot products, sum(g out) - sum(g_x x), with no temporaries.
+
+    Saving x rather than u (the clipping range tested on u) saves one copy of every activation a step:
+    the 4-bit ResNet-20 step went from 1.27x to 1.20x the float step (benchmarks/quant_overhead.py). A
+    bool mask of the clipping range costs more than it saves (--ablations; on this CPU comparisons writing
+    bool and selects reading one run at a fraction of the speed of float passes). float16/bfloat16 inputs
+    are quantized in float32 (their float32 copy is saved as x) and the output rounded once into their dtype.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, bits: int, scheme: QuantScheme, double_side: bool,  # type: ignore[override]
-                compiled: bool) -> Tensor:
+    def forward(ctx, x: Tensor, alpha: Tensor, bits: int, scheme: QuantScheme,  # type: ignore[override]
+                double_side: bool) -> Tensor:
+        x32, dtype = _in_float32(x)
+        level = alpha.detach().abs().to(x32.dtype).reshape(())
         a = scheme.levels(bits)
-        ctx.levels, ctx.compiled = a, compiled
-        if compiled:  # one fused pass each way, saving only x (kernels.py)
-            args = kernels.scheme_tensors(a, scheme.max_code(bits), scheme.offset, scheme.rounds, double_side, x.device)
-            ctx.kernel_args = args
-            ctx.save_for_backward(x, alpha)
-            (flat,) = _flat_alike(x)
-            out = _compiled_pact_forward(flat, alpha, *args, x.dtype)
-            return _unflatten_like(out, x)
+        ctx.dtype, ctx.double_side = dtype, double_side
         if double_side:  # u = (x / alpha + 1) / 2 * a
-            units = torch.mul(x, a / (2 * alpha)).add_(a / 2)
+            units = torch.mul(x32, a / (2 * level)).add_(a / 2)
         else:  # u = x / alpha * a
-            units = torch.mul(x, a / alpha)
-        codes = scheme.codes_from_units(units, bits)
+            units = torch.mul(x32, a / level)
+        codes = units.clamp_(0.0, float(scheme.max_code(bits)))
+        codes = codes.round_() if scheme.rounds else codes.floor_()
         if scheme.offset:
             codes.add_(scheme.offset)
-        out = codes.mul_(alpha / a) if not double_side else codes.mul_(2 * alpha / a).sub_(alpha)
-        ctx.save_for_backward(x, alpha, units, out)
-        return out
+        out = codes.mul_(level / a) if not double_side else codes.mul_(2 * level / a).sub_(level)
+        ctx.save_for_backward(x32, alpha, out)
+        return out.to(dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        if ctx.compiled:
-            x, alpha = ctx.saved_tensors
-            grad_flat, x_flat = _flat_alike(grad, x)
-            fused_x, fused_alpha = _compiled_pact_backward(grad_flat, x_flat, alpha, *ctx.kernel_args)
-            return (_unflatten_like(fused_x, grad, x), fused_alpha if ctx.needs_input_grad[1] else None,
-                    None, None, None, None)
-        x, alpha, units, out = ctx.saved_tensors
-        grad_x = torch.ops.aten.hardtanh_backward(grad, units, 0.0, ctx.levels)
+        x, alpha, out = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        level = alpha.detach().abs().to(x.dtype).reshape(())
+        grad_x = _inside_only(grad, x, level, ctx.double_side)
         grad_alpha = None
         if ctx.needs_input_grad[1]:
-            # sum(grad * (out - x * inside)) / alpha as two reductions, with no temporaries
             grad_flat, out_flat, grad_x_flat, x_flat = _flat_alike(grad, out, grad_x, x)
-            grad_alpha = (torch.dot(grad_flat, out_flat) - torch.dot(grad_x_flat, x_flat)) / alpha
-        return grad_x, grad_alpha, None, None, None, None
+            total = (torch.dot(grad_flat, out_flat) - torch.dot(grad_x_flat, x_flat)) / level
+            grad_alpha = total.reshape(alpha.shape).to(alpha.dtype) * alpha.sgn()
+        return grad_x.to(ctx.dtype) if ctx.needs_input_grad[0] else None, grad_alpha, None, None, None
+
+
+def _inside_only(grad: Tensor, x: Tensor, level: Tensor, double_side: bool) -> Tensor:
+    """`grad` where x is strictly inside the clipping range (0 or -level, level), else 0.
+
+    Eager on the CPU as hardtanh's backward, one pass with the bounds as numbers; elsewhere the bound stays a
+    tensor: reading it as a number would wait for the device at every layer, and would break a compiled graph
+    (which fuses the comparison and the select into one pass anyway)."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        bound = float(level)
+        return torch.ops.aten.hardtanh_backward(grad, x, -bound if double_side else 0.0, bound)
+    inside = (x > -level if double_side else x > 0).logical_and_(x < level)
+    return torch.where(inside, grad, 0.0)
+
+
+class _PACTQuantizeFused(torch.autograd.Function):
+    """The PACT quantizer with the compiled kernels of kernels.py: one fused pass each way, saving only x.
+    Forward and input gradient are the eager `_PACTQuantize`'s bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, bits: int, scheme: QuantScheme,  # type: ignore[override]
+                double_side: bool) -> Tensor:
+        a = scheme.levels(bits)
+        args = kernels.scheme_tensors(a, scheme.max_code(bits), scheme.offset, scheme.rounds, double_side, x.device)
+        ctx.kernel_args = args
+        ctx.save_for_backward(x, alpha)
+        (flat,) = _flat_alike(x)
+        out = _compiled_pact_forward(flat, alpha, *args, x.dtype)
+        return _unflatten_like(out, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, alpha = ctx.saved_tensors
+        grad_flat, x_flat = _flat_alike(grad, x)
+        fused_x, fused_alpha = _compiled_pact_backward(grad_flat, x_flat, alpha, *ctx.kernel_args)
+        return (_unflatten_like(fused_x, grad, x), fused_alpha if ctx.needs_input_grad[1] else None,
+                None, None, None)
 
 
 def clip_activation(x: Tensor, alpha: Tensor, double_side: bool = False) -> Tensor:
@@ -269,9 +401,8 @@ def quantize_activation(
     """
     resolved = get_scheme(scheme)
     if compiled and bits < FULL_PRECISION:
-        return _PACTQuantize.apply(x, alpha.abs().float().reshape(()), bits, resolved, double_side, True)
+        return _PACTQuantizeFused.apply(x, alpha.abs().float().reshape(()), bits, resolved, double_side)
+    if bits < FULL_PRECISION:
+        return _PACTQuantize.apply(x, alpha, bits, resolved, double_side)
     x32, dtype = _in_float32(x)
-    alpha = alpha.abs().to(x32.dtype).reshape(())
-    if bits >= FULL_PRECISION:
-        return clip_activation(x32, alpha, double_side).to(dtype)
-    return _PACTQuantize.apply(x32, alpha, bits, resolved, double_side, False).to(dtype)
+    return clip_activation(x32, alpha.abs().to(x32.dtype).reshape(()), double_side).to(dtype)

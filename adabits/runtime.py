@@ -134,31 +134,32 @@ def pick_bits(latency_ms: dict[str, float], budget_ms: float, weight_bits: dict[
 
     A bit-width ranks by its own bits (then its activation bits); an exported assignment by its entry in
     `weight_bits` (`SwitchableModel.weight_bits`), without which it cannot be ranked (ModelInputError)."""
-    def rank(bits: str) -> tuple[float, ...]:
+    def rank(bits: str) -> tuple[float, float]:
+        pair = _bit_pair(bits)
         if weight_bits and bits in weight_bits:
-            return (weight_bits[bits], *_bit_pair(bits, default=(0, 0))[1:])
-        return tuple(float(b) for b in _bit_pair(bits))
+            return (weight_bits[bits], pair[1] if pair else 0)
+        if pair is None:
+            raise ModelInputError(f"{bits!r} is an exported assignment: pass weight_bits=model.weight_bits to rank "
+                                  "it beside the bit-widths")
+        return pair
 
     fitting = [bits for bits, ms in latency_ms.items() if ms <= budget_ms]
     return max(fitting, key=rank) if fitting else None
 
 
-def _bit_pair(bits: str, default: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(weight, activation) bits of a method named by its bit-width: '8' or '[4, 8]'."""
+def _bit_pair(bits: str) -> tuple[int, int] | None:
+    """(weight, activation) bits of a method named by its bit-width ('8', '[4, 8]'); None for an assignment."""
     try:
         values = [int(v) for v in bits.strip("[]").split(",")]
     except ValueError:
-        if default is not None:
-            return default
-        raise ModelInputError(f"{bits!r} is an exported assignment: pass weight_bits=model.weight_bits to rank it "
-                              "beside the bit-widths") from None
+        return None
     return (values[0], values[-1])
 
 
 def _weight_bits_of(bits: str) -> float:
     """A bit-width method's bits per weight; nan for an assignment whose file does not record it."""
-    weight, _ = _bit_pair(bits, default=(-1, -1))
-    return float(weight) if weight >= 0 else float("nan")
+    pair = _bit_pair(bits)
+    return float(pair[0]) if pair else float("nan")
 
 
 def check_pte_header(path: Path) -> None:

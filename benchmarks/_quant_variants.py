@@ -22,7 +22,7 @@ from adabits.quant.schemes import QuantScheme, get_scheme
 FORMS = ("previous", "bool_mask")
 
 
-class _PreviousPACT(torch.autograd.Function):
+class PreviousPACT(torch.autograd.Function):
     """The eager PACT node before issue 32 (alpha arrives as |alpha|, 0-d, in x's dtype)."""
 
     @staticmethod
@@ -88,7 +88,7 @@ def _activation(node: type[torch.autograd.Function]) -> Callable[..., Tensor]:
     return quantize_activation
 
 
-ACTIVATION = {"previous": _activation(_PreviousPACT), "bool_mask": _activation(_MaskPACT)}
+ACTIVATION = {"previous": _activation(PreviousPACT), "bool_mask": _activation(_MaskPACT)}
 WEIGHT = {"previous": functional._composite_sat_weight, "bool_mask": functional.sat_weight}
 
 

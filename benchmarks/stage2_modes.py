@@ -43,7 +43,7 @@ def run_mode(mode: str, seed: int, fp_model: Path, work: Path, code: Path = ROOT
     """One stage-2 run of the checkout at `code`: its seconds and top-1 per bit-width."""
     name = f"{mode}_seed{seed}"
     cache = work / f"inductor_cache_{name}"
-    overrides, env = MODES.get(mode, MODES["fp32"])
+    overrides, env = MODES["fp32" if mode == BASELINE else mode]  # the baseline is fp32 of other code
     args = [sys.executable, "train.py", f"app:{STAGES['stage2']}", f"fp_pretrained_file={fp_model}",
             f"log_dir={work}", f"run_name={name}", f"random_seed={seed}", *overrides]
     try:

@@ -178,11 +178,11 @@ def _qdq_graphs(model: nn.Module, order: list[Target], shape: tuple[int, ...], f
     return graphs, notes
 
 
-def _graphs(model: nn.Module, order: list[Target], shape: tuple[int, ...], calibration: Tensor | Iterable[Any] | None,
+def _graphs(model: nn.Module, order: list[Target], pairs: Mapping[Target, list[BitPair]], shape: tuple[int, ...], calibration: Tensor | Iterable[Any] | None,
             format: str, graph: str, uint8_input: bool, images_are: str) -> tuple[dict[Target, Any], list[str], list[str]]:
     """The graph of each bit-width (all-integer where asked for or where it covers the model and images are
     given; else quantize/dequantize, the float graph at 32 bits), what was written and why, and the notes."""
-    integer = [b for b in order if _integer(layer_pairs(model, b))]
+    integer = [b for b in order if _integer(pairs[b])]
     written: dict[Target, Any] = {}
     hows, notes = [], []
     if integer and graph != "qdq" and calibration is not None:
@@ -201,7 +201,7 @@ def _graphs(model: nn.Module, order: list[Target], shape: tuple[int, ...], calib
         graphs, qdq_notes = _qdq_graphs(model, rest, shape, format, uint8_input)
         written.update(zip(rest, graphs))
         notes += qdq_notes
-        floats = [b for b in rest if _float(layer_pairs(model, b))]
+        floats = [b for b in rest if _float(pairs[b])]
         if len(floats) < len(rest):
             hows.insert(0, "quantize/dequantize graph traced by torch.export")
         if floats:
@@ -248,11 +248,12 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
     order: list[Target] = [*([] if none_uniform else _chosen_bits(model, bits)), *named]
     if not order:
         raise ExportError("bits= is an empty list and no assignments= are given: nothing to export")
-    if graph == "integer" and (calibration is None or not all(_integer(layer_pairs(model, b)) for b in order)):
+    pairs = {b: layer_pairs(model, b) for b in order}  # every layer's bit-width per target, checked once
+    if graph == "integer" and (calibration is None or not all(_integer(pairs[b]) for b in order)):
         raise ExportError("graph='integer' calibrates its 8-bit grids on images (pass calibration=) and takes "
                           "bit-widths of at most 8 bits (32 is the float graph: graph='auto' or 'qdq')")
-    written, hows, notes = _graphs(model, order, shape, calibration, format, graph, uint8_input, images_are)
-    kinds = [_kind(layer_pairs(model, b), written[b]) for b in order]
+    written, hows, notes = _graphs(model, order, pairs, shape, calibration, format, graph, uint8_input, images_are)
+    kinds = [_kind(pairs[b], written[b]) for b in order]
     graphs = [written[b] for b in order]
     weight_bits = [_weight_bits(model, b) for b in order]
     if format == "pte":

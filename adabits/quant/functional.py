@@ -252,7 +252,8 @@ def compiled_sat_weight(weight: Tensor, bits: int, scheme: str | QuantScheme, cl
     same few graphs serve every layer's shape, fp32 and autocast (with the weights' own shapes they outgrew
     dynamo's limit of 8 recompiles in benchmarks.quant_overhead --bf16). The 1-D view follows the weight's
     memory order and the result keeps its layout: a channels-last conv given a contiguous weight would reorder
-    it on every call (measured: the compiled-quantizer step 1.39x the float one instead of 1.2x)."""
+    it on every call (suspected cause of the compiled-quantizer step at 1.39x the float one against the eager
+    1.26x, benchmarks/results/quant_overhead_channels_last.json; the effect of this fix is not yet measured)."""
     nhwc = weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
     ordered = weight.permute(0, 2, 3, 1) if nhwc else weight
     flat = ordered.reshape(-1).clone()  # a copy (a weight is small): dynamo would guard a view's base's shape

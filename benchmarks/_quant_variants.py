@@ -28,7 +28,7 @@ class PreviousPACT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, bits: int, scheme: QuantScheme, double_side: bool) -> Tensor:  # type: ignore[override]
         a = scheme.levels(bits)
-        ctx.levels = a
+        ctx.levels, ctx.double_side = a, double_side
         units = torch.mul(x, a / (2 * alpha)).add_(a / 2) if double_side else torch.mul(x, a / alpha)
         codes = scheme.codes_from_units(units, bits)
         if scheme.offset:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from adabits.quant.functional import (
+    _flat_alike,
     _in_float32,
     _UnitQuantizeSTE,
     quantize_activation,
@@ -29,8 +30,22 @@ from benchmarks._quant_variants import PreviousPACT
 
 # ---------------------------------------------------------------- the reference: the code before issue 32
 # (its PACT node is kept in the benchmark that times it against today's)
-_RefPACT = PreviousPACT
 _RefUnitSTE = _UnitQuantizeSTE
+
+
+class _RefPACT(PreviousPACT):
+    """The PACT node before issue 32, its input gradient passed where x is strictly inside the clipping range,
+    as the straight-through estimator states it. The earlier node tested u = x a / alpha instead, so an x
+    exactly on alpha whose u rounded just below a (x = alpha = 0.23828125 at 1 bit) passed its gradient."""
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, alpha, _units, out = ctx.saved_tensors
+        low = -float(alpha) if ctx.double_side else 0.0
+        grad_x = torch.ops.aten.hardtanh_backward(grad, x, low, float(alpha))
+        grad_flat, out_flat, grad_x_flat, x_flat = _flat_alike(grad, out, grad_x, x)
+        grad_alpha = (torch.dot(grad_flat, out_flat) - torch.dot(grad_x_flat, x_flat)) / alpha
+        return grad_x, grad_alpha if ctx.needs_input_grad[1] else None, None, None, None
 
 
 def reference_activation(x: Tensor, alpha: Tensor, bits: int, scheme: str, double_side: bool) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import adabits
-from adabits.errors import BitWidthError, ExportError, ModelInputError
+from adabits.errors import BitWidthError, ExportedFileError, ExportError, ModelInputError
 from adabits.quant.assignment import mean_weight_bits, quantized_layers
 from adabits.quant.bitwidth import NamedAssignment, bits_text
 
@@ -84,6 +84,13 @@ def test_an_onnx_folder_records_the_assignment_file_and_its_weight_bits(model, t
     manifest = json.loads((done.path / "adabits_onnx.json").read_text())
     assert manifest["files"] == {"front": "model_mixed_front.onnx"}
     assert set(manifest["weight_bits"]) == {"front"}
+    pytest.importorskip("onnxruntime")
+    from adabits.runtime import load
+
+    for bad in ({"front": "6"}, {"other": 6.0}, {"front": True}, [6.0]):
+        (done.path / "adabits_onnx.json").write_text(json.dumps({**manifest, "weight_bits": bad}))
+        with pytest.raises(ExportedFileError, match="'weight_bits' maps the files' keys to numbers"):
+            load(done.path)
 
 
 def test_the_qdq_graph_of_an_assignment_is_the_models_arithmetic(model, tmp_path) -> None:

@@ -5,7 +5,7 @@ glibc's malloc hands large freed blocks back to the kernel (blocks above its mma
 unmapped on free; free space at the top of the heap above the trim threshold is released), so the
 next step faults every page of them in again: measured on ResNet-20 at 4 bits, batch 128, about
 7,000 minor page faults a step against about 80 for the float network, and a quarter of the step's time
-(benchmarks/quant_overhead.py, docs/training.md "Speed"). `keep_freed_memory()` tells glibc to keep
+(benchmarks/training/quant_overhead.py, docs/training.md "Speed"). `keep_freed_memory()` tells glibc to keep
 what it frees: large blocks come from the heap (mmap threshold at glibc's maximum, 32 MiB) and the
 heap is never trimmed, so a step reuses the pages the previous step touched. The cost: the process keeps
 its peak heap until it exits (it would reach that peak every step anyway).

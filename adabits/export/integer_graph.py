@@ -8,7 +8,7 @@ on training images (min/max, `Grid.covering`): the tensors that meet at a residu
 add's output, and a layer's input that arrives in float (the classifier's, after pooling). A model
 trained with `quantize_residual` has these tensors on 8-bit grids already (`Int8Observer`): the
 graph takes the observers' grids, and rounds where the model rounds. Otherwise it is export-time
-calibration, a rounding the trained model never saw (`benchmarks/deploy_integer.py` measures both).
+calibration, a rounding the trained model never saw (`benchmarks/deploy/deploy_integer.py` measures both).
 A calibrated grid that is next requantized onto a PACT grid takes a step of that grid's / k, k odd,
 so the two roundings give PACT's own codes.
 

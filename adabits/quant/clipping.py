@@ -4,7 +4,7 @@ The seed starts every alpha at 8 (10 for linear layers). When quantized training
 full-precision model, the activations entering a layer after BN + ReLU mostly lie below 2 or 3,
 so at 4 bits a level of 8 can waste most of the 16 levels, and alpha learns far too slowly to
 recover in a short schedule (measured: it moved by < 0.1 in 250 steps). Least MSE is not least
-loss, though: benchmarks/alpha_init.py measures both effects. For every bit-width, layer by layer in forward
+loss, though: benchmarks/accuracy/alpha_init.py measures both effects. For every bit-width, layer by layer in forward
 order, alpha is set to the candidate with the least mean squared quantization error on that
 layer's actual input (which already reflects the clipping chosen for the layers before it).
 """

@@ -250,10 +250,10 @@ def compiled_sat_weight(weight: Tensor, bits: int, scheme: str | QuantScheme, cl
     Every operation of the weight quantizer is elementwise or a reduction over the whole weight, so the
     graph takes the weight as a 1-D view, and autocast is off inside (it computes in float32 anyway): the
     same few graphs serve every layer's shape, fp32 and autocast (with the weights' own shapes they outgrew
-    dynamo's limit of 8 recompiles in benchmarks.quant_overhead --bf16). The 1-D view follows the weight's
+    dynamo's limit of 8 recompiles in benchmarks.training.quant_overhead --bf16). The 1-D view follows the weight's
     memory order and the result keeps its layout: a channels-last conv given a contiguous weight would reorder
     it on every call (suspected cause of the compiled-quantizer step at 1.39x the float one against the eager
-    1.26x, benchmarks/results/quant_overhead_channels_last.json; the effect of this fix is not yet measured)."""
+    1.26x, benchmarks/results/training/quant_overhead_channels_last.json; the effect of this fix is not yet measured)."""
     nhwc = weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
     ordered = weight.permute(0, 2, 3, 1) if nhwc else weight
     flat = ordered.reshape(-1).clone()  # a copy (a weight is small): dynamo would guard a view's base's shape
@@ -303,7 +303,7 @@ class _PACTQuantize(torch.autograd.Function):
     the second as two dot products, sum(g out) - sum(g_x x), with no temporaries.
 
     Saving x rather than u (the clipping range tested on u) saves one copy of every activation a step:
-    the 4-bit ResNet-20 step went from 1.27x to 1.20x the float step (benchmarks/quant_overhead.py). A
+    the 4-bit ResNet-20 step went from 1.27x to 1.20x the float step (benchmarks/training/quant_overhead.py). A
     bool mask of the clipping range costs more than it saves (--ablations; on this CPU comparisons writing
     bool and selects reading one run at a fraction of the speed of float passes). float16/bfloat16 inputs
     are quantized in float32 (their float32 copy is saved as x) and the output rounded once into their dtype.

@@ -1,11 +1,11 @@
-"""benchmarks/accuracy.py: its plan of jobs, its summary over seeds and the report built from it."""
+"""benchmarks/accuracy/accuracy.py: its plan of jobs, its summary over seeds and the report built from it."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from benchmarks import accuracy, accuracy_report
+from benchmarks.accuracy import accuracy, accuracy_report
 
 
 def test_plan_runs_every_row_per_seed_after_its_float_model(tmp_path: Path) -> None:

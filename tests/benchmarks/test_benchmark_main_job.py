@@ -1,10 +1,10 @@
-"""benchmarks/main_job.py: which epoch's top-1 it reports."""
+"""benchmarks/accuracy/main_job.py: which epoch's top-1 it reports."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from benchmarks.main_job import best_top1
+from benchmarks.accuracy.main_job import best_top1
 
 
 def test_the_reported_top1_is_the_epoch_of_the_lowest_mean_error(tmp_path: Path) -> None:

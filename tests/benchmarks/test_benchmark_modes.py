@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from adabits.engine import backends
-from benchmarks import _results, stage2_modes, vit_accuracy
+from benchmarks import common
+from benchmarks.accuracy import vit_accuracy
+from benchmarks.training import stage2_modes
 
 
 def test_stage2_gaps_are_to_the_fp32_run_of_the_same_seed():
@@ -36,10 +38,10 @@ def test_the_layernorm_ablation_pairs_the_two_joint_rows_per_seed():
 
 def test_a_failed_run_stops_the_benchmark_naming_the_command_and_the_log(tmp_path: Path):
     log = tmp_path / "run.log"
-    assert _results.run_logged("x", [sys.executable, "-c", "print('hi')"], tmp_path, log) >= 0
+    assert common.run_logged("x", [sys.executable, "-c", "print('hi')"], tmp_path, log) >= 0
     assert log.read_text() == "hi\n"
     with pytest.raises(SystemExit, match=r"benchmarks.x: .* failed with status 3; see .*run.log"):
-        _results.run_logged("x", [sys.executable, "-c", "import sys; sys.exit(3)"], tmp_path, log)
+        common.run_logged("x", [sys.executable, "-c", "import sys; sys.exit(3)"], tmp_path, log)
 
 
 def test_cudnn_benchmark_follows_the_key_on_cuda_only(monkeypatch):

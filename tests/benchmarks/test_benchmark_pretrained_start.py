@@ -1,4 +1,4 @@
-"""benchmarks/pretrained_start.py: plain float models converted by adabits against PTQ peers, on a tiny setting."""
+"""benchmarks/accuracy/pretrained_start.py: plain float models converted by adabits against PTQ peers, on a tiny setting."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import plain_models, pretrained_start
-from benchmarks._results import BadInput
+from benchmarks.accuracy import plain_models, pretrained_start
+from benchmarks.common import BadInput
 
 ADABITS_ROWS = ("converted", "calibrated", "joint_steps")
 PEER_ROWS = ("ort_int8", "executorch_int8", "brevitas_w8a8", "brevitas_w4a4", "torch_ao_int8")
@@ -43,7 +43,7 @@ def test_every_row_of_a_tiny_run_is_reported_with_its_gap_to_float(tmp_path: Pat
     returned = pretrained_start.main([*TINY, "--cache-dir", str(cache), "--out", str(out)])
     result = json.loads(out.read_text())
     assert result == returned
-    assert result["command"].startswith("python -m benchmarks.pretrained_start --models cnn")
+    assert result["command"].startswith("python -m benchmarks.accuracy.pretrained_start --models cnn")
     assert result["machine"]["cores"] and result["settings"]["test_images"] == 500
     assert result["settings"]["train_images"] == 2048 and result["settings"]["calibration_images"] == 64
     bench = result["models"]["cnn"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import _jobs, _machine, _results
+from benchmarks import common
 
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -27,15 +27,15 @@ CPU implementer\t: 0x41
 
 
 def test_cpuinfo_gives_the_model_and_the_int8_instructions():
-    assert _machine.parse_cpuinfo(X86_CPUINFO) == (
+    assert common.parse_cpuinfo(X86_CPUINFO) == (
         "Intel(R) Xeon(R) Platinum 8480+", ["avx2", "avx512bw", "avx512_vnni", "amx_tile", "amx_int8"])
-    assert _machine.parse_cpuinfo(ARM_CPUINFO) == (None, ["asimddp", "i8mm"])
-    assert _machine.parse_cpuinfo("flags : fpu sse2 avx2\n") == (None, ["avx2"])  # no VNNI: AVX2 alone
+    assert common.parse_cpuinfo(ARM_CPUINFO) == (None, ["asimddp", "i8mm"])
+    assert common.parse_cpuinfo("flags : fpu sse2 avx2\n") == (None, ["avx2"])  # no VNNI: AVX2 alone
 
 
 def test_every_report_records_the_machine(tmp_path: Path, capsys):
     out = tmp_path / "sub" / "result.json"
-    written = _results.report({"command": "python -m benchmarks.x", "value": 1}, out)
+    written = common.report({"command": "python -m benchmarks.x", "value": 1}, out)
     on_disk = json.loads(out.read_text())
     assert on_disk == written and json.loads(capsys.readouterr().out) == on_disk
     machine = on_disk["machine"]
@@ -44,26 +44,26 @@ def test_every_report_records_the_machine(tmp_path: Path, capsys):
 
 
 def test_recorded_commands_rerun_the_module():
-    assert _results.command("peers", ["--kind", "brevitas_w4a4", "bits_list=[4]"]) == \
-        "python -m benchmarks.peers --kind brevitas_w4a4 'bits_list=[4]'"
+    assert common.command("training.peers", ["--kind", "brevitas_w4a4", "bits_list=[4]"]) == \
+        "python -m benchmarks.training.peers --kind brevitas_w4a4 'bits_list=[4]'"
     args = argparse.Namespace(rounds=5, channels_last=True, compile=False, out=None, variants=["a", "b"], note="x y")
-    assert _results.full_command("quant_overhead", args, ["note"]) == \
-        "python -m benchmarks.quant_overhead --rounds 5 --channels-last --variants a b"
+    assert common.full_command("training.quant_overhead", args, ["note"]) == \
+        "python -m benchmarks.training.quant_overhead --rounds 5 --channels-last --variants a b"
 
 
 def test_interleaved_timing_runs_round_by_round_and_appends():
     calls: list[str] = []
     times = {"a": [9.0]}
-    _results.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, times)
+    common.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, times)
     assert calls == ["a", "b", "a", "b"]
     assert len(times["a"]) == 3 and times["a"][0] == 9.0 and len(times["b"]) == 2
 
 
 def test_bad_input_is_one_line_and_status_2(capsys):
-    with pytest.raises(SystemExit) as stop, _results.exit_on_bad_input("peers"):
-        raise _results.BadInput("unknown peer kind 'x'")
+    with pytest.raises(SystemExit) as stop, common.exit_on_bad_input("training.peers"):
+        raise common.BadInput("unknown peer kind 'x'")
     assert stop.value.code == 2
-    assert capsys.readouterr().err == "benchmarks.peers: unknown peer kind 'x'\n"
+    assert capsys.readouterr().err == "benchmarks.training.peers: unknown peer kind 'x'\n"
 
 
 @dataclass
@@ -81,11 +81,11 @@ def test_jobs_run_after_what_they_need_and_resume(tmp_path: Path):
         return {"value": len(order)}
 
     jobs = [FakeJob("s/b", ["s/a"], (0,)), FakeJob("s/a", [], (1,)), FakeJob("s/c", ["s/b"], (0,))]
-    done = _jobs.run_jobs(jobs, run, tmp_path, workers=2, executor=ThreadPoolExecutor(2))
+    done = common.run_jobs(jobs, run, tmp_path, workers=2, executor=ThreadPoolExecutor(2))
     assert order == ["s/a", "s/b", "s/c"]
     assert json.loads((tmp_path / "s" / "c.json").read_text()) == done["s/c"] == {"value": 3}
     (tmp_path / "s" / "c.json").unlink()
-    again = _jobs.run_jobs(jobs, run, tmp_path, workers=2, executor=ThreadPoolExecutor(2))
+    again = common.run_jobs(jobs, run, tmp_path, workers=2, executor=ThreadPoolExecutor(2))
     assert order == ["s/a", "s/b", "s/c", "s/c"] and again["s/a"] == {"value": 1}  # only the missing one reran
 
 
@@ -96,7 +96,7 @@ def test_a_failed_job_skips_what_needs_it_and_the_rest_finishes(tmp_path: Path):
         return {}
 
     jobs = [FakeJob("bad"), FakeJob("after_bad", ["bad"]), FakeJob("after_after", ["after_bad"]), FakeJob("fine")]
-    with pytest.raises(_jobs.JobsFailed) as failed:
-        _jobs.run_jobs(jobs, run, tmp_path, workers=1, executor=ThreadPoolExecutor(1))
+    with pytest.raises(common.JobsFailed) as failed:
+        common.run_jobs(jobs, run, tmp_path, workers=1, executor=ThreadPoolExecutor(1))
     assert failed.value.failed == {"bad": "RuntimeError: boom", "after_bad": "needs bad", "after_after": "needs after_bad"}
     assert (tmp_path / "fine.json").is_file() and not (tmp_path / "bad.json").exists()

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py, run CPU against CPU: its checks pass where nothing differs and fail where something does."""
+"""benchmarks/training/gpu_check.py, run CPU against CPU: its checks pass where nothing differs and fail where something does."""
 from __future__ import annotations
 
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from benchmarks import gpu_check
+from benchmarks.training import gpu_check
 
 CPU = torch.device("cpu")
 
@@ -42,7 +42,7 @@ def test_a_difference_beyond_tolerance_is_a_failure():
 
 
 def test_an_unusable_device_is_one_line_and_status_2():
-    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "nosuchdevice"],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.training.gpu_check", "--device", "nosuchdevice"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "--device nosuchdevice" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""benchmarks/peers.py: the float twin of our model, and the Brevitas and torch.ao peers built from it."""
+"""benchmarks/training/peers.py: the float twin of our model, and the Brevitas and torch.ao peers built from it."""
 
 from pathlib import Path
 
@@ -9,7 +9,7 @@ import torch
 import adabits
 from adabits.engine import load_config
 from adabits.engine.build import build_model
-from benchmarks import peers
+from benchmarks.training import peers
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "apps/fashion_mnist/q_resnet20_adabits.yml"

@@ -1,9 +1,9 @@
-"""benchmarks/train_speed.py: its steps run (the Trainer's own step for ours) and its ratios are the ones reported."""
+"""benchmarks/training/train_speed.py: its steps run (the Trainer's own step for ours) and its ratios are the ones reported."""
 
 import pytest
 import torch
 
-from benchmarks import train_speed
+from benchmarks.training import train_speed
 
 
 def test_ratios_against_full_precision_and_the_joint_goal():

@@ -19,7 +19,7 @@ from adabits.export.integer_graph import DEQUANTIZE, QUANTIZE, IntegerGraph, int
 from adabits.export.onnx_integer import export_integer_onnx, integer_op_report  # noqa: E402
 from adabits.export.onnx_session import optimized_op_counts, run_onnx  # noqa: E402
 from adabits.quant.grid import Grid  # noqa: E402
-from benchmarks import _machine  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 #: random-weight models small enough for a fast test: (create_model options, input shape)
 MODELS = {
@@ -88,7 +88,7 @@ BOUNDS = {"resnet20": (1.0, 0.02), "mobilenet_v2": (0.95, 0.03)}
 
 def _has_vnni() -> bool:
     try:
-        _, flags = _machine.parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+        _, flags = common.parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
         return True  # unknown: assert as on the machines where this was measured
     return bool({"avx512_vnni", "avx_vnni"} & set(flags))

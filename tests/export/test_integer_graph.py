@@ -46,7 +46,7 @@ def test_each_layer_reads_its_own_pact_codes_and_the_graph_follows_the_model(bit
         got = graph(images)
     # the 8-bit grids of the residual stream round what the model keeps in float: a code of a 4-bit
     # layer flips where a value sits that close to its boundary (this untrained net: 2% at 8 bits, 33% at 4;
-    # benchmarks/deploy_integer.py measures the trained main job)
+    # benchmarks/deploy/deploy_integer.py measures the trained main job)
     assert float((got - expected).norm() / expected.norm()) < (0.05 if bits == 8 else 0.5)
     assert graph.requantized_weights == []
 

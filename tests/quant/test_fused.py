@@ -26,7 +26,7 @@ from adabits.quant.functional import (
     sat_weight,
 )
 from adabits.quant.schemes import SCHEMES, get_scheme
-from benchmarks._quant_variants import PreviousPACT
+from benchmarks.training.quant_variants import PreviousPACT
 
 # ---------------------------------------------------------------- the reference: the code before issue 32
 # (its PACT node is kept in the benchmark that times it against today's)
@@ -257,10 +257,10 @@ def test_weight_quantizer_without_gradient_and_sat_scale_agree() -> None:
 # ---------------------------------------------------------------- the benchmark's other forms (--ablations)
 @pytest.mark.parametrize("form", ["previous", "bool_mask"])
 def test_the_benchmarks_other_forms_compute_the_same(form: str) -> None:
-    """benchmarks.quant_overhead --ablations times other forms of the quantizers: they must compute
+    """benchmarks.training.quant_overhead --ablations times other forms of the quantizers: they must compute
     what the shipped ones do, or the comparison would be of different work."""
     import adabits
-    from benchmarks import _quant_variants
+    from benchmarks.training import quant_variants
 
     torch.manual_seed(0)
     model = adabits.create_model("resnet_cifar", depth=8, bits_list=[4], num_classes=4, in_chans=1)
@@ -271,7 +271,7 @@ def test_the_benchmarks_other_forms_compute_the_same(form: str) -> None:
         if variant is None:
             loss = model(x).square().sum()
         else:
-            with _quant_variants.quantizers(variant):
+            with quant_variants.quantizers(variant):
                 loss = model(x).square().sum()
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))

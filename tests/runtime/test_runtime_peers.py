@@ -1,4 +1,4 @@
-"""benchmarks/runtime_peers.py: the ONNX Runtime and ExecuTorch (XNNPACK) peers of a float model, float32 and int8."""
+"""benchmarks/deploy/runtime_peers.py: the ONNX Runtime and ExecuTorch (XNNPACK) peers of a float model, float32 and int8."""
 from pathlib import Path
 
 import executorch  # noqa: F401  (CI installs the dev extra: a missing runtime fails here, it is never skipped)
@@ -11,7 +11,7 @@ import adabits
 from adabits.export.onnx_session import optimized_op_counts, session_logits
 from adabits.export.pte_delegation import delegated_op_counts
 from adabits.quant.float_twin import float_twin
-from benchmarks import runtime_peers
+from benchmarks.deploy import runtime_peers
 
 SHAPE = (1, 28, 28)
 MODELS = ("two_conv", "resnet8")

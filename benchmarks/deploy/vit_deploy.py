@@ -1,14 +1,14 @@
 """The trained ViT deployed through torch.export (graph=qdq): accuracy in each runtime, and latency against
 each runtime's float32 model and its own int8 quantizer of it.
 
-    python -m benchmarks.vit_deploy --checkpoint RUN/joint/best_model.pt --float-checkpoint RUN/vit_tiny_fp/best_model.pt \\
+    python -m benchmarks.deploy.vit_deploy --checkpoint RUN/joint/best_model.pt --float-checkpoint RUN/vit_tiny_fp/best_model.pt \\
         [--rounds 30] [--out FILE]
 
 Accuracy: the joint {8,6,5,4} ViT (apps/fashion_mnist/q_vit_tiny_adabits.yml) on the 10,000 test images
 at every bit-width: the PyTorch model, its ONNX folder (ONNX Runtime) and its .pte (ExecuTorch/XNNPACK),
 top-1 and agreement with the PyTorch model. Latency, in one process, rounds interleaved, medians at
 batch 1 and 64: ours at 8 and 4 bits; the float ViT (`--float-checkpoint`, the stage-1 model) in each
-runtime (`benchmarks/runtime_peers.py`); each runtime's own int8 post-training quantization of that
+runtime (`benchmarks/deploy/runtime_peers.py`); each runtime's own int8 post-training quantization of that
 float ViT (ONNX Runtime's `quantize_static`, ExecuTorch's XNNPACKQuantizer PT2E flow), calibrated on
 256 training images, with its top-1 (ONNX Runtime's without its `quant_pre_process`, which fails on
 the ViT's reshapes).
@@ -32,9 +32,9 @@ from adabits.export.pte import export_pte
 from adabits.export.qdq import qdq_model
 from adabits.runtime import load
 
+from ..common import exit_on_bad_input, full_command, report, time_interleaved
 from . import runtime_peers
-from ._results import exit_on_bad_input, full_command, report, time_interleaved
-from .deploy_integer import _logits, _test_images
+from .deploy_integer import batched_logits, load_test_images
 
 CONFIG = "apps/fashion_mnist/q_vit_tiny_adabits.yml"
 FLOAT_CONFIG = "apps/fashion_mnist/vit_tiny_fp.yml"
@@ -59,7 +59,7 @@ def _top1(logits: Any, labels: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.vit_deploy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.deploy.vit_deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="the joint ViT's best_model.pt")
     parser.add_argument("--float-checkpoint", required=True, help="the float ViT's best_model.pt (the peers' start)")
     parser.add_argument("--rounds", type=int, default=30)
@@ -71,7 +71,7 @@ def main() -> None:
     _, float_trained = _trained(FLOAT_CONFIG, args.float_checkpoint)
     model, float_model = trained.model.eval(), float_trained.model.eval()
     shape = (trained.shape.in_chans, trained.shape.image_size, trained.shape.image_size)
-    images, labels = _test_images(cfg)
+    images, labels = load_test_images(cfg)
     uint8 = not cfg.normalize
     work = Path(tempfile.mkdtemp(prefix="adabits_vit_deploy_"))
     onnx_models = [qdq_model(model, b, shape, uint8_input=uint8) for b in trained.bits_list]
@@ -81,10 +81,10 @@ def main() -> None:
     accuracy: dict[str, Any] = {}
     for bits in trained.bits_list:
         with adabits.use_bits(model, bits), torch.no_grad():
-            reference = _logits(model, images)
+            reference = batched_logits(model, images)
         row: dict[str, Any] = {"pytorch_top1": _top1(reference, labels)}
         for name, runtime in ours.items():
-            out = _logits(lambda x, r=runtime, b=bits: r.run(x, bits=b), images)
+            out = batched_logits(lambda x, r=runtime, b=bits: r.run(x, bits=b), images)
             row[f"{name}_top1"] = _top1(out, labels)
             row[f"{name}_agreement_with_pytorch"] = round(float((out.argmax(1) == reference.argmax(1)).float().mean() * 100), 2)
         accuracy[str(bits)] = row
@@ -122,8 +122,8 @@ def main() -> None:
             _log(f"{name} failed: {peer_errors[name]}")
 
     with torch.no_grad():
-        float_top1 = _top1(_logits(float_model, images), labels)
-    peer_top1 = {name: _top1(_logits(lambda x, n=name: peer_logits(n, x), images, batch=64), labels)
+        float_top1 = _top1(batched_logits(float_model, images), labels)
+    peer_top1 = {name: _top1(batched_logits(lambda x, n=name: peer_logits(n, x), images, batch=64), labels)
                  for name in peers}
     latency: dict[str, Any] = {}
     for batch in BATCHES:
@@ -141,11 +141,11 @@ def main() -> None:
                   if f"{'ort' if fmt == 'onnx' else 'pte'}_{peer}" in ms}
         latency[str(batch)] = {"median_ms": ms, "ratios": ratios}
         _log(f"batch {batch}: {latency[str(batch)]}")
-    report({"command": full_command("vit_deploy", args), "test_images": len(images), "accuracy": accuracy,
+    report({"command": full_command("deploy.vit_deploy", args), "test_images": len(images), "accuracy": accuracy,
             "onnx_4bit_ops_after_ort_optimization": dict(fused), "float_top1": float_top1,
             "peer_top1": peer_top1, "peer_errors": peer_errors, "latency": latency, "rounds": args.rounds}, args.out)
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("vit_deploy"):
+    with exit_on_bad_input("deploy.vit_deploy"):
         main()

@@ -1,6 +1,6 @@
 """The ViT's table: one model for {8,6,5,4} against a model trained for each bit-width alone, per seed.
 
-    python -m benchmarks.vit_accuracy [--seeds 1995 1996] [--work /tmp/adabits_vit_accuracy] [--out FILE]
+    python -m benchmarks.accuracy.vit_accuracy [--seeds 1995 1996] [--work /tmp/adabits_vit_accuracy] [--out FILE]
 
 Per seed: the float model (apps/fashion_mnist/vit_tiny_fp.yml), then from it, with
 apps/fashion_mnist/q_vit_tiny_adabits.yml unchanged but for `bits_list`, the joint {8,6,5,4} model
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._results import exit_on_bad_input, full_command, report, run_logged
+from ..common import exit_on_bad_input, full_command, report, run_logged
 from .main_job import best_top1
 
 STAGE1 = "apps/fashion_mnist/vit_tiny_fp.yml"
@@ -31,7 +31,7 @@ ROWS: dict[str, list[str]] = {"joint": [f"bits_list={JOINT}"],
 
 
 def _train(args: list[str], log: Path) -> None:
-    run_logged("vit_accuracy", [sys.executable, "train.py", *args, "progress=false"],
+    run_logged("accuracy.vit_accuracy", [sys.executable, "train.py", *args, "progress=false"],
                Path(__file__).resolve().parents[1], log)
 
 
@@ -62,7 +62,7 @@ def switchable_minus_shared(seeds: dict[str, dict[str, Any]]) -> dict[str, dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.vit_accuracy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy.vit_accuracy", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1995, 1996])
     parser.add_argument("--work", type=Path, default=Path("/tmp/adabits_vit_accuracy"), help="run folders (emptied first)")
     parser.add_argument("--out", help="results JSON")
@@ -70,11 +70,11 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     seeds = {str(seed): run_seed(seed, args.work) for seed in args.seeds}
-    report({"command": full_command("vit_accuracy", args), "recipe": {"stage1": STAGE1, "stage2": STAGE2},
+    report({"command": full_command("accuracy.vit_accuracy", args), "recipe": {"stage1": STAGE1, "stage2": STAGE2},
             "top1": seeds, "joint_minus_individual": joint_minus_individual(seeds),
             "switchable_minus_shared_layernorm": switchable_minus_shared(seeds)}, args.out)
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("vit_accuracy"):
+    with exit_on_bad_input("accuracy.vit_accuracy"):
         main()

@@ -1,6 +1,6 @@
 """The first GPU answers in one command: are its outputs those of the CPU, and is its training step fast?
 
-    python -m benchmarks.gpu_check [--device cuda] [--rounds 20] [--batch 256] [--out FILE] [--quick]
+    python -m benchmarks.training.gpu_check [--device cuda] [--rounds 20] [--batch 256] [--out FILE] [--quick]
 
 Correctness, on the same inputs on the CPU and on --device (TF32 off, so that both multiply in float32):
 - every quantizer at every bit-width 2..8: PACT activations (each scheme, one- and two-sided, the
@@ -11,9 +11,9 @@ Correctness, on the same inputs on the CPU and on --device (TF32 off, so that bo
   largest relative difference of one layer's output given the same input on both (at most
   `--model-tolerance`; the logits' difference is reported beside it, not judged: `check_models` says
   why), and the host reads of one joint training step on the device (there must be none).
-Speed, interleaved round by round (benchmarks/_results.time_interleaved): the ResNet-20 step eager in
+Speed, interleaved round by round (benchmarks.common.time_interleaved): the ResNet-20 step eager in
 float, at 4 bits eager, with compiled quantizers, compiled whole, under bf16 and fp16 autocast, and a
-joint {8,6,5,4} step, as ratios to the eager float step (`benchmarks/quant_overhead.py` does the same on a CPU).
+joint {8,6,5,4} step, as ratios to the eager float step (`benchmarks/training/quant_overhead.py` does the same on a CPU).
 
 Exits 1 when a check fails. `--device cpu` runs everything CPU against CPU: a smoke test of the
 script on a machine without a GPU (the tests run it so, with --quick).
@@ -35,7 +35,7 @@ from adabits.analysis.host_reads import HostReads
 from adabits.quant.functional import quantize_activation, quantize_weight, sat_weight
 from adabits.quant.schemes import SCHEMES, get_scheme
 
-from ._results import BadInput, exit_on_bad_input, full_command, report, time_interleaved
+from ..common import BadInput, exit_on_bad_input, full_command, report, time_interleaved
 from .quant_overhead import JOINT, make_step
 
 BITS = (2, 3, 4, 5, 6, 7, 8)
@@ -242,7 +242,7 @@ def failures(result: dict[str, Any], code_tolerance: float, model_tolerance: flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else None,
                         help="the device checked against the CPU (default: cuda when there is one)")
     parser.add_argument("--rounds", type=int, default=20)
@@ -267,7 +267,7 @@ def main() -> None:
     names = ["resnet20"] if args.quick else [n for n in adabits.list_models() if n != "resnet_cifar"]
     with float32_matmuls():
         result: dict[str, Any] = {
-            "command": full_command("gpu_check", args),
+            "command": full_command("training.gpu_check", args),
             "device": str(device),
             "quantizers": check_activation_quantizers(device, bits) + check_weight_quantizers(device, bits),
             "models": check_models(device, names, [8, 4] if args.quick else MODEL_BITS),
@@ -288,5 +288,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("gpu_check"):
+    with exit_on_bad_input("training.gpu_check"):
         main()

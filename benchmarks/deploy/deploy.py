@@ -19,7 +19,7 @@
 The results committed before issue 27 (`results/deploy_accuracy.json`, `results/deploy_latency.json`)
 were measured with the retired `graph=mixed` exporter and its `bias` modes (benchmarks/README.md).
 
-    python -m benchmarks.deploy [--checkpoint PATH] [--skip ...] [--out benchmarks/results/deploy.json]
+    python -m benchmarks.deploy.deploy [--checkpoint PATH] [--skip ...] [--out benchmarks/results/deploy/deploy.json]
     (or in parts that each fit a short slot: --train-only --save-checkpoint PATH, then
     --checkpoint PATH --skip latency, then --skip accuracy calibration packed)
 """
@@ -49,7 +49,7 @@ from adabits.engine.deploy import calibration_images
 from adabits.export.onnx_session import cpu_session, optimized_op_counts, session_logits
 from adabits.export.packed import save_packed
 
-from ._results import command, exit_on_bad_input, report, time_interleaved
+from ..common import command, exit_on_bad_input, report, time_interleaved
 
 BITS = [8, 6, 5, 4]
 CALIBRATED = [7, 3]
@@ -209,7 +209,7 @@ def latency(name: str, input_shape: tuple[int, int, int], num_classes: int, batc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.deploy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.deploy.deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a trained ResNet-20 [8,6,5,4] `modified` checkpoint (else train one)")
     parser.add_argument("--save-checkpoint", help="keep the checkpoint trained here at this path")
     parser.add_argument("--train-only", action="store_true", help="train, save to --save-checkpoint, stop")
@@ -226,7 +226,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    result: dict[str, Any] = {"command": command("deploy"), "threads": args.threads}
+    result: dict[str, Any] = {"command": command("deploy.deploy"), "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         need_model = {"accuracy", "calibration", "packed"} - set(args.skip)
@@ -257,5 +257,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("deploy"):
+    with exit_on_bad_input("deploy.deploy"):
         main()

@@ -1,9 +1,9 @@
 """Float models trained in plain PyTorch, turned into one switchable {8,6,5,4}-bit model, against PTQ peers.
 
-    python -m benchmarks.pretrained_start [--models cnn,resnet20,vit] [--seed 0] [--steps 200]
-        [--calibration-images 512] [--out benchmarks/results/pretrained_start.json]
+    python -m benchmarks.accuracy.pretrained_start [--models cnn,resnet20,vit] [--seed 0] [--steps 200]
+        [--calibration-images 512] [--out benchmarks/results/accuracy/pretrained_start.json]
 
-Issue 26 ("Start from any pretrained model"), item 4. For each model of `benchmarks/plain_models.py`
+Issue 26 ("Start from any pretrained model"), item 4. For each model of `benchmarks/accuracy/plain_models.py`
 (`PlainCNN`, `PlainResNet20`, `PlainViT`: torch.nn only, trained by `train_plain` with no adabits
 involved; the state dict is cached in `--cache-dir` and reused), top-1 on the Fashion-MNIST test images
 (all 10,000 by default) of:
@@ -18,7 +18,7 @@ involved; the state dict is cached in `--cache-dir` and reused), top-1 on the Fa
   images and `adabits.joint_step`, the mean of the per-bit cross-entropies; then one SGD step, momentum
   0.9, lr 0.005 decaying to 0 on a cosine, no weight decay);
 - peers, post-training quantization of the same float model on the same calibration images:
-  ONNX Runtime's `quantize_static` (int8 QDQ, weights per channel; `benchmarks/runtime_peers.py`),
+  ONNX Runtime's `quantize_static` (int8 QDQ, weights per channel; `benchmarks/deploy/runtime_peers.py`),
   ExecuTorch's XNNPACK int8 PT2E flow (same module), Brevitas PTQ at 8 and 4 bits (`brevitas_model`),
   torch.ao FX PTQ at 8 bits (x86 backend). A peer that cannot take a model records its error in its row;
   the Brevitas and torch.ao rows list the conv/linear/attention layers they left in float (`float_layers`).
@@ -59,8 +59,8 @@ from adabits.data import TensorLoader, ToModelInput, build_splits
 from adabits.engine.config import TrainConfig
 from adabits.quant.convert import default_layer_policy
 
-from . import runtime_peers
-from ._results import BadInput, exit_on_bad_input, full_command, report
+from ..common import BadInput, exit_on_bad_input, full_command, report
+from ..deploy import runtime_peers
 from .plain_models import Optimizer, PlainCNN, PlainResNet20, PlainViT, cosine_factor, train_plain
 
 BITS = [8, 6, 5, 4]
@@ -496,7 +496,7 @@ def parse_models(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pretrained_start", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy.pretrained_start", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=200, help="joint steps after calibration")
@@ -524,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     specs = {name: replace(MODELS[name], epochs=args.epochs) if args.epochs else MODELS[name] for name in names}
     data = load_data(args.seed, args.train_images, args.test_images, args.calibration_images)
     models: dict[str, Any] = {}
-    result = {"command": full_command("pretrained_start", args),
+    result = {"command": full_command("accuracy.pretrained_start", args),
               "what": "float models trained in plain PyTorch, converted to one {8,6,5,4}-bit adabits model "
                       "(no calibration, calibrated, joint steps) against post-training quantization peers",
               "settings": {"bits": BITS, "steps": args.steps, "calibration_images": args.calibration_images,
@@ -544,5 +544,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("pretrained_start"):
+    with exit_on_bad_input("accuracy.pretrained_start"):
         main()

@@ -13,7 +13,7 @@ relative to a norm near 0 any difference is huge.
 `--frozen-bn` is the control: every BN normalises with its running statistics in training too (it
 stays in eval mode), so the batch split changes nothing but the order of the float sums. Run:
 
-    python -m benchmarks.bn_world_size [--at 1 10 40] [--batch 64] [--depth 20] [--bits 8 6 5 4] [--frozen-bn] [--out FILE]
+    python -m benchmarks.distributed.bn_world_size [--at 1 10 40] [--batch 64] [--depth 20] [--bits 8 6 5 4] [--frozen-bn] [--out FILE]
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from torch import nn
 from adabits.engine import Trainer, build_config
 from adabits.engine.distributed import DistEnv
 
-from ._results import BadInput, command, exit_on_bad_input, report
+from ..common import BadInput, command, exit_on_bad_input, report
 
 WORLD = 2
 
@@ -95,7 +95,7 @@ def _quartiles(values: list[float]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bn_world_size", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.distributed.bn_world_size", description=__doc__.splitlines()[0])
     parser.add_argument("--at", type=int, nargs="+", default=[1, 10, 40], help="steps after which to compare")
     parser.add_argument("--batch", type=int, default=64, help="the global batch (each of 2 processes takes half)")
     parser.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth (6n+2)")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         start = _weights(single)
         one = _train(single, args.at, args.frozen_bn)
     report({
-        "command": command("bn_world_size", argv),
+        "command": command("distributed.bn_world_size", argv),
         "model": f"resnet_cifar depth {args.depth}", "bits_list": args.bits, "global_batch": args.batch,
         "lr": args.lr, "bn": "running statistics (frozen)" if args.frozen_bn else "batch statistics", "processes": f"1 vs {WORLD} Gloo processes of 1 thread each",
         "weight_tensors": len(start),
@@ -127,5 +127,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("bn_world_size"):
+    with exit_on_bad_input("distributed.bn_world_size"):
         main()

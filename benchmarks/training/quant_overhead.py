@@ -9,12 +9,12 @@ too). `--memory keep` (the default) calls `adabits.keep_freed_memory()` first, a
 `--memory leave` keeps glibc's defaults. `--memory-variants` runs the float and 4-bit steps once per
 allocator setting, each in a process of its own: glibc's defaults, `keep_freed_memory()`, the same
 settings as MALLOC_* environment variables, jemalloc and tcmalloc (LD_PRELOAD, where installed).
-`--ablations` adds the 4-bit step with other forms of the quantizers (benchmarks/_quant_variants.py):
+`--ablations` adds the 4-bit step with other forms of the quantizers (benchmarks/training/quant_variants.py):
 those before issue 32, and a PACT that saves a bool mask.
 The machine's load average is recorded before and after: on a shared machine, rerun when it is above
 about 1.5 (the ratios hold up to noise; absolute times do not). Run:
 
-    python -m benchmarks.quant_overhead [--rounds 7] [--batch 128] [--channels-last] [--compile] [--bf16]
+    python -m benchmarks.training.quant_overhead [--rounds 7] [--batch 128] [--channels-last] [--compile] [--bf16]
         [--memory keep|leave] [--memory-variants] [--ablations] [--out FILE.json]   (FILE.md beside it: the tables)
 """
 
@@ -38,10 +38,10 @@ import adabits
 from adabits.engine import precision
 from adabits.memory import ENVIRONMENT, MemorySettings, keep_freed_memory, loaded_allocator
 
-from . import _quant_variants
-from ._results import exit_on_bad_input, full_command, report
+from ..common import exit_on_bad_input, full_command, report
+from . import quant_variants
 
-#: CPU flags of bf16 arithmetic (what the bf16 goal needs), besides _machine's int8 ones
+#: CPU flags of bf16 arithmetic (what the bf16 goal needs), besides common's int8 ones (common.INT8_FLAGS)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_fp16")
 #: shared libraries tried for --memory-variants (Debian/Ubuntu names)
 PRELOADS = {"jemalloc": ("libjemalloc.so.2", "libjemalloc.so"), "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")}
@@ -82,9 +82,9 @@ JOINT = [8, 6, 5, 4]
 
 
 def with_quantizers(step: Callable[[], None], form: str) -> Callable[[], None]:
-    """`step` with the layers calling the quantizers of `form` (benchmarks/_quant_variants.py)."""
+    """`step` with the layers calling the quantizers of `form` (benchmarks/training/quant_variants.py)."""
     def run() -> None:
-        with _quant_variants.quantizers(form):
+        with quant_variants.quantizers(form):
             step()
 
     return run
@@ -145,7 +145,7 @@ def find_library(names: tuple[str, ...]) -> str | None:
 def run_memory_variants(args: argparse.Namespace) -> dict[str, Any]:
     """The float and 4-bit steps under each allocator setting, each in a fresh process (the settings that
     act at process start can only be compared so)."""
-    base = [sys.executable, "-m", "benchmarks.quant_overhead", "--no-joint", "--no-compiled-quantizers",
+    base = [sys.executable, "-m", "benchmarks.training.quant_overhead", "--no-joint", "--no-compiled-quantizers",
             "--rounds", str(args.rounds), "--batch", str(args.batch), "--device", args.device]
     if args.threads:
         base += ["--threads", str(args.threads)]
@@ -215,7 +215,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quant_overhead", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training.quant_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd 4-bit step")
@@ -245,7 +245,7 @@ def main() -> None:
 
     variants = {"fp32_eager": step([32]), "4bit_eager": step([4])}
     if args.ablations:
-        for form in _quant_variants.FORMS:
+        for form in quant_variants.FORMS:
             variants[f"4bit_eager_{form}_quantizers"] = with_quantizers(step([4]), form)
     if not args.no_compiled_quantizers:
         variants["4bit_compiled_quantizers"] = step([4], compiled_quantizers=True)
@@ -269,7 +269,7 @@ def main() -> None:
     median_faults = {name: int(statistics.median(f)) for name, f in faults.items()}
     base = median["fp32_eager"]
     result: dict[str, Any] = {
-        "command": full_command("quant_overhead", args),
+        "command": full_command("training.quant_overhead", args),
         "device": args.device,
         "batch": args.batch,
         "torch_threads": torch.get_num_threads(),
@@ -296,5 +296,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("quant_overhead"):
+    with exit_on_bad_input("training.quant_overhead"):
         main()

@@ -1,4 +1,4 @@
-"""Other forms of the quantizers, for `benchmarks.quant_overhead --ablations` (issue 32: measure each change).
+"""Other forms of the quantizers, for `benchmarks.training.quant_overhead --ablations` (issue 32: measure each change).
 
 - "previous": the quantizers before issue 32: the eager PACT node with |alpha|, its dtype and shape taken
   by three nodes outside it, and the weight quantizer as a dozen composite operations.

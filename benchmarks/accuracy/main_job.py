@@ -1,6 +1,6 @@
 """The README's main job from a fresh clone: the wall time of setup and of each stage, and the top-1 it prints.
 
-    python -m benchmarks.main_job --out benchmarks/results/main_job_fresh_clone.json
+    python -m benchmarks.accuracy.main_job --out benchmarks/results/accuracy/main_job_fresh_clone.json
 
 Clones the committed HEAD of this checkout into --work (a folder it made before is removed first), then runs the README's first
 command there one part at a time (setup, stage 1, stage 2), each timed alone. Nothing else should run
@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ._results import BadInput, exit_on_bad_input, full_command, report, run_logged
+from ..common import BadInput, exit_on_bad_input, full_command, report, run_logged
 
 SETUP = ["bash", "scripts/setup.sh"]
 MARKER = ".main_job_clone"  # the one folder --work may remove: a clone this script made
@@ -34,7 +34,7 @@ def best_top1(metrics: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.main_job", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy.main_job", description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/adabits_main_job"), help="the fresh clone (removed first)")
     parser.add_argument("--out", type=Path, help="results JSON")
     args = parser.parse_args()
@@ -48,16 +48,16 @@ def main() -> None:
                            "name an empty or new folder")
         shutil.rmtree(args.work)
     subprocess.run(["git", "clone", "--quiet", str(repo), str(args.work)], check=True)
-    (args.work / MARKER).write_text("made by python -m benchmarks.main_job; removed by its next run\n")
-    seconds = {"setup": run_logged("main_job", SETUP, args.work, args.work / "setup.log")}
+    (args.work / MARKER).write_text("made by python -m benchmarks.accuracy.main_job; removed by its next run\n")
+    seconds = {"setup": run_logged("accuracy.main_job", SETUP, args.work, args.work / "setup.log")}
     python = str(args.work / ".venv" / "bin" / "python")
     top1: dict[str, Any] = {}
     for stage, config in STAGES.items():
-        seconds[stage] = run_logged("main_job", [python, "train.py", f"app:{config}"], args.work,
+        seconds[stage] = run_logged("accuracy.main_job", [python, "train.py", f"app:{config}"], args.work,
                                     args.work / f"{stage}.log")
         top1[stage] = best_top1(args.work / "runs" / Path(config).stem / "metrics.jsonl")
     result = {
-        "command": full_command("main_job", args),
+        "command": full_command("accuracy.main_job", args),
         "what": f"the README's main job from a fresh clone of {commit.stdout.strip()}, each part timed alone",
         "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},
         "top1": top1,
@@ -67,5 +67,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("main_job"):
+    with exit_on_bad_input("accuracy.main_job"):
         main()

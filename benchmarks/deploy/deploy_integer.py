@@ -7,16 +7,16 @@ with bits [8, 6, 4]. In one process, rounds interleaved, medians, at batch 1 and
   own int8 flow (XNNPACKQuantizer, per-channel symmetric, PT2E) of it;
 - ONNX Runtime: ours (one all-integer file per bit-width), the float32 model, and `quantize_static`
   (QDQ, per-channel, u8 activations, s8 weights) of it.
-The float32 and peer int8 models are the float twin of the same network (`benchmarks/runtime_peers.py`).
+The float32 and peer int8 models are the float twin of the same network (`benchmarks/deploy/runtime_peers.py`).
 
 Accuracy (`--part accuracy --checkpoint PATH`): the main job's trained model on the 10,000 test
 images at every bit-width: the fake-quant model, its integer graph in PyTorch, the .pte and the
 ONNX files: top-1 of each and their top-1 agreement with the fake-quant model. Also the size of the
 one .pte against one .pte per bit-width, and the cost of switching bit-width between calls.
 
-    python -m benchmarks.deploy_integer --part latency --out benchmarks/results/deploy_integer_latency.json
-    python -m benchmarks.deploy_integer --part accuracy --checkpoint runs/q_resnet20_adabits/best_model.pt \\
-        --out benchmarks/results/deploy_integer_accuracy.json
+    python -m benchmarks.deploy.deploy_integer --part latency --out benchmarks/results/deploy/deploy_integer_latency.json
+    python -m benchmarks.deploy.deploy_integer --part accuracy --checkpoint runs/q_resnet20_adabits/best_model.pt \\
+        --out benchmarks/results/deploy/deploy_integer_accuracy.json
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ from adabits.export.pte_delegation import delegated_op_counts
 from adabits.quant.float_twin import float_twin
 from adabits.runtime import load
 
+from ..common import BadInput, exit_on_bad_input, full_command, report, time_interleaved
 from . import runtime_peers
-from ._results import BadInput, exit_on_bad_input, full_command, report, time_interleaved
 
 ARCHS = {"resnet20": dict(model="resnet20", in_chans=1, num_classes=10, size=28),
          "mobilenet_v2": dict(model="mobilenet_v2", in_chans=3, num_classes=1000, size=224)}
@@ -127,7 +127,7 @@ def _variants(x: torch.Tensor, ours_pte: Any, ours_onnx: Any, pte_float: Any, pt
     }
 
 
-def _test_images(cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def load_test_images(cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     from adabits.data import build_loader
 
     loader, _ = build_loader(cfg, "val", torch.device("cpu"))
@@ -135,7 +135,7 @@ def _test_images(cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(images).float(), torch.cat(labels)
 
 
-def _logits(fn: Any, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+def batched_logits(fn: Any, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat([torch.as_tensor(np.asarray(fn(images[i:i + batch]))) for i in range(0, len(images), batch)])
 
 
@@ -149,7 +149,7 @@ def accuracy(checkpoint: str, config: str, overrides: list[str], calibration_ima
     model = trained.model.eval()
     shape = trained.shape
     input_shape = (shape.in_chans, shape.image_size, shape.image_size)
-    images, labels = _test_images(cfg)
+    images, labels = load_test_images(cfg)
     calibration = training_images(cfg, calibration_images)
     bits_list = trained.bits_list
     def graphs_for(pair_limit: int | None) -> list[Any]:
@@ -164,14 +164,14 @@ def accuracy(checkpoint: str, config: str, overrides: list[str], calibration_ima
     rows: dict[str, Any] = {}
     for index, bits in enumerate(bits_list):
         with adabits.use_bits(model, bits), torch.no_grad():
-            reference = _logits(model, images)
+            reference = batched_logits(model, images)
         top1 = reference.argmax(1)
         row: dict[str, Any] = {"fake_quant_top1": float((top1 == labels).float().mean() * 100),
                                "requantized_weights": graphs["pte"][index].requantized_weights}
         for name, runtime in runtimes.items():
             with torch.no_grad():
-                simulated = _logits(graphs[name][index], images)
-            out = _logits(lambda x, r=runtime, b=bits: r.run(x, bits=b), images)
+                simulated = batched_logits(graphs[name][index], images)
+            out = batched_logits(lambda x, r=runtime, b=bits: r.run(x, bits=b), images)
             row.update({
                 f"{name}_graph_pytorch_top1": float((simulated.argmax(1) == labels).float().mean() * 100),
                 f"{name}_graph_pytorch_agreement_with_fake_quant": float((simulated.argmax(1) == top1).float().mean() * 100),
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result: dict[str, Any] = {"command": full_command("deploy_integer", args, leave_out=("out",))}
+    result: dict[str, Any] = {"command": full_command("deploy.deploy_integer", args, leave_out=("out",))}
     with tempfile.TemporaryDirectory() as tmp:
         if args.part == "latency":
             result["latency"] = {arch: latency(arch, args.batches, args.rounds, args.threads, Path(tmp))
@@ -231,5 +231,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("deploy_integer"):
+    with exit_on_bad_input("deploy.deploy_integer"):
         main()

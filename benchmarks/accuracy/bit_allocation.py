@@ -2,9 +2,9 @@
 against the uniform bit-widths, with and without mixed-assignment training, and a chosen assignment against the same
 assignment trained alone.
 
-    python -m benchmarks.bit_allocation --out benchmarks/results/bit_allocation.json
+    python -m benchmarks.accuracy.bit_allocation --out benchmarks/results/accuracy/bit_allocation.json
 
-Per bit set ({4,3,2} and {8,6,5,4}) and model (the plain-PyTorch ResNet-20 of benchmarks/plain_models.py, trained in
+Per bit set ({4,3,2} and {8,6,5,4}) and model (the plain-PyTorch ResNet-20 of benchmarks/accuracy/plain_models.py, trained in
 float on Fashion-MNIST, then converted with calibration as in the pretrained-start benchmark):
 - "uniform": `--steps` joint steps of the uniform bit-widths (`adabits.joint_step`);
 - "mixed": the same steps plus `--mixed` random per-layer assignments per step (`assignments=`);
@@ -31,7 +31,7 @@ import adabits
 from adabits.analysis.search import Front, search
 from adabits.joint import random_assignments
 
-from ._results import exit_on_bad_input, full_command, report
+from ..common import exit_on_bad_input, full_command, report
 from .plain_models import cosine_factor
 from .pretrained_start import JOINT_LR, JOINT_MOMENTUM, MODELS, calibration_batches, endless, float_model, load_data
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = load_data(args.seed, args.train_images, args.test_images, 512)
     float_net, _training = float_model("resnet20", MODELS["resnet20"], data, args.seed, args.cache_dir)
     float_net = float_net.to(memory_format=torch.contiguous_format)
-    result = {"command": full_command("bit_allocation", args), "settings": {"steps": args.steps, "mixed": args.mixed},
+    result = {"command": full_command("accuracy.bit_allocation", args), "settings": {"steps": args.steps, "mixed": args.mixed},
               "float_top1": round(adabits.analysis.evaluation.top1(float_net, data.test), 2),
               "models": {name: bench(name, args, data, float_net) for name in args.bits}}
     full = report(result, args.out, echo=False)
@@ -165,5 +165,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("bit_allocation"):
+    with exit_on_bad_input("accuracy.bit_allocation"):
         main()

@@ -12,7 +12,7 @@ interleaved round by round; the reported numbers are medians and ratios of media
 Communications are counted, not timed: calls of torch.distributed.all_reduce plus DDP's own bucket
 all-reduces (through a counting comm hook). Run:
 
-    python -m benchmarks.distributed [--rounds 10] [--batch 64] [--model resnet20] [--out FILE]
+    python -m benchmarks.distributed.distributed [--rounds 10] [--batch 64] [--model resnet20] [--out FILE]
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from adabits.engine import Trainer, build_config
 from adabits.engine.build import build_model
 from adabits.engine.distributed import DistEnv
 
-from ._results import command, exit_on_bad_input, report
+from ..common import command, exit_on_bad_input, report
 
 WORLD = 2
 
@@ -132,7 +132,7 @@ def worker(rank: int, port: int, args: argparse.Namespace, argv: list[str]) -> N
         medians = {name: statistics.median(t) for name, t in times.items()}
         grads = sum(p.numel() for p in trainer.model.parameters())
         result = {
-            "command": command("distributed", argv),
+            "command": command("distributed.distributed", argv),
             "processes": f"{WORLD} Gloo processes of 1 thread each", "model": args.model, "bits_list": args.bits,
             "global_batch": args.batch, "rounds": args.rounds, "parameters": grads,
             "median_step_s": {k: round(v, 4) for k, v in medians.items()},
@@ -145,7 +145,7 @@ def worker(rank: int, port: int, args: argparse.Namespace, argv: list[str]) -> N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.distributed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.distributed.distributed", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64, help="the global batch (each process gets half)")
@@ -161,5 +161,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("distributed"):
+    with exit_on_bad_input("distributed.distributed"):
         main()

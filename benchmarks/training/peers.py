@@ -1,6 +1,6 @@
 """Peers of our individually trained rows: the same ResNet-20, data and recipe, quantized by other libraries.
 
-    python -m benchmarks.peers app:apps/fashion_mnist/q_resnet20_adabits.yml bits_list=[4] \
+    python -m benchmarks.training.peers app:apps/fashion_mnist/q_resnet20_adabits.yml bits_list=[4] \
         fp_pretrained_file=runs/resnet20_fp/best_model.pt --kind brevitas_w4a4 [--out FILE]
 
 Both peers start from a plain float ResNet-20 whose forward equals our SAT float model at 32 bits
@@ -43,7 +43,7 @@ from adabits.engine.optim import build_optimizer, build_scheduler
 from adabits.models.resnet_cifar import BasicBlock, CifarResNet
 from adabits.quant.float_twin import plain_layer
 
-from ._results import BadInput, command, exit_on_bad_input, report
+from ..common import BadInput, command, exit_on_bad_input, report
 
 #: peer kind -> the bit-width of our row it stands next to
 KIND_BITS = {"brevitas_w4a4": 4, "torch_ao_qat8": 8}
@@ -230,15 +230,15 @@ def peer_row(kind: str, cfg: TrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training.peers", description=__doc__.splitlines()[0])
     parser.add_argument("--kind", required=True, choices=list(KIND_BITS))
     parser.add_argument("--out", help="also write the row as JSON to this file")
     args, config_args = parser.parse_known_args(argv)
     cfg = load_config(config_args).config
-    row = {"command": command("peers", argv), **peer_row(args.kind, cfg)}
+    row = {"command": command("training.peers", argv), **peer_row(args.kind, cfg)}
     report(row, args.out)
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("peers"):
+    with exit_on_bad_input("training.peers"):
         main()

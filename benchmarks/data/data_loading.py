@@ -4,7 +4,7 @@ MobileNet V2 at 224 (float and 4 bits), and training fed by that loader against 
 
 One process, the variants interleaved round by round so machine noise hits them alike; medians. Run:
 
-    python -m benchmarks.data_loading [--images 256] [--size 224] [--batch 32] [--workers 2] [--rounds 5] [--out FILE]
+    python -m benchmarks.data.data_loading [--images 256] [--size 224] [--batch 32] [--workers 2] [--rounds 5] [--out FILE]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import adabits
 from adabits.data import build_loaders
 from adabits.engine import TrainConfig
 
-from ._results import exit_on_bad_input, full_command, report
+from ..common import exit_on_bad_input, full_command, report
 
 
 def write_jpegs(root: Path, count: int, classes: int = 10, size: int = 224) -> None:
@@ -105,7 +105,7 @@ def timed(fn: Callable[[], int]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.data_loading", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data.data_loading", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
@@ -156,7 +156,7 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in results.items()), flush=True)
     median = {k: statistics.median(v) for k, v in results.items()}
     out = {
-        "command": full_command("data_loading", args, ["out"]),
+        "command": full_command("data.data_loading", args, ["out"]),
         "data": f"{args.images} generated {args.size}x{args.size} JPEGs (quality 90), imagenet1k_basic train transforms",
         "models": sources,
         "images_per_s_median": {k: round(v, 1) for k, v in median.items()},
@@ -169,5 +169,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("data_loading"):
+    with exit_on_bad_input("data.data_loading"):
         main()

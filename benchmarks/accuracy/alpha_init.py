@@ -1,7 +1,7 @@
 """Accuracy of a float model converted to every bit-width, before any quantized training:
 PACT clipping levels fixed at the seed's 8 (10 for linear) vs chosen from data (alpha_init: mse).
 
-    python -m benchmarks.alpha_init runs/resnet20_fp/best_model.pt [--out FILE]
+    python -m benchmarks.accuracy.alpha_init runs/resnet20_fp/best_model.pt [--out FILE]
 
 The checkpoint is stage 1 of the main job (apps/fashion_mnist/resnet20_fp.yml).
 """
@@ -20,13 +20,13 @@ from adabits.engine import load_config
 from adabits.engine.build import build_model
 from adabits.quant.clipping import init_clipping_levels
 
-from ._results import command, exit_on_bad_input, report
+from ..common import command, exit_on_bad_input, report
 
 CONFIG = "apps/fashion_mnist/q_resnet20_adabits.yml"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.alpha_init", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy.alpha_init", description=__doc__.splitlines()[0])
     parser.add_argument("fp_checkpoint")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -35,7 +35,7 @@ def main() -> None:
     model = build_model(cfg, 10, 1).to(memory_format=torch.channels_last)
     adabits.load_fp_state_dict(model, torch.load(args.fp_checkpoint, weights_only=True)["model"])
     val = list(loaders.val)
-    result = {"command": command("alpha_init"), "fixed_alpha": top1_per_bits(model, val, cfg.bits_list)}
+    result = {"command": command("accuracy.alpha_init"), "fixed_alpha": top1_per_bits(model, val, cfg.bits_list)}
     images = torch.cat([x for x, _ in itertools.islice(iter(loaders.train), cfg.alpha_init_batches)])
     init_clipping_levels(model, images)
     result["mse_alpha"] = top1_per_bits(model, val, cfg.bits_list)
@@ -43,5 +43,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("alpha_init"):
+    with exit_on_bad_input("accuracy.alpha_init"):
         main()

@@ -1,13 +1,13 @@
 """Training throughput of the main job's ResNet-20: full precision, one bit-width, joint over four, and the
 Brevitas 4-bit peer, eager and torch.compile'd, timed side by side in one process.
 
-    python -m benchmarks.train_speed [--rounds 10] [--batch 128] [--no-compile] [--threads N] [--out FILE]
+    python -m benchmarks.training.train_speed [--rounds 10] [--batch 128] [--no-compile] [--threads N] [--out FILE]
 
 Our variants are training steps of adabits.engine.Trainer itself (`Trainer.train_step`): "fp" is stage 1
 of the main job (apps/fashion_mnist/resnet20_fp.yml, bits [32]), "4bit" its stage-2 config trained at
 bits_list [4] alone, "joint" the stage-2 config (apps/fashion_mnist/q_resnet20_adabits.yml): one step
 is forward + backward at each of 8, 6, 5 and 4 bits, then one optimizer step. "brevitas4" is the peer of
-benchmarks/peers.py (4-bit weights and conv inputs) with the same optimizer. All on one real training
+benchmarks/training/peers.py (4-bit weights and conv inputs) with the same optimizer. All on one real training
 batch (1x28x28, channels_last). The variants run interleaved round by round; the report gives medians,
 images/s and ratios; the first call of each variant (which compiles the compiled ones) is timed apart
 and excluded, as are `--warmup` more steps.
@@ -31,8 +31,8 @@ from adabits.engine.build import build_model
 from adabits.engine.optim import build_optimizer, build_scheduler
 from adabits.engine.trainer import Trainer
 
+from ..common import exit_on_bad_input, full_command, report, time_interleaved
 from . import peers
-from ._results import exit_on_bad_input, full_command, report, time_interleaved
 
 FP_CONFIG = "apps/fashion_mnist/resnet20_fp.yml"
 ADABITS_CONFIG = "apps/fashion_mnist/q_resnet20_adabits.yml"
@@ -98,7 +98,7 @@ def ratios(median: dict[str, float]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training.train_speed", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant after the first")
     parser.add_argument("--batch", type=int, default=128)
@@ -130,7 +130,7 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # an empty folder makes the first compiled steps cold
     result = {
-        "command": (f"TORCHINDUCTOR_CACHE_DIR={cache} " if cache else "") + full_command("train_speed", args, ["note"]),
+        "command": (f"TORCHINDUCTOR_CACHE_DIR={cache} " if cache else "") + full_command("training.train_speed", args, ["note"]),
         "note": args.note,
         "input": [args.batch, 1, 28, 28],
         "bit_widths_per_step": bit_widths,
@@ -145,5 +145,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("train_speed"):
+    with exit_on_bad_input("training.train_speed"):
         main()

@@ -5,8 +5,8 @@ deploy benchmark's comparison (`deploy.accuracy_vs_onnx`) on it: each requested 
 exported as `adabits export --format onnx [graph=...]` does, and ONNX Runtime's top-1 is compared
 with the fake-quant model's on the whole validation set.
 
-    python -m benchmarks.onnx_agreement app:apps/fashion_mnist/q_resnet20_adabits.yml --bits 8 6 5 4 \
-        --graph integer qdq --out benchmarks/results/onnx_agreement_main_job.json
+    python -m benchmarks.deploy.onnx_agreement app:apps/fashion_mnist/q_resnet20_adabits.yml --bits 8 6 5 4 \
+        --graph integer qdq --out benchmarks/results/deploy/onnx_agreement_main_job.json
 
 (The committed `results/onnx_agreement_main_job_lr0.*.json` were measured with `--bias`, the modes of the
 retired `graph=mixed` exporter.)
@@ -22,12 +22,12 @@ import torch
 from adabits.engine import load_config
 from adabits.engine.deploy import ONNX_GRAPHS
 
-from ._results import command, exit_on_bad_input, report
+from ..common import command, exit_on_bad_input, report
 from .deploy import accuracy_vs_onnx, load_for_evaluation
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.onnx_agreement", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.deploy.onnx_agreement", description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="+", help="app:PATH.yml [key=value ...], as for `adabits test`")
     parser.add_argument("--bits", type=int, nargs="+", required=True)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -38,9 +38,9 @@ def main() -> None:
     loaded = load_for_evaluation(load_config(opts.config).config)
     with tempfile.TemporaryDirectory() as tmp:
         results = {graph: accuracy_vs_onnx(loaded, Path(tmp), opts.bits, opts.threads, graph) for graph in opts.graph}
-    report({"command": command("onnx_agreement"), "validation_images": loaded.val.num_samples, "results": results}, opts.out)
+    report({"command": command("deploy.onnx_agreement"), "validation_images": loaded.val.num_samples, "results": results}, opts.out)
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("onnx_agreement"):
+    with exit_on_bad_input("deploy.onnx_agreement"):
         main()

@@ -7,8 +7,8 @@ row from that float model and fine-tunes it with apps/fashion_mnist/q_resnet20_a
 lr TABLE_LR, changing only the keys the row names. A joint row's step trains all of its bit-widths; the
 full-precision row gets the same 200 steps at 32 bits. Top-1 is on the 10,000 test images.
 
-    python -m benchmarks.accuracy                   # the whole table: 2 seeds, about 100 minutes on 2 cores
-    python -m benchmarks.accuracy --quick           # checks the script in minutes: 1 seed, tiny schedules,
+    python -m benchmarks.accuracy.accuracy                   # the whole table: 2 seeds, about 100 minutes on 2 cores
+    python -m benchmarks.accuracy.accuracy --quick           # checks the script in minutes: 1 seed, tiny schedules,
                                                     # first 2,000 test images (its numbers mean nothing)
 
 Each finished job leaves a JSON file in --work-dir, so an interrupted run resumes where it stopped.
@@ -36,9 +36,8 @@ from adabits.engine.build import build_model
 from adabits.engine.trainer import Trainer
 from adabits.errors import TrainingDiverged
 
-from . import peers
-from ._jobs import JobsFailed, run_jobs
-from ._results import BadInput, command, exit_on_bad_input, report
+from ..common import BadInput, JobsFailed, command, exit_on_bad_input, report, run_jobs
+from ..training import peers
 from .accuracy_report import write_report
 
 STAGE1 = "apps/fashion_mnist/resnet20_fp.yml"
@@ -232,7 +231,7 @@ def _peer(job: Job) -> dict[str, Any]:
 
 
 def run_job(job: Job, work_dir: Path) -> dict[str, Any]:
-    """One job, its output in WORK_DIR/KEY.log; `_jobs.run_jobs` keeps the result as WORK_DIR/KEY.json."""
+    """One job, its output in WORK_DIR/KEY.log; `common.run_jobs` keeps the result as WORK_DIR/KEY.json."""
     log_path = work_dir / f"{job.key}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -277,7 +276,7 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy.accuracy", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 float steps, 20 quantized steps")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 1995 1996 (--quick: 1995)")
     parser.add_argument("--rows", nargs="+", help="run only these rows (and what they need); default: all")
@@ -288,13 +287,13 @@ def main() -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every job, e.g. device=cuda")
     parser.add_argument("--work-dir", type=Path, help="runs and per-job results (default: runs/accuracy[_quick])")
-    parser.add_argument("--out", type=Path, help="results JSON (default: benchmarks/results/accuracy[_quick].json, "
+    parser.add_argument("--out", type=Path, help="results JSON (default: benchmarks/results/accuracy/accuracy[_quick].json, "
                         "with --rows: WORK_DIR/results.json)")
     args = parser.parse_args()
     suffix = "_quick" if args.quick else ""
     seeds = args.seeds or ([1995] if args.quick else [1995, 1996])
     work_dir = (args.work_dir or Path(f"runs/accuracy{suffix}")).resolve()
-    out = args.out or (work_dir / "results.json" if args.rows else Path(f"benchmarks/results/accuracy{suffix}.json"))
+    out = args.out or (work_dir / "results.json" if args.rows else Path(f"benchmarks/results/accuracy/accuracy{suffix}.json"))
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     jobs = plan(seeds, work_dir, threads, args.quick, with_peers=not args.no_peers, extra=args.set)
     if args.rows:
@@ -305,7 +304,7 @@ def main() -> None:
     except JobsFailed as exc:
         raise SystemExit(f"{exc} (logs: {work_dir}/seed*/ROW.log)") from None
     results = {
-        "command": command("accuracy"),
+        "command": command("accuracy.accuracy"),
         "date": datetime.date.today().isoformat(),
         "recipe": {"stage1": STAGE1, "stage2": STAGE2, "quick": args.quick, "quick_test_images": QUICK_TEST,
                    "seeds": seeds, "overrides": args.set, "calibration_batches": CALIB_BATCHES,
@@ -318,5 +317,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("accuracy"):
+    with exit_on_bad_input("accuracy.accuracy"):
         main()

@@ -1,6 +1,6 @@
 """Stage 2 of the main job in each training mode, from one float model: its wall time and the top-1 it ends at.
 
-    python -m benchmarks.stage2_modes --fp-model runs/resnet20_fp/best_model.pt [--seeds 1995 1996]
+    python -m benchmarks.training.stage2_modes --fp-model runs/resnet20_fp/best_model.pt [--seeds 1995 1996]
         [--modes fp32 bf16 compile_quantizers glibc_defaults] [--baseline REV] [--work /tmp/adabits_stage2_modes]
         [--out FILE]
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from ._results import BadInput, exit_on_bad_input, full_command, report, run_logged
-from .main_job import STAGES, best_top1
+from ..accuracy.main_job import STAGES, best_top1
+from ..common import BadInput, exit_on_bad_input, full_command, report, run_logged
 
 #: mode -> (config overrides, environment variables)
 MODES: dict[str, tuple[list[str], dict[str, str]]] = {
@@ -47,7 +47,7 @@ def run_mode(mode: str, seed: int, fp_model: Path, work: Path, code: Path = ROOT
     args = [sys.executable, "train.py", f"app:{STAGES['stage2']}", f"fp_pretrained_file={fp_model}",
             f"log_dir={work}", f"run_name={name}", f"random_seed={seed}", *overrides]
     try:
-        seconds = run_logged("stage2_modes", args, code, work / f"{name}.log",
+        seconds = run_logged("training.stage2_modes", args, code, work / f"{name}.log",
                              env={**os.environ, **env, "TORCHINDUCTOR_CACHE_DIR": str(cache)})
     finally:
         shutil.rmtree(cache, ignore_errors=True)
@@ -82,7 +82,7 @@ def gaps_to_fp32(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.stage2_modes", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training.stage2_modes", description=__doc__.splitlines()[0])
     parser.add_argument("--fp-model", type=Path, required=True, help="stage 1's best_model.pt")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1995, 1996])
     parser.add_argument("--modes", nargs="+", default=["fp32", "bf16", "compile_quantizers"], choices=list(MODES))
@@ -108,12 +108,12 @@ def main() -> None:
         if run["mode"] == "glibc_defaults" and "fp32" in args.modes:
             run["weights_equal_fp32"] = same_weights(args.work / f"glibc_defaults_seed{run['seed']}" / "best_model.pt",
                                                      args.work / f"fp32_seed{run['seed']}" / "best_model.pt")
-    report({"command": full_command("stage2_modes", args),
+    report({"command": full_command("training.stage2_modes", args),
             "what": "stage 2 of the main job per training mode from one float model, each run alone",
             "baseline": args.baseline, "fp_model": str(args.fp_model), "runs": runs,
             "top1_gap_to_fp32": gaps_to_fp32(runs)}, args.out)
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("stage2_modes"):
+    with exit_on_bad_input("training.stage2_modes"):
         main()

@@ -6,7 +6,7 @@ bits_list [4] and the default QuantConfig. One step = forward, cross-entropy, ba
 at 224x224, eager or torch.compile'd. Variants are timed interleaved, round by round, in one process; the report gives medians
 and their ratios, and how long the first (compiling) call of each compiled variant took.
 
-    python -m benchmarks.model_step_time --model mobilenet_v2 [--batch 8] [--rounds 5] [--variants ...] [--out FILE]
+    python -m benchmarks.training.model_step_time --model mobilenet_v2 [--batch 8] [--rounds 5] [--variants ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 import adabits
 
-from ._results import exit_on_bad_input, full_command, report, time_interleaved
+from ..common import exit_on_bad_input, full_command, report, time_interleaved
 
 PLAIN_FLOAT = {"clamp": False, "rescale": False, "rescale_conv": False}
 #: variant name -> (bits, compiled)
@@ -50,7 +50,7 @@ def make_step(model_name: str, bits: int, compiled: bool, batch: int, size: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.model_step_time", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training.model_step_time", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenet_v2", choices=adabits.list_models())
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
@@ -91,7 +91,7 @@ def summarize(args: argparse.Namespace, first_call_s: dict[str, float], times: d
     median = {name: statistics.median(t) for name, t in times.items() if t}
     ratios = {f"{a} / {b}": median[a] / median[b] for a, b in RATIOS if a in median and b in median}
     result = {
-        "command": full_command("model_step_time", args),
+        "command": full_command("training.model_step_time", args),
         "memory_format": "channels_last",
         "model": args.model,
         "input": [args.batch, 3, args.size, args.size],
@@ -106,5 +106,5 @@ def summarize(args: argparse.Namespace, first_call_s: dict[str, float], times: d
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("model_step_time"):
+    with exit_on_bad_input("training.model_step_time"):
         main()

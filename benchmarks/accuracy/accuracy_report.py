@@ -1,6 +1,6 @@
-"""Tables (Markdown) and plots (PNG) from the JSON that benchmarks/accuracy.py writes.
+"""Tables (Markdown) and plots (PNG) from the JSON that benchmarks/accuracy/accuracy.py writes.
 
-    python -m benchmarks.accuracy_report benchmarks/results/accuracy.json   # rewrite accuracy.md and the PNGs
+    python -m benchmarks.accuracy.accuracy_report benchmarks/results/accuracy/accuracy.json   # rewrite accuracy.md and the PNGs
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._results import BadInput, exit_on_bad_input
+from ..common import BadInput, exit_on_bad_input
 
 ABLATIONS = {
     "adabits_432": "AdaBits (switchable BN and clipping, SAT rescale, `centered`)",
@@ -250,7 +250,7 @@ def write_report(results: dict[str, Any], stem: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy_report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy.accuracy_report", description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     path = parser.parse_args().results
     if not path.is_file():
@@ -259,5 +259,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_bad_input("accuracy_report"):
+    with exit_on_bad_input("accuracy.accuracy_report"):
         main()

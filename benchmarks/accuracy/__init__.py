@@ -1,0 +1,1 @@
+"""Benchmarks of accuracy (see benchmarks/README.md)."""

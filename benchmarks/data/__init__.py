@@ -1,0 +1,1 @@
+"""Benchmarks of data (see benchmarks/README.md)."""

@@ -1,0 +1,1 @@
+"""Benchmarks of deploy (see benchmarks/README.md)."""

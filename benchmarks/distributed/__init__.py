@@ -1,0 +1,1 @@
+"""Benchmarks of distributed (see benchmarks/README.md)."""

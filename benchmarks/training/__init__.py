@@ -1,0 +1,1 @@
+"""Benchmarks of training (see benchmarks/README.md)."""

@@ -1,0 +1,25 @@
+"""What a registered table is: the result files it reads and the function that turns them into markdown."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: the JSON of each source file, in the order the table names them
+Build = Callable[[Sequence[dict[str, Any]]], str]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table defined once: `sources` (paths from the repository root) and `build`, which returns the
+    markdown table from their JSON (numbers formatted as the docs show them)."""
+
+    sources: tuple[str, ...]
+    build: Build
+
+
+def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
+    """A number rounded to `digits` (trailing zeros kept), or `n/a` where the file has none."""
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}{suffix}"

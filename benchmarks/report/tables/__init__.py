@@ -1,0 +1,1 @@
+"""The registered tables, one module per benchmark topic; `registry.TABLES` joins them."""

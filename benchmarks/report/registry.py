@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from .table import Table
-from .tables import accuracy, training
+from .tables import accuracy, data, deploy, distributed, training
 
 
 def _join(*parts: Mapping[str, Table]) -> Mapping[str, Table]:
@@ -18,4 +18,5 @@ def _join(*parts: Mapping[str, Table]) -> Mapping[str, Table]:
     return MappingProxyType(joined)
 
 
-TABLES: Mapping[str, Table] = _join(training.TABLES, accuracy.TABLES)
+TABLES: Mapping[str, Table] = _join(training.TABLES, accuracy.TABLES, deploy.TABLES, distributed.TABLES,
+                                     data.TABLES)

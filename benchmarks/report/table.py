@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 #: the JSON of each source file, in the order the table names them
@@ -19,7 +20,8 @@ class Table:
 
 
 def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
-    """A number rounded to `digits` (trailing zeros kept), or `n/a` where the file has none."""
+    """A number rounded half up to `digits` as written in the file (4.85 -> 4.9, where binary floating
+    point would give 4.8), trailing zeros kept; `n/a` where the file has none."""
     if value is None:
         return "n/a"
-    return f"{value:.{digits}f}{suffix}"
+    return f"{Decimal(repr(value)).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)}{suffix}"

@@ -1,0 +1,58 @@
+"""Tables of the deployment benchmarks (benchmarks/deploy/)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..markdown import table
+from ..table import Table, fmt
+
+R = "benchmarks/results/deploy/"
+
+MODELS = {"resnet20_1x28x28": "ResNet-20 1x28x28", "mobilenet_v2_3x224x224": "MobileNet V2 3x224x224"}
+#: the ONNX Runtime variants of deploy_latency.json, as the docs name them
+LATENCY = {"ort_int8_8bit": "int8 at 8 bits", "ort_int8_4bit": "int8 at 4 bits, `int32_fine` (default)",
+           "ort_int8_4bit_int32_bias": "int8 at 4 bits, `int32`", "ort_float_bias_4bit": "4 bits, `float`"}
+
+
+def _latency(files: Sequence[dict[str, Any]]) -> str:
+    """Speed-up over ONNX Runtime float32, in brackets over PyTorch eager float32."""
+    rows = []
+    for model, label in MODELS.items():
+        for batch in (1, 64):
+            part = files[0]["latency"][model][f"batch_{batch}"]
+            rows.append([f"{label}, batch {batch}", *(
+                f"{fmt(part['speedup_vs_ort_float32'][key], 2, 'x')} ({fmt(part['speedup_vs_pytorch_eager_float32'][key], 1, 'x')})"
+                for key in LATENCY)])
+    return table(["model, batch", *LATENCY.values()], rows)
+
+
+def _accuracy(files: Sequence[dict[str, Any]]) -> str:
+    """PyTorch fake-quant against ONNX Runtime, per bit-width."""
+    rows = [[bits, fmt(r["top1_pytorch"]), fmt(r["top1_onnx"]), fmt(r["top1_agreement"], 2, "%"),
+             fmt(r["max_abs_logit_diff"])] for bits, r in files[0]["accuracy_pytorch_vs_onnx"].items()]
+    return table(["bits", "PyTorch top-1", "ONNX Runtime top-1", "top-1 agreement", "max abs logit difference"], rows)
+
+
+def _calibration(files: Sequence[dict[str, Any]]) -> str:
+    """Top-1 at trained and calibrated bit-widths, highest first."""
+    part = files[0]["calibration"]
+    bits = sorted(part["top1"], key=int, reverse=True)
+    header = [f"{b} (calibrated)" if int(b) in part["calibrated"] else b for b in bits]
+    return table(["bits", *header], [["top-1 (%)", *(fmt(part["top1"][b]) for b in bits)]])
+
+
+def _packed(files: Sequence[dict[str, Any]]) -> str:
+    """The packed file's size against the float32 state dict."""
+    size = files[0]["packed_size"]
+    return table(["", "bytes"], [["packed safetensors file", f"{size['packed_bytes']:,}"],
+                                 ["float32 state dict (torch.save)", f"{size['float32_state_dict_bytes']:,}"],
+                                 ["8/32 of the float32 state dict", f"{size['float32_x_8_over_32_bytes']:,}"]])
+
+
+TABLES = {
+    "deploy_latency": Table((R + "deploy_latency.json",), _latency),
+    "deploy_accuracy": Table((R + "deploy_accuracy.json",), _accuracy),
+    "deploy_calibration": Table((R + "deploy_calibration.json",), _calibration),
+    "deploy_packed": Table((R + "deploy_accuracy.json",), _packed),
+}

@@ -50,9 +50,32 @@ def _packed(files: Sequence[dict[str, Any]]) -> str:
                                  ["8/32 of the float32 state dict", f"{size['float32_x_8_over_32_bytes']:,}"]])
 
 
+
+#: runtimes of deploy_integer_latency.json: their key prefix in the file, their name in the docs
+RUNTIMES = {"xnnpack": "ExecuTorch/XNNPACK", "ort": "ONNX Runtime"}
+
+
+def _integer_latency(files: Sequence[dict[str, Any]]) -> str:
+    """Our all-integer programs against float32 and the runtime's own int8, per model, batch and runtime."""
+    rows = []
+    for arch, part in files[0]["latency"].items():
+        for batch, result in part["batches"].items():
+            ms, ratio = result["median_ms"], result["ratios"]
+            for key, runtime in RUNTIMES.items():
+                bits = (8, 6, 4)
+                rows.append([f"{arch}, {batch}", runtime, fmt(ms[f"{key}_float32"]),
+                             f"{fmt(ms[f'{key}_int8_peer'])} ({fmt(ratio[f'{key}_peer_int8_speedup_vs_float32'], 2, 'x')})",
+                             " / ".join(fmt(ms[f"{key}_ours_{b}"]) for b in bits),
+                             " / ".join(fmt(ratio[f"{key}_{b}bit_speedup_vs_float32"], 2, "x") for b in bits),
+                             " / ".join(fmt(ratio[f"{key}_{b}bit_speed_vs_peer_int8"], 2, "x") for b in bits)])
+    return table(["model, batch", "runtime", "float32 ms", "its own int8 ms (vs float32)", "ours at 8 / 6 / 4 bits, ms",
+                  "ours vs float32", "ours vs its own int8"], rows)
+
+
 TABLES = {
     "deploy_latency": Table((R + "deploy_latency.json",), _latency),
     "deploy_accuracy": Table((R + "deploy_accuracy.json",), _accuracy),
     "deploy_calibration": Table((R + "deploy_calibration.json",), _calibration),
     "deploy_packed": Table((R + "deploy_accuracy.json",), _packed),
+    "deploy_integer_latency": Table((R + "deploy_integer_latency.json",), _integer_latency),
 }

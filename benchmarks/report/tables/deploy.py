@@ -72,10 +72,24 @@ def _integer_latency(files: Sequence[dict[str, Any]]) -> str:
                   "ours vs float32", "ours vs its own int8"], rows)
 
 
+def _onnx_agreement(files: Sequence[dict[str, Any]]) -> str:
+    """ONNX Runtime against PyTorch on a trained run, per bias mode and bit-width."""
+    rows = []
+    for bias, per_bits in files[0]["results"].items():
+        label = f"`{bias}` (default)" if bias == "int32_fine" else f"`{bias}`"
+        for bits, r in per_bits.items():
+            rows.append([label, bits, fmt(r["top1_pytorch"]), fmt(r["top1_onnx"]), fmt(r["top1_agreement"], 2, "%"),
+                         fmt(r["max_abs_logit_diff"]),
+                         f"{r['ort_integer_ops'].get('QLinearConv', 0)} / {r['ort_float_convs']}"])
+    return table(["`bias=`", "bits", "PyTorch top-1", "ONNX Runtime top-1", "top-1 agreement", "largest logit difference",
+                  "QLinearConv / float convs"], rows)
+
+
 TABLES = {
     "deploy_latency": Table((R + "deploy_latency.json",), _latency),
     "deploy_accuracy": Table((R + "deploy_accuracy.json",), _accuracy),
     "deploy_calibration": Table((R + "deploy_calibration.json",), _calibration),
     "deploy_packed": Table((R + "deploy_accuracy.json",), _packed),
     "deploy_integer_latency": Table((R + "deploy_integer_latency.json",), _integer_latency),
+    "onnx_agreement": Table((R + "onnx_agreement_main_job_lr0.005.json",), _onnx_agreement),
 }

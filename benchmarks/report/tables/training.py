@@ -21,7 +21,28 @@ def _layouts(files: Sequence[dict[str, Any]]) -> str:
                   "4-bit compiled / fp32 eager"], rows)
 
 
+def _cold(runs: list[dict[str, Any]], variant: str) -> str:
+    """The first (cold-compile) step of `variant` among the runs of a *_cold_compile.json file."""
+    return fmt(next(run["first_step_s"][variant] for run in runs if variant in run["first_step_s"]), 0, " s")
+
+
+def _model_steps(files: Sequence[dict[str, Any]]) -> str:
+    """ImageNet models' training step, eager and compiled, fp32 and 4-bit, with cold compile times."""
+    rows = []
+    for label, data, cold in zip(("MobileNet V2", "ResNet-50"), files[:2], files[2:]):
+        step, ratio = data["median_step_s"], data["ratios"]
+        rows.append([label, *(fmt(step[v], 3, " s") for v in ("fp32_eager", "4bit_eager", "fp32_compiled", "4bit_compiled")),
+                     fmt(ratio["4bit_eager / fp32_eager"]), fmt(ratio["4bit_compiled / fp32_compiled"]),
+                     f"{_cold(cold['runs'], 'fp32_compiled')}, {_cold(cold['runs'], '4bit_compiled')}"])
+    return table(["model", "fp32 eager", "4-bit eager", "fp32 compiled", "4-bit compiled", "4-bit / fp32, eager",
+                  "4-bit / fp32, compiled", "cold compile (fp32, 4-bit)"], rows)
+
+
 TABLES = {
     "quant_overhead_layouts": Table((R + "quant_overhead_nchw.json", R + "quant_overhead_channels_last_compiled.json"),
                                     _layouts),
+    "model_step_time": Table((R + "model_step_time_mobilenet_v2_eager_and_compiled.json",
+                              R + "model_step_time_resnet50_eager_and_compiled.json",
+                              R + "model_step_time_mobilenet_v2_cold_compile.json",
+                              R + "model_step_time_resnet50_cold_compile.json"), _model_steps),
 }

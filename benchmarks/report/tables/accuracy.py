@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ...accuracy import accuracy_tables as acc
 from ..markdown import table
 from ..table import Table, fmt
 
@@ -17,6 +18,23 @@ def _alpha_init(files: Sequence[dict[str, Any]]) -> str:
     return table(["bits", "fixed alpha (8 / 10)", "alpha chosen by least MSE"], rows)
 
 
+def _rows(build: Any) -> Any:
+    """A table of benchmarks/accuracy/accuracy_tables.py (the one definition, which writes the .md beside
+    the results too), applied to the `rows` of the file."""
+    return lambda files: build(files[0]["rows"])
+
+
+ACCURACY = R + "accuracy.json"
+JOINT_STEP = R + "accuracy_joint_step.json"
+
 TABLES = {
     "alpha_init": Table((R + "alpha_init.json",), _alpha_init),
+    "accuracy_main": Table((ACCURACY,), _rows(acc.main_table)),
+    "accuracy_ablations": Table((ACCURACY,), _rows(acc.ablation_table)),
+    "accuracy_joint_lr": Table((ACCURACY,), _rows(acc.joint_lr_table)),
+    "accuracy_adaptation": Table((ACCURACY,), _rows(acc.adaptation_table)),
+    "accuracy_calibration": Table((ACCURACY,), _rows(acc.calibration_table)),
+    "accuracy_peers": Table((ACCURACY,), _rows(acc.peer_table)),
+    "joint_step_432": Table((JOINT_STEP,), _rows(lambda rows: acc.distill_table(rows, "432", (4, 3, 2)))),
+    "joint_step_8654": Table((JOINT_STEP,), _rows(lambda rows: acc.distill_table(rows, "8654", (8, 6, 5, 4)))),
 }

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from .table import Table
-from .tables import accuracy, data, deploy, distributed, training
+from .tables import accuracy, data, deploy, distributed, training, vit
 
 
 def _join(*parts: Mapping[str, Table]) -> Mapping[str, Table]:
@@ -19,4 +19,4 @@ def _join(*parts: Mapping[str, Table]) -> Mapping[str, Table]:
 
 
 TABLES: Mapping[str, Table] = _join(training.TABLES, accuracy.TABLES, deploy.TABLES, distributed.TABLES,
-                                     data.TABLES)
+                                     data.TABLES, vit.TABLES)

@@ -24,4 +24,10 @@ def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
     point would give 4.8), trailing zeros kept; `n/a` where the file has none."""
     if value is None:
         return "n/a"
-    return f"{Decimal(repr(value)).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)}{suffix}"
+    exact = value if isinstance(value, Decimal) else Decimal(repr(value))
+    return f"{exact.quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)}{suffix}"
+
+
+def exact_mean(values: list[float]) -> Decimal:
+    """The mean of numbers as written in the file, in decimal (85.38 and 85.31 give 85.345, not 85.34499...)."""
+    return sum((Decimal(repr(v)) for v in values), Decimal(0)) / len(values)

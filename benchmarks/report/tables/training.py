@@ -38,6 +38,44 @@ def _model_steps(files: Sequence[dict[str, Any]]) -> str:
                   "4-bit / fp32, compiled", "cold compile (fp32, 4-bit)"], rows)
 
 
+#: the variants of train_speed.json, as the docs name them
+SPEED = {"fp_eager": "fp eager", "4bit_eager": "4-bit eager", "joint_eager": "joint [8,6,5,4] eager",
+         "brevitas4_eager": "Brevitas 4-bit eager", "fp_compiled": "fp compiled", "4bit_compiled": "4-bit compiled",
+         "joint_compiled": "joint [8,6,5,4] compiled", "brevitas4_compiled": "Brevitas 4-bit compiled"}
+FIRST = "first_steps_s (compile + warm-up, excluded)"
+GOAL = 1.15
+
+
+def _speed(files: Sequence[dict[str, Any]]) -> str:
+    """Median step, images/s and ratio to the eager float step per variant; a variant that failed, its error."""
+    data = files[0]
+    rows = []
+    for key, label in SPEED.items():
+        if key in data.get("errors", {}):
+            rows.append([label, "does not compile", "", "", f"`{data['errors'][key]}`"])
+            continue
+        first = data[FIRST][key]
+        rows.append([label, fmt(data["median_step_s"][key], 3, " s"), fmt(data["images_per_s"][key], 0),
+                     fmt(data["ratios"][f"{key} / fp_eager"]), fmt(first, 1 if first < 10 else 0, " s")])
+    return table(["variant (2 threads)", "median step", "images/s", "/ fp eager", "first 3 steps (cold compile)"], rows)
+
+
+def _speed_goal(files: Sequence[dict[str, Any]]) -> str:
+    """The joint step against four single-bit steps, and the goal of 4 x 1.15 full-precision steps."""
+    ratios = files[0]["ratios"]
+
+    def verdict(ratio: float) -> str:
+        return "met" if ratio <= GOAL else f"missed by {fmt(ratio - GOAL, 3)}"
+
+    fp_rows = [("fp, both eager", ratios["joint_eager / (4 x fp_eager)"]),
+               ("fp, both compiled", ratios["joint_compiled / (4 x fp_compiled)"]),
+               ("fp eager, joint compiled (`joint_compiled / fp_eager` / 4)", ratios["joint_compiled / fp_eager"] / 4)]
+    rows = [[label, fmt(ratio, 3), verdict(ratio)] for label, ratio in fp_rows]
+    rows += [["4-bit, both eager", fmt(ratios["joint_eager / (4 x 4bit_eager)"], 3), ""],
+             ["4-bit, both compiled", fmt(ratios["joint_compiled / (4 x 4bit_compiled)"], 3), ""]]
+    return table(["joint step / 4 steps of ...", "ratio", f"goal {GOAL}"], rows)
+
+
 TABLES = {
     "quant_overhead_layouts": Table((R + "quant_overhead_nchw.json", R + "quant_overhead_channels_last_compiled.json"),
                                     _layouts),
@@ -45,4 +83,6 @@ TABLES = {
                               R + "model_step_time_resnet50_eager_and_compiled.json",
                               R + "model_step_time_mobilenet_v2_cold_compile.json",
                               R + "model_step_time_resnet50_cold_compile.json"), _model_steps),
+    "train_speed": Table((R + "train_speed.json",), _speed),
+    "train_speed_goal": Table((R + "train_speed.json",), _speed_goal),
 }

@@ -76,6 +76,53 @@ def _speed_goal(files: Sequence[dict[str, Any]]) -> str:
     return table(["joint step / 4 steps of ...", "ratio", f"goal {GOAL}"], rows)
 
 
+def _x(value: float | None) -> str:
+    return fmt(value, 2, "x")
+
+
+def _quantizers(files: Sequence[dict[str, Any]]) -> str:
+    """Eager, compiled-quantizer and whole-model-compiled steps as ratios to the eager float32 step."""
+    ratio = files[0]["ratio_to_fp32_eager"]
+    rows = [["4 bits, fp32", _x(ratio["4bit_eager"]), _x(ratio["4bit_compiled_quantizers"]), _x(ratio.get("4bit_compiled"))],
+            ["joint {8,6,5,4}, fp32", _x(ratio["joint8654_eager"]), _x(ratio["joint8654_compiled_quantizers"]),
+             _x(ratio.get("joint8654_compiled"))],
+            ["4 bits, bf16", _x(ratio["4bit_bf16_eager"]), _x(ratio["4bit_bf16_compiled_quantizers"]),
+             _x(ratio.get("4bit_bf16_compiled"))]]
+    return table(["step", "eager quantizers", "compiled quantizers", "whole model compiled"], rows)
+
+
+#: the modes of stage2_modes.json, as the docs name them
+MODES = {"fp32": "fp32, eager (default)", "bf16": "bf16", "compile_quantizers": "fp32, `compile_quantizers: true`"}
+
+
+def _signed(value: float) -> str:
+    """A gap with its sign, the minus as the docs write it (−)."""
+    text = fmt(value)
+    return text.replace("-", "−") if text.startswith("-") else f"+{text}"
+
+
+def _stage2(files: Sequence[dict[str, Any]]) -> str:
+    """Stage 2's wall time per mode (and its ratio to fp32 over both seeds) and top-1 against fp32."""
+    data = files[0]
+    runs = {(run["mode"], str(run["seed"])): run for run in data["runs"]}
+    seeds = sorted({seed for _, seed in runs})
+    bits = ("8", "6", "5", "4")
+    base = sum(runs["fp32", seed]["seconds"] for seed in seeds)
+    rows = []
+    for mode, label in MODES.items():
+        seconds = [runs[mode, seed]["seconds"] for seed in seeds]
+        wall = " / ".join(fmt(s, 0, " s") for s in seconds)
+        if mode == "fp32":
+            top1 = "(" + "; ".join(" / ".join(fmt(runs[mode, seed]["top1"][b]) for b in bits) for seed in seeds) + ")"
+        else:
+            wall += f" ({fmt(sum(seconds) / base, 2, 'x')})"
+            gaps = data["top1_gap_to_fp32"][mode]
+            top1 = "; ".join(" / ".join(_signed(gaps[seed][b]) for b in bits) for seed in seeds)
+        rows.append([label, wall, top1])
+    return table(["mode", f"stage 2 wall time, seed {' / '.join(seeds)}",
+                  f"top-1 − fp32 of the same seed at 8 / 6 / 5 / 4 bits, seed {'; seed '.join(seeds)}"], rows)
+
+
 TABLES = {
     "quant_overhead_layouts": Table((R + "quant_overhead_nchw.json", R + "quant_overhead_channels_last_compiled.json"),
                                     _layouts),
@@ -85,4 +132,6 @@ TABLES = {
                               R + "model_step_time_resnet50_cold_compile.json"), _model_steps),
     "train_speed": Table((R + "train_speed.json",), _speed),
     "train_speed_goal": Table((R + "train_speed.json",), _speed_goal),
+    "quantizers_speed": Table((R + "quant_overhead_compiled_quantizers.json",), _quantizers),
+    "stage2_modes": Table((R + "stage2_modes.json",), _stage2),
 }

@@ -85,11 +85,26 @@ def _onnx_agreement(files: Sequence[dict[str, Any]]) -> str:
                   "QLinearConv / float convs"], rows)
 
 
+def _integer_accuracy(files: Sequence[dict[str, Any]]) -> str:
+    """The all-integer programs' top-1 and agreement with the trained model, per bit-width."""
+    rows = []
+    for bits, r in files[0]["accuracy"]["bits"].items():
+        def pair(pte: str, onnx: str, r: dict[str, Any] = r) -> str:
+            return f"{fmt(r[pte])} / {fmt(r[onnx], 2, '%')}"
+        rows.append([bits, fmt(r["fake_quant_top1"], 2, "%"), fmt(r["pte_top1"], 2, "%"), fmt(r["onnx_top1"], 2, "%"),
+                     pair("pte_agreement_with_fake_quant", "onnx_agreement_with_fake_quant"),
+                     pair("pte_graph_pytorch_agreement_with_fake_quant", "onnx_graph_pytorch_agreement_with_fake_quant"),
+                     pair("pte_agreement_with_its_graph", "onnx_agreement_with_its_graph")])
+    return table(["bits", "model top-1", ".pte (XNNPACK)", "ONNX Runtime", "agreement with the model: .pte / ONNX",
+                  "their PyTorch graphs: agreement with the model", "runtime vs its PyTorch graph: .pte / ONNX"], rows)
+
+
 TABLES = {
     "deploy_latency": Table((R + "deploy_latency.json",), _latency),
     "deploy_accuracy": Table((R + "deploy_accuracy.json",), _accuracy),
     "deploy_calibration": Table((R + "deploy_calibration.json",), _calibration),
     "deploy_packed": Table((R + "deploy_accuracy.json",), _packed),
     "deploy_integer_latency": Table((R + "deploy_integer_latency.json",), _integer_latency),
+    "deploy_integer_accuracy": Table((R + "deploy_integer_accuracy.json",), _integer_accuracy),
     "onnx_agreement": Table((R + "onnx_agreement_main_job_lr0.005.json",), _onnx_agreement),
 }

@@ -62,8 +62,8 @@ from adabits.quant.convert import default_layer_policy
 from ..common import BadInput, exit_on_bad_input, full_command, report
 from ..deploy import runtime_peers
 from .plain_models import Optimizer, PlainCNN, PlainResNet20, PlainViT, cosine_factor, train_plain
+from .pretrained_start_tables import BITS, markdown
 
-BITS = [8, 6, 5, 4]
 #: the bit-widths of the Brevitas peer: adabits' highest and lowest
 BREVITAS_BITS = [8, 4]
 #: the joint steps' batch and optimizer (issue 26: SGD, momentum 0.9, lr 0.005 cosine to 0, no weight decay)
@@ -438,53 +438,6 @@ def _per_bits(model: nn.Module, data: Data) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- report
-
-
-ROW_TITLES = {
-    "float": "float (plain PyTorch)",
-    "converted": "adabits: converted, no calibration",
-    "calibrated": "adabits: converted, calibrated",
-    "joint_steps": "adabits: calibrated + {steps} joint steps",
-    "ort_int8": "ONNX Runtime quantize_static int8",
-    "executorch_int8": "ExecuTorch XNNPACK int8 (PT2E)",
-    "torch_ao_int8": "torch.ao FX PTQ int8",
-}
-
-
-def row_title(key: str, steps: int) -> str:
-    if key.startswith("brevitas_"):
-        return f"Brevitas PTQ {key.removeprefix('brevitas_')}"
-    return ROW_TITLES.get(key, key).format(steps=steps)
-
-
-def _cell(row: dict[str, Any], bits: str) -> str:
-    if bits not in row["top1"]:
-        return ""
-    gap = row["gap_to_float"][bits]
-    return f"{row['top1'][bits]:.2f}" if bits == "float" else f"{row['top1'][bits]:.2f} ({gap:+.2f})"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """One table per model: top-1 per bit-width (gap to float in points), the seconds of each row, errors."""
-    steps = result["settings"]["steps"]
-    columns = ["float", *map(str, BITS)]
-    lines = []
-    for name, bench in result["models"].items():
-        training = bench["float_training"]
-        lines += [f"### {name} ({bench['recipe']['model']}, {bench['parameters']:,} parameters, float model "
-                  f"{bench['recipe']['epochs']} epochs in {training['seconds']} s)", "",
-                  "| row | " + " | ".join(c if c == "float" else f"{c} bits" for c in columns) + " | seconds |",
-                  "|---" * (len(columns) + 2) + "|"]
-        for key, row in bench["rows"].items():
-            cells = [_cell(row, c) for c in columns]
-            if "error" in row:
-                cells[0] = "failed: " + row["error"].splitlines()[0][:160].replace("|", "/")
-            title = row_title(key, steps)
-            if row.get("float_layers"):
-                title += f" ({len(row['float_layers'])} layers left float)"
-            lines.append(f"| {title} | " + " | ".join(cells) + f" | {row.get('seconds', '')} |")
-        lines.append("")
-    return "\n".join(lines)
 
 
 def parse_models(text: str) -> list[str]:

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...accuracy import accuracy_tables as acc
+from ...accuracy.pretrained_start_tables import model_section
 from ..markdown import table
 from ..table import Table, fmt
 
@@ -24,6 +25,14 @@ def _rows(build: Any) -> Any:
     return lambda files: build(files[0]["rows"])
 
 
+def _pretrained(name: str) -> Any:
+    """One model of the pretrained-start benchmark: its heading (a level-4 heading in BENCHMARKS.md) and table."""
+    def build(files: Sequence[dict[str, Any]]) -> str:
+        data = files[0]
+        return "\n".join(model_section(name, data["models"][name], data["settings"]["steps"], level=4))
+    return build
+
+
 ACCURACY = R + "accuracy.json"
 JOINT_STEP = R + "accuracy_joint_step.json"
 
@@ -36,5 +45,7 @@ TABLES = {
     "accuracy_calibration": Table((ACCURACY,), _rows(acc.calibration_table)),
     "accuracy_peers": Table((ACCURACY,), _rows(acc.peer_table)),
     "joint_step_432": Table((JOINT_STEP,), _rows(lambda rows: acc.distill_table(rows, "432", (4, 3, 2)))),
+    **{f"pretrained_start_{name}": Table((R + "pretrained_start.json",), _pretrained(name))
+       for name in ("cnn", "resnet20", "vit")},
     "joint_step_8654": Table((JOINT_STEP,), _rows(lambda rows: acc.distill_table(rows, "8654", (8, 6, 5, 4)))),
 }

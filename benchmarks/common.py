@@ -113,9 +113,11 @@ def full_command(script: str, args: argparse.Namespace, leave_out: Iterable[str]
 
 
 def report(result: dict[str, Any], out: str | Path | None, echo: bool = True) -> dict[str, Any]:
-    """Add the machine description to `result`, print it as indented JSON (unless `echo` is False)
-    and, when `out` is given, write the same text there. Returns what was written."""
+    """Add the machine description and the UTC date (unless `result` has one) to `result`, print it as
+    indented JSON (unless `echo` is False) and, when `out` is given, write the same text there. Returns
+    what was written. The date is what `python -m benchmarks.report` names under a table of the file."""
     full = {**result, "machine": describe()}
+    full.setdefault("date", time.strftime("%Y-%m-%d", time.gmtime()))
     text = json.dumps(full, indent=2) + "\n"
     if echo:
         print(text, end="", flush=True)

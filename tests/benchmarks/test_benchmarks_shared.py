@@ -41,6 +41,7 @@ def test_every_report_records_the_machine(tmp_path: Path, capsys):
     machine = on_disk["machine"]
     assert {"cpu", "cores", "int8_instructions", "torch", "python"} <= set(machine)
     assert list(on_disk)[:2] == ["command", "value"]
+    assert len(on_disk["date"]) == 10  # YYYY-MM-DD, what benchmarks.report names under a table of the file
 
 
 def test_recorded_commands_rerun_the_module():

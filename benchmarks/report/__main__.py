@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 naming each stale block")
     parser.add_argument("--root", type=Path, default=ROOT, help="the repository root (default: this checkout)")
     args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        print(f"benchmarks.report: --root {args.root} is not a folder", file=sys.stderr)
+        return 2
     try:
         outcome = run(args.root, TABLES, args.check)
     except ReportError as exc:

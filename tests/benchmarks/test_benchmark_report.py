@@ -79,6 +79,11 @@ def test_a_bad_marker_is_one_line_and_status_2(tmp_path: Path, capsys: pytest.Ca
     assert len(err.splitlines()) == 1 and message in err and err.startswith("benchmarks.report: docs/x.md:3")
 
 
+def test_a_root_that_is_not_a_folder_is_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--check", "--root", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == f"benchmarks.report: --root {tmp_path / 'nowhere'} is not a folder\n"
+
+
 def test_a_missing_source_file_is_one_line_and_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "BENCHMARKS.md").write_text("<!-- report:alpha_init -->\n<!-- /report:alpha_init -->\n")
     assert main(["--root", str(tmp_path)]) == 2

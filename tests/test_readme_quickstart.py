@@ -1,5 +1,6 @@
 """The README's quickstart runs as written: its code block, between the `quickstart` markers, is executed with a
-float model trained in plain PyTorch on Fashion-MNIST and a few batches of it."""
+float model trained in plain PyTorch on Fashion-MNIST and a few batches of it. docs/getting_started.md holds the
+same block."""
 from __future__ import annotations
 
 import re
@@ -11,13 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 
 README = Path(__file__).parent.parent / "README.md"
+GETTING_STARTED = Path(__file__).parent.parent / "docs" / "getting_started.md"
 
 
-def quickstart() -> str:
-    """The Python of the README's quickstart block (fails when the markers or the code fence are gone)."""
-    found = re.search(r"<!-- quickstart -->\s*```python\n(.*?)```\s*<!-- /quickstart -->", README.read_text(), re.S)
-    assert found, "README.md has no ```python block between <!-- quickstart --> and <!-- /quickstart -->"
+def quickstart(path: Path = README) -> str:
+    """The Python of a quickstart block (fails when the markers or the code fence are gone)."""
+    found = re.search(r"<!-- quickstart -->\s*```python\n(.*?)```\s*<!-- /quickstart -->", path.read_text(), re.S)
+    assert found, f"{path.name} has no ```python block between <!-- quickstart --> and <!-- /quickstart -->"
     return found.group(1)
+
+
+def test_the_docs_site_shows_the_same_quickstart():
+    assert quickstart(GETTING_STARTED) == quickstart(README)
 
 
 def test_the_readme_is_short():

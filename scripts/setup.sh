@@ -9,7 +9,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
     echo "setup: installing Debian's dataset-fashion-mnist (the default data)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
   else
-    echo "setup: Fashion-MNIST missing; run 'sudo apt-get install dataset-fashion-mnist' (or see README, Data)"
+    echo "setup: Fashion-MNIST missing; run 'sudo apt-get install dataset-fashion-mnist' (or see docs/data.md)"
   fi
 fi
 

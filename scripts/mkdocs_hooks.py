@@ -2,7 +2,7 @@
 
 - `docs/benchmarks.md` takes BENCHMARKS.md (at the repository root) in place of its `<!-- BENCHMARKS.md -->` line.
 - A figure under `benchmarks/results/` (`../benchmarks/results/x.png` from a page in docs/,
-  `benchmarks/results/x.png` in BENCHMARKS.md) is published as `results/x.png`, and the link follows.
+  `benchmarks/results/x.png` in BENCHMARKS.md; x may be under a topic folder) is published as `results/x.png`, and the link follows.
 - In BENCHMARKS.md, a link to `benchmarks/README.md` becomes the path in code: the site has no such page.
 
 Everything else is left to `mkdocs build --strict`, so a broken link still fails the build.
@@ -20,8 +20,8 @@ INCLUDE = "<!-- BENCHMARKS.md -->"
 
 
 def on_files(files: Files, config) -> Files:
-    for figure in sorted(RESULTS.glob("*.png")):
-        files.append(File.generated(config, f"results/{figure.name}", abs_src_path=str(figure)))
+    for figure in sorted(RESULTS.rglob("*.png")):
+        files.append(File.generated(config, f"results/{figure.relative_to(RESULTS).as_posix()}", abs_src_path=str(figure)))
     return files
 
 

@@ -237,8 +237,10 @@ def test_weight_quantizer_in_other_dtypes(dtype: torch.dtype) -> None:
 def test_weight_quantizer_equals_the_previous_implementation_on_any_weight(values, bits, scheme, rescale,
                                                                            rescale_type) -> None:
     weight = torch.tensor(values).reshape(len(values), 1)
-    if weight.abs().max() == 0:
-        return  # max|tanh W| = 0: both divide by zero
+    if weight.abs().max() < 1e-20:
+        # max|tanh W| = 0: both divide by zero; near float32's smallest normal (1.2e-38) the gradient, which
+        # scales as 1 / max|tanh W|, overflows to inf in one order of the same operations and not in the other
+        return
     if rescale and (weight.numel() < 2 or reference_weight(weight, bits, scheme).std() == 0):
         return  # a constant quantized weight: SAT divides by its zero std in both
     upstream = torch.linspace(-1.0, 1.0, weight.numel()).reshape_as(weight)

@@ -172,7 +172,8 @@ def _qdq_graphs(model: nn.Module, order: list[Target], shape: tuple[int, ...], f
     """The quantize/dequantize graph of each bit-width (the float graph at 32 bits)."""
     from .qdq import qdq_model
 
-    graphs = [qdq_model(model, b, shape, uint8_input=uint8_input, int8_weights=format == "onnx") for b in order]
+    graphs = [qdq_model(model, b, shape, uint8_input=uint8_input, int8_weights=format == "onnx",
+                        nbits_linear=format == "onnx") for b in order]
     notes = [f"at {bits_text(g.bits)}, the 9-bit weight codes of {', '.join(g.float_weights)} stay exact float "
              "weights" for g in graphs if g.float_weights]
     return graphs, notes

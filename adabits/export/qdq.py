@@ -46,6 +46,7 @@ from ..quant.bitwidth import FULL_PRECISION, NamedAssignment, format_bits, set_b
 from ..quant.layers import QuantLayer
 from ..quant.norms import SwitchableNorm
 from .int8_layer import check_integer_input, fold_layer
+from .nbits_linear import ACCURACY_LEVEL, PackedWeight, matmul_nbits, onnx_translations, pack_weight
 from .onnx_graph import INPUT_NAME, OUTPUT_NAME, save_checked
 from .op_rules import DEQUANTIZE, DEQUANTIZE_CHANNELS, QUANTIZE, module_rule
 
@@ -131,6 +132,32 @@ class QDQLayer(nn.Module):
         return F.linear(x, weight, self.bias)
 
 
+class NBitsLinear(QDQLayer):
+    """A linear layer at 2 to 4 weight bits whose ONNX form is MatMulNBits on its own packed codes
+    (nbits_linear.py); its input is quantized as a QDQLayer's is."""
+
+    def __init__(self, layer: QuantLayer, name: str, weight: PackedWeight, accuracy_level: int = ACCURACY_LEVEL) -> None:
+        super().__init__(layer, name, int8_weights=False)
+        self.register_buffer("packed", torch.from_numpy(weight.packed))
+        self.register_buffer("scales", torch.from_numpy(weight.scales))
+        row_sum = np.zeros(0, np.float32) if weight.row_sum_scale is None else weight.row_sum_scale
+        self.register_buffer("row_sum_scale", torch.from_numpy(row_sum))
+        self.in_features, self.out_features = self.float_weight.shape[1], self.float_weight.shape[0]
+        self.bits, self.block_size, self.accuracy_level = weight.bits, weight.block_size, accuracy_level
+
+    def forward(self, x: Tensor) -> Tensor:
+        return matmul_nbits(self._input(x), self.packed, self.scales, self.row_sum_scale, self.bias, self.float_weight,
+                            self.in_features, self.out_features, self.bits, self.block_size, self.accuracy_level)
+
+
+def _linear_nbits(layer: QuantLayer, name: str) -> NBitsLinear | None:
+    """`layer` as an NBitsLinear when it is a linear layer whose codes MatMulNBits holds exactly."""
+    if not isinstance(layer, nn.Linear):
+        return None
+    weight = pack_weight(fold_layer(layer, None), layer.weight_bits)
+    return None if weight is None else NBitsLinear(layer, name, weight)
+
+
 def _check_input(layer: QuantLayer, name: str) -> None:
     """Raise ExportError naming the layer when its input codes are not QuantizeLinear's
     (`check_integer_input`, both sides allowed) or its clipping side is not chosen yet."""
@@ -153,14 +180,16 @@ class QDQModel:
 
 
 def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, uint8_input: bool = True,
-              int8_weights: bool = True) -> QDQModel:
+              int8_weights: bool = True, nbits_linear: bool = False) -> QDQModel:
     """A copy of `model` at `bits` (a bit-width of the model: weight and activation bits each at most 8, or
     32; or a NamedAssignment, each layer at its own) in eval mode, every quantized layer a `QDQLayer` and every switchable norm the copy of `bits`;
     `model` is not changed. At bits 32 this is the float model as plain modules.
 
     `int8_weights=False` keeps every weight as its exact float value: XNNPACK runs a linear on quantized
     inputs with int8 weights only when its output is quantized too, which a transformer's are not
-    (they feed LayerNorm, GELU, a residual sum), so a `.pte` takes float weights and delegates the layer."""
+    (they feed LayerNorm, GELU, a residual sum), so a `.pte` takes float weights and delegates the layer.
+    `nbits_linear` writes each linear layer at 2 to 4 weight bits as an `NBitsLinear` (ONNX Runtime's
+    MatMulNBits on the layer's own codes, which reads half an int8 kernel's weight bytes or less)."""
     pairs = layer_pairs(model, bits)  # type: ignore[arg-type]
     for pair in pairs:
         if not all(b <= 8 or b >= FULL_PRECISION for b in pair):
@@ -175,7 +204,8 @@ def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, u
             continue
         if rule.qdq == "layer":
             assert isinstance(module, QuantLayer)
-            layer = QDQLayer(module, name, int8_weights)
+            nbits = _linear_nbits(module, name) if nbits_linear else None
+            layer = nbits or QDQLayer(module, name, int8_weights)
             if int8_weights and not layer.int8_weight and module.weight_bits < FULL_PRECISION:
                 float_weights.append(name)
             replacement: nn.Module = layer
@@ -195,7 +225,8 @@ def export_qdq_onnx(qdq: QDQModel, path: str | Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         program = torch.onnx.export(qdq.module, (example,), dynamo=True, verbose=False, input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAME], dynamic_shapes=(batch,))
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=(batch,),
+                                    custom_translation_table=onnx_translations())
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     return save_checked(program.model_proto, path)

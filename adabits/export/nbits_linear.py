@@ -1,0 +1,138 @@
+"""A linear layer at 2 to 4 weight bits as ONNX Runtime's `MatMulNBits`: the model's own codes, packed.
+
+Where a linear layer's weights dominate memory traffic (batch 1, wide layers: transformer decoding), an
+int8 kernel reads twice the bytes a 4-bit one does. `MatMulNBits` (com.microsoft) reads unsigned b-bit
+codes c in blocks along K and computes `x @ ((c - Z) * s).T` with the default zero point Z = 2^(b-1); no
+other CPU runtime path has sub-8-bit weights for a linear layer on these models.
+
+A layer's weight is w = m * s[n] for signed integer codes m (`int8_layer.fold_layer`). Two forms hold it
+exactly in b storage bits (4 for 3- and 4-bit layers, 2 for 2-bit ones):
+
+- m in [-Z, Z - 1] (`modified` weights): c = m + Z, scale s;
+- m odd in [-(2Z - 1), 2Z - 1] (`centered` and `original` weights, whose zero point is a half code):
+  m = 2 h + 1 with h = (m - 1) / 2 in [-Z, Z - 1], so c = h + Z at scale 2 s, and the half code left over
+  adds s[n] * sum_k x[k] to output n: one ReduceSum over the input row and one multiply-add per output.
+
+The layer is a torch custom op (`adabits::matmul_nbits`): eager and `torch.export` run its reference (the
+float linear with the exact weight, which is what the model computes), and `torch.onnx.export` writes it
+as MatMulNBits through `ONNX_TRANSLATIONS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .int8_layer import FoldedLayer
+
+BLOCK_SIZE = 32  # codes per block along K (one scale each): a power of two of at least 16
+#: 0: ONNX Runtime computes in float32 on the unpacked codes, what the model computes. Level 4 (int8 on the
+#: input quantized per block at run time, for VNNI / AMX) moved a small random ViT's logits by up to 4.5; its
+#: speed is not measured yet
+ACCURACY_LEVEL = 0
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A weight as MatMulNBits reads it: codes (N, blocks, block_size * bits / 8) packed low bits first,
+    scales (N, blocks), and the per-output multiple of the input row's sum to add (None when there is none)."""
+
+    packed: np.ndarray
+    scales: np.ndarray
+    row_sum_scale: np.ndarray | None
+    bits: int
+    block_size: int
+
+
+def storage_bits(weight_bits: int) -> int | None:
+    """The MatMulNBits width that holds `weight_bits`-bit codes (2 or 4), None above 4 bits."""
+    return 2 if weight_bits <= 2 else 4 if weight_bits <= 4 else None
+
+
+def pack_codes(codes: np.ndarray, bits: int, block_size: int = BLOCK_SIZE) -> np.ndarray:
+    """Unsigned codes (N, K) in 0..2^bits - 1 as (N, ceil(K / block_size), block_size * bits / 8) uint8,
+    each byte's lowest bits holding the first code; K is padded with the zero point (weight 0)."""
+    n, k = codes.shape
+    blocks = -(-k // block_size)
+    padded = np.full((n, blocks * block_size), 2 ** (bits - 1), dtype=np.uint8)
+    padded[:, :k] = codes
+    per_byte = 8 // bits
+    grouped = padded.reshape(n, blocks, block_size // per_byte, per_byte)
+    packed = np.zeros(grouped.shape[:-1], dtype=np.uint8)
+    for i in range(per_byte):
+        packed |= (grouped[..., i] << (bits * i)).astype(np.uint8)
+    return packed
+
+
+def pack_weight(folded: FoldedLayer, weight_bits: int, block_size: int = BLOCK_SIZE) -> PackedWeight | None:
+    """The layer's codes in MatMulNBits form, exactly; None when they fit neither form (or above 4 bits)."""
+    bits = storage_bits(weight_bits)
+    if bits is None or folded.codes is None or folded.codes.ndim != 2:
+        return None
+    m, scale = folded.codes.astype(np.int64), folded.scale.astype(np.float64)
+    zero = 2 ** (bits - 1)
+    if m.min() >= -zero and m.max() <= zero - 1:
+        codes, scales, row_sum = m + zero, scale, None
+    elif (m % 2 == 1).all() and m.min() >= -(2 * zero - 1) and m.max() <= 2 * zero - 1:
+        codes, scales, row_sum = (m - 1) // 2 + zero, 2 * scale, scale
+    else:
+        return None
+    blocks = -(-m.shape[1] // block_size)
+    return PackedWeight(pack_codes(codes.astype(np.uint8), bits, block_size),
+                        np.repeat(scales.astype(np.float32)[:, None], blocks, axis=1),
+                        None if row_sum is None else row_sum.astype(np.float32), bits, block_size)
+
+
+@torch.library.custom_op("adabits::matmul_nbits", mutates_args=())
+def matmul_nbits(x: Tensor, packed: Tensor, scales: Tensor, row_sum_scale: Tensor, bias: Tensor, weight: Tensor,
+                 in_features: int, out_features: int, bits: int, block_size: int, accuracy_level: int) -> Tensor:
+    """x @ weight.T + bias, which MatMulNBits computes from `packed` and `scales` (plus `row_sum_scale`
+    times the row sum of x, when it is not empty). The reference computes from `weight`, the same values."""
+    return F.linear(x, weight, bias)
+
+
+@matmul_nbits.register_fake
+def _(x: Tensor, packed: Tensor, scales: Tensor, row_sum_scale: Tensor, bias: Tensor, weight: Tensor,
+      in_features: int, out_features: int, bits: int, block_size: int, accuracy_level: int) -> Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+def _matmul_nbits_schema() -> Any:
+    from onnx.defs import OpSchema
+
+    param, optional = OpSchema.FormalParameter, OpSchema.FormalParameterOption.Optional
+    return OpSchema(
+        "MatMulNBits", "com.microsoft", 1,
+        inputs=[param("A", "T1"), param("B", "T2"), param("scales", "T1"),
+                param("zero_points", "T3", param_option=optional), param("g_idx", "T4", param_option=optional),
+                param("bias", "T1", param_option=optional)],
+        outputs=[param("Y", "T1")],
+        type_constraints=[("T1", ["tensor(float)"], ""), ("T2", ["tensor(uint8)"], ""),
+                          ("T3", ["tensor(uint8)", "tensor(float)"], ""), ("T4", ["tensor(int32)"], "")],
+        attributes=[*(OpSchema.Attribute(name, OpSchema.AttrType.INT, "") for name in ("K", "N", "bits", "block_size")),
+                    OpSchema.Attribute("accuracy_level", OpSchema.AttrType.INT, "", required=False)])
+
+
+def onnx_translations() -> dict[Any, Any]:
+    """The `custom_translation_table` entry for torch.onnx.export: `adabits::matmul_nbits` as MatMulNBits
+    (and, for half-code weights, the input row's sum times `row_sum_scale` added)."""
+    from onnxscript import opset18 as op
+    from onnxscript.values import Op, Opset
+
+    matmul = Op(Opset("com.microsoft", 1), "MatMulNBits", _matmul_nbits_schema())
+
+    def translate(x: Any, packed: Any, scales: Any, row_sum_scale: Any, bias: Any, weight: Any, in_features: int,
+                  out_features: int, bits: int, block_size: int, accuracy_level: int) -> Any:
+        y = matmul(x, packed, scales, None, None, bias, K=in_features, N=out_features, bits=bits,
+                   block_size=block_size, accuracy_level=accuracy_level)
+        if row_sum_scale.shape is not None and row_sum_scale.shape[0] == 0:
+            return y
+        last_axis: Any = op.Constant(value_ints=[-1])
+        row_sum = op.ReduceSum(x, last_axis, keepdims=1)
+        return op.Add(y, op.Mul(row_sum, row_sum_scale))
+
+    return {torch.ops.adabits.matmul_nbits.default: translate}

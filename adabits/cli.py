@@ -33,6 +33,7 @@ from .engine.loading import run_dir
 from .engine.search_command import run_search
 from .engine.session import RunSession, StopRequest
 from .errors import ConfigError, UserError
+from .export.nbits_linear import ACCURACY_LEVEL, ACCURACY_LEVELS
 from .memory import keep_freed_memory
 
 EXIT_USAGE = 2
@@ -59,6 +60,8 @@ examples:
     (the accuracy-cost front over per-layer bit assignments; with a budget, the best one as search/assignment.json)
   adabits export app:apps/fashion_mnist/q_vit_tiny_adabits.yml --format onnx|pte [graph=integer|qdq]
     (unset: all-integer where that graph covers the model, else qdq, torch.export's trace of it; the output says which)
+  adabits export app:apps/fashion_mnist/q_vit_tiny_adabits.yml --format onnx accuracy_level=4
+    (linear layers as ONNX Runtime's MatMulNBits computing in int8: faster, not exact; 0, the default: float32)
 bit-widths:
   bits=B or bits=[WEIGHT_BITS,ACT_BITS] (bits_list=[[4,8],8] in a config); 32 = full precision
   bits=@FILE (profile): a per-layer assignment {"assignment": {"layer or pattern": bits}}, as adabits search writes
@@ -179,6 +182,13 @@ def _graph(value: Any) -> str:
     return str(value)
 
 
+def _accuracy_level(value: Any) -> int:
+    """accuracy_level=0|4: ONNX Runtime's MatMulNBits compute (float32, exact; int8, faster)."""
+    if isinstance(value, bool) or value not in ACCURACY_LEVELS:
+        raise ConfigError(f"accuracy_level must be one of {', '.join(map(str, ACCURACY_LEVELS))}; got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class CommandKey:
     """A `key=value` argument of a command itself: its default and how its (YAML) value is checked."""
@@ -201,7 +211,7 @@ COMMAND_KEYS: dict[str, dict[str, CommandKey]] = {
                "assignments": CommandKey(None, _assignment_files, raw=True),
                "bias": CommandKey(None, _bias), "graph": CommandKey(None, _graph),  # bias=: retired, one line
                "calibration_images": CommandKey(CALIBRATION_IMAGES, _positive_int("calibration_images")),
-               "from_start": FROM_START},
+               "accuracy_level": CommandKey(ACCURACY_LEVEL, _accuracy_level), "from_start": FROM_START},
     "search": {"cost": CommandKey("weight_bytes", _choice("cost", COSTS)), "budget": CommandKey(None, _positive_number("budget")),
                "points": CommandKey(9, _positive_int("points")),
                "calibration_images": CommandKey(512, _positive_int("calibration_images")),
@@ -311,7 +321,8 @@ def run(command: str, args: list[str], export_format: str = "packed", stop: Stop
         return 0
     if command == "export":
         print(deploy.export(cfg, export_format, options["bits"], options["out"], options["from_start"],
-                            options["graph"], options["calibration_images"], options["assignments"]))
+                            options["graph"], options["calibration_images"], options["assignments"],
+                            options["accuracy_level"]))
         return 0
     if cfg.test_only:  # one path, one process or many (each evaluates its shard)
         session = RunSession(cfg, run_dir(cfg), print, None)

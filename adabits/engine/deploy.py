@@ -27,6 +27,7 @@ from ..analysis.profile import layer_table, profile_model, profile_table
 from ..data import BatchLoader, build_loader, build_loaders
 from ..errors import BitWidthError, UserError
 from ..export.model_export import Exported, Format, Graph
+from ..export.nbits_linear import ACCURACY_LEVEL
 from ..quant.assignment import layer_pairs
 from ..quant.bitwidth import FULL_PRECISION, Bits, bits_text, format_bits, parse_bits
 from . import checkpoint, distributed
@@ -179,7 +180,7 @@ def _float_checkpoint_bytes(model: nn.Module) -> int:
 
 def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None, from_start: bool = False,
            graph: str | None = None, calibration_images: int = CALIBRATION_IMAGES,
-           assignments: Mapping[str, Mapping[str, Bits]] | None = None) -> str:
+           assignments: Mapping[str, Mapping[str, Bits]] | None = None, accuracy_level: int = ACCURACY_LEVEL) -> str:
     """`adabits export`: the trained model through `adabits.export_model`, as one packed file (every
     bit-width), one `.pte` (a method per bit-width) or ONNX (a folder with a file per bit-width, or the file
     of `bits`; `bits=32`: the float graph).
@@ -188,7 +189,8 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
     training images for the all-integer graph's 8-bit grids (read only where that graph may be written),
     default paths under the run folder, and the registry call that built the model (so that
     `load_packed(path)` rebuilds it). `assignments` (name -> per-layer assignment, `assignments=@FILE`) adds a
-    method per assignment to a `.pte` or ONNX folder. Unset, `graph` is the library's "auto": the all-integer graph where its
+    method per assignment to a `.pte` or ONNX folder. `accuracy_level` (ONNX) is MatMulNBits' compute for the
+    linear layers of the quantize/dequantize graph (`adabits.export_model`). Unset, `graph` is the library's "auto": the all-integer graph where its
     rules cover the model, else `graph=qdq` (a transformer), and the output line says which."""
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
@@ -196,6 +198,8 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
         raise UserError(MIXED_RETIRED)
     if graph is not None and graph not in ONNX_GRAPHS:
         raise UserError(f"graph must be one of {', '.join(ONNX_GRAPHS)}; got {graph!r}")
+    if accuracy_level != ACCURACY_LEVEL and fmt != "onnx":
+        raise UserError(f"accuracy_level= applies to --format onnx (ONNX Runtime's MatMulNBits); got --format {fmt}")
     if fmt == "packed" and (graph is not None or bits is not None or assignments):
         raise UserError("graph=, bits= and assignments= apply to --format onnx and pte; a packed file holds every "
                         "bit-width (load_packed, then set_bits(model, assignment))")
@@ -211,6 +215,7 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
             bits=chosen, assignments=assignments, example=(shape.in_chans, shape.image_size, shape.image_size),
             calibration=_calibration(cfg, trained, fmt, chosen, graph, calibration_images, assignments),
             graph=cast(Graph, graph or "auto"), uint8_input=not cfg.normalize, images_are="training images",
+            accuracy_level=accuracy_level,
             model_name=cfg.model if packed else None,
             model_kwargs=model_kwargs(cfg, shape.num_classes, shape.in_chans) if packed else None)
     except ImportError:

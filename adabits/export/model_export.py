@@ -45,6 +45,7 @@ from ..quant.bitwidth import (
 )
 from ..quant.calibration import calibration_inputs
 from .int8_layer import PAIR_PRODUCT_LIMIT
+from .nbits_linear import ACCURACY_LEVEL, storage_bits
 
 Format = Literal["pte", "onnx", "packed"]
 Graph = Literal["auto", "integer", "qdq"]
@@ -168,19 +169,20 @@ def _integer_graphs(model: nn.Module, order: list[Target], shape: tuple[int, ...
 
 
 def _qdq_graphs(model: nn.Module, order: list[Target], shape: tuple[int, ...], format: str,
-                uint8_input: bool) -> tuple[list[Any], list[str]]:
+                uint8_input: bool, accuracy_level: int) -> tuple[list[Any], list[str]]:
     """The quantize/dequantize graph of each bit-width (the float graph at 32 bits)."""
     from .qdq import qdq_model
 
     graphs = [qdq_model(model, b, shape, uint8_input=uint8_input, int8_weights=format == "onnx",
-                        nbits_linear=format == "onnx") for b in order]
+                        nbits_linear=format == "onnx", accuracy_level=accuracy_level) for b in order]
     notes = [f"at {bits_text(g.bits)}, the 9-bit weight codes of {', '.join(g.float_weights)} stay exact float "
              "weights" for g in graphs if g.float_weights]
     return graphs, notes
 
 
 def _graphs(model: nn.Module, order: list[Target], pairs: Mapping[Target, list[BitPair]], shape: tuple[int, ...], calibration: Tensor | Iterable[Any] | None,
-            format: str, graph: str, uint8_input: bool, images_are: str) -> tuple[dict[Target, Any], list[str], list[str]]:
+            format: str, graph: str, uint8_input: bool, images_are: str,
+            accuracy_level: int) -> tuple[dict[Target, Any], list[str], list[str]]:
     """The graph of each bit-width (all-integer where asked for or where it covers the model and images are
     given; else quantize/dequantize, the float graph at 32 bits), what was written and why, and the notes."""
     integer = [b for b in order if _integer(pairs[b])]
@@ -199,7 +201,7 @@ def _graphs(model: nn.Module, order: list[Target], pairs: Mapping[Target, list[B
             hows.append(f"the all-integer graph does not cover this model ({exc})")
     rest = [b for b in order if b not in written]
     if rest:
-        graphs, qdq_notes = _qdq_graphs(model, rest, shape, format, uint8_input)
+        graphs, qdq_notes = _qdq_graphs(model, rest, shape, format, uint8_input, accuracy_level)
         written.update(zip(rest, graphs))
         notes += qdq_notes
         floats = [b for b in rest if _float(pairs[b])]
@@ -215,7 +217,7 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
                  assignments: Mapping[str, Mapping[str, Bits]] | None = None, example: Tensor | Sequence[int] | None = None, calibration: Tensor | Iterable[Any] | None = None,
                  graph: Graph = "auto", uint8_input: bool = False, model_name: str | None = None,
                  model_kwargs: Mapping[str, Any] | None = None, input_shape: Sequence[int] | None = None,
-                 images_are: str = "images") -> Exported:
+                 images_are: str = "images", accuracy_level: int = ACCURACY_LEVEL) -> Exported:
     """Write `model` to `path`: one `.pte` with a method per bit-width; ONNX (a folder with a file per bit-width
     and the manifest `adabits.runtime.load` reads; one file when `bits` is a single bit-width); or one packed
     safetensors file of every bit-width (`format="packed"`).
@@ -227,7 +229,10 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
     a batch of inputs as the model takes them, or one input's shape without the batch (`input_shape` is its
     earlier name). `calibration` (images, or batches of them) calibrates the all-integer graph's 8-bit grids;
     without it, `graph="auto"` writes the quantize/dequantize graph. `uint8_input`: the model takes raw 0..255
-    pixels; `images_are` names the calibration images in `how`.
+    pixels; `images_are` names the calibration images in `how`. ONNX's quantize/dequantize graph writes its
+    linear layers as ONNX Runtime's MatMulNBits where a fast kernel holds their codes (`nbits_linear.py`) at
+    `accuracy_level`: 0 (float32 compute, the model's arithmetic; 2- to 4-bit layers) or 4 (int8 compute on the
+    input quantized per block at run time, faster and not exact; 2- to 8-bit layers).
 
     packed: `model_name` and `model_kwargs` (the `create_model` call that built the model) let
     `load_packed(path)` rebuild it; without them, `load_packed(path, model=...)` loads the file into a model
@@ -240,6 +245,9 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
         raise ExportError(f"unknown export format {format!r}; allowed: {', '.join(FORMATS)}")
     if graph not in GRAPHS:
         raise ExportError(f"graph must be one of {', '.join(GRAPHS)}; got {graph!r}")
+    if accuracy_level != ACCURACY_LEVEL and format != "onnx":
+        raise ExportError(f"accuracy_level= applies to format='onnx' (ONNX Runtime's MatMulNBits); got format={format!r}")
+    storage_bits(4, accuracy_level)  # one line naming the allowed levels
     target = Path(path)
     if format == "packed":
         return _packed(model, target, bits, graph, model_name, model_kwargs)
@@ -253,7 +261,8 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
     if graph == "integer" and (calibration is None or not all(_integer(pairs[b]) for b in order)):
         raise ExportError("graph='integer' calibrates its 8-bit grids on images (pass calibration=) and takes "
                           "bit-widths of at most 8 bits (32 is the float graph: graph='auto' or 'qdq')")
-    written, hows, notes = _graphs(model, order, pairs, shape, calibration, format, graph, uint8_input, images_are)
+    written, hows, notes = _graphs(model, order, pairs, shape, calibration, format, graph, uint8_input, images_are,
+                                   accuracy_level)
     kinds = [_kind(pairs[b], written[b]) for b in order]
     graphs = [written[b] for b in order]
     weight_bits = [_weight_bits(model, b) for b in order]

@@ -1,4 +1,4 @@
-"""A linear layer at 2 to 4 weight bits as ONNX Runtime's `MatMulNBits`: the model's own codes, packed.
+"""A linear layer at 2 to 8 weight bits as ONNX Runtime's `MatMulNBits`: the model's own codes, packed.
 
 Where a linear layer's weights dominate memory traffic (batch 1, wide layers: transformer decoding), an
 int8 kernel reads twice the bytes a 4-bit one does. `MatMulNBits` (com.microsoft) reads unsigned b-bit
@@ -6,16 +6,24 @@ codes c in blocks along K and computes `x @ ((c - Z) * s).T` with the default ze
 other CPU runtime path has sub-8-bit weights for a linear layer on these models.
 
 A layer's weight is w = m * s[n] for signed integer codes m (`int8_layer.fold_layer`). Two forms hold it
-exactly in b storage bits (4 for 3- and 4-bit layers, 2 for 2-bit ones):
+exactly in b storage bits:
 
 - m in [-Z, Z - 1] (`modified` weights): c = m + Z, scale s;
 - m odd in [-(2Z - 1), 2Z - 1] (`centered` and `original` weights, whose zero point is a half code):
   m = 2 h + 1 with h = (m - 1) / 2 in [-Z, Z - 1], so c = h + Z at scale 2 s, and the half code left over
   adds s[n] * sum_k x[k] to output n: one ReduceSum over the input row and one multiply-add per output.
+  (A float zero point Z - 1/2 holds it too, but sends ONNX Runtime 1.32 to a path 50x slower.)
+
+Which storage width, by ONNX Runtime's `accuracy_level` (measured on a 4096 x 4096 layer, batch 1): at
+level 0 (float32 compute on the unpacked codes: what the model computes) only the 4-bit kernel is fast
+(the 2- and 8-bit ones ran 30-200x slower), so 2- to 4-bit layers are stored at 4 bits and wider ones stay
+int8 quantize/dequantize layers; at level 4 (int8 compute on the input quantized per block of K at run
+time: VNNI / AMX, not exact) 2-bit layers are stored at 2 bits, 3- and 4-bit ones at 4, 5- to 8-bit ones
+at 8.
 
 The layer is a torch custom op (`adabits::matmul_nbits`): eager and `torch.export` run its reference (the
 float linear with the exact weight, which is what the model computes), and `torch.onnx.export` writes it
-as MatMulNBits through `ONNX_TRANSLATIONS`.
+as MatMulNBits through `onnx_translations`.
 """
 from __future__ import annotations
 
@@ -27,13 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ExportError
 from .int8_layer import FoldedLayer
 
 BLOCK_SIZE = 32  # codes per block along K (one scale each): a power of two of at least 16
-#: 0: ONNX Runtime computes in float32 on the unpacked codes, what the model computes. Level 4 (int8 on the
-#: input quantized per block at run time, for VNNI / AMX) moved a small random ViT's logits by up to 4.5; its
-#: speed is not measured yet
+#: 0: ONNX Runtime computes in float32 on the unpacked codes, what the model computes; 4: int8 compute on
+#: the input quantized per block at run time (faster; it moved a small random ViT's logits by up to 4.5)
 ACCURACY_LEVEL = 0
+ACCURACY_LEVELS = (0, 4)
 
 
 @dataclass(frozen=True)
@@ -48,9 +57,14 @@ class PackedWeight:
     block_size: int
 
 
-def storage_bits(weight_bits: int) -> int | None:
-    """The MatMulNBits width that holds `weight_bits`-bit codes (2 or 4), None above 4 bits."""
-    return 2 if weight_bits <= 2 else 4 if weight_bits <= 4 else None
+def storage_bits(weight_bits: int, accuracy_level: int = ACCURACY_LEVEL) -> int | None:
+    """The MatMulNBits width that holds `weight_bits`-bit codes on a fast kernel at `accuracy_level`
+    (module docstring), None where an int8 quantize/dequantize layer is the faster form."""
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise ExportError(f"accuracy_level must be one of {', '.join(map(str, ACCURACY_LEVELS))}; got {accuracy_level!r}")
+    if accuracy_level == 0:
+        return 4 if weight_bits <= 4 else None
+    return 2 if weight_bits <= 2 else 4 if weight_bits <= 4 else 8 if weight_bits <= 8 else None
 
 
 def pack_codes(codes: np.ndarray, bits: int, block_size: int = BLOCK_SIZE) -> np.ndarray:
@@ -68,9 +82,11 @@ def pack_codes(codes: np.ndarray, bits: int, block_size: int = BLOCK_SIZE) -> np
     return packed
 
 
-def pack_weight(folded: FoldedLayer, weight_bits: int, block_size: int = BLOCK_SIZE) -> PackedWeight | None:
-    """The layer's codes in MatMulNBits form, exactly; None when they fit neither form (or above 4 bits)."""
-    bits = storage_bits(weight_bits)
+def pack_weight(folded: FoldedLayer, weight_bits: int, accuracy_level: int = ACCURACY_LEVEL,
+                block_size: int = BLOCK_SIZE) -> PackedWeight | None:
+    """The layer's codes in MatMulNBits form, exactly; None when they fit neither form or `storage_bits`
+    has no fast width for them."""
+    bits = storage_bits(weight_bits, accuracy_level)
     if bits is None or folded.codes is None or folded.codes.ndim != 2:
         return None
     m, scale = folded.codes.astype(np.int64), folded.scale.astype(np.float64)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,8 +134,8 @@ class QDQLayer(nn.Module):
 
 
 class NBitsLinear(QDQLayer):
-    """A linear layer at 2 to 4 weight bits whose ONNX form is MatMulNBits on its own packed codes
-    (nbits_linear.py); its input is quantized as a QDQLayer's is."""
+    """A linear layer whose ONNX form is MatMulNBits on its own packed codes (nbits_linear.py); its input is
+    quantized as a QDQLayer's is."""
 
     def __init__(self, layer: QuantLayer, name: str, weight: PackedWeight, accuracy_level: int = ACCURACY_LEVEL) -> None:
         super().__init__(layer, name, int8_weights=False)
@@ -150,12 +151,12 @@ class NBitsLinear(QDQLayer):
                             self.in_features, self.out_features, self.bits, self.block_size, self.accuracy_level)
 
 
-def _linear_nbits(layer: QuantLayer, name: str) -> NBitsLinear | None:
+def _linear_nbits(layer: QuantLayer, name: str, accuracy_level: int) -> NBitsLinear | None:
     """`layer` as an NBitsLinear when it is a linear layer whose codes MatMulNBits holds exactly."""
     if not isinstance(layer, nn.Linear):
         return None
-    weight = pack_weight(fold_layer(layer, None), layer.weight_bits)
-    return None if weight is None else NBitsLinear(layer, name, weight)
+    weight = pack_weight(fold_layer(layer, None), layer.weight_bits, accuracy_level)
+    return None if weight is None else NBitsLinear(layer, name, weight, accuracy_level)
 
 
 def _check_input(layer: QuantLayer, name: str) -> None:
@@ -180,7 +181,7 @@ class QDQModel:
 
 
 def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, uint8_input: bool = True,
-              int8_weights: bool = True, nbits_linear: bool = False) -> QDQModel:
+              int8_weights: bool = True, nbits_linear: bool = False, accuracy_level: int = ACCURACY_LEVEL) -> QDQModel:
     """A copy of `model` at `bits` (a bit-width of the model: weight and activation bits each at most 8, or
     32; or a NamedAssignment, each layer at its own) in eval mode, every quantized layer a `QDQLayer` and every switchable norm the copy of `bits`;
     `model` is not changed. At bits 32 this is the float model as plain modules.
@@ -188,8 +189,10 @@ def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, u
     `int8_weights=False` keeps every weight as its exact float value: XNNPACK runs a linear on quantized
     inputs with int8 weights only when its output is quantized too, which a transformer's are not
     (they feed LayerNorm, GELU, a residual sum), so a `.pte` takes float weights and delegates the layer.
-    `nbits_linear` writes each linear layer at 2 to 4 weight bits as an `NBitsLinear` (ONNX Runtime's
-    MatMulNBits on the layer's own codes, which reads half an int8 kernel's weight bytes or less)."""
+    `nbits_linear` writes each linear layer that ONNX Runtime's MatMulNBits runs fast at its `accuracy_level`
+    (0: float32 compute, exact, 2 to 4 weight bits; 4: int8 compute on the input quantized per block at run
+    time, 2 to 8 weight bits; `nbits_linear.storage_bits`) as an `NBitsLinear`, on the layer's own codes: a
+    4-bit layer reads half an int8 kernel's weight bytes."""
     pairs = layer_pairs(model, bits)  # type: ignore[arg-type]
     for pair in pairs:
         if not all(b <= 8 or b >= FULL_PRECISION for b in pair):
@@ -204,9 +207,9 @@ def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, u
             continue
         if rule.qdq == "layer":
             assert isinstance(module, QuantLayer)
-            nbits = _linear_nbits(module, name) if nbits_linear else None
+            nbits = _linear_nbits(module, name, accuracy_level) if nbits_linear else None
             layer = nbits or QDQLayer(module, name, int8_weights)
-            if int8_weights and not layer.int8_weight and module.weight_bits < FULL_PRECISION:
+            if int8_weights and nbits is None and not layer.int8_weight and module.weight_bits < FULL_PRECISION:
                 float_weights.append(name)
             replacement: nn.Module = layer
         else:  # "active": a switchable norm's copy of this bit-width
@@ -217,11 +220,13 @@ def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, u
     return QDQModel(twin, key, tuple(input_shape), uint8_input, float_weights)
 
 
-def export_qdq_onnx(qdq: QDQModel, path: str | Path) -> Path:
+def export_qdq_onnx(qdq: QDQModel, path: str | Path, dynamic: Sequence[str] = ()) -> Path:
     """Write `qdq` to `path` as ONNX through `torch.onnx.export` (torch.export, then onnxscript's
-    translation and optimizer): input `input` float32 (batch, C, H, W), batch dynamic; output `logits`."""
+    translation and optimizer): input `input` float32 (batch, *input_shape), batch dynamic, and each
+    dimension of `input_shape` that `dynamic` names (e.g. ("tokens", "") for a sequence); output `logits`."""
     example = torch.zeros(2, *qdq.input_shape)
     batch = {0: torch.export.Dim("batch", min=1, max=4096)}
+    batch.update({i + 1: torch.export.Dim(name, min=1, max=4096) for i, name in enumerate(dynamic) if name})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         program = torch.onnx.export(qdq.module, (example,), dynamo=True, verbose=False, input_names=[INPUT_NAME],

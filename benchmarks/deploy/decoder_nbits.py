@@ -17,6 +17,7 @@ calibrated on random hidden states. In one process, rounds interleaved, medians:
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -89,9 +90,8 @@ def _export_float(model: nn.Module, example: Tensor, path: Path) -> Path:
 
 def _runtime_nbits(float_path: Path, bits: int, level: int, path: Path) -> Path:
     """ONNX Runtime's own weight-only quantizer (round to nearest, per block of BLOCK_SIZE, symmetric)."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
     import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     quantizer = MatMulNBitsQuantizer(onnx.load(str(float_path)), bits=bits, block_size=BLOCK_SIZE, is_symmetric=True,
                                      accuracy_level=level)
@@ -119,8 +119,6 @@ def build(width: int, blocks: int, heads: int, work: Path) -> tuple[dict[str, Pa
         for level in ACCURACY_LEVELS:
             files[f"runtime_{bits}bit_level{level}"] = _runtime_nbits(files["float32"], bits, level,
                                                                     work / f"runtime_{bits}bit_level{level}.onnx")
-    import copy
-
     calibration = [torch.randn(1, 16, width) for _ in range(CALIBRATION_BATCHES)]
     model = adabits.quantize_model(copy.deepcopy(float_model), BITS, first_last_policy=False, calibration=calibration)
     model.eval()
@@ -190,7 +188,7 @@ def main() -> None:
     for tokens in args.tokens:
         x = np.ascontiguousarray(torch.randn(1, tokens, args.width).numpy())
         variants: dict[str, Callable[[], object]] = {
-            name: (lambda s=session: s.run(None, {"input": x})) for name, session in sessions.items()}
+            name: (lambda s=session, x=x: s.run(None, {"input": x})) for name, session in sessions.items()}
         for run in variants.values():
             run()
         times = time_interleaved(variants, args.rounds)

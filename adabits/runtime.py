@@ -1,7 +1,7 @@
 """Run an exported model at the bit-width each request can afford, switching without a reload.
 
     from adabits.runtime import load
-    model = load("runs/q_resnet20_adabits/model.pte")   # or a folder of ONNX files
+    model = load("runs/q_resnet20_adabits/model.pte")   # or a folder of ONNX files (runtime="openvino": in OpenVINO)
     model.bits_list                                     # ['8', '6', '5', '4']
     logits = model.run(images, bits=4)                  # images: N x C x H x W, raw 0..255 pixels
     latency = model.measure_latency(batch=1)            # {'8': 0.41, ...} milliseconds
@@ -12,8 +12,8 @@ bit-width and an `adabits_onnx.json` naming them (`adabits export --format onnx`
 exported by name (`export_model(..., assignments={"fast": {...}})`) is one more method, run as
 `model.run(images, bits="fast")`; `weight_bits` gives every method's bits per weight, which ranks them. Every
 bit-width is loaded when the model is, so `run(bits=...)` only picks a loaded method or session.
-This module imports torch and the runtime it needs (executorch or onnxruntime), not the training
-code. A file that is not a whole adabits export is refused with `ExportedFileError` before a runtime
+This module imports torch and the runtime it needs (executorch, onnxruntime or openvino), not the
+training code. A file that is not a whole adabits export is refused with `ExportedFileError` before a runtime
 parses it (a runtime handed random bytes may abort the process), and inputs a model cannot run (another
 shape, NaN, fractional or out-of-range pixels for a model of raw 0..255 pixels) with `ModelInputError`;
 a batch larger than a `.pte` planned memory for runs in chunks.
@@ -241,6 +241,40 @@ def _onnx_folder(folder: Path, threads: int | None) -> SwitchableModel:
                            bool(manifest["uint8_input"]), folder, weight_bits=manifest.get("weight_bits"))
 
 
+def _openvino_folder(folder: Path, threads: int | None) -> SwitchableModel:
+    """The ONNX folder compiled by OpenVINO for its CPU plugin, in float32 precision (its default on CPUs with
+    bf16 units is bf16, which would move the logits away from what the model computes) and without its
+    dynamic quantization of activations (int8 compute of 4- and 8-bit linear weights, `accuracy_level` 4 in
+    ONNX Runtime's terms) unless the export chose that (`adabits_onnx.json` "accuracy_level": 4)."""
+    import openvino as ov
+
+    manifest = _manifest(folder)
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+    if manifest.get("accuracy_level", 0) == 0:
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = "0"
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    core = ov.Core()
+    compiled = {}
+    for bits, name in manifest["files"].items():
+        try:
+            compiled[str(bits)] = core.compile_model(core.read_model(str(folder / name)), "CPU", config)
+        except Exception as exc:  # openvino raises RuntimeError and its own types for what it cannot read
+            raise ExportedFileError(f"{folder / name}: OpenVINO cannot load it "
+                                    f"({str(exc).strip().splitlines()[0][:200]})") from None
+
+    def runner(model: Any) -> Callable[[Any], np.ndarray]:
+        request = model.create_infer_request()
+        dtype = np.uint8 if model.input(0).get_element_type() == ov.Type.u8 else np.float32
+
+        def run(images: Any) -> np.ndarray:
+            return np.array(request.infer([np.asarray(images).astype(dtype, copy=False)])[0])
+        return run
+
+    return SwitchableModel({bits: runner(m) for bits, m in compiled.items()}, tuple(manifest["input_shape"]),
+                           bool(manifest["uint8_input"]), folder, weight_bits=manifest.get("weight_bits"))
+
+
 def _manifest(folder: Path) -> dict[str, Any]:
     """The folder's manifest, checked: files (bit-width -> a file in the folder), input shape, uint8 input."""
     path = folder / ONNX_MANIFEST
@@ -260,19 +294,39 @@ def _manifest(folder: Path) -> dict[str, Any]:
     if (not isinstance(weight_bits, dict) or set(weight_bits) - set(files)
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in weight_bits.values())):
         raise ExportedFileError(f"{path}: 'weight_bits' maps the files' keys to numbers (bits per weight)")
+    if manifest.get("accuracy_level", 0) not in (0, 4) or isinstance(manifest.get("accuracy_level"), bool):
+        raise ExportedFileError(f"{path}: 'accuracy_level' is 0 or 4 (the linear layers' compute)")
     for name in files.values():
         if Path(name).name != name or not (folder / name).is_file():
             raise ExportedFileError(f"{path} names {name!r}, which is not a file of {folder}")
     return manifest
 
 
-def load(path: str | Path, threads: int | None = None) -> SwitchableModel:
-    """A `.pte` file (ExecuTorch) or a folder of ONNX files (ONNX Runtime, `threads` per session).
+#: what runs an export: a `.pte` runs in ExecuTorch, an ONNX folder in ONNX Runtime or OpenVINO
+RUNTIMES = {"executorch": "pte", "onnxruntime": "onnx", "openvino": "onnx"}
 
-    Raises ExportedFileError (one line naming the file) for anything that is not a whole adabits export."""
+
+def load(path: str | Path, threads: int | None = None, runtime: str | None = None) -> SwitchableModel:
+    """A `.pte` file (ExecuTorch) or a folder of ONNX files (ONNX Runtime; `runtime="openvino"`: OpenVINO's
+    CPU plugin), `threads` per session.
+
+    Raises ExportedFileError (one line naming the file) for anything that is not a whole adabits export,
+    ValueError for a runtime that does not run it, ImportError (naming the extra) when the runtime is missing."""
     path = Path(path)
-    if path.is_dir():
-        return _onnx_folder(path, threads)
-    if path.suffix == ".pte" and path.is_file():
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    kind = "onnx" if path.is_dir() else "pte" if path.suffix == ".pte" and path.is_file() else None
+    if kind is None:
+        raise ExportedFileError(f"{path}: expected a .pte file or a folder of ONNX files with {ONNX_MANIFEST}")
+    if runtime is not None and RUNTIMES[runtime] != kind:
+        raise ValueError(f"{path} is {'an ONNX folder' if kind == 'onnx' else 'an ExecuTorch program'}; "
+                         f"runtime={runtime!r} runs {'ONNX folders' if RUNTIMES[runtime] == 'onnx' else '.pte files'}")
+    if kind == "pte":
         return _pte(path)
-    raise ExportedFileError(f"{path}: expected a .pte file or a folder of ONNX files with {ONNX_MANIFEST}")
+    if runtime == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise ImportError("runtime='openvino' needs OpenVINO: pip install 'adabits[openvino]'") from None
+        return _openvino_folder(path, threads)
+    return _onnx_folder(path, threads)

@@ -7,9 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
+from _pretrained import fashion_mnist, trained_cnn
 
 README = Path(__file__).parent.parent / "README.md"
 GETTING_STARTED = Path(__file__).parent.parent / "docs" / "getting_started.md"
@@ -35,36 +33,10 @@ def test_the_quickstart_block_is_about_fifteen_lines():
     assert len(lines) <= 22, len(lines)
 
 
-def _fashion_mnist(count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from adabits.data import DataError, ToModelInput, build_splits
-    from adabits.engine import TrainConfig
-
-    try:
-        splits = build_splits(TrainConfig(dataset="fashion_mnist"))
-    except DataError as exc:
-        pytest.skip(f"Fashion-MNIST is not installed: {exc}")
-    to_input = ToModelInput(True, splits.mean, splits.std)
-    return to_input(splits.train_images[:count]), splits.train_labels[:count]
-
-
-def _trained_float_model(images: torch.Tensor, labels: torch.Tensor) -> nn.Module:
-    """A small CNN trained in plain PyTorch (nothing of adabits): the user's pretrained model."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Conv2d(8, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for x, y in zip(images.split(64), labels.split(64)):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return model.eval()
-
-
 def test_the_quickstart_runs(tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
-    images, labels = _fashion_mnist(2048)
-    model = _trained_float_model(images, labels)
+    images, labels = fashion_mnist(2048)
+    model = trained_cnn(images, labels)
     accuracy = float((model(images[:512]).argmax(1) == labels[:512]).float().mean())
     assert accuracy > 0.3  # trained, not random (10 classes)
     loader = list(zip(images[:320].split(64), labels[:320].split(64)))  # five batches: five joint steps

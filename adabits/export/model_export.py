@@ -274,7 +274,8 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
         from .onnx_integer import write_onnx, write_onnx_folder
 
         single = isinstance(bits, (int, tuple)) and not named
-        target = write_onnx(graphs[0], target) if single else write_onnx_folder(graphs, target, weight_bits)
+        target = (write_onnx(graphs[0], target) if single else
+                  write_onnx_folder(graphs, target, weight_bits, accuracy_level))
     return Exported(target, [g.bits for g in graphs], "+".join(dict.fromkeys(kinds)), "; ".join(hows), sorted(set(notes)))
 
 

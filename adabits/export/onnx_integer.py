@@ -293,10 +293,11 @@ def write_onnx(graph: IntegerGraph | QDQModel, path: str | Path) -> Path:
 
 
 def write_onnx_folder(graphs: Sequence[IntegerGraph | QDQModel], folder: str | Path,
-                      weight_bits: Sequence[float] | None = None) -> Path:
+                      weight_bits: Sequence[float] | None = None, accuracy_level: int | None = None) -> Path:
     """One ONNX file per bit-width in `folder` (an all-integer graph, or a quantize/dequantize model through
     torch.onnx) and the manifest `adabits.runtime.load` reads (`adabits_onnx.json`: bit-widths, file names,
-    input shape, uint8 input; `weight_bits`, each file's bits per weight), each written atomically."""
+    input shape, uint8 input; `weight_bits`, each file's bits per weight; `accuracy_level`, the linear
+    layers' compute, which OpenVINO is told), each written atomically."""
     from ..quant.bitwidth import bits_tag
     from ..runtime import ONNX_MANIFEST
 
@@ -313,6 +314,8 @@ def write_onnx_folder(graphs: Sequence[IntegerGraph | QDQModel], folder: str | P
                                     "uint8_input": graphs[0].uint8_input}
     if weight_bits is not None:
         manifest["weight_bits"] = {str(graph.bits): b for graph, b in zip(graphs, weight_bits)}
+    if accuracy_level is not None:
+        manifest["accuracy_level"] = accuracy_level
     with atomic_write(folder / ONNX_MANIFEST) as f:
         f.write(json.dumps(manifest, indent=2).encode())
     return folder

@@ -43,9 +43,20 @@ def exported(tmp_path_factory) -> dict[str, Path]:
             "onnx": write_onnx_folder(graphs, folder / "onnx")}
 
 
-@pytest.mark.parametrize("kind", ["pte", "onnx"])
+def _load(exported: dict[str, Path], kind: str):
+    """kind: "pte" (ExecuTorch), "onnx" (ONNX Runtime) or "openvino" (the ONNX folder in OpenVINO)."""
+    if kind == "openvino":
+        pytest.importorskip("openvino")
+        return load(exported["onnx"], runtime="openvino")
+    return load(exported[kind])
+
+
+KINDS = ["pte", "onnx", "openvino"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_batch_above_the_planned_one_runs_in_chunks(exported, kind):
-    model = load(exported[kind])
+    model = _load(exported, kind)
     images = np.random.default_rng(0).integers(0, 256, (11, *SHAPE)).astype(np.float32)
     whole = model.run(images, bits=4)
     assert whole.shape == (11, 3)
@@ -59,11 +70,11 @@ _VALUES = st.one_of(
 )
 
 
-@pytest.mark.parametrize("kind", ["pte", "onnx"])
+@pytest.mark.parametrize("kind", KINDS)
 @given(data=st.data())
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_images_are_run_or_refused_with_one_error(exported, kind, data):
-    model = load(exported[kind])
+    model = _load(exported, kind)
     dtype = data.draw(st.sampled_from([np.float32, np.float64, np.int64, np.uint8, np.bool_]))
     shape = data.draw(st.one_of(st.just((3, *SHAPE)), hnp.array_shapes(min_dims=1, max_dims=5, max_side=9)))
     elements = st.booleans() if dtype is np.bool_ else (st.integers(0, 255) if dtype is np.uint8 else
@@ -81,10 +92,10 @@ def test_images_are_run_or_refused_with_one_error(exported, kind, data):
     assert logits.shape == (len(images), 3) and np.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("kind", ["pte", "onnx"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_an_unknown_bit_width_is_one_error(exported, kind):
     with pytest.raises(ModelInputError, match="not a bit-width"):
-        load(exported[kind]).run(np.zeros((1, *SHAPE), np.float32), bits=5)
+        _load(exported, kind).run(np.zeros((1, *SHAPE), np.float32), bits=5)
 
 
 @given(data=st.data())
@@ -110,12 +121,17 @@ _MANIFEST_DAMAGE = st.one_of(
     st.just(json.dumps({"files": {"8": "model_8bit.onnx"}, "input_shape": [1, -8], "uint8_input": True}).encode()),
     st.just(json.dumps({"files": {"8": "missing.onnx"}, "input_shape": [1, 8, 8], "uint8_input": True}).encode()),
     st.just(json.dumps({"files": {"8": "model_8bit.onnx"}, "input_shape": [1, 8, 8], "uint8_input": "yes"}).encode()),
+    st.just(json.dumps({"files": {"8": "model_8bit.onnx"}, "input_shape": [1, 8, 8], "uint8_input": True,
+                        "accuracy_level": 3}).encode()),
 )
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 @given(manifest=_MANIFEST_DAMAGE, model_bytes=st.one_of(st.none(), st.binary(max_size=256)))
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_a_damaged_onnx_folder_is_one_error(exported, tmp_path, manifest, model_bytes):
+def test_a_damaged_onnx_folder_is_one_error(exported, tmp_path, runtime, manifest, model_bytes):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
     folder = tmp_path / "onnx"
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(exported["onnx"], folder)
@@ -124,8 +140,17 @@ def test_a_damaged_onnx_folder_is_one_error(exported, tmp_path, manifest, model_
     else:
         (folder / ONNX_MANIFEST).write_bytes(manifest)
     with pytest.raises(ExportedFileError) as error:
-        load(folder)
+        load(folder, runtime=runtime)
     assert "\n" not in str(error.value)
+
+
+def test_a_runtime_that_does_not_run_the_export_is_one_error(exported):
+    with pytest.raises(ValueError, match="runtime must be one of executorch, onnxruntime, openvino; got 'tvm'"):
+        load(exported["onnx"], runtime="tvm")
+    with pytest.raises(ValueError, match="is an ExecuTorch program; runtime='openvino' runs ONNX folders"):
+        load(exported["pte"], runtime="openvino")
+    with pytest.raises(ValueError, match="is an ONNX folder; runtime='executorch' runs .pte files"):
+        load(exported["onnx"], runtime="executorch")
 
 
 def test_a_missing_or_foreign_path_is_one_error(tmp_path):

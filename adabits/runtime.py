@@ -241,6 +241,16 @@ def _onnx_folder(folder: Path, threads: int | None) -> SwitchableModel:
                            bool(manifest["uint8_input"]), folder, weight_bits=manifest.get("weight_bits"))
 
 
+def openvino_config(accuracy_level: int, threads: int | None = None) -> dict[str, str]:
+    """OpenVINO CPU settings for an adabits ONNX file (see `_openvino_folder`)."""
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    if accuracy_level == 0:
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = "0"
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    return config
+
+
 def _openvino_folder(folder: Path, threads: int | None) -> SwitchableModel:
     """The ONNX folder compiled by OpenVINO for its CPU plugin, in float32 precision (its default on CPUs with
     bf16 units is bf16, which would move the logits away from what the model computes) and without its
@@ -249,11 +259,7 @@ def _openvino_folder(folder: Path, threads: int | None) -> SwitchableModel:
     import openvino as ov
 
     manifest = _manifest(folder)
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
-    if manifest.get("accuracy_level", 0) == 0:
-        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = "0"
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = str(threads)
+    config = openvino_config(manifest.get("accuracy_level", 0), threads)
     core = ov.Core()
     compiled = {}
     for bits, name in manifest["files"].items():

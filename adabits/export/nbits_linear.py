@@ -14,12 +14,12 @@ exactly in b storage bits:
   adds s[n] * sum_k x[k] to output n: the input row times a column of ones, and one multiply-add per output.
   (A float zero point Z - 1/2 holds it too, but sends ONNX Runtime 1.32 to a path 50x slower.)
 
-Which storage width, by ONNX Runtime's `accuracy_level` (measured on a 4096 x 4096 layer, batch 1): at
-level 0 (float32 compute on the unpacked codes: what the model computes) only the 4-bit kernel is fast
-(the 2- and 8-bit ones ran 30-200x slower), so 2- to 4-bit layers are stored at 4 bits and wider ones stay
-int8 quantize/dequantize layers; at level 4 (int8 compute on the input quantized per block of K at run
-time: VNNI / AMX, not exact) 2-bit layers are stored at 2 bits, 3- and 4-bit ones at 4, 5- to 8-bit ones
-at 8.
+Which storage width, by ONNX Runtime's `accuracy_level` (ONNX Runtime 1.32, batch 1; measured on one
+4096 x 4096 layer and in `benchmarks/deploy/decoder_nbits.py`): at level 0 (float32 compute on the unpacked
+codes: what the model computes) only the 4-bit kernel is fast (the 2- and 8-bit ones ran 14x and 17-70x
+slower), so 2- to 4-bit layers are stored at 4 bits and wider ones stay int8 quantize/dequantize layers; at
+level 4 (int8 compute on the input quantized per block of K at run time: VNNI / AMX, not exact) 2-bit layers
+are stored at 2 bits, 3- and 4-bit ones at 4, 5- to 8-bit ones at 8.
 
 The layer is a torch custom op (`adabits::matmul_nbits`): eager and `torch.export` run its reference (the
 float linear with the exact weight, which is what the model computes), and `torch.onnx.export` writes it

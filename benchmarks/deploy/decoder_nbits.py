@@ -1,18 +1,24 @@
-"""Sub-8-bit linear layers where they pay: a weight-bound transformer decoder step in ONNX Runtime.
+"""Sub-8-bit linear layers where they pay: a weight-bound transformer decoder step in ONNX Runtime and OpenVINO.
 
 At batch 1 and a few tokens, a decoder's time goes into reading its linear layers' weights, so a 4-bit
 weight (half an int8 weight's bytes) can pay where no convolution kernel below int8 exists. The model is
 a stack of pre-norm decoder blocks (causal self-attention and a 4x MLP, plain `nn.Linear`s) of at least
-50M parameters (by default 100M: its 4-bit weights, 50 MB, do not fit a 32 MB L3 cache) with random weights, converted by `adabits.quantize_model` with bits [8, 4, 2] and
-calibrated on random hidden states. In one process, rounds interleaved, medians:
+50M parameters (by default 100M: its 4-bit weights, 50 MB, do not fit a 32 MB L3 cache) with random
+weights, converted by `adabits.quantize_model` with bits [8, 4, 2] and calibrated on random hidden states,
+once per weight scheme (`centered`, `QuantConfig.pretrained()`'s, whose half-code zero point adds a row
+sum per layer; `modified`, whose codes the kernel takes as they are). In one process, rounds interleaved,
+medians, every ONNX file in ONNX Runtime and, where installed, OpenVINO:
 
 - ours: the ONNX export of each bit-width (`qdq_model` + `export_qdq_onnx`, what `adabits export
-  --format onnx` writes), at ONNX Runtime accuracy level 0 (float32 compute, exact: `MatMulNBits` at 4 and
-  2 bits, an int8 quantize/dequantize linear at 8) and 4 (int8 compute: `MatMulNBits` at every bit-width);
-- the runtime's own: the float32 model, `quantize_dynamic` (int8 weights per channel, activations
-  quantized at run time), and `MatMulNBitsQuantizer` at 8 and 4 bits (block 32, symmetric, level 0 and 4).
+  --format onnx` writes), at accuracy level 0 (float32 compute, exact: `MatMulNBits` at 4 and 2 bits, a
+  quantize/dequantize linear at 8) and 4 (int8 compute: `MatMulNBits` at every bit-width);
+- ONNX Runtime's own: the float32 model, `quantize_dynamic` (int8 weights per channel, activations
+  quantized at run time), and `MatMulNBitsQuantizer` at 8 and 4 bits (block 32, symmetric, level 0 and 4);
+- OpenVINO's own: the float32 model and NNCF's `compress_weights` of it (int8 per channel, int4 symmetric
+  per block of 32; `pip install nncf`, else left out and noted).
 
-    python -m benchmarks.deploy.decoder_nbits [--width 1024] [--blocks 8] [--tokens 1 16] [--rounds 30] [--out FILE]
+    python -m benchmarks.deploy.decoder_nbits [--width 1024] [--blocks 8] [--tokens 1 16] [--schemes centered modified]
+        [--rounds 30] [--out FILE]
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from torch import Tensor, nn
 import adabits
 from adabits.export.onnx_session import cpu_session, optimized_op_counts
 from adabits.export.qdq import export_qdq_onnx, qdq_model
+from adabits.runtime import openvino_config
 
 from ..common import BadInput, exit_on_bad_input, full_command, report, time_interleaved
 
@@ -107,8 +114,9 @@ def _runtime_dynamic_int8(float_path: Path, path: Path) -> Path:
     return path
 
 
-def build(width: int, blocks: int, heads: int, work: Path) -> tuple[dict[str, Path], nn.Module, dict[str, Any]]:
-    """Every variant's ONNX file, the float model and a description of the workload."""
+def build(width: int, blocks: int, heads: int, schemes: list[str],
+          work: Path) -> tuple[dict[str, Path], dict[str, nn.Module], dict[str, Any]]:
+    """Every variant's ONNX file, our model per weight scheme and a description of the workload."""
     torch.manual_seed(0)
     float_model = Decoder(width, blocks, heads).eval()
     parameters = sum(p.numel() for p in float_model.parameters())
@@ -120,34 +128,79 @@ def build(width: int, blocks: int, heads: int, work: Path) -> tuple[dict[str, Pa
             files[f"runtime_{bits}bit_level{level}"] = _runtime_nbits(files["float32"], bits, level,
                                                                     work / f"runtime_{bits}bit_level{level}.onnx")
     calibration = [torch.randn(1, 16, width) for _ in range(CALIBRATION_BATCHES)]
-    model = adabits.quantize_model(copy.deepcopy(float_model), BITS, first_last_policy=False, calibration=calibration)
-    model.eval()
-    shape = (8, width)
-    for level in ACCURACY_LEVELS:
-        for bits in BITS:
-            name = f"ours_{bits}bit_level{level}"
-            qdq = qdq_model(model, bits, shape, uint8_input=False, nbits_linear=True, accuracy_level=level)
-            files[name] = export_qdq_onnx(qdq, work / f"{name}.onnx", dynamic=("tokens",))
-            _log(f"exported {name}")
+    models = {}
+    for scheme in schemes:
+        config = adabits.QuantConfig.pretrained(weight_quant_scheme=scheme)
+        model = adabits.quantize_model(copy.deepcopy(float_model), BITS, config, first_last_policy=False,
+                                       calibration=calibration)
+        models[scheme] = model.eval()
+        for level in ACCURACY_LEVELS:
+            for bits in BITS:
+                name = f"ours_{scheme}_{bits}bit_level{level}"
+                qdq = qdq_model(model, bits, (8, width), uint8_input=False, nbits_linear=True, accuracy_level=level)
+                files[name] = export_qdq_onnx(qdq, work / f"{name}.onnx", dynamic=("tokens",))
+                _log(f"exported {name}")
     workload = {"width": width, "blocks": blocks, "heads": heads, "parameters": parameters,
                 "linear_parameters": sum(m.weight.numel() for m in float_model.modules() if isinstance(m, nn.Linear))}
-    return files, model, workload
+    return files, models, workload
 
 
-def speedups(ms: dict[str, float]) -> dict[str, float]:
-    """Each comparison the goals name, as the slower one's median over the faster one's (> 1: the first
-    named is faster): our 4-bit against our 8-bit and the runtime's own 4-bit, our 8-bit against the runtime's
-    own 8-bit quantizers, every one of ours against float32, per accuracy level."""
+def speedups(ms: dict[str, float], schemes: list[str]) -> dict[str, float]:
+    """Each comparison the goals name, per runtime and accuracy level, as the other's median over ours (> 1: ours
+    is faster): our 4-bit against our 8-bit and the runtime's own 4-bit, our 8-bit against the runtime's own
+    8-bit, our 2-bit against our 4-bit, each of ours against the runtime's float32."""
+    own = {"ort": {8: ["ort_runtime_dynamic_int8", "ort_runtime_8bit_level{level}"], 4: ["ort_runtime_4bit_level{level}"]},
+           "ov": {8: ["ov_own_int8"], 4: ["ov_own_int4"]}}
     pairs = {}
-    for level in ACCURACY_LEVELS:
-        ours = {b: f"ours_{b}bit_level{level}" for b in BITS}
-        pairs[f"ours_4bit_vs_ours_8bit_level{level}"] = (ours[4], ours[8])
-        pairs[f"ours_2bit_vs_ours_4bit_level{level}"] = (ours[2], ours[4])
-        pairs[f"ours_4bit_vs_runtime_4bit_level{level}"] = (ours[4], f"runtime_4bit_level{level}")
-        pairs[f"ours_8bit_vs_runtime_8bit_level{level}"] = (ours[8], f"runtime_8bit_level{level}")
-        pairs[f"ours_8bit_level{level}_vs_runtime_dynamic_int8"] = (ours[8], "runtime_dynamic_int8")
-        pairs.update({f"ours_{b}bit_level{level}_vs_float32": (ours[b], "float32") for b in BITS})
-    return {name: round(ms[other] / ms[first], 2) for name, (first, other) in pairs.items()}
+    for runtime, peers in own.items():
+        for scheme in schemes:
+            for level in ACCURACY_LEVELS:
+                ours = {b: f"{runtime}_ours_{scheme}_{b}bit_level{level}" for b in BITS}
+                key = f"{runtime}_{scheme}_level{level}"
+                pairs[f"{key}_ours_4bit_vs_ours_8bit"] = (ours[4], ours[8])
+                pairs[f"{key}_ours_2bit_vs_ours_4bit"] = (ours[2], ours[4])
+                for bits, names in peers.items():
+                    for peer in names:
+                        peer = peer.format(level=level)
+                        pairs[f"{key}_ours_{bits}bit_vs_{peer}"] = (ours[bits], peer)
+                pairs.update({f"{key}_ours_{b}bit_vs_float32": (ours[b], f"{runtime}_float32") for b in BITS})
+    return {name: round(ms[other] / ms[first], 2) for name, (first, other) in pairs.items() if first in ms and other in ms}
+
+
+def _ort_runners(files: dict[str, Path], threads: int | None) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    def runner(session: Any) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda x: session.run(None, {"input": x})[0]
+
+    return {f"ort_{name}": runner(cpu_session(path, threads)) for name, path in files.items()}
+
+
+def _openvino_runners(files: dict[str, Path], float_path: Path, threads: int | None,
+                      notes: dict[str, str]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Our files in OpenVINO (as `adabits.runtime` configures it), its float32 model, and its own weight
+    compression of that model (NNCF `compress_weights`: int8 per channel, int4 symmetric per group of
+    BLOCK_SIZE) in OpenVINO's default settings; a peer that cannot be built is a note, not a row."""
+    import openvino as ov
+
+    core = ov.Core()
+
+    def runner(model: Any, config: dict[str, str]) -> Callable[[np.ndarray], np.ndarray]:
+        request = core.compile_model(model, "CPU", config).create_infer_request()
+        return lambda x: np.array(request.infer([x])[0])
+
+    default = {"INFERENCE_NUM_THREADS": str(threads)} if threads else {}
+    runners = {f"ov_{name}": runner(core.read_model(str(path)), openvino_config(int(name[-1]), threads))
+               for name, path in files.items() if name.startswith("ours")}
+    runners["ov_float32"] = runner(core.read_model(str(float_path)), openvino_config(0, threads))
+    try:
+        import nncf
+    except ImportError:
+        notes["ov_own_weight_compression"] = "nncf is not installed (pip install nncf): OpenVINO's own int8/int4 rows left out"
+        return runners
+    modes = {"ov_own_int8": dict(mode=nncf.CompressWeightsMode.INT8_SYM),
+             "ov_own_int4": dict(mode=nncf.CompressWeightsMode.INT4_SYM, group_size=BLOCK_SIZE, ratio=1.0)}
+    for name, options in modes.items():
+        runners[name] = runner(nncf.compress_weights(core.read_model(str(float_path)), **options), default)
+    return runners
 
 
 def main() -> None:
@@ -156,48 +209,60 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--schemes", nargs="+", default=["centered", "modified"], choices=["centered", "modified"],
+                        help="our weight schemes (centered: QuantConfig.pretrained()'s; its half-code zero point costs "
+                             "a row sum per layer)")
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: one per core)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads of each runtime (default: one per core)")
     parser.add_argument("--out", help="results JSON")
     args = parser.parse_args()
     if args.width % args.heads or args.width % BLOCK_SIZE:
         raise BadInput(f"--width {args.width} must be a multiple of --heads {args.heads} and of {BLOCK_SIZE}")
     work = Path(tempfile.mkdtemp(prefix="adabits_decoder_nbits_"))
-    files, model, workload = build(args.width, args.blocks, args.heads, work)
-    sessions = {name: cpu_session(path, args.threads) for name, path in files.items()}
+    files, models, workload = build(args.width, args.blocks, args.heads, args.schemes, work)
+    notes: dict[str, str] = {}
+    runners = _ort_runners(files, args.threads)
+    try:
+        runners.update(_openvino_runners(files, files["float32"], args.threads, notes))
+    except ImportError:
+        notes["openvino"] = "openvino is not installed (pip install 'adabits[openvino]'): its rows left out"
     sizes = {name: path.stat().st_size for name, path in files.items()}
     ops = {name: dict(optimized_op_counts(path)) for name, path in files.items() if name.startswith("ours")}
 
     torch.manual_seed(1)
-    agreement: dict[str, Any] = {}
     probe = torch.randn(1, 16, args.width)
-    reference = {}
     with torch.no_grad():
-        for bits in BITS:
-            with adabits.use_bits(model, bits):
-                reference[bits] = model(probe).numpy()
-        float_out = sessions["float32"].run(None, {"input": probe.numpy()})[0]
-    for name, session in sessions.items():
-        out = session.run(None, {"input": probe.numpy()})[0]
-        bits = next((b for b in BITS if name.startswith(f"ours_{b}bit")), None)
-        target = float_out if bits is None else reference[bits]
-        agreement[name] = {"max_abs_vs_" + ("float32" if bits is None else "pytorch"): float(np.abs(out - target).max()),
-                           "output_max_abs": float(np.abs(target).max())}
+        reference = {"float32": cpu_session(files["float32"]).run(None, {"input": probe.numpy()})[0]}
+        for scheme, model in models.items():
+            for bits in BITS:
+                with adabits.use_bits(model, bits):
+                    reference[f"{scheme}_{bits}bit"] = model(probe).numpy()
+    agreement = {}
+    for name, run in runners.items():
+        try:
+            out = run(probe.numpy())
+        except RuntimeError as exc:  # a kernel the runtime lacks (OpenVINO 2026.4's CPU plugin: 2-bit MatMulNBits)
+            notes[name] = f"does not run: {str(exc).strip().splitlines()[-1][:200]}"
+            continue
+        target = next((key for key in reference if f"_ours_{key}_" in name), "float32")
+        agreement[name] = {"against": "pytorch" if target != "float32" else "float32",
+                           "max_abs_difference": round(float(np.abs(out - reference[target]).max()), 5),
+                           "reference_max_abs": round(float(np.abs(reference[target]).max()), 5)}
+    runners = {name: run for name, run in runners.items() if name in agreement}
 
     latency: dict[str, Any] = {}
     for tokens in args.tokens:
         x = np.ascontiguousarray(torch.randn(1, tokens, args.width).numpy())
-        variants: dict[str, Callable[[], object]] = {
-            name: (lambda s=session, x=x: s.run(None, {"input": x})) for name, session in sessions.items()}
-        for run in variants.values():
-            run()
+        variants: dict[str, Callable[[], object]] = {name: (lambda r=run, x=x: r(x)) for name, run in runners.items()}
+        for warm in variants.values():
+            warm()
         times = time_interleaved(variants, args.rounds)
         ms = {name: round(statistics.median(t) * 1000, 3) for name, t in times.items()}
-        latency[str(tokens)] = {"median_ms": ms, "speedups": speedups(ms)}
+        latency[str(tokens)] = {"median_ms": ms, "speedups": speedups(ms, args.schemes)}
         _log(f"tokens {tokens}: {ms}")
-    report({"command": full_command("deploy.decoder_nbits", args), "workload": workload, "batch": 1,
+    report({"command": full_command("deploy.decoder_nbits", args), "workload": workload, "schemes": args.schemes, "batch": 1,
             "onnxruntime": __import__("onnxruntime").__version__, "file_bytes": sizes, "ops_after_ort_optimization": ops,
-            "agreement": agreement, "latency": latency, "rounds": args.rounds}, args.out)
+            "agreement": agreement, "notes": notes, "latency": latency, "rounds": args.rounds}, args.out)
 
 
 if __name__ == "__main__":

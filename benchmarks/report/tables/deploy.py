@@ -99,6 +99,51 @@ def _integer_accuracy(files: Sequence[dict[str, Any]]) -> str:
                   "their PyTorch graphs: agreement with the model", "runtime vs its PyTorch graph: .pte / ONNX"], rows)
 
 
+#: the runtime's own quantizers of the decoder benchmark, per runtime: (8-bit, 4-bit) names in the file
+DECODER_PEERS = {"ort": ("ort_runtime_8bit_level{level}", "ort_runtime_4bit_level{level}"), "ov": ("ov_own_int8", "ov_own_int4")}
+DECODER_RUNTIMES = {"ort": "ONNX Runtime", "ov": "OpenVINO"}
+
+
+def _decoder_latency(files: Sequence[dict[str, Any]]) -> str:
+    """Batch-1 decoder latency per token count, runtime, weight scheme and accuracy level: ours at 8 / 4 / 2
+    bits against the runtime's float32 and its own 8- and 4-bit weight quantizers (ratios: theirs over ours)."""
+    result = files[0]
+    schemes = result["schemes"]
+    rows = []
+    for tokens, part in result["latency"].items():
+        ms = part["median_ms"]
+        for runtime, label in DECODER_RUNTIMES.items():
+            for scheme in schemes:
+                for level in (0, 4):
+                    ours = [ms.get(f"{runtime}_ours_{scheme}_{b}bit_level{level}") for b in (8, 4, 2)]
+                    peer8, peer4 = (ms.get(name.format(level=level)) for name in DECODER_PEERS[runtime])
+                    rows.append([tokens, label, scheme, str(level), fmt(ms.get(f"{runtime}_float32")), fmt(peer8),
+                                 fmt(peer4), " / ".join(fmt(v) for v in ours), _ratio(ours[0], ours[1]),
+                                 _ratio(peer4, ours[1]), _ratio(peer8, ours[0])])
+    return table(["tokens", "runtime", "weights", "level", "float32 ms", "own 8-bit ms", "own 4-bit ms",
+                  "ours 8 / 4 / 2 bits, ms", "ours 4-bit vs ours 8-bit", "ours 4-bit vs own 4-bit",
+                  "ours 8-bit vs own 8-bit"], rows)
+
+
+def _ratio(other: float | None, mine: float | None) -> str:
+    return "n/a" if other is None or mine is None else fmt(other / mine, 2, "x")
+
+
+def _decoder_files(files: Sequence[dict[str, Any]]) -> str:
+    """Each ONNX file's size and how far its output is from its reference (ours: the PyTorch model at that
+    bit-width; the runtime's own: the float32 model), in ONNX Runtime and OpenVINO."""
+    result = files[0]
+    rows = []
+    for name, size in result["file_bytes"].items():
+        cells = []
+        for runtime in ("ort", "ov"):
+            found = result["agreement"].get(f"{runtime}_{name}")
+            cells.append("n/a" if found is None else fmt(found["max_abs_difference"], 3))
+        reference = result["agreement"].get(f"ort_{name}", {}).get("reference_max_abs")
+        rows.append([f"`{name}`", f"{size / 1e6:.1f}", *cells, fmt(reference, 2)])
+    return table(["file", "MB", "largest output difference, ONNX Runtime", "OpenVINO", "largest reference output"], rows)
+
+
 TABLES = {
     "deploy_latency": Table((R + "deploy_latency.json",), _latency),
     "deploy_accuracy": Table((R + "deploy_accuracy.json",), _accuracy),
@@ -107,4 +152,6 @@ TABLES = {
     "deploy_integer_latency": Table((R + "deploy_integer_latency.json",), _integer_latency),
     "deploy_integer_accuracy": Table((R + "deploy_integer_accuracy.json",), _integer_accuracy),
     "onnx_agreement": Table((R + "onnx_agreement_main_job_lr0.005.json",), _onnx_agreement),
+    "decoder_nbits_latency": Table((R + "decoder_nbits.json",), _decoder_latency),
+    "decoder_nbits_files": Table((R + "decoder_nbits.json",), _decoder_files),
 }

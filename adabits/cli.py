@@ -56,8 +56,9 @@ examples:
     (a per-layer assignment of `adabits search`, one more method beside every bit-width, named by the file)
     (each layer on its own grids, float bias: the model's arithmetic up to float rounding, to check a deployment)
   adabits export app:apps/fashion_mnist/resnet20_fp.yml --format onnx|pte bits=32   (the float graph)
-  adabits search app:apps/fashion_mnist/q_resnet20_adabits.yml [cost=weight_bytes|bitops] [budget=N] [points=9]
-    (the accuracy-cost front over per-layer bit assignments; with a budget, the best one as search/assignment.json)
+  adabits search app:apps/fashion_mnist/q_resnet20_adabits.yml [cost=weight_bytes|bitops|latency] [budget=N] [points=9]
+    (the accuracy-cost front over per-layer bit assignments; with a budget, the best one as search/assignment.json;
+     cost=latency times each layer in ONNX Runtime, at accuracy_level=0|4 as export takes it)
   adabits export app:apps/fashion_mnist/q_vit_tiny_adabits.yml --format onnx|pte [graph=integer|qdq]
     (unset: all-integer where that graph covers the model, else qdq, torch.export's trace of it; the output says which)
   adabits export app:apps/fashion_mnist/q_vit_tiny_adabits.yml --format onnx accuracy_level=4
@@ -216,6 +217,7 @@ COMMAND_KEYS: dict[str, dict[str, CommandKey]] = {
                "points": CommandKey(9, _positive_int("points")),
                "calibration_images": CommandKey(512, _positive_int("calibration_images")),
                "held_out_images": CommandKey(None, _positive_int("held_out_images")),
+               "accuracy_level": CommandKey(ACCURACY_LEVEL, _accuracy_level),
                "out": CommandKey(None, _out_folder, raw=True), "from_start": FROM_START},
 }
 
@@ -317,7 +319,7 @@ def run(command: str, args: list[str], export_format: str = "packed", stop: Stop
         return 0
     if command == "search":
         print(run_search(cfg, options["cost"], options["budget"], options["points"], options["calibration_images"],
-                         options["held_out_images"], options["out"], options["from_start"]))
+                         options["held_out_images"], options["out"], options["from_start"], options["accuracy_level"]))
         return 0
     if command == "export":
         print(deploy.export(cfg, export_format, options["bits"], options["out"], options["from_start"],

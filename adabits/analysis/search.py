@@ -9,7 +9,9 @@
    predicted.
 
 Costs per layer come from `adabits.analysis.profile` at each uniform bit-width: `weight_bytes` (every stored
-value at the bits it runs at) or `bitops` (MACs x weight bits x activation bits).
+value at the bits it runs at) or `bitops` (MACs x weight bits x activation bits); or, for `latency`, from
+timing each quantized layer alone in ONNX Runtime at each bit-width (`layer_latency.py`, microseconds at
+batch 1; the rest of the model is left out).
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ from ..quant.bitwidth import Bits, bits_text, get_bits, get_bits_list, parse_bit
 from .evaluation import evaluate, top1
 from .profile import profile_model
 
-Cost = Literal["weight_bytes", "bitops"]
-COSTS: tuple[str, ...] = ("weight_bytes", "bitops")
+Cost = Literal["weight_bytes", "bitops", "latency"]
+COSTS: tuple[str, ...] = ("weight_bytes", "bitops", "latency")
 #: the allocation's cost grid: the budget in this many steps (costs are rounded up onto it)
 RESOLUTION = 4096
 
@@ -73,10 +75,16 @@ class Front:
                 "candidates": [plain(c) for c in self.candidates], "sensitivity": self.sensitivity}
 
 
-def layer_costs(model: nn.Module, input_size: tuple[int, ...], cost: Cost) -> tuple[dict[str, dict[Bits, float]], float]:
-    """({quantized layer: {bits: its cost}}, the cost of everything else), from the profile at each bit-width."""
+def layer_costs(model: nn.Module, input_size: tuple[int, ...], cost: Cost,
+                accuracy_level: int = 0) -> tuple[dict[str, dict[Bits, float]], float]:
+    """({quantized layer: {bits: its cost}}, the cost of everything else), from the profile at each bit-width
+    (`latency`: from timing each layer in ONNX Runtime at `accuracy_level`; everything else costs 0)."""
     if cost not in COSTS:
         raise UserError(f"cost must be one of {', '.join(COSTS)}; got {cost!r}")
+    if cost == "latency":
+        from .layer_latency import layer_latency
+
+        return layer_latency(model, input_size, accuracy_level=accuracy_level), 0.0
     layers = quantized_layers(model)
     per_layer: dict[str, dict[Bits, float]] = {name: {} for name in layers}
     fixed = 0.0
@@ -150,17 +158,18 @@ def allocate(costs: dict[str, dict[Bits, float]], sensitivities: dict[str, dict[
 
 def search(model: nn.Module, calibration: Iterable[tuple[Tensor, Tensor]], held_out: Iterable[tuple[Tensor, Tensor]],
            input_size: tuple[int, ...], *, cost: Cost = "weight_bytes", budgets: Sequence[float] | None = None,
-           points: int = 9) -> Front:
+           points: int = 9, accuracy_level: int = 0) -> Front:
     """The measured front of `model` (every quantized layer at any of its bit-widths): `budgets` (default: `points`
     budgets evenly between the cheapest and the dearest uniform bit-width), each allocated and evaluated on
-    `held_out`, beside the uniform bit-widths. The model's bit-width and mode are restored."""
+    `held_out`, beside the uniform bit-widths; `accuracy_level` is the ONNX export's for `cost="latency"`. The
+    model's bit-width and mode are restored."""
     import time
 
     started = time.perf_counter()
     calibration, held_out = list(calibration), list(held_out)
     previous, was_training = get_bits(model), model.training
     try:
-        costs, fixed = layer_costs(model, input_size, cost)
+        costs, fixed = layer_costs(model, input_size, cost, accuracy_level)
         scores = sensitivity(model, calibration)
         uniform = []
         for bits in get_bits_list(model):

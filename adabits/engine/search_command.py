@@ -1,4 +1,4 @@
-"""`adabits search app:... cost=weight_bytes|bitops [budget=N]`: the trained model's accuracy-cost front over
+"""`adabits search app:... cost=weight_bytes|bitops|latency [budget=N]`: the trained model's accuracy-cost front over
 per-layer bit assignments (adabits/analysis/search.py), written into the run folder.
 
 Sensitivities come from the first `calibration_images` training images, every candidate is measured on the
@@ -37,13 +37,13 @@ def _batches(cfg: TrainConfig, split: str, count: int | None) -> list[tuple[Tens
 
 
 def run_search(cfg: TrainConfig, cost: Cost, budget: float | None, points: int, calibration_images: int,
-               held_out_images: int | None, out: str | None, from_start: bool) -> str:
+               held_out_images: int | None, out: str | None, from_start: bool, accuracy_level: int = 0) -> str:
     trained = load_trained(cfg, from_start=from_start)
     shape = trained.shape
     front = search(trained.model, _batches(cfg, "train", calibration_images), _batches(cfg, "val", held_out_images),
                    (shape.in_chans, shape.image_size, shape.image_size), cost=cost,
                    budgets=None if budget is None else sorted({budget, *_default_budgets(budget, points)}),
-                   points=points)
+                   points=points, accuracy_level=accuracy_level)
     folder = Path(out) if out else run_dir(cfg) / "search"
     folder.mkdir(parents=True, exist_ok=True)
     with reported(folder / "front.json"), atomic_write(folder / "front.json", "w") as f:

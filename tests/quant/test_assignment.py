@@ -124,7 +124,27 @@ def test_the_search_finds_a_front_between_the_uniform_points_and_writes_it(tmp_p
     adabits.set_bits(model, chosen)  # every layer covered, every bit-width trained
     assert "within 30,000:" in out and (tmp_path / "tiny" / "search" / "front.png").is_file()
     assert main(["search", *args, "cost=watts"]) == 2
-    assert "cost must be one of weight_bytes, bitops; got 'watts'" in capsys.readouterr().err
+    assert "cost must be one of weight_bytes, bitops, latency; got 'watts'" in capsys.readouterr().err
+
+
+def test_the_search_takes_each_layers_latency_in_onnx_runtime_as_its_cost(tmp_path, capsys):
+    """cost=latency: every quantized layer timed alone at each bit-width (microseconds), the front written."""
+    import json
+
+    pytest.importorskip("onnxscript")
+    from _engine_helpers import tiny_args
+
+    from adabits.cli import main
+
+    args = tiny_args(tmp_path, bits_list=[8, 4], num_epochs=1)
+    assert main(["train", *args]) == 0
+    assert main(["search", *args, "cost=latency", "points=3", "accuracy_level=4"]) == 0
+    front = json.loads((tmp_path / "tiny" / "search" / "front.json").read_text())
+    assert front["cost"] == "latency" and {row["uniform"] for row in front["uniform"]} == {8, 4}
+    assert all(row["cost"] > 0 for row in front["uniform"] + front["candidates"])
+    capsys.readouterr()
+    assert main(["search", *args, "cost=latency", "accuracy_level=1"]) == 2
+    assert "accuracy_level must be one of 0, 4; got 1" in capsys.readouterr().err
 
 
 def test_mixed_assignments_train_after_the_uniform_bit_widths_and_are_drawn_from_seed_and_step():

@@ -69,7 +69,7 @@ def test_calibrate_then_test_and_export_the_new_bit_width(trained, capsys, tmp_p
     (["export", "--format", "onnx", "assignments=@/nonexistent/front.json"], "/nonexistent/front.json: not a readable"),
     (["export", "--format", "pte", "calibration_images=0"], "calibration_images must be"),
     (["export", "--format", "onnx", "accuracy_level=2"], "accuracy_level must be one of 0, 4; got 2"),
-    (["export", "--format", "pte", "accuracy_level=4"], "accuracy_level= applies to --format onnx"),
+    (["export", "--format", "packed", "accuracy_level=4"], "accuracy_level= applies to --format onnx and pte"),
     (["export", "--format", "onnx", "bits=5"], "bits=5 is not a bit-width of this model; allowed: [8, 4]"),
     (["profile", "bits=3"], "bits=3 is not a bit-width of this model"),
 ])

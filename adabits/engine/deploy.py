@@ -198,8 +198,9 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
         raise UserError(MIXED_RETIRED)
     if graph is not None and graph not in ONNX_GRAPHS:
         raise UserError(f"graph must be one of {', '.join(ONNX_GRAPHS)}; got {graph!r}")
-    if accuracy_level != ACCURACY_LEVEL and fmt != "onnx":
-        raise UserError(f"accuracy_level= applies to --format onnx (ONNX Runtime's MatMulNBits); got --format {fmt}")
+    if accuracy_level != ACCURACY_LEVEL and fmt == "packed":
+        raise UserError("accuracy_level= applies to --format onnx and pte (the linear layers' kernels); a packed file "
+                        "stores weights")
     if fmt == "packed" and (graph is not None or bits is not None or assignments):
         raise UserError("graph=, bits= and assignments= apply to --format onnx and pte; a packed file holds every "
                         "bit-width (load_packed, then set_bits(model, assignment))")

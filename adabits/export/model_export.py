@@ -174,7 +174,8 @@ def _qdq_graphs(model: nn.Module, order: list[Target], shape: tuple[int, ...], f
     from .qdq import qdq_model
 
     graphs = [qdq_model(model, b, shape, uint8_input=uint8_input, int8_weights=format == "onnx",
-                        nbits_linear=format == "onnx", accuracy_level=accuracy_level) for b in order]
+                        nbits_linear=format == "onnx", accuracy_level=accuracy_level,
+                        xnnpack_linear=format == "pte" and accuracy_level == 4) for b in order]
     notes = [f"at {bits_text(g.bits)}, the 9-bit weight codes of {', '.join(g.float_weights)} stay exact float "
              "weights" for g in graphs if g.float_weights]
     return graphs, notes
@@ -232,7 +233,9 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
     pixels; `images_are` names the calibration images in `how`. ONNX's quantize/dequantize graph writes its
     linear layers as ONNX Runtime's MatMulNBits where a fast kernel holds their codes (`nbits_linear.py`) at
     `accuracy_level`: 0 (float32 compute, the model's arithmetic; 2- to 4-bit layers) or 4 (int8 compute on the
-    input quantized per block at run time, faster and not exact; 2- to 8-bit layers).
+    input quantized per block at run time, faster and not exact; 2- to 8-bit layers). In a `.pte`,
+    `accuracy_level=4` writes linear layers of the quantize/dequantize graph as XNNPACK's int4 / int8 kernels
+    on the input quantized per token at run time (`xnnpack_linear.py`); at 0 they compute in float32.
 
     packed: `model_name` and `model_kwargs` (the `create_model` call that built the model) let
     `load_packed(path)` rebuild it; without them, `load_packed(path, model=...)` loads the file into a model
@@ -245,8 +248,9 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
         raise ExportError(f"unknown export format {format!r}; allowed: {', '.join(FORMATS)}")
     if graph not in GRAPHS:
         raise ExportError(f"graph must be one of {', '.join(GRAPHS)}; got {graph!r}")
-    if accuracy_level != ACCURACY_LEVEL and format != "onnx":
-        raise ExportError(f"accuracy_level= applies to format='onnx' (ONNX Runtime's MatMulNBits); got format={format!r}")
+    if accuracy_level != ACCURACY_LEVEL and format == "packed":
+        raise ExportError("accuracy_level= applies to format='onnx' and 'pte' (the linear layers' kernels); a packed "
+                          "file stores weights")
     storage_bits(4, accuracy_level)  # one line naming the allowed levels
     target = Path(path)
     if format == "packed":

@@ -87,20 +87,31 @@ def pack_weight(folded: FoldedLayer, weight_bits: int, accuracy_level: int = ACC
     """The layer's codes in MatMulNBits form, exactly; None when they fit neither form or `storage_bits`
     has no fast width for them."""
     bits = storage_bits(weight_bits, accuracy_level)
-    if bits is None or folded.codes is None or folded.codes.ndim != 2:
+    if bits is None:
+        return None
+    split = signed_codes(folded, bits)
+    if split is None:
+        return None
+    codes, scales, row_sum = split
+    blocks = -(-codes.shape[1] // block_size)
+    return PackedWeight(pack_codes((codes + 2 ** (bits - 1)).astype(np.uint8), bits, block_size),
+                        np.repeat(scales.astype(np.float32)[:, None], blocks, axis=1),
+                        None if row_sum is None else row_sum.astype(np.float32), bits, block_size)
+
+
+def signed_codes(folded: FoldedLayer, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """The layer's weight w = m * s as signed `bits`-bit codes c in [-2^(bits-1), 2^(bits-1) - 1] with
+    w = c * scale (+ row_sum_scale, the half code, per output): (c, scale, row_sum_scale or None), exactly;
+    None when the codes fit neither form (module docstring)."""
+    if folded.codes is None or folded.codes.ndim != 2:
         return None
     m, scale = folded.codes.astype(np.int64), folded.scale.astype(np.float64)
     zero = 2 ** (bits - 1)
     if m.min() >= -zero and m.max() <= zero - 1:
-        codes, scales, row_sum = m + zero, scale, None
-    elif (m % 2 == 1).all() and m.min() >= -(2 * zero - 1) and m.max() <= 2 * zero - 1:
-        codes, scales, row_sum = (m - 1) // 2 + zero, 2 * scale, scale
-    else:
-        return None
-    blocks = -(-m.shape[1] // block_size)
-    return PackedWeight(pack_codes(codes.astype(np.uint8), bits, block_size),
-                        np.repeat(scales.astype(np.float32)[:, None], blocks, axis=1),
-                        None if row_sum is None else row_sum.astype(np.float32), bits, block_size)
+        return m, scale, None
+    if (m % 2 == 1).all() and m.min() >= -(2 * zero - 1) and m.max() <= 2 * zero - 1:
+        return (m - 1) // 2, 2 * scale, scale
+    return None
 
 
 @torch.library.custom_op("adabits::matmul_nbits", mutates_args=())

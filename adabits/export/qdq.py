@@ -50,6 +50,7 @@ from .int8_layer import check_integer_input, fold_layer
 from .nbits_linear import ACCURACY_LEVEL, PackedWeight, matmul_nbits, onnx_translations, pack_weight
 from .onnx_graph import INPUT_NAME, OUTPUT_NAME, save_checked
 from .op_rules import DEQUANTIZE, DEQUANTIZE_CHANNELS, QUANTIZE, module_rule
+from .xnnpack_linear import dynamic_weight
 
 CODE_ZERO = -128  # int8 storage of codes 0..255
 #: the rules of the `qdq` column of `op_rules.SOURCE_RULES`: a `QDQLayer`, or a switchable norm's active copy
@@ -151,6 +152,34 @@ class NBitsLinear(QDQLayer):
                             self.in_features, self.out_features, self.bits, self.block_size, self.accuracy_level)
 
 
+class XnnpackLinear(QDQLayer):
+    """A linear layer whose `.pte` form is XNNPACK's dynamically quantized int4 / int8 kernel on its own codes
+    (xnnpack_linear.py); its input is quantized as a QDQLayer's is, then per token by XNNPACK."""
+
+    def __init__(self, layer: QuantLayer, name: str, weight: Tensor, row_sum_scale: Tensor | None) -> None:
+        super().__init__(layer, name, int8_weights=False)
+        del self.float_weight  # the codes are the weight
+        self.quantized_weight = nn.Parameter(weight, requires_grad=False)
+        self.row_sum_scale = None if row_sum_scale is None else nn.Parameter(row_sum_scale, requires_grad=False)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.quantized_weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self._input(x)
+        y = F.linear(x, self.quantized_weight, self.bias)
+        return y if self.row_sum_scale is None else y + x.sum(-1, keepdim=True) * self.row_sum_scale
+
+
+def _linear_xnnpack(layer: QuantLayer, name: str) -> XnnpackLinear | None:
+    """`layer` as an XnnpackLinear when it is a linear layer whose codes XNNPACK's int4 / int8 kernels hold."""
+    if not isinstance(layer, nn.Linear):
+        return None
+    found = dynamic_weight(fold_layer(layer, None), layer.weight_bits)
+    return None if found is None else XnnpackLinear(layer, name, *found)
+
+
 def _linear_nbits(layer: QuantLayer, name: str, accuracy_level: int) -> NBitsLinear | None:
     """`layer` as an NBitsLinear when it is a linear layer whose codes MatMulNBits holds exactly."""
     if not isinstance(layer, nn.Linear):
@@ -181,7 +210,8 @@ class QDQModel:
 
 
 def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, uint8_input: bool = True,
-              int8_weights: bool = True, nbits_linear: bool = False, accuracy_level: int = ACCURACY_LEVEL) -> QDQModel:
+              int8_weights: bool = True, nbits_linear: bool = False, accuracy_level: int = ACCURACY_LEVEL,
+              xnnpack_linear: bool = False) -> QDQModel:
     """A copy of `model` at `bits` (a bit-width of the model: weight and activation bits each at most 8, or
     32; or a NamedAssignment, each layer at its own) in eval mode, every quantized layer a `QDQLayer` and every switchable norm the copy of `bits`;
     `model` is not changed. At bits 32 this is the float model as plain modules.
@@ -192,7 +222,9 @@ def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, u
     `nbits_linear` writes each linear layer that ONNX Runtime's MatMulNBits runs fast at its `accuracy_level`
     (0: float32 compute, exact, 2 to 4 weight bits; 4: int8 compute on the input quantized per block at run
     time, 2 to 8 weight bits; `nbits_linear.storage_bits`) as an `NBitsLinear`, on the layer's own codes: a
-    4-bit layer reads half an int8 kernel's weight bytes."""
+    4-bit layer reads half an int8 kernel's weight bytes. `xnnpack_linear` (a `.pte`) writes each linear layer
+    of at most 8 weight bits as an `XnnpackLinear`: XNNPACK's int4 / int8 kernels on its own codes, the input
+    quantized per token at run time (what `accuracy_level=4` asks of a `.pte`)."""
     pairs = layer_pairs(model, bits)  # type: ignore[arg-type]
     for pair in pairs:
         if not all(b <= 8 or b >= FULL_PRECISION for b in pair):
@@ -207,7 +239,8 @@ def qdq_model(model: nn.Module, bits: object, input_shape: tuple[int, ...], *, u
             continue
         if rule.qdq == "layer":
             assert isinstance(module, QuantLayer)
-            nbits = _linear_nbits(module, name, accuracy_level) if nbits_linear else None
+            nbits = (_linear_nbits(module, name, accuracy_level) if nbits_linear else
+                     _linear_xnnpack(module, name) if xnnpack_linear else None)
             layer = nbits or QDQLayer(module, name, int8_weights)
             if int8_weights and nbits is None and not layer.int8_weight and module.weight_bits < FULL_PRECISION:
                 float_weights.append(name)

@@ -46,8 +46,11 @@ class SwitchableModel:
 
     def __init__(self, runners: dict[str, Callable[[Any], np.ndarray]], input_shape: tuple[int, ...],
                  uint8_input: bool, source: Path, max_batch: int | None = None,
-                 weight_bits: dict[str, float] | None = None) -> None:
+                 weight_bits: dict[str, float] | None = None, owner: Any = None) -> None:
         self._runners = runners
+        # what the runners' memory belongs to, kept alive with them: an ExecuTorch program frees its methods'
+        # memory when it is freed, and a method run after that reads freed memory (a crash, or wrong logits)
+        self._owner = owner
         self._weight_bits = weight_bits or {}
         self._keys = {_key(bits): bits for bits in runners}
         self.input_shape = input_shape
@@ -208,7 +211,7 @@ def _pte(path: Path) -> SwitchableModel:
         return run
 
     return SwitchableModel({bits: runner(m) for bits, m in methods.items()}, shape, uint8_input, path, max_batch,
-                           weight_bits)
+                           weight_bits, owner=program)
 
 
 def _onnx_folder(folder: Path, threads: int | None) -> SwitchableModel:

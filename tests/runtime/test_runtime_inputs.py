@@ -157,3 +157,26 @@ def test_a_missing_or_foreign_path_is_one_error(tmp_path):
     for path in (tmp_path / "none.pte", tmp_path, tmp_path / "model.onnx"):
         with pytest.raises(ExportedFileError):
             load(path)
+
+
+def test_a_loaded_pte_keeps_its_program_alive(exported, monkeypatch):
+    """An ExecuTorch program frees its methods' memory when it is freed: a model whose program had gone would run
+    its methods on freed memory (the full test suite crashed with a segmentation fault that way)."""
+    import gc
+    import weakref
+
+    from executorch.runtime import Runtime
+
+    programs = []
+    original = Runtime.load_program
+
+    def recorded(self, *args, **kwargs):
+        program = original(self, *args, **kwargs)
+        programs.append(weakref.ref(program))
+        return program
+
+    monkeypatch.setattr(Runtime, "load_program", recorded)
+    model = load(exported["pte"])
+    gc.collect()
+    assert programs and all(ref() is not None for ref in programs)
+    assert model.run(np.zeros((1, *SHAPE), np.float32), bits=8).shape == (1, 3)

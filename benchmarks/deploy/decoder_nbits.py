@@ -115,8 +115,8 @@ def _runtime_dynamic_int8(float_path: Path, path: Path) -> Path:
 
 
 def build(width: int, blocks: int, heads: int, schemes: list[str],
-          work: Path) -> tuple[dict[str, Path], dict[str, nn.Module], dict[str, Any]]:
-    """Every variant's ONNX file, our model per weight scheme and a description of the workload."""
+          work: Path) -> tuple[dict[str, Path], nn.Module, dict[str, nn.Module], dict[str, Any]]:
+    """Every variant's ONNX file, the float model, ours per weight scheme and a description of the workload."""
     torch.manual_seed(0)
     float_model = Decoder(width, blocks, heads).eval()
     parameters = sum(p.numel() for p in float_model.parameters())
@@ -142,7 +142,7 @@ def build(width: int, blocks: int, heads: int, schemes: list[str],
                 _log(f"exported {name}")
     workload = {"width": width, "blocks": blocks, "heads": heads, "parameters": parameters,
                 "linear_parameters": sum(m.weight.numel() for m in float_model.modules() if isinstance(m, nn.Linear))}
-    return files, models, workload
+    return files, float_model, models, workload
 
 
 def speedups(ms: dict[str, float], schemes: list[str]) -> dict[str, float]:
@@ -150,7 +150,7 @@ def speedups(ms: dict[str, float], schemes: list[str]) -> dict[str, float]:
     is faster): our 4-bit against our 8-bit and the runtime's own 4-bit, our 8-bit against the runtime's own
     8-bit, our 2-bit against our 4-bit, each of ours against the runtime's float32."""
     own = {"ort": {8: ["ort_runtime_dynamic_int8", "ort_runtime_8bit_level{level}"], 4: ["ort_runtime_4bit_level{level}"]},
-           "ov": {8: ["ov_own_int8"], 4: ["ov_own_int4"]}}
+           "ov": {8: ["ov_own_int8"], 4: ["ov_own_int4"]}, "xnnpack": {8: ["xnnpack_own_int8"], 4: ["xnnpack_own_int4"]}}
     pairs = {}
     for runtime, peers in own.items():
         for scheme in schemes:
@@ -203,6 +203,48 @@ def _openvino_runners(files: dict[str, Path], float_path: Path, threads: int | N
     return runners
 
 
+def _xnnpack_runners(float_model: nn.Module, models: dict[str, nn.Module], width: int,
+                     sizes: dict[str, int]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """At one token (the programs' shapes are fixed): ours in a `.pte` per weight scheme (a method per bit-width,
+    `accuracy_level=4`: XNNPACK's int4 / int8 kernels on our codes), ExecuTorch's float32 program, and torchao's
+    own dynamically quantized int8 / int4 (block 32) weights of the float model, lowered to XNNPACK alike."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.utils import unwrap_tensor_subclass
+
+    from adabits.export.pte import export_program, integer_program, lower_xnnpack, method_name, to_pte
+
+    from .runtime_peers import PteRunner, pte_float32
+
+    runners: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+
+    def add(name: str, program: bytes, methods: dict[str, str]) -> None:
+        runner = PteRunner(program)
+        sizes[f"{name}.pte"] = len(program)
+        for key, method in methods.items():
+            runners[key] = lambda x, r=runner, m=method: r.run(torch.from_numpy(x), m).numpy()
+
+    example = torch.zeros(1, 1, width)
+    with torch.no_grad():
+        add("xnnpack_float32", pte_float32(float_model, example, max_batch=None), {"xnnpack_float32": "forward"})
+        own = {"xnnpack_own_int8": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8,
+                                                                          weight_granularity=PerAxis(0)),
+               "xnnpack_own_int4": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                                          weight_granularity=PerGroup(BLOCK_SIZE))}
+        for name, config in own.items():
+            peer = copy.deepcopy(float_model)
+            quantize_(peer, config)
+            unwrap_tensor_subclass(peer)
+            add(name, to_pte(lower_xnnpack(export_program(peer, example, None))), {name: "forward"})
+        for scheme, model in models.items():
+            graphs = [qdq_model(model, b, (1, width), uint8_input=False, int8_weights=False, xnnpack_linear=True)
+                      for b in BITS]
+            add(f"xnnpack_ours_{scheme}", to_pte(integer_program(graphs, max_batch=2)),
+                {f"xnnpack_ours_{scheme}_{b}bit_level4": method_name(b) for b in BITS})
+            _log(f"lowered ours ({scheme}) to XNNPACK")
+    return runners
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.deploy.decoder_nbits", description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=1024)
@@ -219,7 +261,7 @@ def main() -> None:
     if args.width % args.heads or args.width % BLOCK_SIZE:
         raise BadInput(f"--width {args.width} must be a multiple of --heads {args.heads} and of {BLOCK_SIZE}")
     work = Path(tempfile.mkdtemp(prefix="adabits_decoder_nbits_"))
-    files, models, workload = build(args.width, args.blocks, args.heads, args.schemes, work)
+    files, float_model, models, workload = build(args.width, args.blocks, args.heads, args.schemes, work)
     notes: dict[str, str] = {}
     runners = _ort_runners(files, args.threads)
     try:
@@ -228,6 +270,7 @@ def main() -> None:
         notes["openvino"] = "openvino is not installed (pip install 'adabits[openvino]'): its rows left out"
     sizes = {name: path.stat().st_size for name, path in files.items()}
     ops = {name: dict(optimized_op_counts(path)) for name, path in files.items() if name.startswith("ours")}
+    one_token = _xnnpack_runners(float_model, models, args.width, sizes)
 
     torch.manual_seed(1)
     probe = torch.randn(1, 16, args.width)
@@ -237,23 +280,28 @@ def main() -> None:
             for bits in BITS:
                 with adabits.use_bits(model, bits):
                     reference[f"{scheme}_{bits}bit"] = model(probe).numpy()
+    with torch.no_grad():
+        reference_1 = {key: value[:, :1] for key, value in reference.items()}  # causal: the first token's outputs
     agreement = {}
-    for name, run in runners.items():
+    for name, run in {**runners, **one_token}.items():
         try:
-            out = run(probe.numpy())
+            out = run(probe[:, :1].contiguous().numpy() if name in one_token else probe.numpy())
         except RuntimeError as exc:  # a kernel the runtime lacks (OpenVINO 2026.4's CPU plugin: 2-bit MatMulNBits)
             notes[name] = f"does not run: {str(exc).strip().splitlines()[-1][:200]}"
             continue
         target = next((key for key in reference if f"_ours_{key}_" in name), "float32")
+        expected = (reference_1 if name in one_token else reference)[target]
         agreement[name] = {"against": "pytorch" if target != "float32" else "float32",
-                           "max_abs_difference": round(float(np.abs(out - reference[target]).max()), 5),
-                           "reference_max_abs": round(float(np.abs(reference[target]).max()), 5)}
+                           "max_abs_difference": round(float(np.abs(out - expected).max()), 5),
+                           "reference_max_abs": round(float(np.abs(expected).max()), 5)}
     runners = {name: run for name, run in runners.items() if name in agreement}
+    one_token = {name: run for name, run in one_token.items() if name in agreement}
 
     latency: dict[str, Any] = {}
     for tokens in args.tokens:
         x = np.ascontiguousarray(torch.randn(1, tokens, args.width).numpy())
-        variants: dict[str, Callable[[], object]] = {name: (lambda r=run, x=x: r(x)) for name, run in runners.items()}
+        timed = {**runners, **one_token} if tokens == 1 else runners
+        variants: dict[str, Callable[[], object]] = {name: (lambda r=run, x=x: r(x)) for name, run in timed.items()}
         for warm in variants.values():
             warm()
         times = time_interleaved(variants, args.rounds)

@@ -100,8 +100,9 @@ def _integer_accuracy(files: Sequence[dict[str, Any]]) -> str:
 
 
 #: the runtime's own quantizers of the decoder benchmark, per runtime: (8-bit, 4-bit) names in the file
-DECODER_PEERS = {"ort": ("ort_runtime_8bit_level{level}", "ort_runtime_4bit_level{level}"), "ov": ("ov_own_int8", "ov_own_int4")}
-DECODER_RUNTIMES = {"ort": "ONNX Runtime", "ov": "OpenVINO"}
+DECODER_PEERS = {"ort": ("ort_runtime_8bit_level{level}", "ort_runtime_4bit_level{level}"), "ov": ("ov_own_int8", "ov_own_int4"),
+                 "xnnpack": ("xnnpack_own_int8", "xnnpack_own_int4")}
+DECODER_RUNTIMES = {"ort": "ONNX Runtime", "ov": "OpenVINO", "xnnpack": "ExecuTorch/XNNPACK"}
 
 
 def _decoder_latency(files: Sequence[dict[str, Any]]) -> str:
@@ -116,6 +117,8 @@ def _decoder_latency(files: Sequence[dict[str, Any]]) -> str:
             for scheme in schemes:
                 for level in (0, 4):
                     ours = [ms.get(f"{runtime}_ours_{scheme}_{b}bit_level{level}") for b in (8, 4, 2)]
+                    if not any(ours):  # a runtime timed at some token counts or levels only
+                        continue
                     peer8, peer4 = (ms.get(name.format(level=level)) for name in DECODER_PEERS[runtime])
                     rows.append([tokens, label, scheme, str(level), fmt(ms.get(f"{runtime}_float32")), fmt(peer8),
                                  fmt(peer4), " / ".join(fmt(v) for v in ours), _ratio(ours[0], ours[1]),
@@ -130,18 +133,27 @@ def _ratio(other: float | None, mine: float | None) -> str:
 
 
 def _decoder_files(files: Sequence[dict[str, Any]]) -> str:
-    """Each ONNX file's size and how far its output is from its reference (ours: the PyTorch model at that
-    bit-width; the runtime's own: the float32 model), in ONNX Runtime and OpenVINO."""
+    """Each file's size and how far its output is from its reference (ours: the PyTorch model at that
+    bit-width; the runtime's own: the float32 model) in each runtime that ran it; a `.pte` of ours holds a
+    method per bit-width, a row each."""
     result = files[0]
+    agreement = result["agreement"]
+
+    def diff(key: str) -> str:
+        return "n/a" if key not in agreement else fmt(agreement[key]["max_abs_difference"], 3)
+
     rows = []
     for name, size in result["file_bytes"].items():
-        cells = []
-        for runtime in ("ort", "ov"):
-            found = result["agreement"].get(f"{runtime}_{name}")
-            cells.append("n/a" if found is None else fmt(found["max_abs_difference"], 3))
-        reference = result["agreement"].get(f"ort_{name}", {}).get("reference_max_abs")
-        rows.append([f"`{name}`", f"{size / 1e6:.1f}", *cells, fmt(reference, 2)])
-    return table(["file", "MB", "largest output difference, ONNX Runtime", "OpenVINO", "largest reference output"], rows)
+        if name.endswith(".pte"):
+            stem = name.removesuffix(".pte")
+            for key in (k for k in agreement if k == stem or k.startswith(stem + "_")):
+                rows.append([f"`{name}` ({'forward' if key == stem else key.removeprefix(stem + '_')})", f"{size / 1e6:.1f}", "n/a",
+                             "n/a", diff(key), fmt(agreement[key]["reference_max_abs"], 2)])
+            continue
+        reference = agreement.get(f"ort_{name}", {}).get("reference_max_abs")
+        rows.append([f"`{name}`", f"{size / 1e6:.1f}", diff(f"ort_{name}"), diff(f"ov_{name}"), "n/a", fmt(reference, 2)])
+    return table(["file", "MB", "largest output difference, ONNX Runtime (16 tokens)", "OpenVINO (16 tokens)",
+                  "ExecuTorch/XNNPACK (1 token)", "largest reference output"], rows)
 
 
 TABLES = {

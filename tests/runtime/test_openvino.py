@@ -13,6 +13,7 @@ from _pretrained import fashion_mnist, trained_cnn, trained_vit
 import adabits
 from adabits.runtime import load
 
+pytestmark = pytest.mark.openvino  # in a process of its own (tests/conftest.py)
 pytest.importorskip("openvino")
 pytest.importorskip("onnxscript")
 TRAIN, TEST = 5120, 1024

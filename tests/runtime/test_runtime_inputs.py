@@ -51,7 +51,8 @@ def _load(exported: dict[str, Path], kind: str):
     return load(exported[kind])
 
 
-KINDS = ["pte", "onnx", "openvino"]
+OPENVINO = pytest.param("openvino", marks=pytest.mark.openvino)  # in a process of its own (tests/conftest.py)
+KINDS = ["pte", "onnx", OPENVINO]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -126,7 +127,7 @@ _MANIFEST_DAMAGE = st.one_of(
 )
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("runtime", ["onnxruntime", OPENVINO])
 @given(manifest=_MANIFEST_DAMAGE, model_bytes=st.one_of(st.none(), st.binary(max_size=256)))
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_a_damaged_onnx_folder_is_one_error(exported, tmp_path, runtime, manifest, model_bytes):

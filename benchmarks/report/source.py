@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,31 +34,13 @@ def machine_of(data: dict[str, Any]) -> str:
 
 
 def recorded_date(data: dict[str, Any]) -> str | None:
-    """The date the file itself records, if any."""
+    """The date the file records: when it was measured (`date`, which `benchmarks.common.report` writes), or,
+    for files measured before that, `committed`: the date of the commit that first brought these numbers,
+    no earlier than the measurement (written into the file, so a shallow clone renders the same)."""
     for block in (data, data.get("environment"), data.get("machine")):
         if isinstance(block, dict) and isinstance(block.get("date"), str):
             return block["date"]
-    return None
-
-
-def commit_date(root: Path, path: str) -> str:
-    """`committed DATE`: the date of the last commit that changed the file's content (a pure move is
-    skipped: moving a result is not measuring it), which is no earlier than the measurement.
-    NOT_RECORDED outside a git checkout or for an uncommitted file."""
-    try:
-        log = subprocess.run(["git", "log", "--follow", "--format=@%cs", "--numstat", "--", path],
-                             cwd=root, capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return NOT_RECORDED
-    date = None
-    for line in log.splitlines():
-        if line.startswith("@"):
-            date = line[1:]
-        elif line.strip() and date is not None:
-            added, removed = line.split("\t")[:2]
-            if (added, removed) != ("0", "0"):
-                return f"committed {date}"
-    return f"committed {date}" if date else NOT_RECORDED
+    return f"committed {data['committed']}" if isinstance(data.get("committed"), str) else None
 
 
 def load(root: Path, path: str) -> Source:
@@ -73,4 +54,4 @@ def load(root: Path, path: str) -> Source:
         raise ReportError(f"unreadable source file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ReportError(f"source file {path} is not a JSON object")
-    return Source(path, data, machine_of(data), recorded_date(data) or commit_date(root, path))
+    return Source(path, data, machine_of(data), recorded_date(data) or NOT_RECORDED)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..quant.assignment import quantized_layers
 from ..quant.bitwidth import Bits, bits_tag, get_bits_list, parse_bits, use_bits
 
@@ -65,6 +66,8 @@ def layer_latency(model: nn.Module, input_size: tuple[int, ...], *, accuracy_lev
 
     names = list(quantized_layers(model))
     bits_list = [b for b in get_bits_list(model) if max(parse_bits(b)) <= 8]
+    if not bits_list:
+        raise UserError("cost=latency times the bit-widths of at most 8 bits an export writes; this model has none")
     was_training = model.training
     model.eval()
     try:

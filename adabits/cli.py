@@ -61,8 +61,9 @@ examples:
      cost=latency times each layer in ONNX Runtime, at accuracy_level=0|4 as export takes it)
   adabits export app:apps/fashion_mnist/q_vit_tiny_adabits.yml --format onnx|pte [graph=integer|qdq]
     (unset: all-integer where that graph covers the model, else qdq, torch.export's trace of it; the output says which)
-  adabits export app:apps/fashion_mnist/q_vit_tiny_adabits.yml --format onnx accuracy_level=4
-    (linear layers as ONNX Runtime's MatMulNBits computing in int8: faster, not exact; 0, the default: float32)
+  adabits export app:apps/fashion_mnist/q_vit_tiny_adabits.yml --format onnx|pte accuracy_level=4
+    (linear layers on 4- / 8-bit kernels computing in int8: ONNX Runtime's MatMulNBits, XNNPACK's; faster, not
+     exact; 0, the default: float32)
 bit-widths:
   bits=B or bits=[WEIGHT_BITS,ACT_BITS] (bits_list=[[4,8],8] in a config); 32 = full precision
   bits=@FILE (profile): a per-layer assignment {"assignment": {"layer or pattern": bits}}, as adabits search writes
@@ -184,7 +185,7 @@ def _graph(value: Any) -> str:
 
 
 def _accuracy_level(value: Any) -> int:
-    """accuracy_level=0|4: ONNX Runtime's MatMulNBits compute (float32, exact; int8, faster)."""
+    """accuracy_level=0|4: the linear layers' kernels in an onnx / pte export (float32, exact; int8, faster)."""
     if isinstance(value, bool) or value not in ACCURACY_LEVELS:
         raise ConfigError(f"accuracy_level must be one of {', '.join(map(str, ACCURACY_LEVELS))}; got {value!r}")
     return int(value)

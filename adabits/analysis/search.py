@@ -81,6 +81,8 @@ def layer_costs(model: nn.Module, input_size: tuple[int, ...], cost: Cost,
     (`latency`: from timing each layer in ONNX Runtime at `accuracy_level`; everything else costs 0)."""
     if cost not in COSTS:
         raise UserError(f"cost must be one of {', '.join(COSTS)}; got {cost!r}")
+    if accuracy_level != 0 and cost != "latency":
+        raise UserError(f"accuracy_level= applies to cost=latency (the layers' kernels); got cost={cost}")
     if cost == "latency":
         from .layer_latency import layer_latency
 

@@ -189,8 +189,8 @@ def export(cfg: TrainConfig, fmt: str, bits: Any = None, out: str | None = None,
     training images for the all-integer graph's 8-bit grids (read only where that graph may be written),
     default paths under the run folder, and the registry call that built the model (so that
     `load_packed(path)` rebuilds it). `assignments` (name -> per-layer assignment, `assignments=@FILE`) adds a
-    method per assignment to a `.pte` or ONNX folder. `accuracy_level` (ONNX) is MatMulNBits' compute for the
-    linear layers of the quantize/dequantize graph (`adabits.export_model`). Unset, `graph` is the library's "auto": the all-integer graph where its
+    method per assignment to a `.pte` or ONNX folder. `accuracy_level` (onnx, pte) chooses the kernels of the
+    quantize/dequantize graph's linear layers (`adabits.export_model`). Unset, `graph` is the library's "auto": the all-integer graph where its
     rules cover the model, else `graph=qdq` (a transformer), and the output line says which."""
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")

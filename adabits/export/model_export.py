@@ -45,7 +45,7 @@ from ..quant.bitwidth import (
 )
 from ..quant.calibration import calibration_inputs
 from .int8_layer import PAIR_PRODUCT_LIMIT
-from .nbits_linear import ACCURACY_LEVEL, storage_bits
+from .nbits_linear import ACCURACY_LEVEL, check_accuracy_level
 
 Format = Literal["pte", "onnx", "packed"]
 Graph = Literal["auto", "integer", "qdq"]
@@ -251,7 +251,7 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
     if accuracy_level != ACCURACY_LEVEL and format == "packed":
         raise ExportError("accuracy_level= applies to format='onnx' and 'pte' (the linear layers' kernels); a packed "
                           "file stores weights")
-    storage_bits(4, accuracy_level)  # one line naming the allowed levels
+    check_accuracy_level(accuracy_level)
     target = Path(path)
     if format == "packed":
         return _packed(model, target, bits, graph, model_name, model_kwargs)

@@ -57,11 +57,16 @@ class PackedWeight:
     block_size: int
 
 
+def check_accuracy_level(accuracy_level: object) -> None:
+    """ExportError, one line naming the allowed levels, for a level no export writes."""
+    if isinstance(accuracy_level, bool) or accuracy_level not in ACCURACY_LEVELS:
+        raise ExportError(f"accuracy_level must be one of {', '.join(map(str, ACCURACY_LEVELS))}; got {accuracy_level!r}")
+
+
 def storage_bits(weight_bits: int, accuracy_level: int = ACCURACY_LEVEL) -> int | None:
     """The MatMulNBits width that holds `weight_bits`-bit codes on a fast kernel at `accuracy_level`
     (module docstring), None where an int8 quantize/dequantize layer is the faster form."""
-    if accuracy_level not in ACCURACY_LEVELS:
-        raise ExportError(f"accuracy_level must be one of {', '.join(map(str, ACCURACY_LEVELS))}; got {accuracy_level!r}")
+    check_accuracy_level(accuracy_level)
     if accuracy_level == 0:
         return 4 if weight_bits <= 4 else None
     return 2 if weight_bits <= 2 else 4 if weight_bits <= 4 else 8 if weight_bits <= 8 else None

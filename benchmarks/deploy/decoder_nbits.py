@@ -1,4 +1,4 @@
-"""Sub-8-bit linear layers where they pay: a weight-bound transformer decoder step in ONNX Runtime and OpenVINO.
+"""Sub-8-bit linear layers where they pay: a weight-bound decoder step in ONNX Runtime, OpenVINO and XNNPACK.
 
 At batch 1 and a few tokens, a decoder's time goes into reading its linear layers' weights, so a 4-bit
 weight (half an int8 weight's bytes) can pay where no convolution kernel below int8 exists. The model is
@@ -188,7 +188,7 @@ def _openvino_runners(files: dict[str, Path], float_path: Path, threads: int | N
         return lambda x: np.array(request.infer([x])[0])
 
     default = {"INFERENCE_NUM_THREADS": str(threads)} if threads else {}
-    runners = {f"ov_{name}": runner(core.read_model(str(path)), openvino_config(int(name[-1]), threads))
+    runners = {f"ov_{name}": runner(core.read_model(str(path)), openvino_config(int(name.rsplit("level", 1)[1]), threads))
                for name, path in files.items() if name.startswith("ours")}
     runners["ov_float32"] = runner(core.read_model(str(float_path)), openvino_config(0, threads))
     try:

@@ -145,6 +145,8 @@ def test_the_search_takes_each_layers_latency_in_onnx_runtime_as_its_cost(tmp_pa
     capsys.readouterr()
     assert main(["search", *args, "cost=latency", "accuracy_level=1"]) == 2
     assert "accuracy_level must be one of 0, 4; got 1" in capsys.readouterr().err
+    assert main(["search", *args, "cost=bitops", "accuracy_level=4"]) == 2  # a key that would be ignored
+    assert "accuracy_level= applies to cost=latency" in capsys.readouterr().err
 
 
 def test_mixed_assignments_train_after_the_uniform_bit_widths_and_are_drawn_from_seed_and_step():

@@ -218,7 +218,8 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
                  assignments: Mapping[str, Mapping[str, Bits]] | None = None, example: Tensor | Sequence[int] | None = None, calibration: Tensor | Iterable[Any] | None = None,
                  graph: Graph = "auto", uint8_input: bool = False, model_name: str | None = None,
                  model_kwargs: Mapping[str, Any] | None = None, input_shape: Sequence[int] | None = None,
-                 images_are: str = "images", accuracy_level: int = ACCURACY_LEVEL) -> Exported:
+                 images_are: str = "images", accuracy_level: int = ACCURACY_LEVEL,
+                 shared_weights: bool = True) -> Exported:
     """Write `model` to `path`: one `.pte` with a method per bit-width; ONNX (a folder with a file per bit-width
     and the manifest `adabits.runtime.load` reads; one file when `bits` is a single bit-width); or one packed
     safetensors file of every bit-width (`format="packed"`).
@@ -236,6 +237,8 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
     input quantized per block at run time, faster and not exact; 2- to 8-bit layers). In a `.pte`,
     `accuracy_level=4` writes linear layers of the quantize/dequantize graph as XNNPACK's int4 / int8 kernels
     on the input quantized per token at run time (`xnnpack_linear.py`); at 0 they compute in float32.
+    `shared_weights` (an ONNX folder): the weights of the nested schemes are stored once, at the highest
+    bit-width, in the folder's `weights.bin`, and each file derives its own from them (`shared_weights.py`).
 
     packed: `model_name` and `model_kwargs` (the `create_model` call that built the model) let
     `load_packed(path)` rebuild it; without them, `load_packed(path, model=...)` loads the file into a model
@@ -280,7 +283,21 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
         single = isinstance(bits, (int, tuple)) and not named
         target = (write_onnx(graphs[0], target) if single else
                   write_onnx_folder(graphs, target, weight_bits, accuracy_level))
+        if shared_weights and not single:
+            notes.append(_share(model, target, order))
     return Exported(target, [g.bits for g in graphs], "+".join(dict.fromkeys(kinds)), "; ".join(hows), sorted(set(notes)))
+
+
+def _share(model: nn.Module, folder: Path, order: list[Target]) -> str:
+    """Store the folder's nested weights once (`shared_weights.share_weights`); what it did, as a note."""
+    from .shared_weights import SHARED_FILE, share_weights
+
+    done = share_weights(model, folder, order)
+    kept = sum(len(names) for names in done.kept.values())
+    return (f"{SHARED_FILE} stores the weight codes once for every bit-width: {done.bytes_after:,} bytes in all, "
+            f"against {done.bytes_before:,} with a copy per file" +
+            (f"; {kept} weight tensors keep their own copy (codes that are not nested, requantized or packed)"
+             if kept else ""))
 
 
 def _weight_bits(model: nn.Module, target: Target) -> float:

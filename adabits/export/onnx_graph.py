@@ -54,11 +54,12 @@ class GraphBuilder:
         return self.node("Cast", [value.name], "as_float", to=FLOAT) if value.image else value.name
 
 
-def save_checked(proto: Any, path: str | Path) -> Path:
-    """Check an ONNX model proto and write it to `path` atomically (a failed check writes nothing)."""
+def save_checked(proto: Any, path: str | Path, checked: Any = None) -> Path:
+    """Check an ONNX model proto and write it to `path` atomically (a failed check writes nothing). A proto
+    whose tensors point to external data is checked as `checked`, the same model with that data inline."""
     import onnx
 
-    onnx.checker.check_model(proto)
+    onnx.checker.check_model(checked if checked is not None else proto)
     path = Path(path)
     with atomic_write(path) as f:
         f.write(proto.SerializeToString())

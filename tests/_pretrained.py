@@ -30,12 +30,12 @@ def _fit(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torch.opti
     return model.eval()
 
 
-def trained_cnn(images: Tensor, labels: Tensor) -> nn.Module:
-    """A small CNN, one pass of SGD over `images`."""
+def trained_cnn(images: Tensor, labels: Tensor, width: int = 8) -> nn.Module:
+    """A small CNN (`width` channels, then twice as many), one pass of SGD over `images`."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Conv2d(8, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    model = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                          nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
     return _fit(model, images, labels, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
 
 

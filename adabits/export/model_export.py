@@ -284,20 +284,22 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
         target = (write_onnx(graphs[0], target) if single else
                   write_onnx_folder(graphs, target, weight_bits, accuracy_level))
         if shared_weights and not single:
-            notes.append(_share(model, target, order))
+            notes += _share(model, target, order)
     return Exported(target, [g.bits for g in graphs], "+".join(dict.fromkeys(kinds)), "; ".join(hows), sorted(set(notes)))
 
 
-def _share(model: nn.Module, folder: Path, order: list[Target]) -> str:
+def _share(model: nn.Module, folder: Path, order: list[Target]) -> list[str]:
     """Store the folder's nested weights once (`shared_weights.share_weights`); what it did, as a note."""
     from .shared_weights import SHARED_FILE, share_weights
 
     done = share_weights(model, folder, order)
+    if done.bytes_after == done.bytes_before:
+        return []
     kept = sum(len(names) for names in done.kept.values())
-    return (f"{SHARED_FILE} stores the weight codes once for every bit-width: {done.bytes_after:,} bytes in all, "
+    return [f"{SHARED_FILE} stores the weight codes once for every bit-width: {done.bytes_after:,} bytes in all, "
             f"against {done.bytes_before:,} with a copy per file" +
-            (f"; {kept} weight tensors keep their own copy (codes that are not nested, requantized or packed)"
-             if kept else ""))
+            (f"; {kept} weight tensors keep their own copy (codes that are not nested, requantized or packed, or too small to gain)"
+             if kept else "")]
 
 
 def _weight_bits(model: nn.Module, target: Target) -> float:

@@ -36,6 +36,9 @@ from .onnx_graph import FLOAT, save_checked
 SHARED_FILE = "weights.bin"
 #: an initializer smaller than this keeps its own copy (the derivation's nodes would outweigh it)
 MIN_SHARED = 64
+#: about what a derivation adds to a file (its nodes and constants, measured on ResNet-20): a layer is shared
+#: only where the copies it saves weigh more
+DERIVATION_BYTES = 600
 #: the initializer types a derivation can write: int8 / uint8 codes, float32 weights
 SHAREABLE = (1, 2, 3)  # onnx.TensorProto.FLOAT, UINT8, INT8
 #: external data offsets are aligned to this many bytes
@@ -189,8 +192,8 @@ def _rewrite(proto: Any, matches: list[Match], bits: dict[str, int]) -> None:
 
 def share_weights(model: Any, folder: str | Path, targets: list[Any]) -> SharedWeights:
     """Rewrite the ONNX folder `folder` (written by `export_model` for `targets`, in its manifest's order) so
-    that every weight a nested layer's stored codes give in at least two of its files is derived from one
-    copy in `SHARED_FILE`. A folder where no layer's codes serve two files is left as it is."""
+    that every weight a nested layer's stored codes give in several of its files is derived from one copy in
+    `SHARED_FILE`, where that saves bytes. A folder where no layer's does is left as it is."""
     import onnx
     from onnx import numpy_helper
 
@@ -207,7 +210,8 @@ def share_weights(model: Any, folder: str | Path, targets: list[Any]) -> SharedW
         proto = onnx.load(str(folder / file))
         found[file] = (proto, bits, *_matches(proto, bits, codes))
     uses = Counter(name for _, _, matches, _ in found.values() for name in {m[1].name for m in matches})  # files per layer
-    stored = [layer for layer in codes if uses[layer.name] >= 2]
+    stored = [layer for layer in codes
+              if (uses[layer.name] - 1) * layer.codes.nbytes > uses[layer.name] * DERIVATION_BYTES]
     shared = {layer.name for layer in stored}
     result = SharedWeights(before, before)
     for file, (proto, bits, matches, kept) in found.items():

@@ -134,7 +134,7 @@ def _derive(graph: Any, name: str, dtype: int, layer: LayerCodes, bits: int, fac
                  f"{key}.s": np.array(shift, np.float32), f"{key}.c": channels.T if transposed else channels}
     graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in constants.items())
     codes = _codes_name(layer)
-    steps = [("Transpose", [codes], {})] if transposed else []
+    steps: list[tuple[str, list[str], dict[str, int]]] = [("Transpose", [codes], {})] if transposed else []
     steps += [("Cast", [], {"to": FLOAT}), ("Div", [f"{key}.d"], {}), ("Floor", [], {}), ("Mul", [f"{key}.f"], {}),
               ("Add", [f"{key}.s"], {}), ("Mul", [f"{key}.c"], {})]
     if dtype != FLOAT:
@@ -214,7 +214,7 @@ def share_weights(model: Any, folder: str | Path, targets: list[Any]) -> SharedW
               if (uses[layer.name] - 1) * layer.codes.nbytes > uses[layer.name] * DERIVATION_BYTES]
     shared = {layer.name for layer in stored}
     result = SharedWeights(before, before)
-    for file, (proto, bits, matches, kept) in found.items():
+    for file, (_, _, matches, kept) in found.items():
         result.kept[file] = kept + [m[0].name for m in matches if m[1].name not in shared]
         result.derived[file] = sum(m[1].name in shared for m in matches)
     if not stored:

@@ -156,6 +156,28 @@ def _decoder_files(files: Sequence[dict[str, Any]]) -> str:
                   "ExecuTorch/XNNPACK (1 token)", "largest reference output"], rows)
 
 
+def _range(values: Sequence[float]) -> str:
+    low, high = fmt(min(values), 2, "x"), fmt(max(values), 2, "x")
+    return low if low == high else f"{low}-{high}"
+
+
+def _shared_weights(files: Sequence[dict[str, Any]]) -> str:
+    """Per model: the folder's bytes with one copy of the codes against a copy per file and one 8-bit file,
+    and the latency of the one-copy files over the own-copy ones (range over bit-widths) per runtime and batch."""
+    result = files[0]
+    rows = []
+    for model, part in result["models"].items():
+        sizes = part["bytes"]
+        speed = "; ".join(f"{key.replace('_batch_', ', batch ')}: {_range(list(ratios.values()))}"
+                          for key, ratios in part["shared_over_own_latency"].items())
+        rows.append([model, f"{sizes['own'] / 1e6:.2f}", f"{sizes['shared'] / 1e6:.2f}",
+                     fmt(part["shared_over_own"], 2, "x"), f"{sizes['own_8bit_file'] / 1e6:.2f}",
+                     fmt(part["shared_over_one_int8_file"], 2, "x"), speed])
+    return table(["model, bits {8,6,5,4}", "MB, a copy per file", "MB, one copy", "one copy / a copy per file",
+                  "MB, our 8-bit file alone", "one copy / the 8-bit file (goal <= 1.25x)",
+                  "latency, one copy / a copy per file"], rows)
+
+
 TABLES = {
     "deploy_latency": Table((R + "deploy_latency.json",), _latency),
     "deploy_accuracy": Table((R + "deploy_accuracy.json",), _accuracy),
@@ -166,4 +188,5 @@ TABLES = {
     "onnx_agreement": Table((R + "onnx_agreement_main_job_lr0.005.json",), _onnx_agreement),
     "decoder_nbits_latency": Table((R + "decoder_nbits.json",), _decoder_latency),
     "decoder_nbits_files": Table((R + "decoder_nbits.json",), _decoder_files),
+    "shared_weights": Table((R + "shared_weights.json",), _shared_weights),
 }

@@ -12,9 +12,11 @@ all-integer graph multiplies a channel's codes by, one in the quantize/dequantiz
 computes it with Cast, Div, Floor, Mul, Add and Cast on constants only, which ONNX Runtime and OpenVINO fold
 into one constant when the session is created, so the session runs what the file with its own copy ran.
 
-An initializer is replaced only where the derivation reproduces it exactly (checked here, in numpy); the
-others keep their own copy and are named in the result: weights requantized from 9-bit codes, schemes that
-are not nested (`original`), float weights, and MatMulNBits' packed blocks.
+An initializer is replaced only where the derivation reproduces it (checked here, in numpy: exactly for
+integer codes, up to float32 rounding of the product for the float classifier of the all-integer graph), and
+a layer only where the copies it saves outweigh its derivation nodes. The others keep their own copy and are
+named in the result: weights requantized from 9-bit codes, schemes that are not nested (`original`), and
+MatMulNBits' packed blocks (OpenVINO reads only a constant MatMulNBits weight).
 """
 from __future__ import annotations
 

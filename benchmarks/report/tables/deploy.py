@@ -172,10 +172,12 @@ def _shared_weights(files: Sequence[dict[str, Any]]) -> str:
                           for key, ratios in part["shared_over_own_latency"].items())
         rows.append([model, f"{sizes['own'] / 1e6:.2f}", f"{sizes['shared'] / 1e6:.2f}",
                      fmt(part["shared_over_own"], 2, "x"), f"{sizes['own_8bit_file'] / 1e6:.2f}",
-                     fmt(part["shared_over_one_int8_file"], 2, "x"), speed])
+                     fmt(part["shared_over_one_int8_file"], 2, "x"), speed,
+                     "; ".join(f"{runtime}: {fmt(t['shared'], 2)} s / {fmt(t['own'], 2)} s"
+                               for runtime, t in part["load_s"].items())])
     return table(["model, bits {8,6,5,4}", "MB, a copy per file", "MB, one copy", "one copy / a copy per file",
                   "MB, our 8-bit file alone", "one copy / the 8-bit file (goal <= 1.25x)",
-                  "latency, one copy / a copy per file"], rows)
+                  "latency, one copy / a copy per file", "load, one copy / a copy per file"], rows)
 
 
 TABLES = {

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from adabits.analysis.tradeoff import measure_tradeoff, plot_tradeoff
 from adabits.runtime import load, pick_bits
 
 
@@ -53,42 +53,6 @@ def test_images(count: int, uint8_input: bool) -> tuple[np.ndarray, np.ndarray]:
     return to_input(splits.val_images[:count]).numpy(), splits.val_labels[:count].numpy()
 
 
-def tradeoff(path: str, runtimes: list[str | None], count: int, batch: int = 1) -> list[dict[str, Any]]:
-    """Per runtime and bit-width: latency (ms at `batch`), top-1 on `count` test images, bits per weight."""
-    rows = []
-    for runtime in runtimes:
-        model = load(path, runtime=runtime)
-        images, labels = test_images(count, model.uint8_input)
-        latency = model.measure_latency(batch=batch)
-        for bits in model.bits_list:
-            top1 = float((model.run(images, bits=bits).argmax(1) == labels).mean())
-            rows.append({"runtime": runtime or ("executorch" if path.endswith(".pte") else "onnxruntime"),
-                         "bits": bits, "latency_ms": latency[bits], "top1": top1,
-                         "weight_bits": model.weight_bits.get(bits)})
-    return rows
-
-
-def plot(rows: list[dict[str, Any]], out: str) -> None:
-    """Three panels against the bit-width: top-1, latency and bits per weight, a line per runtime."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for runtime in dict.fromkeys(r["runtime"] for r in rows):
-        mine = [r for r in rows if r["runtime"] == runtime]
-        labels = [r["bits"] for r in mine]
-        for ax, key in zip(axes, ("top1", "latency_ms", "weight_bits")):
-            ax.plot(labels, [r[key] if r[key] is not None else np.nan for r in mine], marker="o", label=runtime)
-    for ax, title in zip(axes, ("top-1 (test images)", "latency, ms (batch 1)", "size: bits per weight")):
-        ax.set_title(title)
-        ax.set_xlabel("bit-width")
-    axes[1].legend()
-    figure.tight_layout()
-    figure.savefig(out, dpi=120)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("path", help="a .pte file or a folder of ONNX files (adabits export --format pte | onnx)")
@@ -101,12 +65,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.plot:
         earlier = json.loads(Path(args.rows).read_text()) if args.rows and Path(args.rows).exists() else []
-        rows = earlier + tradeoff(args.path, args.runtimes, args.test_images)
+        uint8_input = load(args.path).uint8_input
+        rows = earlier + measure_tradeoff(args.path, *test_images(args.test_images, uint8_input), args.runtimes)
         for row in rows:
             print(row)
         if args.rows:
             Path(args.rows).write_text(json.dumps(rows, indent=2) + "\n")
-        plot(rows, args.plot)
+        plot_tradeoff(rows, args.plot)
     else:
         serve(args.path, args.budgets)
 

@@ -136,7 +136,7 @@ def _derive(graph: Any, name: str, dtype: int, layer: LayerCodes, bits: int, fac
                  f"{key}.s": np.array(shift, np.float32), f"{key}.c": channels.T if transposed else channels}
     graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in constants.items())
     codes = _codes_name(layer)
-    steps: list[tuple[str, list[str], dict[str, int]]] = [("Transpose", [codes], {})] if transposed else []
+    steps: list[tuple[str, list[str], dict[str, Any]]] = [("Transpose", [codes], {})] if transposed else []
     steps += [("Cast", [], {"to": FLOAT}), ("Div", [f"{key}.d"], {}), ("Floor", [], {}), ("Mul", [f"{key}.f"], {}),
               ("Add", [f"{key}.s"], {}), ("Mul", [f"{key}.c"], {})]
     if dtype != FLOAT:

@@ -11,8 +11,8 @@ R = "benchmarks/results/deploy/"
 
 MODELS = {"resnet20_1x28x28": "ResNet-20 1x28x28", "mobilenet_v2_3x224x224": "MobileNet V2 3x224x224"}
 #: the ONNX Runtime variants of deploy_latency.json, as the docs name them
-LATENCY = {"ort_int8_8bit": "int8 at 8 bits", "ort_int8_4bit": "int8 at 4 bits, `int32_fine` (default)",
-           "ort_int8_4bit_int32_bias": "int8 at 4 bits, `int32`", "ort_float_bias_4bit": "4 bits, `float`"}
+LATENCY = {"ort_int8_8bit": "all-integer graph, 8 bits", "ort_int8_4bit": "all-integer graph, 4 bits",
+           "ort_qdq_4bit": "`graph=qdq`, 4 bits"}
 
 
 def _latency(files: Sequence[dict[str, Any]]) -> str:

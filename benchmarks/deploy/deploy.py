@@ -16,9 +16,6 @@
    ResNet-20 on 1x28x28 and MobileNet V2 on 3x224x224 (when registered, random weights: latency does
    not depend on the values).
 
-The results committed before issue 27 (`results/deploy/deploy_accuracy.json`, `results/deploy/deploy_latency.json`)
-were measured with the retired `graph=mixed` exporter and its `bias` modes (benchmarks/README.md).
-
     python -m benchmarks.deploy.deploy [--checkpoint PATH] [--skip ...] [--out benchmarks/results/deploy/deploy.json]
     (or in parts that each fit a short slot: --train-only --save-checkpoint PATH, then
     --checkpoint PATH --skip latency, then --skip accuracy calibration packed)

@@ -8,7 +8,7 @@ with the fake-quant model's on the whole validation set.
     python -m benchmarks.deploy.onnx_agreement app:apps/fashion_mnist/q_resnet20_adabits.yml --bits 8 6 5 4 \
         --graph integer qdq --out benchmarks/results/deploy/onnx_agreement_main_job.json
 
-(The committed `results/deploy/onnx_agreement_main_job_lr0.*.json` were measured with `--bias`, the modes of the
+(The committed `results/deploy/onnx_agreement_main_job_lr0.02.json` was measured with `--bias`, the modes of the
 retired `graph=mixed` exporter.)
 """
 from __future__ import annotations

@@ -101,7 +101,9 @@ def worker(rank: int, port: int, args: argparse.Namespace, argv: list[str]) -> N
     trainer = Trainer(cfg, echo=_quiet).prepare()
     counts = Counts()
     trainer.forward.register_comm_hook(None, counts.hook)
-    single = Trainer(cfg, echo=_quiet, dist_env=DistEnv()).prepare() if rank == 0 else None
+    # the single-process baseline gets a run folder of its own: rank 0 holds the lock of the shared one
+    single_cfg = build_config({**raw, "run_name": "single_process"})
+    single = Trainer(single_cfg, echo=_quiet, dist_env=DistEnv()).prepare() if rank == 0 else None
     naive = per_backward_ddp_step(cfg, rank, counts)
     half = args.batch // WORLD
     gen = torch.Generator().manual_seed(0)

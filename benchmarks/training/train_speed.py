@@ -44,7 +44,9 @@ NO_FILES = ["fp_pretrained_file=", "alpha_init=fixed", "progress=false", "log_di
 def trainer_step(name: str, compiled: bool, batch: int) -> tuple[Callable[[], None], int]:
     """One `Trainer.train_step` of variant `name` on a fixed training batch; also the bit-widths per step."""
     path, overrides = OURS[name]
-    args = [f"app:{path}", f"batch_size={batch}", f"compile={str(compiled).lower()}", *NO_FILES, *overrides]
+    # a run folder per variant: each Trainer locks its own, and two variants share a config file
+    run_name = f"run_name={name}_{'compiled' if compiled else 'eager'}"
+    args = [f"app:{path}", f"batch_size={batch}", f"compile={str(compiled).lower()}", *NO_FILES, run_name, *overrides]
     trainer = Trainer(load_config(args).config, echo=lambda _msg: None).prepare()
     images, labels = next(iter(trainer.loaders.train))
     return (lambda: trainer.train_step(images, labels, step=0)), len(trainer.bits)

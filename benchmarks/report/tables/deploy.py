@@ -11,8 +11,8 @@ R = "benchmarks/results/deploy/"
 
 MODELS = {"resnet20_1x28x28": "ResNet-20 1x28x28", "mobilenet_v2_3x224x224": "MobileNet V2 3x224x224"}
 #: the ONNX Runtime variants of deploy_latency.json, as the docs name them
-LATENCY = {"ort_int8_8bit": "int8 at 8 bits", "ort_int8_4bit": "int8 at 4 bits, `int32_fine` (default)",
-           "ort_int8_4bit_int32_bias": "int8 at 4 bits, `int32`", "ort_float_bias_4bit": "4 bits, `float`"}
+LATENCY = {"ort_int8_8bit": "all-integer graph, 8 bits", "ort_int8_4bit": "all-integer graph, 4 bits",
+           "ort_qdq_4bit": "`graph=qdq`, 4 bits"}
 
 
 def _latency(files: Sequence[dict[str, Any]]) -> str:
@@ -73,15 +73,15 @@ def _integer_latency(files: Sequence[dict[str, Any]]) -> str:
 
 
 def _onnx_agreement(files: Sequence[dict[str, Any]]) -> str:
-    """ONNX Runtime against PyTorch on a trained run, per bias mode and bit-width."""
+    """ONNX Runtime against PyTorch on a trained run, per graph form and bit-width."""
     rows = []
-    for bias, per_bits in files[0]["results"].items():
-        label = f"`{bias}` (default)" if bias == "int32_fine" else f"`{bias}`"
+    for graph, per_bits in files[0]["results"].items():
+        label = f"`{graph}` (default)" if graph == "integer" else f"`{graph}`"
         for bits, r in per_bits.items():
             rows.append([label, bits, fmt(r["top1_pytorch"]), fmt(r["top1_onnx"]), fmt(r["top1_agreement"], 2, "%"),
                          fmt(r["max_abs_logit_diff"]),
                          f"{r['ort_integer_ops'].get('QLinearConv', 0)} / {r['ort_float_convs']}"])
-    return table(["`bias=`", "bits", "PyTorch top-1", "ONNX Runtime top-1", "top-1 agreement", "largest logit difference",
+    return table(["`graph=`", "bits", "PyTorch top-1", "ONNX Runtime top-1", "top-1 agreement", "largest logit difference",
                   "QLinearConv / float convs"], rows)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adabits.analysis.tradeoff import measure_tradeoff, plot_tradeoff
+from adabits.analysis.tradeoff import held_out_images, measure_tradeoff, plot_tradeoff
 from adabits.runtime import load, pick_bits
 
 
@@ -42,17 +42,6 @@ def serve(path: str, budgets: list[float], seed: int = 0) -> list[tuple[float, s
     return served
 
 
-def test_images(count: int, uint8_input: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The first `count` Fashion-MNIST test images as the exported model takes them, and their labels."""
-    from adabits.data import ImageSplits, ToModelInput, build_splits
-    from adabits.engine import TrainConfig
-
-    splits = build_splits(TrainConfig(dataset="fashion_mnist"))
-    assert isinstance(splits, ImageSplits)  # Fashion-MNIST is held in memory
-    to_input = ToModelInput(not uint8_input, splits.mean, splits.std)
-    return to_input(splits.val_images[:count]).numpy(), splits.val_labels[:count].numpy()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("path", help="a .pte file or a folder of ONNX files (adabits export --format pte | onnx)")
@@ -66,7 +55,7 @@ def main() -> None:
     if args.plot:
         earlier = json.loads(Path(args.rows).read_text()) if args.rows and Path(args.rows).exists() else []
         uint8_input = load(args.path).uint8_input
-        rows = earlier + measure_tradeoff(args.path, *test_images(args.test_images, uint8_input), args.runtimes)
+        rows = earlier + measure_tradeoff(args.path, *held_out_images(args.test_images, uint8_input), args.runtimes)
         for row in rows:
             print(row)
         if args.rows:

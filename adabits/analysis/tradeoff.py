@@ -18,6 +18,19 @@ from ..runtime import load
 DEFAULT_RUNTIME = {".pte": "executorch", "": "onnxruntime"}
 
 
+def held_out_images(count: int, uint8_input: bool, dataset: str = "fashion_mnist") -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` held-out images of `dataset` (in memory: Fashion-MNIST, CIFAR-10) as an exported model
+    takes them (raw 0..255 pixels for `uint8_input`, else normalised), and their labels."""
+    from ..data import ImageSplits, ToModelInput, build_splits
+    from ..engine import TrainConfig
+
+    splits = build_splits(TrainConfig(dataset=dataset))
+    if not isinstance(splits, ImageSplits):
+        raise ValueError(f"dataset {dataset!r} is read from folders; pass images and labels to measure_tradeoff")
+    to_input = ToModelInput(not uint8_input, splits.mean, splits.std)
+    return to_input(splits.val_images[:count]).numpy(), splits.val_labels[:count].numpy()
+
+
 def measure_tradeoff(path: str | Path, images: np.ndarray, labels: np.ndarray,
                      runtimes: Sequence[str | None] = (None,), batch: int = 1) -> list[dict[str, Any]]:
     """One row per runtime and bit-width: {runtime, bits, latency_ms (at `batch`), top1 (on `images`, as the

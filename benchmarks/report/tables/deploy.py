@@ -180,6 +180,19 @@ def _shared_weights(files: Sequence[dict[str, Any]]) -> str:
                   "latency, one copy / a copy per file", "load, one copy / a copy per file"], rows)
 
 
+def _tradeoff(files: Sequence[dict[str, Any]]) -> str:
+    """Per bit-width: top-1 and latency in each runtime, bits per weight."""
+    rows = files[0]["rows"]
+    runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
+    cells = {(r["runtime"], r["bits"]): r for r in rows}
+    body = []
+    for bits in dict.fromkeys(r["bits"] for r in rows):
+        mine = [cells.get((runtime, bits)) for runtime in runtimes]
+        body.append([bits, *(f"{fmt(100 * r['top1'], 2, '%')}, {fmt(r['latency_ms'], 2)} ms" if r else "n/a" for r in mine),
+                     fmt(next(r["weight_bits"] for r in mine if r), 2)])
+    return table(["bits", *(f"{runtime}: top-1, latency" for runtime in runtimes), "bits per weight"], body)
+
+
 TABLES = {
     "deploy_latency": Table((R + "deploy_latency.json",), _latency),
     "deploy_accuracy": Table((R + "deploy_accuracy.json",), _accuracy),
@@ -191,4 +204,5 @@ TABLES = {
     "decoder_nbits_latency": Table((R + "decoder_nbits.json",), _decoder_latency),
     "decoder_nbits_files": Table((R + "decoder_nbits.json",), _decoder_files),
     "shared_weights": Table((R + "shared_weights.json",), _shared_weights),
+    "tradeoff_main_job": Table((R + "tradeoff_main_job.json",), _tradeoff),
 }

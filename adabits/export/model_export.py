@@ -283,8 +283,8 @@ def export_model(model: nn.Module, path: str | Path, *, format: Format, bits: Bi
         single = isinstance(bits, (int, tuple)) and not named
         target = (write_onnx(graphs[0], target) if single else
                   write_onnx_folder(graphs, target, weight_bits, accuracy_level))
-        if shared_weights and not single:
-            notes += _share(model, target, order)
+        if not single:
+            notes += _share(model, target, order) if shared_weights else _unshare(target)
     return Exported(target, [g.bits for g in graphs], "+".join(dict.fromkeys(kinds)), "; ".join(hows), sorted(set(notes)))
 
 
@@ -300,6 +300,14 @@ def _share(model: nn.Module, folder: Path, order: list[Target]) -> list[str]:
             f"against {done.bytes_before:,} with a copy per file" +
             (f"; {kept} weight tensors keep their own copy (codes that are not nested, requantized or packed, or too small to gain)"
              if kept else "")]
+
+
+def _unshare(folder: Path) -> list[str]:
+    """A folder written with a copy per file keeps no `weights.bin` of an earlier export in the same place."""
+    from .shared_weights import SHARED_FILE
+
+    (folder / SHARED_FILE).unlink(missing_ok=True)
+    return []
 
 
 def _weight_bits(model: nn.Module, target: Target) -> float:

@@ -220,6 +220,7 @@ def share_weights(model: Any, folder: str | Path, targets: list[Any]) -> SharedW
         result.kept[file] = kept + [m[0].name for m in matches if m[1].name not in shared]
         result.derived[file] = sum(m[1].name in shared for m in matches)
     if not stored:
+        (folder / SHARED_FILE).unlink(missing_ok=True)  # an earlier export's, which no file reads now
         return result
     offsets = _write_codes(folder / SHARED_FILE, stored)
     for file, (proto, bits, matches, _) in found.items():

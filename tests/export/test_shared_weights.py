@@ -62,10 +62,16 @@ def test_a_folder_stores_its_codes_once_and_computes_what_its_own_copies_do(data
 
 
 def test_a_folder_of_one_bit_width_is_left_as_written(data, tmp_path):
-    """No layer's codes serve two files, so nothing is shared."""
-    done = adabits.export_model(_converted(data, "centered"), tmp_path / "one", format="onnx", example=(1, 28, 28),
-                                bits=[4], calibration=data["train"][:256])
+    """No layer's codes serve two files, so nothing is shared, and the weights.bin of an earlier export to the same
+    folder goes (as it does for shared_weights=False)."""
+    model = _converted(data, "centered")
+    assert (_export(model, tmp_path / "one", data, True).path / SHARED_FILE).is_file()
+    done = adabits.export_model(model, tmp_path / "one", format="onnx", example=(1, 28, 28), bits=[4],
+                                calibration=data["train"][:256])
     assert not (done.path / SHARED_FILE).exists()
+    assert (_export(model, tmp_path / "one", data, True).path / SHARED_FILE).is_file()
+    assert not (_export(model, tmp_path / "one", data, False).path / SHARED_FILE).exists()
+    assert load(done.path).run(data["test"][:8], bits=4).shape == (8, 10)
 
 
 def test_four_bit_widths_of_a_resnet20_take_under_half_the_bytes_of_four_copies(tmp_path):

@@ -14,9 +14,6 @@ import numpy as np
 
 from ..runtime import load
 
-#: the runtime a file runs in when none is named
-DEFAULT_RUNTIME = {".pte": "executorch", "": "onnxruntime"}
-
 
 def held_out_images(count: int, uint8_input: bool, dataset: str = "fashion_mnist") -> tuple[np.ndarray, np.ndarray]:
     """The first `count` held-out images of `dataset` (in memory: Fashion-MNIST, CIFAR-10) as an exported model
@@ -36,12 +33,13 @@ def measure_tradeoff(path: str | Path, images: np.ndarray, labels: np.ndarray,
     """One row per runtime and bit-width: {runtime, bits, latency_ms (at `batch`), top1 (on `images`, as the
     file takes them), weight_bits (bits per weight, None where the file does not record it)}."""
     rows = []
+    default = "executorch" if Path(path).suffix == ".pte" else "onnxruntime"  # what load() runs a file in
     for runtime in runtimes:
         model = load(path, runtime=runtime)
         latency = model.measure_latency(batch=batch)
         for bits in model.bits_list:
             top1 = float((model.run(images, bits=bits).argmax(1) == labels).mean())
-            rows.append({"runtime": runtime or DEFAULT_RUNTIME[Path(path).suffix], "bits": bits,
+            rows.append({"runtime": runtime or default, "bits": bits,
                          "latency_ms": latency[bits], "top1": top1, "weight_bits": model.weight_bits.get(bits)})
     return rows
 

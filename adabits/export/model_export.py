@@ -293,7 +293,7 @@ def _share(model: nn.Module, folder: Path, order: list[Target]) -> list[str]:
     from .shared_weights import SHARED_FILE, share_weights
 
     done = share_weights(model, folder, order)
-    if done.bytes_after == done.bytes_before:
+    if not any(done.derived.values()):
         return []
     kept = sum(len(names) for names in done.kept.values())
     return [f"{SHARED_FILE} stores the weight codes once for every bit-width: {done.bytes_after:,} bytes in all, "
